@@ -1,0 +1,5 @@
+"""Inference runtimes behind one small interface."""
+
+from kakehashi.backends.base import Backend, TensorSpec
+
+__all__ = ["Backend", "TensorSpec"]

@@ -1,0 +1,33 @@
+"""The interface every inference runtime implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: OIP datatype and shape, with -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class Backend(Protocol):
+    """A loaded model that runs feeds to outputs; `run` is thread-safe and blocking."""
+
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference; returns every output by name."""
+        ...

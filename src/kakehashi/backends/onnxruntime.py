@@ -1,0 +1,67 @@
+"""ONNX Runtime backend: one `InferenceSession` per loaded model version."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from kakehashi.backends.base import TensorSpec
+from kakehashi.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_ORT_TO_OIP = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(node: ort.NodeArg, path: Path) -> TensorSpec:
+    datatype = _ORT_TO_OIP.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(f"{path}: tensor '{node.name}' has type {node.type}, which cannot be served")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (node.shape or []))
+    return TensorSpec(node.name, datatype, shape)
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX model with the first available of the requested execution providers."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        available = ort.get_available_providers()
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        skipped = [p for p in providers if p not in available]
+        if skipped:
+            log.warning("%s: execution providers %s are not available here; using %s", path, skipped, chosen)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {exc}") from None
+        self.providers: list[str] = self._session.get_providers()
+        self.inputs = [_spec(node, path) for node in self._session.get_inputs()]
+        self.outputs = [_spec(node, path) for node in self._session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._output_names = [spec.name for spec in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference and return every output by name."""
+        results = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, results))

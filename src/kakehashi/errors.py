@@ -1,0 +1,47 @@
+"""Errors that carry the status a client should see and a message saying what was wrong."""
+
+
+class KakehashiError(Exception):
+    """Base error: `status` is the HTTP status a transport answers with."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(KakehashiError):
+    """The request is malformed or does not match the model (HTTP 400)."""
+
+    status = 400
+
+
+class NotFound(KakehashiError):
+    """Unknown model, version or route (HTTP 404)."""
+
+    status = 404
+
+
+class PayloadTooLarge(KakehashiError):
+    """The request body exceeds the configured limit (HTTP 413)."""
+
+    status = 413
+
+
+class UnsupportedMedia(KakehashiError):
+    """The body is not in a format we can decode (HTTP 415)."""
+
+    status = 415
+
+
+class Unavailable(KakehashiError):
+    """The server or model cannot take requests now (HTTP 503)."""
+
+    status = 503
+
+
+class ModelLoadError(KakehashiError):
+    """A model or its `model.yaml` cannot be loaded; the message names the file and the problem."""
+
+    status = 400

@@ -1,0 +1,130 @@
+"""Open Inference Protocol v2 JSON tensors: request bodies to numpy arrays, outputs back to JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
+from kakehashi.errors import InvalidInput
+
+# JSON value kinds each datatype accepts (numpy kind of the parsed data): no silent float→int or int→bool
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+@dataclass
+class InferRequest:
+    """A parsed infer request: input arrays by name and the outputs asked for (None = all)."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None = None
+    id: str | None = None
+    parameters: dict = field(default_factory=dict)
+
+
+def _loads(body: bytes) -> dict:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
+    return request
+
+
+def _shape(name: str, raw: object) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
+    return tuple(raw)
+
+
+def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) as an array of `datatype` and `shape`."""
+    expected = math.prod(shape)
+    dtype = OIP_TO_NUMPY[datatype]
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=object).reshape(-1)
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        array = np.array([v.encode() for v in flat], dtype=object)
+    else:
+        try:
+            parsed = np.asarray(data)
+        except (ValueError, OverflowError):
+            raise InvalidInput(f"input '{name}': 'data' is not a regular array of numbers") from None
+        if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+            raise InvalidInput(f"input '{name}': 'data' holds values that are not {datatype} "
+                               f"(e.g. fractions for an integer type, numbers for BOOL, or strings)")
+        if dtype.kind in "iu" and parsed.size:
+            info = np.iinfo(dtype)
+            if parsed.min() < info.min or parsed.max() > info.max:
+                raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+        array = parsed.astype(dtype)
+    if array.size != expected:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {expected} elements, 'data' has {array.size}")
+    return array.reshape(shape)
+
+
+def parse_infer_request(body: bytes) -> InferRequest:
+    """Parse an OIP v2 JSON infer request; every problem is an `InvalidInput` naming the input."""
+    request = _loads(body)
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("the request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    for raw in raw_inputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput("each input must be an object with a string 'name'")
+        name = raw["name"]
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' is given twice")
+        datatype = raw.get("datatype")
+        if datatype not in OIP_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(OIP_TO_NUMPY)}")
+        if "data" not in raw:
+            raise InvalidInput(f"input '{name}' has no 'data'")
+        inputs[name] = decode_tensor(name, datatype, _shape(name, raw.get("shape")), raw["data"])
+    outputs = request.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+            raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
+        outputs = [o["name"] for o in outputs]
+    request_id = request.get("id")
+    parameters = request.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return InferRequest(inputs, outputs, request_id if isinstance(request_id, str) else None, parameters)
+
+
+def select_outputs(results: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
+    """The outputs a request asked for, in its order; an unknown name is an `InvalidInput`."""
+    if wanted is None:
+        return results
+    unknown = [name for name in wanted if name not in results]
+    if unknown:
+        raise InvalidInput(f"unknown output '{unknown[0]}'; the model's outputs are {sorted(results)}")
+    return {name: results[name] for name in wanted}
+
+
+def _json_data(array: np.ndarray) -> object:
+    flat = array.reshape(-1)
+    if flat.dtype.kind in "SO":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return flat
+
+
+def encode_infer_response(model: str, version: int, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
+    """The OIP v2 JSON response for `outputs`."""
+    response: dict = {"model_name": model, "model_version": str(version)}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = [
+        {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape), "data": _json_data(array)}
+        for name, array in outputs.items()
+    ]
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,145 @@
+"""Find models on disk (one ONNX file, one model folder, or a repository of them) and load their versions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kakehashi.errors import ModelLoadError, NotFound
+from kakehashi.repository.config import ModelConfig, load_model_config
+from kakehashi.repository.handle import ModelHandle
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "model.yaml"
+
+
+@dataclass
+class ModelEntry:
+    """A model found on disk: its versions' files and, once loaded, their handles."""
+
+    name: str
+    config_path: Path | None
+    files: dict[int, Path]
+    handles: dict[int, ModelHandle] = field(default_factory=dict)
+    error: str = ""
+
+
+def _model_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+
+
+def _versions(folder: Path) -> dict[int, Path]:
+    """Numbered version folders holding `model.onnx`; a bare `model.onnx` is version 1."""
+    found = {int(d.name): d / MODEL_FILE for d in folder.iterdir()
+             if d.is_dir() and d.name.isdigit() and (d / MODEL_FILE).is_file()}
+    if not found and (folder / MODEL_FILE).is_file():
+        found[1] = folder / MODEL_FILE
+    return found
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() or bool(_versions(folder))
+
+
+def discover(path: Path) -> list[ModelEntry]:
+    """Models at `path`: an `.onnx` file, a model folder, or a repository folder of models."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [ModelEntry(_model_name(path.stem), None, {1: path})]
+    if _is_model_folder(path):
+        return [_entry(path)]
+    entries = []
+    for child in sorted(path.iterdir()):
+        if child.is_file() and child.suffix == ".onnx":
+            entries.append(ModelEntry(_model_name(child.stem), None, {1: child}))
+        elif child.is_dir() and _is_model_folder(child):
+            entries.append(_entry(child))
+    if not entries:
+        raise ModelLoadError(f"{path}: no models found (expected *.onnx files or <name>/<version>/model.onnx)")
+    return entries
+
+
+def _entry(folder: Path) -> ModelEntry:
+    config = folder / CONFIG_FILE
+    return ModelEntry(_model_name(folder.name), config if config.is_file() else None, _versions(folder))
+
+
+class ModelRepository:
+    """The served models by name and version; loading is blocking and done off the event loop."""
+
+    def __init__(self, path: Path, compute: Executor, max_pixels: int) -> None:
+        self.path = path
+        self._compute = compute
+        self._max_pixels = max_pixels
+        self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
+
+    def load_all(self) -> None:
+        """Load every model's selected versions; failures are recorded, never raised."""
+        for entry in self.entries.values():
+            self._load(entry)
+
+    def _load(self, entry: ModelEntry) -> None:
+        try:
+            config = load_model_config(entry.config_path) if entry.config_path else ModelConfig()
+        except ModelLoadError as exc:
+            entry.error = exc.message
+            log.error("model %s not loaded: %s", entry.name, exc.message)
+            return
+        versions = config.version_policy.select(list(entry.files))
+        if not versions:
+            entry.error = f"no version on disk matches the version policy ({sorted(entry.files)} on disk)"
+            log.error("model %s not loaded: %s", entry.name, entry.error)
+            return
+        for version in versions:
+            handle = ModelHandle(entry.name, version, entry.files[version], config, self._compute,
+                                 self._max_pixels)
+            entry.handles[version] = handle
+            handle.load()
+
+    def unload_all(self) -> None:
+        for entry in self.entries.values():
+            for handle in entry.handles.values():
+                handle.unload()
+
+    @property
+    def ready(self) -> bool:
+        """True when every model has at least one ready version."""
+        return all(any(h.ready for h in e.handles.values()) for e in self.entries.values())
+
+    def get(self, name: str, version: str | int | None = None) -> ModelHandle:
+        """The handle for `name` at `version` (the newest served one if None); raises `NotFound`."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
+        if version in (None, ""):
+            if not entry.handles:
+                raise NotFound(f"model '{name}' has no loaded version: {entry.error or 'still loading'}")
+            ready = [v for v, h in entry.handles.items() if h.ready]
+            return entry.handles[max(ready or entry.handles)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise NotFound(f"model '{name}' has no version '{version}' (versions are integers)") from None
+        handle = entry.handles.get(number)
+        if handle is None:
+            served = ", ".join(str(v) for v in sorted(entry.handles)) or "none"
+            raise NotFound(f"model '{name}' has no version {number}; served versions: {served}")
+        return handle
+
+    def index(self) -> list[dict]:
+        """Every model and version with its state and, if not ready, the reason."""
+        rows = []
+        for entry in self.entries.values():
+            if not entry.handles:
+                rows.append({"name": entry.name, "state": "UNAVAILABLE" if entry.error else "LOADING",
+                             "reason": entry.error})
+            for version, handle in sorted(entry.handles.items()):
+                rows.append({"name": entry.name, "version": str(version), "state": handle.state.value,
+                             "reason": handle.reason})
+        return rows

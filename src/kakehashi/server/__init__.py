@@ -1,0 +1,1 @@
+"""HTTP transport: thin adapters from requests to model handles."""

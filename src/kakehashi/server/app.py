@@ -1,0 +1,48 @@
+"""The HTTP application: routes, error handling, body limit, and model loading in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from kakehashi.errors import KakehashiError
+from kakehashi.server import oip_routes, openapi, vision_routes
+from kakehashi.server.body_limit import BodyLimit
+from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
+from kakehashi.server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(state: ServerState) -> Starlette:
+    """An ASGI app serving `state.repository`; models load in a thread after start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def load() -> None:
+            await asyncio.to_thread(state.repository.load_all)
+            state.loaded = True
+            log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
+
+        loading = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            await loading
+            state.repository.unload_all()
+
+    app = Starlette(
+        routes=[*oip_routes.routes, *vision_routes.routes, *openapi.routes],
+        middleware=[Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
+        exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
+                            Exception: on_unexpected_error},
+        lifespan=lifespan,
+    )
+    app.state.kakehashi = state
+    return app

@@ -1,0 +1,73 @@
+"""KServe Open Inference Protocol v2 over HTTP: health, metadata, readiness and JSON infer."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kakehashi import __version__
+from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
+from kakehashi.server.responses import JSONBytes, error_response
+from kakehashi.server.state import model_handle, server_state
+
+EXTENSIONS: list[str] = []
+
+
+async def live(request: Request) -> Response:
+    return JSONBytes({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    is_ready = server_state(request).ready
+    return JSONBytes({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONBytes({"name": "kakehashi", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def model_metadata(request: Request) -> Response:
+    handle = model_handle(request)
+    backend = handle.require_ready()
+    entry = server_state(request).repository.entries[handle.name]
+    return JSONBytes({
+        "name": handle.name,
+        "versions": [str(v) for v in sorted(entry.handles)],
+        "platform": backend.platform,
+        "inputs": [spec.to_json() for spec in backend.inputs],
+        "outputs": [spec.to_json() for spec in backend.outputs],
+    })
+
+
+async def model_ready(request: Request) -> Response:
+    handle = model_handle(request)
+    if handle.ready:
+        return JSONBytes({"name": handle.name, "version": str(handle.version), "ready": True})
+    return error_response(503, f"model '{handle.name}' version {handle.version} is not ready "
+                               f"({handle.state.value}){': ' + handle.reason if handle.reason else ''}")
+
+
+async def infer(request: Request) -> Response:
+    handle = model_handle(request)
+    parsed = parse_infer_request(await request.body())
+    handle.check_feeds(parsed.inputs)
+    outputs = select_outputs(await handle.infer(parsed.inputs), parsed.outputs)
+    return JSONBytes(encode_infer_response(handle.name, handle.version, outputs, parsed.id))
+
+
+def _model_routes(prefix: str) -> list[Route]:
+    return [
+        Route(prefix, model_metadata, methods=["GET"]),
+        Route(prefix + "/ready", model_ready, methods=["GET"]),
+        Route(prefix + "/infer", infer, methods=["POST"]),
+    ]
+
+
+routes = [
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/v2", server_metadata, methods=["GET"]),
+    *_model_routes("/v2/models/{model}"),
+    *_model_routes("/v2/models/{model}/versions/{version}"),
+]

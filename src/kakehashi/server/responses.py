@@ -1,0 +1,42 @@
+"""JSON responses (orjson) and the `{"error": message}` form every failure takes."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kakehashi.errors import KakehashiError
+
+log = logging.getLogger(__name__)
+
+
+class JSONBytes(Response):
+    """A response whose body is already JSON bytes, or any object orjson can serialise."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return content if isinstance(content, bytes) else orjson.dumps(content)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONBytes:
+    return JSONBytes({"error": message}, status_code=status, headers=headers)
+
+
+async def on_kakehashi_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KakehashiError)
+    return error_response(exc.status, exc.message)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal server error; the server log has the details")

@@ -1,0 +1,1 @@
+"""Task-specific pre- and post-processing: images in, detections or classes out."""

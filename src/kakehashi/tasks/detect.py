@@ -1,0 +1,37 @@
+"""Object detection: decoded head output to Ultralytics-style results in original image pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kakehashi.tasks.heads import Head
+from kakehashi.tasks.image_task import Prepared
+from kakehashi.tasks.params import PredictParams
+from kakehashi.tasks.preprocess import ImageInput
+
+
+@dataclass(frozen=True)
+class DetectTask:
+    """A detector: its input, head and class names."""
+
+    input: ImageInput
+    head: Head
+    names: tuple[str, ...]
+    kind: str = "detect"
+
+    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, params: PredictParams) -> list[dict]:
+        """One image's outputs to `[{class, name, confidence, box: {x1, y1, x2, y2}}]`, best first."""
+        found = self.head.decode(outputs, prepared.size, params)
+        boxes = prepared.transform.to_original(found.boxes).astype(np.float64).round(params.decimals).tolist()
+        scores = found.scores.astype(np.float64).round(params.decimals).tolist()
+        results = []
+        for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist()):
+            results.append({
+                "class": cls,
+                "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),
+                "confidence": score,
+                "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+            })
+        return results

@@ -1,0 +1,114 @@
+"""Turn an RGB image into the model's input tensor (letterbox, stretch or centre crop), and map boxes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from kakehashi.errors import InvalidInput
+
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Everything needed to build one input tensor, resolved once at model load."""
+
+    name: str
+    size: tuple[int, int]          # height, width used when a request gives no imgsz
+    dynamic_size: bool             # the graph accepts other spatial sizes (imgsz per request)
+    stride: int
+    resize: str                    # letterbox | stretch | crop
+    pad_value: int
+    channels: str                  # rgb | bgr
+    layout: str                    # nchw | nhwc
+    dtype: str                     # float32 | float16 | uint8
+    scale: float
+    mean: tuple[float, float, float]    # in the model's channel order, after scaling
+    std: tuple[float, float, float]
+
+    def tensor_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        """Shape of one image's tensor (without the batch dimension) at `size`."""
+        height, width = size
+        return (3, height, width) if self.layout == "nchw" else (height, width, 3)
+
+
+@dataclass(frozen=True)
+class BoxTransform:
+    """Maps model-input pixel coordinates back to the original image: x = (x' - pad_x) / scale_x."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    width: int
+    height: int
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map xyxy boxes (n, 4) in model-input pixels to original pixels, clipped to the image."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale_x
+        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale_y
+        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        return out
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], mode: str, pad_value: int
+                 ) -> tuple[np.ndarray, BoxTransform]:
+    """Resize to `size` (height, width) the way `mode` says; returns HWC uint8 RGB and the box mapping."""
+    height, width = size
+    w0, h0 = image.size
+    if mode == "stretch":
+        resized = image.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(resized), BoxTransform(width / w0, height / h0, 0.0, 0.0, w0, h0)
+    if mode == "crop":
+        ratio = max(height / h0, width / w0)
+        new_w, new_h = max(width, round(w0 * ratio)), max(height, round(h0 * ratio))
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        cropped = resized.crop((left, top, left + width, top + height))
+        return np.asarray(cropped), BoxTransform(ratio, ratio, -left, -top, w0, h0)
+    ratio = min(height / h0, width / w0)
+    new_w, new_h = round(w0 * ratio), round(h0 * ratio)
+    left, top = round((width - new_w) / 2 - 0.1), round((height - new_h) / 2 - 0.1)
+    canvas = np.full((height, width, 3), pad_value, dtype=np.uint8)
+    resized = image if (new_w, new_h) == (w0, h0) else image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas[top:top + new_h, left:left + new_w] = np.asarray(resized)
+    return canvas, BoxTransform(ratio, ratio, float(left), float(top), w0, h0)
+
+
+def to_tensor(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
+    """HWC uint8 RGB pixels to one image's input tensor (no batch dimension)."""
+    if spec.channels == "bgr":
+        pixels = pixels[..., ::-1]
+    if spec.layout == "nchw":
+        pixels = pixels.transpose(2, 0, 1)
+    if spec.dtype == "uint8":
+        return np.ascontiguousarray(pixels)
+    tensor = pixels.astype(np.float32)
+    tensor *= np.float32(spec.scale)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        shape = (3, 1, 1) if spec.layout == "nchw" else (1, 1, 3)
+        mean = np.asarray(spec.mean, np.float32).reshape(shape)
+        std = np.asarray(spec.std, np.float32).reshape(shape)
+        tensor -= mean
+        tensor /= std
+    return tensor.astype(_NUMPY_DTYPES[spec.dtype], copy=False)
+
+
+def request_size(spec: ImageInput, imgsz: tuple[int, int] | None) -> tuple[int, int]:
+    """The input size for a request: the model's, or `imgsz` rounded up to the stride if the graph allows."""
+    if imgsz is None:
+        return spec.size
+    if not spec.dynamic_size:
+        if tuple(imgsz) == spec.size:
+            return spec.size
+        raise InvalidInput(
+            f"imgsz={list(imgsz)} is not supported: this model has a fixed input size "
+            f"{spec.size[0]}x{spec.size[1]} (height x width)"
+        )
+    stride = spec.stride
+    return tuple(max(stride, -(-v // stride) * stride) for v in imgsz)  # type: ignore[return-value]

@@ -1,0 +1,234 @@
+"""Work out, once at load, what a model is: its task, head, class names and how to build its input.
+
+Sources in order: `model.yaml`, the metadata Ultralytics writes into its exports, then the graph's shapes.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kakehashi.backends.base import Backend, TensorSpec
+from kakehashi.errors import ModelLoadError
+from kakehashi.repository.config import ModelConfig
+from kakehashi.tasks.classify import ClassifyTask
+from kakehashi.tasks.detect import DetectTask
+from kakehashi.tasks.heads import (
+    End2EndHead,
+    Head,
+    ObjectnessHead,
+    TfObjectDetectionHead,
+    UltralyticsHead,
+    grid_anchor_count,
+)
+from kakehashi.tasks.preprocess import ImageInput
+
+log = logging.getLogger(__name__)
+
+ImageTask = DetectTask | ClassifyTask
+_DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
+_TF_OD = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+_DEFAULT_SIZE = 640
+_TF_OD_SIZE = 300
+
+
+def ultralytics_metadata(metadata: dict[str, str]) -> dict[str, object]:
+    """The Python-literal values Ultralytics writes (`names`, `imgsz`, `stride`, `task`, `end2end`…)."""
+    parsed: dict[str, object] = {}
+    for key in ("names", "imgsz", "stride", "task", "end2end", "kpt_shape", "batch"):
+        if key in metadata:
+            try:
+                parsed[key] = ast.literal_eval(metadata[key])
+            except (ValueError, SyntaxError):
+                parsed[key] = metadata[key]
+    return parsed
+
+
+def _names(raw: object) -> tuple[str, ...] | None:
+    if isinstance(raw, dict):
+        return tuple(str(raw[k]) for k in sorted(raw))
+    if isinstance(raw, (list, tuple)):
+        return tuple(str(v) for v in raw)
+    return None
+
+
+def _tf_od_outputs(outputs: list[TensorSpec]) -> dict[str, str]:
+    """Map TF-OD role → output name, e.g. `detection_boxes` → `detection_boxes:0`."""
+    found = {}
+    for spec in outputs:
+        base = spec.name.split(":")[0].split("/")[-1]
+        if base in _TF_OD:
+            found[base] = spec.name
+    return found
+
+
+def _image_input(backend: Backend, config: ModelConfig) -> tuple[TensorSpec, str] | None:
+    """The single image input and its layout, or None if the model does not take one image tensor."""
+    if len(backend.inputs) != 1 or len(backend.inputs[0].shape) != 4:
+        return None
+    spec = backend.inputs[0]
+    if config.input.layout:
+        return spec, config.input.layout
+    if spec.shape[1] == 3:
+        return spec, "nchw"
+    if spec.shape[3] == 3:
+        return spec, "nhwc"
+    return None
+
+
+def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask | None:
+    """The image task this model serves, or None for a raw-tensor model (served over OIP v2 only)."""
+    meta = ultralytics_metadata(backend.metadata)
+    names = config.names or _names(meta.get("names")) or ()
+    tf_od = _tf_od_outputs(backend.outputs)
+    task = config.task or ("detect" if tf_od else None) or meta.get("task")
+    if task == "tensor":
+        return None
+    if task not in (None, "detect", "classify"):
+        log.warning("%s: task '%s' is not supported yet; serving raw tensors only", path, task)
+        return None
+    found = _image_input(backend, config)
+    if found is None:
+        if config.task:
+            raise ModelLoadError(
+                f"{path}: task '{config.task}' needs one image input [N, 3, H, W] or [N, H, W, 3]; "
+                f"the model's inputs are {[s.to_json() for s in backend.inputs]}"
+            )
+        return None
+    input_spec, layout = found
+    if task is None:
+        task = _guess_task(backend.outputs)
+        if task is None:
+            return None
+    image_input = _resolve_input(input_spec, layout, config, meta, task, head_hint=config.head or (
+        "tf-od" if tf_od else None), path=path)
+    if task == "classify":
+        output = backend.outputs[0].name
+        return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
+    head = _resolve_head(backend, config, meta, tf_od, image_input, path)
+    if not names:
+        names = _numbered(_class_count(backend, head, image_input))
+    return DetectTask(image_input, head, names)
+
+
+def _numbered(count: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(count))
+
+
+def _guess_task(outputs: list[TensorSpec]) -> str | None:
+    if len(outputs) == 1 and len(outputs[0].shape) == 2:
+        return "classify"
+    if len(outputs) == 1 and len(outputs[0].shape) == 3:
+        return "detect"
+    return None
+
+
+def _resolve_input(spec: TensorSpec, layout: str, config: ModelConfig, meta: dict, task: str,
+                   head_hint: str | None, path: Path) -> ImageInput:
+    spatial = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
+    graph_size = tuple(spatial) if all(d > 0 for d in spatial) else None
+    meta_size = meta.get("imgsz")
+    if isinstance(meta_size, int):
+        meta_size = (meta_size, meta_size)
+    default = _TF_OD_SIZE if head_hint == "tf-od" else _DEFAULT_SIZE
+    size = config.input.size or graph_size or (tuple(meta_size) if meta_size else None) or (default, default)
+    if graph_size and tuple(size) != graph_size:
+        raise ModelLoadError(
+            f"{path}: key 'input.size' is {list(size)} but the graph's input '{spec.name}' is fixed at "
+            f"{list(graph_size)} (height, width)"
+        )
+    dtype = config.input.dtype or _DTYPES.get(spec.datatype)
+    if dtype is None:
+        raise ModelLoadError(f"{path}: input '{spec.name}' is {spec.datatype}; image inputs must be FP32, FP16 or UINT8")
+    if config.input.resize:
+        resize = config.input.resize
+    else:
+        resize = "crop" if task == "classify" else ("stretch" if head_hint == "tf-od" else "letterbox")
+    stride = meta.get("stride")
+    return ImageInput(
+        name=spec.name,
+        size=(int(size[0]), int(size[1])),
+        dynamic_size=graph_size is None,
+        stride=int(stride) if isinstance(stride, int) and stride > 0 else 32,
+        resize=resize,
+        pad_value=config.input.pad_value,
+        channels=config.input.channels,
+        layout=layout,
+        dtype=dtype,
+        scale=config.input.scale if config.input.scale is not None else (1.0 if dtype == "uint8" else 1 / 255),
+        mean=config.input.mean,
+        std=config.input.std,
+    )
+
+
+def _probe(backend: Backend, image_input: ImageInput) -> dict[str, np.ndarray]:
+    """Run the model once on a blank image to learn its concrete output shapes."""
+    shape = (1, *image_input.tensor_shape(image_input.size))
+    blank = np.zeros(shape, dtype=np.dtype(image_input.dtype))
+    return backend.run({image_input.name: blank})
+
+
+def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict[str, str],
+                  image_input: ImageInput, path: Path) -> Head:
+    head = config.head
+    if head == "tf-od" or (head is None and tf_od):
+        missing = [role for role in _TF_OD[:3] if role not in tf_od]
+        if missing:
+            raise ModelLoadError(f"{path}: head 'tf-od' needs outputs named {', '.join(missing)}")
+        return TfObjectDetectionHead(tf_od["detection_boxes"], tf_od["detection_scores"],
+                                     tf_od["detection_classes"], tf_od.get("num_detections"))
+    if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
+        raise ModelLoadError(
+            f"{path}: a detection head needs one output [N, a, b]; the model's outputs are "
+            f"{[s.to_json() for s in backend.outputs]}"
+        )
+    output = backend.outputs[0].name
+    if head is None:
+        head = _guess_head(backend, meta, image_input, path)
+        log.info("%s: inferred detection head '%s'", path, head)
+    if head == "ultralytics":
+        return UltralyticsHead(output)
+    if head == "end2end":
+        return End2EndHead(output)
+    return ObjectnessHead(output, grid=head == "yolox", name=head)
+
+
+def _guess_head(backend: Backend, meta: dict, image_input: ImageInput, path: Path) -> str:
+    if "end2end" in meta:  # recent Ultralytics exports say which head they have
+        return "end2end" if meta["end2end"] is True else "ultralytics"
+    rows, cols = _output_dims(backend, image_input)
+    anchors = grid_anchor_count(image_input.size)
+    if rows == anchors:
+        return "yolox"
+    if rows == 3 * anchors:
+        return "yolov5"
+    if rows < cols:
+        return "ultralytics"
+    if cols in (6, 7):
+        return "end2end"
+    raise ModelLoadError(
+        f"{path}: cannot tell the detection head from output shape [N, {rows}, {cols}]; "
+        f"set 'head' in model.yaml (ultralytics, end2end, yolov5, yolox or tf-od)"
+    )
+
+
+def _output_dims(backend: Backend, image_input: ImageInput) -> tuple[int, int]:
+    spec = backend.outputs[0]
+    if all(d > 0 for d in spec.shape[1:]):
+        return spec.shape[1], spec.shape[2]
+    shape = _probe(backend, image_input)[spec.name].shape
+    return shape[1], shape[2]
+
+
+def _class_count(backend: Backend, head: Head, image_input: ImageInput) -> int:
+    if isinstance(head, TfObjectDetectionHead):
+        return 0
+    rows, cols = _output_dims(backend, image_input)
+    if isinstance(head, UltralyticsHead):
+        return rows - 4
+    if isinstance(head, ObjectnessHead):
+        return cols - 5
+    return 0

@@ -49,10 +49,9 @@ class BoxTransform:
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map xyxy boxes (n, 4) in model-input pixels to original pixels, clipped to the image."""
         out = np.empty_like(boxes, dtype=np.float32)
-        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale_x
-        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale_y
-        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views: x1, x2 and y1, y2
+        np.clip((boxes[:, 0::2] - self.pad_x) / self.scale_x, 0, self.width, out=xs)
+        np.clip((boxes[:, 1::2] - self.pad_y) / self.scale_y, 0, self.height, out=ys)
         return out
 
 

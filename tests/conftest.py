@@ -1,0 +1,119 @@
+"""Shared fixtures: test data paths, and real `kakehashi serve` processes on ephemeral ports."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+DATA = Path(__file__).parent / "data"
+IMAGES = DATA / "images"
+MODELS = DATA / "models"
+YOLO11 = MODELS / "yolo11n-coco-random-640-dynamic.onnx"
+YOLO26 = MODELS / "yolo26n-coco-random-640-e2e-dynamic.onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `kakehashi serve` subprocess on 127.0.0.1 and an httpx client for it."""
+
+    def __init__(self, model: Path | None, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "kakehashi", "serve", *([str(model)] if model else []),
+                "--port", str(self.port), *extra]
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def wait_until(self, path: str = "/v2/health/ready", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
+            try:
+                if self.client.get(path).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not answering 200 on {path} after {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    path = Path(__file__).parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _server_pool(artifacts: Path, label: str) -> Iterator:
+    started: list[Server] = []
+
+    def start(model: Path | None, *extra: str, wait: str | None = "/v2/health/ready") -> Server:
+        name = label.replace("/", "_")[:80]
+        server = Server(model, artifacts / f"server-{name}-{len(started)}.log", *extra)
+        started.append(server)
+        if wait:
+            server.wait_until(wait)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve(artifacts: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Start servers inside one test: `serve(model_path, *flags)`; each is stopped after the test."""
+    yield from _server_pool(artifacts, request.node.name)
+
+
+@pytest.fixture(scope="module")
+def serve_module(artifacts: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Like `serve`, for servers shared by a whole test module."""
+    yield from _server_pool(artifacts, request.module.__name__)
+
+
+@pytest.fixture(scope="module")
+def default_server(serve_module) -> Server:
+    """The bundled default model, served with no model argument."""
+    return serve_module(None)
+
+
+def image_bytes(width: int, height: int, fmt: str = "PNG", color: tuple[int, int, int] = (90, 120, 200),
+                **save_args) -> bytes:
+    """A plain image of the given size encoded as `fmt`."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, fmt, **save_args)
+    return buffer.getvalue()

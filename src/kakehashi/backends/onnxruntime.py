@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kakehashi.backends.base import TensorSpec
-from kakehashi.errors import ModelLoadError
+from kakehashi.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ def _spec(node: ort.NodeArg, path: Path) -> TensorSpec:
     return TensorSpec(node.name, datatype, shape)
 
 
+def _as_strings(array: np.ndarray) -> np.ndarray:
+    """OIP BYTES (bytes objects) as the str objects ONNX Runtime's string tensors take."""
+    try:
+        values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidInput("BYTES input for an ONNX string tensor must be UTF-8 text") from None
+    return np.asarray(values, dtype=object).reshape(array.shape)
+
+
 class OnnxRuntimeBackend:
     """Runs an ONNX model with the first available of the requested execution providers."""
 
@@ -63,5 +72,6 @@ class OnnxRuntimeBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference and return every output by name."""
+        feeds = {name: _as_strings(array) if array.dtype.kind == "O" else array for name, array in feeds.items()}
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))

@@ -41,6 +41,15 @@ def _shape(name: str, raw: object) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def _whole(data: list, parsed: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`data` as integers if none has a fraction; else `parsed` unchanged (rejected by the kind check)."""
+    try:
+        exact = np.asarray(data, dtype=dtype)
+    except (ValueError, OverflowError):
+        return parsed
+    return exact if np.array_equal(exact.astype(np.float64), parsed) else parsed
+
+
 def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
     """JSON `data` (flat or nested, row-major) as an array of `datatype` and `shape`."""
     expected = math.prod(shape)
@@ -55,6 +64,8 @@ def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object
     else:
         try:
             parsed = np.asarray(data)
+            if parsed.dtype.kind == "f" and dtype.kind in "iu":  # integers past int64 (2**63 in UINT64) parse as float
+                parsed = _whole(data, parsed, dtype)
         except (ValueError, OverflowError):
             raise InvalidInput(f"input '{name}': 'data' is not a regular array of numbers") from None
         if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:

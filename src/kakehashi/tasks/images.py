@@ -32,6 +32,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         ) from None
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"the image is too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInput(f"the image is truncated or corrupt: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")

@@ -8,7 +8,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kakehashi.errors import ModelLoadError, NotFound
+from kakehashi.errors import ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.repository.handle import ModelHandle
 
@@ -119,7 +119,7 @@ class ModelRepository:
             raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
         if version in (None, ""):
             if not entry.handles:
-                raise NotFound(f"model '{name}' has no loaded version: {entry.error or 'still loading'}")
+                raise Unavailable(f"model '{name}' is not ready: {entry.error or 'still loading'}")
             ready = [v for v, h in entry.handles.items() if h.ready]
             return entry.handles[max(ready or entry.handles)]
         try:

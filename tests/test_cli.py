@@ -1,0 +1,64 @@
+"""`kakehashi predict` prints the predict endpoint's JSON without a server; errors exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import IMAGES, YOLO26, free_port
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kakehashi", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_predict_with_the_bundled_model():
+    result = run("predict", str(IMAGES / "astronaut.png"), str(IMAGES / "coffee.png"), "--decimals", "2")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert [len(i["results"]) for i in answer["images"]] == [1, 0]
+    assert answer["images"][0]["results"][0]["name"] == "person"
+    assert answer["metadata"] == {"model": "ssdlite-person", "version": "1", "imageCount": 2}
+
+
+def test_predict_with_an_onnx_file():
+    result = run("predict", str(IMAGES / "chelsea.png"), "--model", str(YOLO26), "--conf", "0.0001", "--max-det", "3")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["metadata"]["model"] == YOLO26.stem and len(answer["images"][0]["results"]) == 3
+
+
+def test_predict_errors(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    result = run("predict", str(text))
+    assert result.returncode == 1 and "not an image in a supported format" in result.stderr
+    result = run("predict", str(IMAGES / "coffee.png"), "--conf", "2")
+    assert result.returncode == 1 and "parameter 'conf'" in result.stderr
+    result = run("predict", str(tmp_path / "missing.png"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_serve_reads_kakehashi_env_vars():
+    port = free_port()
+    env = {**os.environ, "KAKEHASHI_PORT": str(port), "KAKEHASHI_MODEL": str(YOLO26)}
+    process = subprocess.Popen([sys.executable, "-m", "kakehashi", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v2/models/{YOLO26.stem}/ready")
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -1,0 +1,91 @@
+"""Serving a repository: versions, model.yaml, and models that fail to load while the rest keep serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import image_bytes
+from onnx_builders import constant_model
+
+
+def _e2e_rows(score: float) -> np.ndarray:
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = (0, 0, 320, 320, score, 1)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    meta = {"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"}
+    for version, score in ((1, 0.5), (2, 0.75), (3, 0.9)):
+        constant_model(root / "det" / str(version) / "model.onnx", {"output0": _e2e_rows(score)}, metadata=meta)
+    (root / "det" / "model.yaml").write_text("version_policy: {latest: 2}\ndefaults: {conf: 0.1}\n")
+    constant_model(root / "broken" / "1" / "model.onnx", {"output0": _e2e_rows(0.5)}, metadata=meta)
+    (root / "broken" / "model.yaml").write_text("task: detect\ncolour: blue\n")
+    (root / "notonnx").mkdir()
+    (root / "notonnx" / "model.onnx").write_bytes(b"this is not a protobuf at all")
+    constant_model(root / "fixed.onnx", {"output0": _e2e_rows(0.5)}, metadata=meta, input_shape=[1, 3, 640, 640])
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, repository):
+    server = serve_module(repository, wait="/v2/models/det/ready")
+    server.wait_until("/v2/models/fixed/ready")
+    return server
+
+
+def confidence(server, path: str) -> float:
+    response = server.client.post(path, files=[("file", ("a.png", image_bytes(640, 640)))])
+    assert response.status_code == 200, response.text
+    return response.json()["images"][0]["results"][0]["confidence"]
+
+
+def test_newest_versions_served_per_policy(server):
+    assert server.client.get("/v2/models/det").json()["versions"] == ["2", "3"]
+    assert confidence(server, "/v1/models/det/predict") == 0.9
+    assert confidence(server, "/v1/models/det/versions/2/predict") == 0.75
+    response = server.client.post("/v1/models/det/versions/1/predict", files=[("file", ("a.png", image_bytes(8, 8)))])
+    assert response.status_code == 404 and "served versions: 2, 3" in response.json()["error"]
+
+
+def test_names_from_metadata_and_defaults_from_model_yaml(server):
+    response = server.client.post("/v1/models/det/predict", files=[("file", ("a.png", image_bytes(640, 640)))])
+    assert response.json()["images"][0]["results"][0]["name"] == "dog"
+
+
+def test_bad_model_yaml_leaves_the_model_unready_with_the_reason(server, repository):
+    response = server.client.get("/v2/models/broken/ready")
+    assert response.status_code == 503
+    message = response.json()["error"]
+    assert str(repository / "broken" / "model.yaml") in message and "unknown key 'colour'" in message
+
+
+def test_a_file_that_is_not_onnx(server, repository):
+    response = server.client.get("/v2/models/notonnx/ready")
+    assert response.status_code == 503
+    message = response.json()["error"]
+    assert str(repository / "notonnx" / "model.onnx") in message and "cannot be loaded as an ONNX model" in message
+    predict = server.client.post("/v1/models/notonnx/predict", files=[("file", ("a.png", image_bytes(8, 8)))])
+    assert predict.status_code == 503
+
+
+def test_server_not_ready_while_a_model_failed_but_still_live(server):
+    assert server.client.get("/v2/health/live").status_code == 200
+    assert server.client.get("/v2/health/ready").status_code == 503
+
+
+def test_fixed_input_size_refuses_other_imgsz(server):
+    files = [("file", ("a.png", image_bytes(100, 100)))]
+    response = server.client.post("/v1/models/fixed/predict", files=files, params={"imgsz": 320})
+    assert response.status_code == 400 and "fixed input size 640x640" in response.json()["error"]
+    assert server.client.post("/v1/models/fixed/predict", files=files, params={"imgsz": 640}).status_code == 200
+
+
+def test_single_file_and_missing_path(serve, tmp_path, repository):
+    single = serve(repository / "fixed.onnx")
+    assert single.client.get("/v2/models/fixed").json()["inputs"][0]["shape"] == [1, 3, 640, 640]
+    with pytest.raises(RuntimeError, match="does not exist"):
+        serve(tmp_path / "nowhere.onnx")

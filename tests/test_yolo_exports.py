@@ -1,0 +1,72 @@
+"""Real Ultralytics exports (random weights, real shapes and metadata) served with zero configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, YOLO11, YOLO26
+
+CASES = {"yolo11": (YOLO11, "ultralytics", [-1, 84, -1]), "yolo26": (YOLO26, "end2end", [-1, 300, 6])}
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, tmp_path_factory):
+    root = tmp_path_factory.mktemp("yolo")
+    for name, (path, _, _) in CASES.items():
+        (root / f"{name}.onnx").symlink_to(path.resolve())
+    return serve_module(root)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_metadata_from_the_graph(server, name):
+    meta = server.client.get(f"/v2/models/{name}").json()
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    assert meta["outputs"][0]["shape"] == CASES[name][2]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("imgsz", [None, 320])
+def test_predict_contract(server, name, imgsz):
+    params = {"conf": 0.0001, "max_det": 50} | ({"imgsz": imgsz} if imgsz else {})
+    files = [("file", ("coffee.png", (IMAGES / "coffee.png").read_bytes()))]
+    response = server.client.post(f"/v1/models/{name}/predict", files=files, params=params)
+    assert response.status_code == 200, response.text
+    [image] = response.json()["images"]
+    assert image["shape"] == [400, 600]
+    results = image["results"]
+    assert 0 < len(results) <= 50
+    confidences = [r["confidence"] for r in results]
+    assert confidences == sorted(confidences, reverse=True) and min(confidences) >= 0.0001
+    assert all(0 <= r["class"] < 80 and isinstance(r["name"], str) for r in results)
+    for r in results:
+        box = r["box"]
+        assert 0 <= box["x1"] <= box["x2"] <= 600 and 0 <= box["y1"] <= box["y2"] <= 400
+
+
+def test_coco_names_from_metadata(server):
+    response = server.client.post("/v1/models/yolo11/predict", params={"conf": 0.0001, "max_det": 300},
+                                  files=[("file", ("c.png", (IMAGES / "chelsea.png").read_bytes()))])
+    results = response.json()["images"][0]["results"]
+    names = {r["class"]: r["name"] for r in results}
+    assert names.get(0, "person") == "person" and names.get(79, "toothbrush") == "toothbrush"
+    assert len(results) <= 300
+
+
+@pytest.mark.parametrize("name, size, shape", [("yolo11", 64, [1, 84, 84]), ("yolo26", 160, [1, 300, 6])])
+def test_raw_infer_on_a_small_input(server, name, size, shape):
+    x = np.full((1, 3, size, size), 0.5, np.float32)
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    response = server.client.post(f"/v2/models/{name}/infer", json=body)
+    assert response.status_code == 200, response.text
+    [output] = response.json()["outputs"]
+    assert output["name"] == "output0" and output["shape"] == shape and len(output["data"]) == np.prod(shape)
+
+
+def test_runtime_refusal_is_a_clear_400(server):
+    # YOLO26's head keeps its top 300 anchors: a 64x64 input has only 84, and ONNX Runtime refuses it
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    response = server.client.post("/v2/models/yolo26/infer", json=body)
+    assert response.status_code == 400 and "could not run this input" in response.json()["error"]
+    assert server.client.get("/v2/models/yolo26/ready").status_code == 200

@@ -57,7 +57,8 @@ def test_serve_reads_kakehashi_env_vars():
                 if response.status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         assert response.status_code == 200
     finally:
         process.terminate()

@@ -78,25 +78,30 @@ def serve(model: Path | None, host: str, port: int, max_body_bytes: int, max_pix
 def predict(images: tuple[Path, ...], model: Path | None, **options: str | None) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
     repository, compute = _repository(model, Settings.compute_threads, Settings.max_pixels)
+    if len(repository.entries) != 1:
+        raise click.ClickException(
+            f"{repository.path} holds several models ({', '.join(repository.entries)}); "
+            f"pass --model {repository.path}/<name>"
+        )
+    values = {name: [value] for name, value in options.items() if value is not None}
     try:
-        if len(repository.entries) != 1:
-            raise click.ClickException(
-                f"{repository.path} holds several models ({', '.join(repository.entries)}); "
-                f"pass --model {repository.path}/<name>"
-            )
-        repository.load_all()
-        handle = repository.get(next(iter(repository.entries)))
-        handle.require_ready()
-        values = {name: [value] for name, value in options.items() if value is not None}
-        params = parse_params(values, handle.config.defaults)
-        predictions = asyncio.run(handle.predict([path.read_bytes() for path in images], params))
-        click.echo(encode_predictions(handle.name, handle.version, predictions))
+        answer = asyncio.run(_predict_once(repository, [path.read_bytes() for path in images], values))
     except KakehashiError as exc:
         raise click.ClickException(exc.message) from None
     finally:
-        repository.unload_all()
         compute.shutdown()
+    click.echo(answer)
 
+
+async def _predict_once(repository: ModelRepository, images: list[bytes], values: dict[str, list[str]]) -> bytes:
+    await asyncio.to_thread(repository.load_all)
+    try:
+        handle = repository.get(next(iter(repository.entries)))
+        handle.require_ready()
+        predictions = await handle.predict(images, parse_params(values, handle.config.defaults))
+        return encode_predictions(handle.name, handle.version, predictions)
+    finally:
+        await repository.close_all()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,3 +45,19 @@ class ModelLoadError(KakehashiError):
     """A model or its `model.yaml` cannot be loaded; the message names the file and the problem."""
 
     status = 400
+
+
+class Overloaded(KakehashiError):
+    """The model's queue is full; the client should retry after `retry_after` seconds (HTTP 429)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(KakehashiError):
+    """The request's deadline passed before it could be answered (HTTP 504)."""
+
+    status = 504

@@ -52,7 +52,7 @@ class OnnxRuntimeBackend:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
         available = ort.get_available_providers()
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         skipped = [p for p in providers if p not in available]
@@ -60,6 +60,8 @@ class OnnxRuntimeBackend:
             log.warning("%s: execution providers %s are not available here; using %s", path, skipped, chosen)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
+        options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file

@@ -24,6 +24,16 @@ class InferRequest:
     id: str | None = None
     parameters: dict = field(default_factory=dict)
 
+    @property
+    def timeout_ms(self) -> float | None:
+        """The request's `timeout` parameter, in microseconds as Triton and tritonclient send it."""
+        timeout = self.parameters.get("timeout")
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInput(f"parameter 'timeout' must be a positive number of microseconds, got {timeout!r}")
+        return timeout / 1000
+
 
 def _loads(body: bytes) -> dict:
     try:

@@ -13,6 +13,7 @@ from kakehashi.repository.handle import ImagePrediction
 from kakehashi.tasks.params import PredictParams
 
 PARAMETERS = ("conf", "iou", "imgsz", "max_det", "classes", "decimals", "top_k")
+_TIMEOUT_MS_MAX = 3_600_000.0
 
 
 def _number(name: str, low: float, high: float, integer: bool) -> Callable[[str], float | int]:
@@ -64,6 +65,12 @@ def parse_params(values: Mapping[str, Sequence[str]], defaults: Defaults) -> Pre
         else:
             parsed[name] = _SCALARS[name](texts[-1])
     return PredictParams(**parsed)  # type: ignore[arg-type]
+
+
+def parse_timeout_ms(values: Mapping[str, Sequence[str]]) -> float | None:
+    """The client's `timeout` parameter (milliseconds), if given."""
+    texts = values.get("timeout")
+    return _number("timeout", 1.0, _TIMEOUT_MS_MAX, integer=False)(texts[-1]) if texts else None
 
 
 def encode_predictions(model: str, version: int, predictions: list[ImagePrediction]) -> bytes:

@@ -40,6 +40,16 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """The dynamic batcher: a batch closes at `max_batch_size` rows or when the oldest waited the delay."""
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 256
+    timeout_ms: float | None = None
+
+
+@dataclass(frozen=True)
 class VersionPolicy:
     """Which versions of a model are served: the newest `latest`, a `specific` list, or `all`."""
 
@@ -67,6 +77,9 @@ class ModelConfig:
     input: InputConfig = field(default_factory=InputConfig)
     defaults: Defaults = field(default_factory=Defaults)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    instances: int = 1
+    threads: int | None = None
     warmup: bool = True
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
@@ -153,6 +166,12 @@ _DEFAULTS: Schema = {
     "max_det": _number(1, 10000, integer=True),
     "top_k": _number(1, 1000, integer=True),
 }
+_BATCHING: Schema = {
+    "max_batch_size": _number(1, 1024, integer=True),
+    "max_queue_delay_ms": _number(0.0, 60_000.0),
+    "max_queue_size": _number(1, 1_000_000, integer=True),
+    "timeout_ms": _number(1.0, 3_600_000.0),
+}
 _POLICY: Schema = {
     "latest": _number(1, integer=True),
     "specific": _positive_ints,
@@ -204,6 +223,9 @@ _TOP: Schema = {
     "input": _INPUT,
     "defaults": _DEFAULTS,
     "version_policy": _POLICY,
+    "batching": _BATCHING,
+    "instances": _number(1, 64, integer=True),
+    "threads": _number(1, 1024, integer=True),
     "warmup": _boolean,
     "providers": _strings,
 }
@@ -229,6 +251,7 @@ def load_model_config(path: Path) -> ModelConfig:
         **parsed | {
             "input": InputConfig(**parsed.get("input", {})),
             "defaults": Defaults(**parsed.get("defaults", {})),
+            "batching": BatchingConfig(**parsed.get("batching", {})),
             "version_policy": VersionPolicy(**({"latest": None} | policy) if policy else {}),
         }
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import Sequence
 
 import numpy as np
 
+from kakehashi import metrics
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
-from kakehashi.datatypes import oip_datatype
+from kakehashi.batching.batcher import BatchResult, DynamicBatcher
+from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InvalidInput, KakehashiError, Unavailable
 from kakehashi.repository.config import ModelConfig
-from kakehashi.tasks.image_task import Prepared, prepare_image
+from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 
@@ -45,8 +48,16 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def _batchable(backend: Backend) -> bool:
+    """True if every input and output has a dynamic first (batch) dimension."""
+    return all(spec.shape and spec.shape[0] == -1 for spec in (*backend.inputs, *backend.outputs))
+
+
 class ModelHandle:
-    """A model version: loads once, then answers raw-tensor `infer` and image `predict` calls."""
+    """A model version: loads once, then answers raw-tensor `infer` and image `predict` calls.
+
+    Every inference goes through the version's dynamic batcher to its instances (one runtime session each).
+    """
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor,
                  max_pixels: int) -> None:
@@ -54,46 +65,80 @@ class ModelHandle:
         self.version = version
         self.path = path
         self.config = config
-        self.state = ModelState.LOADING
         self.reason = ""
         self.backend: Backend | None = None
         self.task: ImageTask | None = None
+        self.max_batch_size = 1
+        self.load_seconds = 0.0
+        self.last_inference_ms = 0
+        self.batch_sizes_seen: set[int] = set()
+        self._instances: list[Backend] = []
+        self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._max_pixels = max_pixels
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}-{version}")
-        self._max_batch = 1
+        self._labels = {"model": name, "version": str(version)}
+        self._set_state(ModelState.LOADING)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def _set_state(self, state: ModelState) -> None:
+        self.state = state
+        for each in ModelState:
+            metrics.MODEL_STATE.labels(**self._labels, state=each.value).set(1 if each is state else 0)
+
     def load(self) -> None:
-        """Load the backend, resolve the task and warm up; on failure the state says why."""
+        """Load the instances, resolve the task and warm up; on failure the state says why."""
         started = time.perf_counter()
+        config = self.config
+        threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            backend = OnnxRuntimeBackend(self.path, self.config.providers)
-            self.task = resolve_task(backend, self.config, self.path)
+            self._instances = [OnnxRuntimeBackend(self.path, config.providers, threads)
+                               for _ in range(config.instances)]
+            backend = self._instances[0]
+            self.task = resolve_task(backend, config, self.path)
             self.backend = backend
-            first_dim = backend.inputs[0].shape[0] if backend.inputs and backend.inputs[0].shape else 1
-            self._max_batch = 1 if first_dim == 1 else 64
-            if self.config.warmup and self.task is not None:
+            self.max_batch_size = config.batching.max_batch_size if _batchable(backend) else 1
+            if config.warmup:
                 self._warm_up()
         except KakehashiError as exc:
-            self.state, self.reason = ModelState.FAILED, exc.message
+            self._instances, self.reason = [], exc.message
+            self._set_state(ModelState.FAILED)
             log.error("model %s version %s failed to load: %s", self.name, self.version, exc.message)
             return
-        self.state = ModelState.READY
-        log.info("model %s version %s ready in %.2f s (task %s)", self.name, self.version,
-                 time.perf_counter() - started, self.kind)
+        self._batcher = DynamicBatcher(
+            self._run_on, len(self._instances), self.max_batch_size, config.batching.max_queue_delay_ms,
+            config.batching.max_queue_size, f"{self.name}:{self.version}", self._record_batch)
+        self.load_seconds = time.perf_counter() - started
+        metrics.LOAD_SECONDS.labels(**self._labels).set(self.load_seconds)
+        self._set_state(ModelState.READY)
+        batching = f"max batch {self.max_batch_size}" if self.max_batch_size > 1 else (
+            "batching off" if _batchable(backend) else "batching off: the graph's batch dimension is fixed")
+        log.info("model %s version %s ready in %.2f s: task %s, %d instance(s) x %d thread(s), %s",
+                 self.name, self.version, self.load_seconds, self.kind, len(self._instances), threads, batching)
 
-    def unload(self) -> None:
-        """Stop serving and release the runtime session."""
-        self.state, self.backend = ModelState.UNLOADED, None
-        self._inference.shutdown(wait=True)
+    async def close(self) -> None:
+        """Stop serving: finish running batches and release the runtime sessions."""
+        self._set_state(ModelState.UNLOADED)
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._instances, self.backend, self._batcher = [], None, None
 
     def _warm_up(self) -> None:
-        spec = self.task.input
-        blank = np.zeros((1, *spec.tensor_shape(spec.size)), dtype=np.dtype(spec.dtype))
-        for _ in range(2):
-            self.backend.run({spec.name: blank})
+        """Run every batch size the batcher may use on every instance, so no user request pays for it."""
+        if self.task is not None:
+            spec = self.task.input
+            row_shapes = {spec.name: spec.tensor_shape(spec.size)}
+            dtypes = {spec.name: np.dtype(spec.dtype)}
+        else:
+            inputs = self.backend.inputs
+            if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
+                log.info("model %s: input shapes are not fixed; no warm-up", self.name)
+                return
+            row_shapes = {s.name: s.shape[1:] for s in inputs}
+            dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
+        for instance in self._instances:
+            for rows in range(1, self.max_batch_size + 1):
+                instance.run({name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()})
 
     @property
     def kind(self) -> str:
@@ -104,11 +149,41 @@ class ModelHandle:
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.depth if self._batcher else 0
+
     def require_ready(self) -> Backend:
         if self.state is not ModelState.READY or self.backend is None:
             detail = f": {self.reason}" if self.reason else ""
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready ({self.state.value}){detail}")
         return self.backend
+
+    def _run_on(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._instances[instance].run(feeds)
+
+    def _record_batch(self, rows: int, seconds: float) -> None:
+        self.last_inference_ms = int(time.time() * 1000)
+        self.batch_sizes_seen.add(rows)
+        metrics.BATCH_SIZE.labels(**self._labels).observe(rows)
+        metrics.INFERENCE_SECONDS.labels(**self._labels).observe(seconds)
+        metrics.BATCH_EXECUTIONS.labels(**self._labels, batch_size=str(rows)).inc()
+        metrics.BATCH_EXECUTION_SECONDS.labels(**self._labels, batch_size=str(rows)).inc(seconds)
+
+    def deadline(self, timeout_ms: float | None) -> float | None:
+        """The `time.perf_counter()` by which a request must be answered (the tighter of client and model)."""
+        limits = [t for t in (timeout_ms, self.config.batching.timeout_ms) if t]
+        return time.perf_counter() + min(limits) / 1000 if limits else None
+
+    async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:
+        self.require_ready()
+        metrics.QUEUE_DEPTH.labels(**self._labels).set(self._batcher.depth + 1)
+        try:
+            result = await self._batcher.submit(feeds, rows, deadline)
+        finally:
+            metrics.QUEUE_DEPTH.labels(**self._labels).set(self._batcher.depth if self._batcher else 0)
+        metrics.QUEUE_SECONDS.labels(**self._labels).observe(result.queue)
+        return result
 
     # -- raw tensors (OIP v2) ----------------------------------------------------------------------
 
@@ -124,84 +199,60 @@ class ModelHandle:
             raise InvalidInput(f"missing input {missing[0]!r}; model '{self.name}' takes {sorted(expected)}")
         for name, array in feeds.items():
             _check_tensor(expected[name], oip_datatype(array.dtype), array.shape)
+        if self.max_batch_size > 1 and len({array.shape[0] for array in feeds.values()}) > 1:
+            raise InvalidInput(f"inputs of model '{self.name}' must share the batch (first) dimension")
 
-    async def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run checked raw tensors through the model; returns every output by name."""
-        backend = self.require_ready()
-        loop = asyncio.get_running_loop()
+    async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Run checked raw tensors through the batcher; returns every output by name."""
+        rows = next(iter(feeds.values())).shape[0] if self.max_batch_size > 1 else 1
         try:
-            return await loop.run_in_executor(self._inference, backend.run, feeds)
+            return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
+        except KakehashiError:
+            raise
         except Exception as exc:  # the runtime rejected values the shape checks could not see
             raise InvalidInput(f"model '{self.name}' could not run this input: {_first_line(exc)}") from None
 
     # -- images -------------------------------------------------------------------------------------
 
-    async def predict(self, images: Sequence[bytes], params: PredictParams) -> list[ImagePrediction]:
+    async def predict(self, images: Sequence[bytes], params: PredictParams,
+                      timeout_ms: float | None = None) -> list[ImagePrediction]:
         """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
-        backend = self.require_ready()
+        self.require_ready()
         task = self.task
         if task is None:
             raise InvalidInput(
                 f"model '{self.name}' serves raw tensors only; use POST /v2/models/{self.name}/infer"
             )
-        loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(
-            loop.run_in_executor(self._compute, self._prepare, index, data, params, len(images) > 1)
-            for index, data in enumerate(images)
-        ))
-        outputs, speeds = await self._run_images(backend, task.input.name, [p for p, _ in prepared])
-        results = await asyncio.gather(*(
-            loop.run_in_executor(self._compute, _timed, task.postprocess, out, prep, params)
-            for out, (prep, _) in zip(outputs, prepared)
-        ))
-        return [
-            ImagePrediction(prep.original_shape, found,
-                            {"preprocess": pre_ms, **speed, "postprocess": post_ms})
-            for (prep, pre_ms), speed, (found, post_ms) in zip(prepared, speeds, results)
-        ]
+        deadline = self.deadline(timeout_ms)
+        numbered = len(images) > 1
+        return list(await asyncio.gather(*(
+            self._predict_one(task, index, data, params, deadline, numbered) for index, data in enumerate(images)
+        )))
 
-    def _prepare(self, index: int, data: bytes, params: PredictParams, numbered: bool) -> tuple[Prepared, float]:
-        started = time.perf_counter()
+    async def _predict_one(self, task: ImageTask, index: int, data: bytes, params: PredictParams,
+                           deadline: float | None, numbered: bool) -> ImagePrediction:
+        loop = asyncio.get_running_loop()
         try:
-            prepared = prepare_image(data, self.task.input, params, self._max_pixels)
+            prepared, pre = await loop.run_in_executor(self._compute, _timed, prepare_image, data, task.input,
+                                                       params, self._max_pixels)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
-        return prepared, _ms(time.perf_counter() - started)
-
-    async def _run_images(self, backend: Backend, input_name: str, prepared: list[Prepared]
-                          ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, float]]]:
-        """Infer images in batches of equal tensor shape; returns per-image outputs and timings."""
-        loop = asyncio.get_running_loop()
-        outputs: list[dict[str, np.ndarray]] = [{} for _ in prepared]
-        speeds: list[dict[str, float]] = [{} for _ in prepared]
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, item in enumerate(prepared):
-            by_shape.setdefault(item.tensor.shape, []).append(index)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), self._max_batch):
-                chunk = indices[start:start + self._max_batch]
-                batch = np.stack([prepared[i].tensor for i in chunk])
-                submitted = time.perf_counter()
-                result, began, ended = await loop.run_in_executor(self._inference, _run_timed, backend,
-                                                                   {input_name: batch})
-                for row, index in enumerate(chunk):
-                    outputs[index] = {name: value[row] for name, value in result.items()}
-                    speeds[index] = {"queue": _ms(began - submitted), "inference": _ms(ended - began)}
-        return outputs, speeds
-
-
-def _run_timed(backend: Backend, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
-    began = time.perf_counter()
-    result = backend.run(feeds)
-    return result, began, time.perf_counter()
+        metrics.PREPROCESS_SECONDS.labels(**self._labels).observe(pre)
+        result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
+        outputs = {name: value[0] for name, value in result.outputs.items()}
+        found, post = await loop.run_in_executor(self._compute, _timed, task.postprocess, outputs, prepared, params)
+        metrics.POSTPROCESS_SECONDS.labels(**self._labels).observe(post)
+        speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
+                 "postprocess": _ms(post)}
+        return ImagePrediction(prepared.original_shape, found, speed)
 
 
 def _timed(function, *args):
     started = time.perf_counter()
     value = function(*args)
-    return value, _ms(time.perf_counter() - started)
+    return value, time.perf_counter() - started
 
 
 def _first_line(exc: Exception) -> str:

@@ -102,10 +102,11 @@ class ModelRepository:
             entry.handles[version] = handle
             handle.load()
 
-    def unload_all(self) -> None:
+    async def close_all(self) -> None:
+        """Stop every loaded version (running batches finish first)."""
         for entry in self.entries.values():
             for handle in entry.handles.values():
-                handle.unload()
+                await handle.close()
 
     @property
     def ready(self) -> bool:

@@ -7,11 +7,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kakehashi import __version__
+from kakehashi.protocols.triton_config import model_config
+from kakehashi.statistics import model_statistics
 from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
 from kakehashi.server.responses import JSONBytes, error_response
 from kakehashi.server.state import model_handle, server_state
+from kakehashi.server.tracking import tracked, unless_disconnected
 
-EXTENSIONS: list[str] = []
+EXTENSIONS = ["model_configuration", "statistics"]
 
 
 async def live(request: Request) -> Response:
@@ -48,17 +51,36 @@ async def model_ready(request: Request) -> Response:
                                f"({handle.state.value}){': ' + handle.reason if handle.reason else ''}")
 
 
+@tracked("http")
 async def infer(request: Request) -> Response:
     handle = model_handle(request)
     parsed = parse_infer_request(await request.body())
     handle.check_feeds(parsed.inputs)
-    outputs = select_outputs(await handle.infer(parsed.inputs), parsed.outputs)
+    results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
+    outputs = select_outputs(results, parsed.outputs)
     return JSONBytes(encode_infer_response(handle.name, handle.version, outputs, parsed.id))
+
+
+async def config(request: Request) -> Response:
+    return JSONBytes(model_config(model_handle(request)))
+
+
+async def stats(request: Request) -> Response:
+    repository = server_state(request).repository
+    if "model" in request.path_params:
+        handles = [model_handle(request)]
+        if "version" not in request.path_params:
+            handles = list(repository.entries[handles[0].name].handles.values())
+    else:
+        handles = [h for entry in repository.entries.values() for h in entry.handles.values()]
+    return JSONBytes({"model_stats": [model_statistics(h) for h in handles]})
 
 
 def _model_routes(prefix: str) -> list[Route]:
     return [
         Route(prefix, model_metadata, methods=["GET"]),
+        Route(prefix + "/config", config, methods=["GET"]),
+        Route(prefix + "/stats", stats, methods=["GET"]),
         Route(prefix + "/ready", model_ready, methods=["GET"]),
         Route(prefix + "/infer", infer, methods=["POST"]),
     ]
@@ -68,6 +90,7 @@ routes = [
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
     Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/models/stats", stats, methods=["GET"]),
     *_model_routes("/v2/models/{model}"),
     *_model_routes("/v2/models/{model}/versions/{version}"),
 ]

@@ -29,7 +29,8 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 async def on_kakehashi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KakehashiError)
-    return error_response(exc.status, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    return error_response(exc.status, exc.message, {"Retry-After": str(retry_after)} if retry_after else None)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

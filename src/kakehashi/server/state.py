@@ -29,4 +29,6 @@ def server_state(request: Request) -> ServerState:
 def model_handle(request: Request) -> ModelHandle:
     """The handle named by the `model` (and optional `version`) path parameters."""
     params = request.path_params
-    return server_state(request).repository.get(params["model"], params.get("version"))
+    handle = server_state(request).repository.get(params["model"], params.get("version"))
+    request.state.labels = {"model": handle.name, "version": str(handle.version)}
+    return handle

@@ -8,9 +8,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kakehashi.errors import InvalidInput, UnsupportedMedia
-from kakehashi.protocols.vision import encode_predictions, parse_params
+from kakehashi.protocols.vision import encode_predictions, parse_params, parse_timeout_ms
 from kakehashi.server.responses import JSONBytes
 from kakehashi.server.state import model_handle
+from kakehashi.server.tracking import tracked, unless_disconnected
 
 FILE_FIELD = "file"
 MAX_FILES = 256
@@ -43,11 +44,13 @@ async def _images_and_params(request: Request) -> tuple[list[bytes], dict[str, l
     )
 
 
+@tracked("http")
 async def predict(request: Request) -> Response:
     handle = model_handle(request)
     images, values = await _images_and_params(request)
     params = parse_params(values, handle.config.defaults)
-    predictions = await handle.predict(images, params)
+    timeout_ms = parse_timeout_ms(values)
+    predictions = await unless_disconnected(request, handle.predict(images, params, timeout_ms))
     return JSONBytes(encode_predictions(handle.name, handle.version, predictions))
 
 

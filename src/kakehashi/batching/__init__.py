@@ -1,0 +1,1 @@
+"""The dynamic batcher and the inference instances behind it."""

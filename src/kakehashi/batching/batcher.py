@@ -1,0 +1,206 @@
+"""Dynamic batching: per model version, FIFO queue → batches of equal-shape requests → N inference instances.
+
+A batch is formed only when an instance is free, so while instances are busy the queue grows and the next
+batch is bigger ("natural" batching); an idle instance waits at most `max_queue_delay_ms` after the oldest
+request arrived for more requests to join. A batch is always a prefix of the queue, so no request ever waits
+behind one that arrived after it; requests whose tensors differ in shape or type never share a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kakehashi.errors import DeadlineExceeded, Overloaded
+
+Feeds = dict[str, np.ndarray]
+RunBatch = Callable[[int, Feeds], Feeds]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of a batch run: its output rows and where its time went (seconds)."""
+
+    outputs: Feeds
+    queue: float
+    inference: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    feeds: Feeds
+    rows: int
+    key: tuple
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None
+
+
+def _key(feeds: Feeds) -> tuple:
+    """Requests batch together only if every tensor matches in name, dtype and per-row shape."""
+    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))
+
+
+class DynamicBatcher:
+    """Queues requests for one model version and runs them in batches on `instances` worker threads.
+
+    `run(instance, feeds)` runs one batch on that instance and returns every output with the batch's rows
+    first. `max_batch_size` 1 disables batching (requests still queue FIFO, with the same limits).
+    """
+
+    def __init__(self, run: RunBatch, instances: int, max_batch_size: int, max_queue_delay_ms: float,
+                 max_queue_size: int, name: str, on_batch: Callable[[int, float], None] | None = None) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self._delay = max_queue_delay_ms / 1000
+        self.max_queue_size = max_queue_size
+        self._name = name
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-instance{i}") for i in range(instances)]
+        self._idle: asyncio.Queue[int] | None = None
+        self._arrived: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[asyncio.Task] = set()
+        self._average_batch_seconds = 0.05
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet in a running batch)."""
+        return len(self._queue)
+
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue.clear()
+        self._idle = asyncio.Queue()
+        for instance in range(len(self._executors)):
+            self._idle.put_nowait(instance)
+        self._arrived = asyncio.Event()
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name=f"{self._name}-batcher")
+
+    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> BatchResult:
+        """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs.
+
+        Raises `Overloaded` at once when the queue is full and `DeadlineExceeded` if `deadline`
+        (a `time.perf_counter()` value) passes first; a cancelled caller's request is dropped from the queue.
+        """
+        if self._loop is not asyncio.get_running_loop():  # first call, or a new loop (e.g. the CLI's asyncio.run)
+            self._start()
+        if len(self._queue) >= self.max_queue_size:
+            retry = max(1, round(len(self._queue) * self._average_batch_seconds / self.max_batch_size))
+            raise Overloaded(f"model '{self._name}' has {len(self._queue)} requests queued (the limit); "
+                             f"retry later", retry_after=retry)
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending(feeds, rows, _key(feeds), future, deadline=deadline)
+        self._queue.append(pending)
+        self._arrived.set()
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        try:
+            done, _ = await asyncio.wait({future}, timeout=timeout)
+        finally:
+            if not future.done():
+                future.cancel()  # caller cancelled (client gone) or deadline passed: never run it
+        if not done:
+            raise DeadlineExceeded(f"the request waited past its deadline in model '{self._name}''s queue")
+        return future.result()
+
+    async def _dispatch(self) -> None:
+        while True:
+            instance = await self._idle.get()
+            batch = await self._next_batch()
+            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _drop_dead(self) -> None:
+        """Remove cancelled requests and answer expired ones (504) from the head of the queue onwards."""
+        now = time.perf_counter()
+        alive = collections.deque()
+        for pending in self._queue:
+            if pending.future.done():
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                pending.future.set_exception(DeadlineExceeded(
+                    f"the request waited past its deadline in model '{self._name}''s queue"))
+                continue
+            alive.append(pending)
+        self._queue = alive
+
+    def _prefix(self) -> tuple[int, bool]:
+        """How many queued requests form the next batch, and whether it can still grow."""
+        head = self._queue[0]
+        count, rows = 1, head.rows
+        for pending in itertools.islice(self._queue, 1, None):
+            if pending.key != head.key or rows + pending.rows > self.max_batch_size:
+                return count, False
+            count, rows = count + 1, rows + pending.rows
+        return count, rows < self.max_batch_size
+
+    async def _next_batch(self) -> list[_Pending]:
+        while True:
+            self._drop_dead()
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            count, can_grow = self._prefix()
+            wait = self._queue[0].enqueued + self._delay - time.perf_counter()
+            if can_grow and wait > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _work(self, instance: int, batch: list[_Pending]) -> tuple[Feeds, float, float]:
+        """In the instance's thread: stack the batch once, run it, time it."""
+        started = time.perf_counter()
+        feeds = batch[0].feeds if len(batch) == 1 else {
+            name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        outputs = self._run(instance, feeds)
+        return outputs, started, time.perf_counter()
+
+    async def _execute(self, instance: int, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outputs, started, ended = await loop.run_in_executor(self._executors[instance], self._work, instance, batch)
+        except Exception as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        finally:
+            self._idle.put_nowait(instance)
+        rows = sum(p.rows for p in batch)
+        self._average_batch_seconds = 0.9 * self._average_batch_seconds + 0.1 * (ended - started)
+        if self._on_batch:
+            self._on_batch(rows, ended - started)
+        offset = 0
+        for pending in batch:
+            if not pending.future.done():
+                share = {name: value[offset:offset + pending.rows] for name, value in outputs.items()}
+                pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
+            offset += pending.rows
+
+    async def close(self) -> None:
+        """Finish running batches, fail what is still queued, and stop the workers."""
+        if self._dispatcher is not None and self._loop is asyncio.get_running_loop():
+            self._dispatcher.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.cancel()
+        self._queue.clear()
+        for executor in self._executors:
+            executor.shutdown(wait=True)

@@ -96,6 +96,8 @@ class DynamicBatcher:
         if self._loop is not asyncio.get_running_loop():  # first call, or a new loop (e.g. the CLI's asyncio.run)
             self._start()
         if len(self._queue) >= self.max_queue_size:
+            self._drop_dead()  # cancelled and expired requests do not hold places
+        if len(self._queue) >= self.max_queue_size:
             retry = max(1, round(len(self._queue) * self._average_batch_seconds / self.max_batch_size))
             raise Overloaded(f"model '{self._name}' has {len(self._queue)} requests queued (the limit); "
                              f"retry later", retry_after=retry)

@@ -74,7 +74,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     finally:
         watcher.cancel()
         if not task.done():
-            task.cancel()
-    if task.cancelled():
+            task.cancel()  # the client left (or this request itself was cancelled): drop its queued work
+    if not task.done():
         raise ClientDisconnected("the client disconnected; its queued work was dropped")
     return task.result()

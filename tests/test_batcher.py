@@ -1,0 +1,200 @@
+"""The dynamic batcher on its own: batch closing, FIFO prefixes, shapes, limits, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from kakehashi.batching.batcher import DynamicBatcher
+from kakehashi.errors import DeadlineExceeded, Overloaded
+
+
+class Recorder:
+    """A run function that records every batch (rows' values) and can hold the instance busy."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail = False
+
+    def __call__(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.gate.wait(10)
+        x = feeds["x"]
+        self.batches.append(x[:, 0].tolist())
+        if self.fail:
+            raise RuntimeError("the runtime broke")
+        return {"y": x * 2}
+
+
+def row(value: float, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, width), value, np.float32)}
+
+
+def batcher(run, *, max_batch=4, delay_ms=0.0, queue=64, instances=1) -> DynamicBatcher:
+    return DynamicBatcher(run, instances, max_batch, delay_ms, queue, "test")
+
+
+async def _busy_then(recorder: Recorder, b: DynamicBatcher, submits: list) -> list:
+    """Hold the instance with a first request, queue `submits`, then release; returns all results."""
+    recorder.gate.clear()
+    first = asyncio.ensure_future(b.submit(row(0), 1))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.ensure_future(b.submit(feeds, rows)) for feeds, rows in submits]
+    await asyncio.sleep(0.05)
+    recorder.gate.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+def test_batches_close_at_max_size_in_fifo_order():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=4)
+        results = await _busy_then(recorder, b, [(row(i), 1) for i in range(1, 7)])
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert recorder.batches == [[0], [1, 2, 3, 4], [5, 6]]
+    assert [r.outputs["y"][0, 0] for r in results] == [0, 2, 4, 6, 8, 10, 12]
+    assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
+
+
+def test_different_shapes_never_share_a_batch_and_nothing_overtakes():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=8)
+        await _busy_then(recorder, b, [(row(1), 1), (row(2), 1), (row(3, width=3), 1), (row(4), 1)])
+        await b.close()
+
+    asyncio.run(scenario())
+    # 4 has the same shape as 1 and 2 but arrived after 3: it must not jump ahead of 3
+    assert recorder.batches == [[0], [1, 2], [3], [4]]
+
+
+def test_multi_row_requests_fill_batches_by_rows():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=4)
+        two = {"x": np.full((2, 2), 1, np.float32)}
+        three = {"x": np.full((3, 2), 2, np.float32)}
+        results = await _busy_then(recorder, b, [(two, 2), (three, 3), (row(3), 1)])
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert recorder.batches == [[0], [1, 1], [2, 2, 2, 3]]
+    assert results[2].outputs["y"].shape == (3, 2) and results[2].outputs["y"][0, 0] == 4
+
+
+def test_idle_instance_waits_up_to_the_delay_for_company():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=8, delay_ms=300)
+        first = asyncio.ensure_future(b.submit(row(1), 1))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit(row(2), 1))
+        results = await asyncio.gather(first, second)
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert recorder.batches == [[1, 2]]
+    assert results[0].queue > results[1].queue  # the first waited for the second
+
+
+def test_full_queue_is_refused_at_once():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=1, queue=2)
+        results = await _busy_then(recorder, b, [(row(i), 1) for i in range(1, 5)])
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(refused) == 2 and all(r.retry_after >= 1 for r in refused)
+    assert recorder.batches == [[0], [1], [2]]
+
+
+def test_expired_requests_never_reach_the_model():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=1)
+        recorder.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(0), 1))
+        await asyncio.sleep(0.02)
+        late = asyncio.ensure_future(b.submit(row(1), 1, deadline=time.perf_counter() + 0.05))
+        ok = asyncio.ensure_future(b.submit(row(2), 1))
+        with pytest.raises(DeadlineExceeded):
+            await late  # answered at its deadline, while the instance is still busy
+        recorder.gate.set()
+        await asyncio.gather(first, ok)
+        await b.close()
+
+    asyncio.run(scenario())
+    assert recorder.batches == [[0], [2]]
+
+
+def test_cancelled_requests_are_dropped():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=1)
+        recorder.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(0), 1))
+        await asyncio.sleep(0.02)
+        gone = asyncio.ensure_future(b.submit(row(1), 1))
+        kept = asyncio.ensure_future(b.submit(row(2), 1))
+        await asyncio.sleep(0.02)
+        gone.cancel()
+        recorder.gate.set()
+        await asyncio.gather(first, kept)
+        await b.close()
+
+    asyncio.run(scenario())
+    assert recorder.batches == [[0], [2]]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=1)
+        recorder.fail = True
+        with pytest.raises(RuntimeError, match="broke"):
+            await b.submit(row(1), 1)
+        recorder.fail = False
+        result = await b.submit(row(2), 1)
+        await b.close()
+        return result
+
+    assert asyncio.run(scenario()).outputs["y"][0, 0] == 4
+
+
+def test_instances_run_in_parallel():
+    started = []
+    barrier = threading.Barrier(2, timeout=5)
+
+    def run(instance, feeds):
+        started.append(instance)
+        barrier.wait()  # only returns if both instances are inside run() at once
+        return {"y": feeds["x"]}
+
+    async def scenario():
+        b = batcher(run, max_batch=1, instances=2)
+        await asyncio.gather(b.submit(row(1), 1), b.submit(row(2), 1))
+        await b.close()
+
+    asyncio.run(scenario())
+    assert sorted(started) == [0, 1]

@@ -103,5 +103,58 @@ async def _predict_once(repository: ModelRepository, images: list[bytes], values
     finally:
         await repository.close_all()
 
+def _levels(text: str | None, kind: type) -> list:
+    return [kind(part) for part in text.split(",") if part.strip()] if text else []
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="KAKEHASHI_URL",
+              help="The server to load.")
+@click.option("--model", required=True, help="Model name on the server.")
+@click.option("--images", "image_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Images (files or folders) for the predict endpoint; repeatable.")
+@click.option("--infer", "infer_json", is_flag=True, help="Send OIP v2 JSON infer requests with random tensors.")
+@click.option("--shape", "shapes", multiple=True, help="Shape of an infer input, NAME=1,3,64,64; repeatable.")
+@click.option("--query", default="", help="Query string for predict, e.g. conf=0.5&imgsz=320.")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Closed-loop concurrency sweep.")
+@click.option("--rate", default=None, help="Open-loop request rates per second (replaces the sweep).")
+@click.option("--warmup", default=2.0, show_default=True, help="Seconds of load before each measurement.")
+@click.option("--duration", default=10.0, show_default=True, help="Seconds measured per step.")
+@click.option("--output", type=click.Path(path_type=Path), help="Write the steps as .json or .csv.")
+def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_json: bool, shapes: tuple[str, ...],
+          query: str, concurrency: str, rate: str | None, warmup: float, duration: float,
+          output: Path | None) -> None:
+    """Load a running server like perf_analyzer: req/s, p50/p90/p99 and errors per step, every answer checked."""
+    import httpx
+
+    from kakehashi.bench import loadgen, payloads, report
+
+    url = url.rstrip("/")
+    if infer_json:
+        metadata = httpx.get(f"{url}/v2/models/{model}", timeout=30)
+        if metadata.status_code != 200:
+            raise click.ClickException(f"cannot read model '{model}' metadata: {metadata.text}")
+        given = {name: [int(d) for d in dims.split(",")] for name, dims in (s.split("=", 1) for s in shapes)}
+        meta = metadata.json()
+        payload = payloads.infer_json_payload(model, meta["inputs"], given, meta["outputs"])
+    else:
+        files = payloads.image_files(list(image_paths))
+        if not files:
+            raise click.ClickException("give --images (files or folders) or --infer")
+        payload = payloads.predict_payload(model, files, query)
+    click.echo(f"{payload.description} against {url}")
+    click.echo(report.header())
+    steps = []
+    for level in _levels(rate, float) or _levels(concurrency, int):
+        if rate:
+            step = asyncio.run(loadgen.open_loop(url, payload, level, warmup, duration))
+        else:
+            step = asyncio.run(loadgen.closed_loop(url, payload, level, warmup, duration))
+        steps.append(step)
+        click.echo(report.line(step))
+    if output:
+        report.write(steps, output)
+
+
 if __name__ == "__main__":
     sys.exit(main())

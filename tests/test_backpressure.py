@@ -24,7 +24,7 @@ def server(serve_module, tmp_path_factory):
     folder = root / "batched"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (folder / "model.yaml").write_text("batching: {max_batch_size: 4, max_queue_size: 64}\n")
+    (folder / "model.yaml").write_text("batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_size: 64}\n")
     return serve_module(root)
 
 

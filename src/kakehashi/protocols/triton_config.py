@@ -45,6 +45,7 @@ def model_config(handle: ModelHandle) -> dict:
     }
     if batching:
         config["dynamic_batching"] = {
+            "preferred_batch_size": [handle.preferred_batch_size],
             "max_queue_delay_microseconds": int(handle.config.batching.max_queue_delay_ms * 1000),
             "default_queue_policy": {"max_queue_size": handle.config.batching.max_queue_size},
         }

@@ -44,6 +44,7 @@ class BatchingConfig:
     """The dynamic batcher: a batch closes at `max_batch_size` rows or when the oldest waited the delay."""
 
     max_batch_size: int = 8
+    preferred_batch_size: int | None = None   # None: measured at warm-up (the fastest rows/s on this machine)
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     timeout_ms: float | None = None
@@ -168,6 +169,7 @@ _DEFAULTS: Schema = {
 }
 _BATCHING: Schema = {
     "max_batch_size": _number(1, 1024, integer=True),
+    "preferred_batch_size": _number(1, 1024, integer=True),
     "max_queue_delay_ms": _number(0.0, 60_000.0),
     "max_queue_size": _number(1, 1_000_000, integer=True),
     "timeout_ms": _number(1.0, 3_600_000.0),

@@ -27,6 +27,9 @@ names: names.txt
 input: {size: 416, channels: bgr, scale: 1.0, resize: stretch, layout: nchw, dtype: float16}
 defaults: {conf: 0.4, iou: 0.5, max_det: 10}
 version_policy: {specific: [1, 3]}
+batching: {max_batch_size: 4, preferred_batch_size: 2, max_queue_delay_ms: 1.5, max_queue_size: 10, timeout_ms: 250}
+instances: 2
+threads: 1
 warmup: false
 providers: [CPUExecutionProvider]
 """))
@@ -35,6 +38,9 @@ providers: [CPUExecutionProvider]
     assert config.defaults.conf == 0.4 and config.defaults.max_det == 10
     assert config.version_policy.select([1, 2, 3, 4]) == [1, 3]
     assert config.warmup is False
+    assert (config.batching.max_batch_size, config.batching.preferred_batch_size) == (4, 2)
+    assert (config.batching.max_queue_delay_ms, config.batching.max_queue_size, config.batching.timeout_ms) == (1.5, 10, 250)
+    assert (config.instances, config.threads) == (2, 1)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -50,6 +56,9 @@ providers: [CPUExecutionProvider]
     ("names: missing.txt", "names file"),
     ("version_policy: {latest: 1, all: true}", "expected one of latest, specific or all"),
     ("task: [detect", "not valid YAML"),
+    ("batching: {max_batch_size: 0}", "key 'batching.max_batch_size': expected an integer in [1, 1024]"),
+    ("batching: {dynamic: true}", "unknown key 'batching.dynamic'"),
+    ("instances: 0", "key 'instances'"),
 ])
 def test_errors_name_file_key_and_expectation(tmp_path, text, message):
     path = write(tmp_path, text)

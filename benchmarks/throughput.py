@@ -1,0 +1,193 @@
+"""Issue 3's benchmark, in ONE run: raw ONNX Runtime in-process vs Kakehashi's image endpoint (batching on/off),
+a tiny model over OIP v2 JSON vs a plain FastAPI server, and start-up time / idle memory.
+
+    .venv/bin/pip install -e '.[bench]' fastapi onnx psutil
+    .venv/bin/python benchmarks/throughput.py --out benchmarks/results
+
+Reads `../shared/models` and `../shared/images` (re-encoded as JPEG) by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image
+
+from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.bench import loadgen, payloads
+from kakehashi.repository.config import ModelConfig
+from kakehashi.tasks.image_task import prepare_image
+from kakehashi.tasks.params import PredictParams
+from kakehashi.tasks.resolve import resolve_task
+
+HERE = Path(__file__).parent
+SHARED = HERE.parent.parent / "shared"
+sys.path.insert(0, str(HERE))
+from tiny_model import build as build_tiny  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def jpegs(source: Path, target: Path) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in sorted(source.iterdir()):
+        image = Image.open(path).convert("RGB")
+        out.append(target / f"{path.stem}.jpg")
+        image.save(out[-1], quality=90)
+    return out
+
+
+def raw_limit(model: Path, images: list[Path], batch: int, seconds: float) -> float:
+    """Images/s of a plain in-process loop: decode + letterbox, ONNX Runtime, post-processing."""
+    backend = OnnxRuntimeBackend(model)
+    task = resolve_task(backend, ModelConfig(), model)
+    data = [p.read_bytes() for p in images]
+    params = PredictParams()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        prepared = [prepare_image(data[(done + i) % len(data)], task.input, params, 10**9) for i in range(batch)]
+        outputs = backend.run({task.input.name: np.stack([p.tensor for p in prepared])})
+        for row, item in enumerate(prepared):
+            task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+class Process:
+    """A server subprocess; `ready` waits for 200 on a path and returns the seconds it took."""
+
+    def __init__(self, args: list[str], url: str, env: dict | None = None, cwd: Path | None = None) -> None:
+        self.started = time.perf_counter()
+        self.url = url
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, **(env or {})}, cwd=cwd)
+
+    def ready(self, path: str = "/v2/health/ready", timeout: float = 120) -> float:
+        while time.perf_counter() - self.started < timeout:
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(self.url)
+
+    def rss_mb(self) -> float:
+        process = psutil.Process(self.process.pid)
+        return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def kakehashi(model_path: Path) -> Process:
+    port = free_port()
+    return Process([sys.executable, "-m", "kakehashi", "serve", str(model_path), "--port", str(port)],
+                   f"http://127.0.0.1:{port}")
+
+
+def sweep(url: str, payload: payloads.Payload, levels: list[int], warmup: float, duration: float) -> list:
+    return [asyncio.run(loadgen.closed_loop(url, payload, level, warmup, duration)) for level in levels]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=SHARED / "models")
+    parser.add_argument("--images", type=Path, default=SHARED / "images")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="kakehashi-bench-"))
+    images = jpegs(args.images, work / "jpeg")
+    rows: list[dict] = []
+
+    def add(section: str, target: str, level: object, rps: float, step=None) -> None:
+        row = {"section": section, "target": target, "level": level, "throughput": round(rps, 2)}
+        if step is not None:
+            row |= {k: step.row()[k] for k in ("p50_ms", "p90_ms", "p99_ms", "errors")}
+        rows.append(row)
+        print(row, flush=True)
+
+    for name in ("yolo11n-coco-random-640-dynamic", "yolo26n-coco-random-640-e2e-dynamic"):
+        source = args.models / f"{name}.onnx"
+        for batch in (1, 2, 4, 8):
+            add(f"{name} raw ONNX Runtime in-process (images/s)", "raw", batch,
+                raw_limit(source, images, batch, args.duration))
+        for mode, yaml in (("batching on", ""), ("batching off", "batching: {max_batch_size: 1}\n")):
+            repo = work / f"{name}-{mode.replace(' ', '-')}"
+            (repo / "yolo" / "1").mkdir(parents=True, exist_ok=True)
+            (repo / "yolo" / "1" / "model.onnx").write_bytes(source.read_bytes())
+            (repo / "yolo" / "model.yaml").write_text(yaml or "{}\n")
+            server = kakehashi(repo)
+            server.ready()
+            payload = payloads.predict_payload("yolo", images)
+            for step in sweep(server.url, payload, [1, 4, 16, 64], args.warmup, args.duration):
+                add(f"{name} Kakehashi image endpoint, {mode} (req/s)", "kakehashi", step.level, step.throughput, step)
+            server.stop()
+
+    tiny = work / "tiny"
+    build_tiny(tiny / "tiny" / "1" / "model.onnx")
+    (tiny / "tiny" / "model.yaml").write_text("task: tensor\n")
+    port = free_port()
+    baseline = Process([sys.executable, "-m", "uvicorn", "baseline_fastapi:app", "--port", str(port),
+                        "--log-level", "warning"], f"http://127.0.0.1:{port}",
+                       env={"KAKEHASHI_BASELINE_MODEL": str(tiny / "tiny" / "1" / "model.onnx")}, cwd=HERE)
+    server = kakehashi(tiny)
+    for label, process in (("plain FastAPI + uvicorn + onnxruntime", baseline), ("Kakehashi", server)):
+        process.ready()
+        meta = httpx.get(f"{process.url}/v2/models/tiny").json()
+        payload = payloads.infer_json_payload("tiny", meta["inputs"], {"x": [1, 3, 64, 64]},
+                                              [{"name": "y"}])
+        for step in sweep(process.url, payload, [1, 16], args.warmup, args.duration):
+            add(f"tiny model 1x3x64x64, OIP v2 JSON infer: {label} (req/s)", label, step.level, step.throughput, step)
+        process.stop()
+
+    starts, memory = [], []
+    for _ in range(3):
+        port = free_port()
+        process = Process([sys.executable, "-m", "kakehashi", "serve", "--port", str(port)], f"http://127.0.0.1:{port}")
+        starts.append(process.ready())
+        time.sleep(2)
+        memory.append(process.rss_mb())
+        process.stop()
+    add("bundled default model: process start to ready, median of 3 (s)", "kakehashi", "start", float(np.median(starts)))
+    add("bundled default model: idle RSS, median of 3 (MB)", "kakehashi", "rss", float(np.median(memory)))
+
+    with (args.out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["section", "target", "level", "throughput", "p50_ms", "p90_ms",
+                                                    "p99_ms", "errors"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Results ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)", ""]
+    section = None
+    for row in rows:
+        if row["section"] != section:
+            section = row["section"]
+            lines += ["", f"## {section}", "", "| level | value | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+        lines.append(f"| {row['level']} | {row['throughput']} | {row.get('p50_ms', '')} | {row.get('p90_ms', '')} | "
+                     f"{row.get('p99_ms', '')} | {row.get('errors', '')} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

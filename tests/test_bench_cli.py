@@ -1,0 +1,42 @@
+"""`kakehashi bench` loads a real server, counts answers and checks each one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+from conftest import IMAGES
+
+
+def bench(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kakehashi", "bench", "--url", server.url, "--warmup", "0.2",
+                           "--duration", "1", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_closed_loop_predict_writes_json(default_server, tmp_path):
+    out = tmp_path / "steps.json"
+    result = bench(default_server, "--model", "ssdlite-person", "--images", str(IMAGES / "astronaut.png"),
+                   "--concurrency", "1,2", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(out.read_text())
+    assert [s["level"] for s in steps] == [1, 2]
+    assert all(s["requests"] > 0 and s["errors"] == 0 and s["p50_ms"] <= s["p99_ms"] for s in steps)
+    assert "throughput_rps" in result.stdout
+
+
+def test_open_loop_infer_writes_csv(default_server, tmp_path):
+    out = tmp_path / "steps.csv"
+    result = bench(default_server, "--model", "ssdlite-person", "--infer", "--shape", "image_tensor:0=1,64,64,3",
+                   "--rate", "20", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    [row] = list(csv.DictReader(out.open()))
+    assert row["mode"] == "rate" and int(row["requests"]) >= 10 and row["errors"] == "0"
+
+
+def test_wrong_answers_are_counted_as_errors(default_server):
+    # predicting with a model that is not there: every answer is a 404 and is reported, not counted as served
+    result = bench(default_server, "--model", "nope", "--images", str(IMAGES / "coffee.png"), "--concurrency", "1")
+    assert result.returncode == 0
+    assert "HTTP 404" in result.stdout

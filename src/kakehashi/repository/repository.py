@@ -75,7 +75,7 @@ class ModelRepository:
 
     def __init__(self, path: Path, compute: Executor, max_pixels: int) -> None:
         self.path = path
-        self._compute = compute
+        self.compute = compute
         self._max_pixels = max_pixels
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
 
@@ -97,7 +97,7 @@ class ModelRepository:
             log.error("model %s not loaded: %s", entry.name, entry.error)
             return
         for version in versions:
-            handle = ModelHandle(entry.name, version, entry.files[version], config, self._compute,
+            handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute,
                                  self._max_pixels)
             entry.handles[version] = handle
             handle.load()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Callable, TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from kakehashi import __version__
-from kakehashi.protocols.triton_config import model_config
-from kakehashi.statistics import model_statistics
 from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
+from kakehashi.protocols.triton_config import model_config
 from kakehashi.server.responses import JSONBytes, error_response
 from kakehashi.server.state import model_handle, server_state
 from kakehashi.server.tracking import tracked, unless_disconnected
+from kakehashi.statistics import model_statistics
 
+OFF_LOOP_BYTES = 64 * 1024  # smaller bodies parse faster inline than a thread hop costs
+T = TypeVar("T")
 EXTENSIONS = ["model_configuration", "statistics"]
 
 
@@ -54,11 +59,22 @@ async def model_ready(request: Request) -> Response:
 @tracked("http")
 async def infer(request: Request) -> Response:
     handle = model_handle(request)
-    parsed = parse_infer_request(await request.body())
+    body = await request.body()
+    parsed = await _off_loop(request, len(body), parse_infer_request, body)
     handle.check_feeds(parsed.inputs)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)
-    return JSONBytes(encode_infer_response(handle.name, handle.version, outputs, parsed.id))
+    size = sum(array.size for array in outputs.values()) * 8
+    return JSONBytes(await _off_loop(request, size, encode_infer_response, handle.name, handle.version, outputs,
+                                     parsed.id))
+
+
+async def _off_loop(request: Request, size: int, function: Callable[..., T], *args) -> T:
+    """Run `function` in the compute pool when its input is large, so the event loop keeps doing only I/O."""
+    if size < OFF_LOOP_BYTES:
+        return function(*args)
+    pool = server_state(request).repository.compute
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 async def config(request: Request) -> Response:

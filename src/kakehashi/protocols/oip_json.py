@@ -10,6 +10,7 @@ import orjson
 
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InvalidInput
+from kakehashi.protocols.oip_binary import split_body, tensor_from_bytes, tensor_to_bytes
 
 # JSON value kinds each datatype accepts (numpy kind of the parsed data): no silent float→int or int→bool
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
@@ -23,6 +24,11 @@ class InferRequest:
     outputs: list[str] | None = None
     id: str | None = None
     parameters: dict = field(default_factory=dict)
+    binary_outputs: set[str] = field(default_factory=set)
+    all_outputs_binary: bool = False
+
+    def wants_binary(self, output: str) -> bool:
+        return self.all_outputs_binary or output in self.binary_outputs
 
     @property
     def timeout_ms(self) -> float | None:
@@ -91,9 +97,14 @@ def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object
     return array.reshape(shape)
 
 
-def parse_infer_request(body: bytes) -> InferRequest:
-    """Parse an OIP v2 JSON infer request; every problem is an `InvalidInput` naming the input."""
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse an OIP v2 infer request (JSON, or JSON header + binary tensors when `header_length` is given);
+    every problem is an `InvalidInput` naming the input."""
+    binary = memoryview(b"")
+    if header_length is not None:
+        body, binary = split_body(body, header_length)
     request = _loads(body)
+    offset = 0
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("the request needs a non-empty 'inputs' list")
@@ -107,19 +118,33 @@ def parse_infer_request(body: bytes) -> InferRequest:
         datatype = raw.get("datatype")
         if datatype not in OIP_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(OIP_TO_NUMPY)}")
+        size = (raw.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(f"input '{name}': binary_data_size {size!r} does not fit the {len(binary)} "
+                                   f"binary bytes after the JSON header")
+            inputs[name] = tensor_from_bytes(name, datatype, _shape(name, raw.get("shape")), binary[offset:offset + size])
+            offset += size
+            continue
         if "data" not in raw:
             raise InvalidInput(f"input '{name}' has no 'data'")
         inputs[name] = decode_tensor(name, datatype, _shape(name, raw.get("shape")), raw["data"])
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} binary bytes after the JSON header belong to no input")
     outputs = request.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
             raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
-        outputs = [o["name"] for o in outputs]
-    request_id = request.get("id")
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
-    return InferRequest(inputs, outputs, request_id if isinstance(request_id, str) else None, parameters)
+    everything_binary = parameters.get("binary_data_output") is True
+    binary_outputs = {o["name"] for o in outputs or [] if (o.get("parameters") or {}).get("binary_data") is True}
+    if outputs is not None:
+        outputs = [o["name"] for o in outputs]
+    request_id = request.get("id")
+    return InferRequest(inputs, outputs, request_id if isinstance(request_id, str) else None, parameters,
+                        binary_outputs, everything_binary)
 
 
 def select_outputs(results: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
@@ -139,13 +164,24 @@ def _json_data(array: np.ndarray) -> object:
     return flat
 
 
-def encode_infer_response(model: str, version: int, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
-    """The OIP v2 JSON response for `outputs`."""
+def encode_infer_response(model: str, version: int, outputs: dict[str, np.ndarray], request: InferRequest
+                          ) -> tuple[bytes, int | None]:
+    """The OIP v2 response: JSON, or a JSON header + raw tensors for outputs asked for as binary.
+
+    Returns the body and, when it has a binary part, the JSON header's length.
+    """
     response: dict = {"model_name": model, "model_version": str(version)}
-    if request_id is not None:
-        response["id"] = request_id
-    response["outputs"] = [
-        {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape), "data": _json_data(array)}
-        for name, array in outputs.items()
-    ]
-    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if request.id is not None:
+        response["id"] = request.id
+    encoded, blobs = [], []
+    for name, array in outputs.items():
+        entry = {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape)}
+        if request.wants_binary(name):
+            blobs.append(tensor_to_bytes(array))
+            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            entry["data"] = _json_data(array)
+        encoded.append(entry)
+    response["outputs"] = encoded
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    return (header + b"".join(blobs), len(header)) if blobs else (header, None)

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from kakehashi import __version__
 from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
 from kakehashi.protocols.triton_config import model_config
+from kakehashi.server.compression import decompress
 from kakehashi.server.responses import JSONBytes, error_response
 from kakehashi.server.state import model_handle, server_state
 from kakehashi.server.tracking import tracked, unless_disconnected
@@ -19,7 +20,7 @@ from kakehashi.statistics import model_statistics
 
 OFF_LOOP_BYTES = 64 * 1024  # smaller bodies parse faster inline than a thread hop costs
 T = TypeVar("T")
-EXTENSIONS = ["model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 async def live(request: Request) -> Response:
@@ -59,14 +60,20 @@ async def model_ready(request: Request) -> Response:
 @tracked("http")
 async def infer(request: Request) -> Response:
     handle = model_handle(request)
-    body = await request.body()
-    parsed = await _off_loop(request, len(body), parse_infer_request, body)
+    body = decompress(await request.body(), request.headers.get("content-encoding"),
+                      server_state(request).settings.max_body_bytes)
+    header_length = request.headers.get("inference-header-content-length")
+    parsed = await _off_loop(request, len(body), parse_infer_request, body, header_length)
     handle.check_feeds(parsed.inputs)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)
     size = sum(array.size for array in outputs.values()) * 8
-    return JSONBytes(await _off_loop(request, size, encode_infer_response, handle.name, handle.version, outputs,
-                                     parsed.id))
+    answer, json_length = await _off_loop(request, size, encode_infer_response, handle.name, handle.version,
+                                          outputs, parsed)
+    if json_length is None:
+        return JSONBytes(answer)
+    return Response(answer, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(json_length)})
 
 
 async def _off_loop(request: Request, size: int, function: Callable[..., T], *args) -> T:

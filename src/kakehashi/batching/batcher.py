@@ -21,6 +21,7 @@ import numpy as np
 from kakehashi.errors import DeadlineExceeded, Overloaded
 
 Feeds = dict[str, np.ndarray]
+DRAIN_SECONDS = 30.0
 RunBatch = Callable[[int, Feeds], Feeds]
 
 
@@ -196,8 +197,11 @@ class DynamicBatcher:
             offset += pending.rows
 
     async def close(self) -> None:
-        """Finish running batches, fail what is still queued, and stop the workers."""
+        """Answer what is queued and running (up to `DRAIN_SECONDS`), then stop the workers."""
         if self._dispatcher is not None and self._loop is asyncio.get_running_loop():
+            deadline = time.perf_counter() + DRAIN_SECONDS
+            while (self._queue or self._running) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.005)
             self._dispatcher.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
         for pending in self._queue:

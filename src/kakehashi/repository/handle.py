@@ -7,10 +7,11 @@ import logging
 import os
 import time
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -75,6 +76,7 @@ class ModelHandle:
         self.batch_sizes_seen: set[int] = set()
         self._instances: list[Backend] = []
         self._threads = 1
+        self._users = 0
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._max_pixels = max_pixels
@@ -120,8 +122,20 @@ class ModelHandle:
         log.info("model %s version %s ready in %.2f s: task %s, %d instance(s) x %d thread(s), %s",
                  self.name, self.version, self.load_seconds, self.kind, len(self._instances), threads, batching)
 
-    async def close(self) -> None:
-        """Stop serving: finish running batches and release the runtime sessions."""
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Mark a request as using this handle, so `close` lets it finish (the transport wraps each request)."""
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+
+    async def close(self, grace_seconds: float = 30.0) -> None:
+        """Stop serving: requests already using the handle finish first, then the sessions are released."""
+        deadline = time.perf_counter() + grace_seconds
+        while self._users and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
         self._set_state(ModelState.UNLOADED)
         if self._batcher is not None:
             await self._batcher.close()

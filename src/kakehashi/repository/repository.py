@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from concurrent.futures import Executor
@@ -102,6 +103,40 @@ class ModelRepository:
             entry.handles[version] = handle
             handle.load()
 
+    async def load(self, name: str) -> None:
+        """(Re)load `name` from disk beside what serves now, then swap, so no request sees a gap.
+
+        A reload whose versions all fail leaves the served versions in place and raises `ModelLoadError`.
+        """
+        fresh = {entry.name: entry for entry in discover(self.path)}.get(name)
+        if fresh is None:
+            raise NotFound(f"no model '{name}' in the repository {self.path}")
+        await asyncio.to_thread(self._load, fresh)
+        old = self.entries.get(name)
+        failed = not any(handle.ready for handle in fresh.handles.values())
+        if failed:
+            reason = fresh.error or "; ".join(h.reason for h in fresh.handles.values() if h.reason)
+            for handle in fresh.handles.values():
+                await handle.close()
+            if old is not None and any(handle.ready for handle in old.handles.values()):
+                old.error = f"reload failed, previous versions still serving: {reason}"
+                raise ModelLoadError(f"model '{name}' failed to load: {reason}; the previous versions keep serving")
+            self.entries[name] = fresh
+            raise ModelLoadError(f"model '{name}' failed to load: {reason}")
+        self.entries[name] = fresh
+        if old is not None:
+            for handle in old.handles.values():
+                await handle.close()  # drains what it already queued
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`: new requests get 503; queued and running ones are answered first."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
+        handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
+        for handle in handles.values():
+            await handle.close()
+
     async def close_all(self) -> None:
         """Stop every loaded version (running batches finish first)."""
         for entry in self.entries.values():
@@ -138,8 +173,8 @@ class ModelRepository:
         rows = []
         for entry in self.entries.values():
             if not entry.handles:
-                rows.append({"name": entry.name, "state": "UNAVAILABLE" if entry.error else "LOADING",
-                             "reason": entry.error})
+                state = "UNLOADED" if entry.error == "unloaded" else ("UNAVAILABLE" if entry.error else "LOADING")
+                rows.append({"name": entry.name, "state": state, "reason": entry.error})
             for version, handle in sorted(entry.handles.items()):
                 rows.append({"name": entry.name, "version": str(version), "state": handle.state.value,
                              "reason": handle.reason})

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
-from kakehashi.server import metrics_routes, oip_routes, openapi, vision_routes
+from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
 from kakehashi.server.state import ServerState
@@ -38,7 +38,7 @@ def create_app(state: ServerState) -> Starlette:
             await state.repository.close_all()
 
     app = Starlette(
-        routes=[*oip_routes.routes, *vision_routes.routes, *metrics_routes.routes, *openapi.routes],
+        routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes, *openapi.routes],
         middleware=[Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
         exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
                             Exception: on_unexpected_error},

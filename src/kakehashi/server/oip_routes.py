@@ -12,6 +12,7 @@ from starlette.routing import Route
 from kakehashi import __version__
 from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
 from kakehashi.protocols.triton_config import model_config
+from kakehashi.repository.handle import ModelHandle
 from kakehashi.server.compression import decompress
 from kakehashi.server.responses import JSONBytes, error_response
 from kakehashi.server.state import model_handle, server_state
@@ -20,7 +21,7 @@ from kakehashi.statistics import model_statistics
 
 OFF_LOOP_BYTES = 64 * 1024  # smaller bodies parse faster inline than a thread hop costs
 T = TypeVar("T")
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
 async def live(request: Request) -> Response:
@@ -60,6 +61,11 @@ async def model_ready(request: Request) -> Response:
 @tracked("http")
 async def infer(request: Request) -> Response:
     handle = model_handle(request)
+    with handle.serving():
+        return await _infer(request, handle)
+
+
+async def _infer(request: Request, handle: ModelHandle) -> Response:
     body = decompress(await request.body(), request.headers.get("content-encoding"),
                       server_state(request).settings.max_body_bytes)
     header_length = request.headers.get("inference-header-content-length")

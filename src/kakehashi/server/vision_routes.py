@@ -47,10 +47,11 @@ async def _images_and_params(request: Request) -> tuple[list[bytes], dict[str, l
 @tracked("http")
 async def predict(request: Request) -> Response:
     handle = model_handle(request)
-    images, values = await _images_and_params(request)
-    params = parse_params(values, handle.config.defaults)
-    timeout_ms = parse_timeout_ms(values)
-    predictions = await unless_disconnected(request, handle.predict(images, params, timeout_ms))
+    with handle.serving():
+        images, values = await _images_and_params(request)
+        params = parse_params(values, handle.config.defaults)
+        timeout_ms = parse_timeout_ms(values)
+        predictions = await unless_disconnected(request, handle.predict(images, params, timeout_ms))
     return JSONBytes(encode_predictions(handle.name, handle.version, predictions))
 
 

@@ -1,0 +1,41 @@
+"""The model repository extension: index, load (or reload) and unload models while serving."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kakehashi.errors import InvalidInput
+from kakehashi.server.responses import JSONBytes
+from kakehashi.server.state import server_state
+
+
+async def index(request: Request) -> Response:
+    body = await request.body()
+    try:
+        options = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+    rows = server_state(request).repository.index()
+    if isinstance(options, dict) and options.get("ready") is True:
+        rows = [row for row in rows if row["state"] == "READY"]
+    return JSONBytes(rows)
+
+
+async def load(request: Request) -> Response:
+    await server_state(request).repository.load(request.path_params["model"])
+    return JSONBytes({})
+
+
+async def unload(request: Request) -> Response:
+    await server_state(request).repository.unload(request.path_params["model"])
+    return JSONBytes({})
+
+
+routes = [
+    Route("/v2/repository/index", index, methods=["POST"]),
+    Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
+    Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from openapi_spec_validator import validate
 
 from conftest import IMAGES, image_bytes
 
@@ -114,4 +115,5 @@ def test_docs_page_and_openapi(server):
     assert page.status_code == 200 and "swagger-ui" in page.text
     assert server.client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     spec = server.client.get("/openapi.json").json()
-    assert spec["openapi"].startswith("3.") and "/v1/models/{model}/predict" in spec["paths"]
+    validate(spec)  # raises on any violation of the OpenAPI 3 schema
+    assert "/v1/models/{model}/predict" in spec["paths"] and "/v2/repository/index" in spec["paths"]

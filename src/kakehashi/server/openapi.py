@@ -38,6 +38,7 @@ _PREDICT_PARAMS = [
     _query("classes", {"type": "string"}, "Only these class indices, e.g. `0,2`."),
     _query("decimals", {"type": "integer", "minimum": 0, "maximum": 10}, "Decimal places in the answer (5)."),
     _query("top_k", {"type": "integer", "minimum": 1, "maximum": 1000}, "Classes per image (classification)."),
+    _query("timeout", {"type": "number", "minimum": 1}, "Deadline in milliseconds (504 past it)."),
 ]
 
 _PREDICT = {
@@ -50,7 +51,7 @@ _PREDICT = {
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         }},
         "responses": {"200": _json("Predictions"), "400": _ERROR, "404": _ERROR, "413": _ERROR, "415": _ERROR,
-                      "503": _ERROR},
+                      "429": _ERROR, "503": _ERROR, "504": _ERROR},
     }
 }
 
@@ -62,12 +63,20 @@ def _model_paths(prefix: str, extra: list[dict]) -> dict:
                          "responses": {"200": _json("ModelMetadata"), "404": _ERROR, "503": _ERROR}}},
         prefix + "/ready": {"get": {"summary": "Model readiness", "parameters": params,
                                     "responses": {"200": {"description": "Ready"}, "404": _ERROR, "503": _ERROR}}},
+        prefix + "/config": {"get": {"summary": "Triton model configuration", "parameters": params,
+                                     "responses": {"200": {"description": "OK"}, "404": _ERROR, "503": _ERROR}}},
+        prefix + "/stats": {"get": {"summary": "Triton statistics for the model", "parameters": params,
+                                    "responses": {"200": {"description": "OK"}, "404": _ERROR}}},
         prefix + "/infer": {"post": {
             "summary": "Infer with Open Inference Protocol v2 JSON tensors", "parameters": params,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/InferRequest"}}}},
+            "requestBody": {
+                "required": True,
+                "description": "JSON tensors, or the binary tensor data extension: a JSON header of "
+                               "Inference-Header-Content-Length bytes, then the raw tensors.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": {"200": _json("InferResponse"), "400": _ERROR, "404": _ERROR, "413": _ERROR,
-                          "503": _ERROR}}},
+                          "415": _ERROR, "429": _ERROR, "503": _ERROR, "504": _ERROR}}},
     }
 
 
@@ -128,6 +137,17 @@ SPEC = {
         "/v2": {"get": {"summary": "Server metadata", "responses": {"200": {"description": "OK"}}}},
         **_model_paths("/v2/models/{model}", []),
         **_model_paths("/v2/models/{model}/versions/{version}", [_VERSION]),
+        "/v2/models/stats": {"get": {"summary": "Triton statistics for every model",
+                                     "responses": {"200": {"description": "OK"}}}},
+        "/v2/repository/index": {"post": {"summary": "Every model and version with its state",
+                                          "responses": {"200": {"description": "OK"}, "400": _ERROR}}},
+        "/v2/repository/models/{model}/load": {"post": {
+            "summary": "Load or reload a model from disk (no dropped requests)", "parameters": [_MODEL],
+            "responses": {"200": {"description": "Loaded"}, "400": _ERROR, "404": _ERROR}}},
+        "/v2/repository/models/{model}/unload": {"post": {
+            "summary": "Stop serving a model", "parameters": [_MODEL],
+            "responses": {"200": {"description": "Unloaded"}, "404": _ERROR}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
         "/v1/models/{model}/predict": _PREDICT,
         "/v1/models/{model}/versions/{version}/predict": {"post": {
             **_PREDICT["post"], "parameters": [_MODEL, _VERSION, *_PREDICT_PARAMS]}},

@@ -126,7 +126,8 @@ def test_full_queue_is_refused_at_once():
     assert recorder.batches == [[0], [1], [2]]
 
 
-def test_expired_requests_never_reach_the_model():
+@pytest.mark.parametrize("leaves_by", ["deadline", "cancel"])
+def test_requests_that_leave_the_queue_never_reach_the_model(leaves_by):
     recorder = Recorder()
 
     async def scenario():
@@ -134,30 +135,15 @@ def test_expired_requests_never_reach_the_model():
         recorder.gate.clear()
         first = asyncio.ensure_future(b.submit(row(0), 1))
         await asyncio.sleep(0.02)
-        late = asyncio.ensure_future(b.submit(row(1), 1, deadline=time.perf_counter() + 0.05))
-        ok = asyncio.ensure_future(b.submit(row(2), 1))
-        with pytest.raises(DeadlineExceeded):
-            await late  # answered at its deadline, while the instance is still busy
-        recorder.gate.set()
-        await asyncio.gather(first, ok)
-        await b.close()
-
-    asyncio.run(scenario())
-    assert recorder.batches == [[0], [2]]
-
-
-def test_cancelled_requests_are_dropped():
-    recorder = Recorder()
-
-    async def scenario():
-        b = batcher(recorder, max_batch=1)
-        recorder.gate.clear()
-        first = asyncio.ensure_future(b.submit(row(0), 1))
-        await asyncio.sleep(0.02)
-        gone = asyncio.ensure_future(b.submit(row(1), 1))
+        deadline = time.perf_counter() + 0.05 if leaves_by == "deadline" else None
+        leaver = asyncio.ensure_future(b.submit(row(1), 1, deadline=deadline))
         kept = asyncio.ensure_future(b.submit(row(2), 1))
-        await asyncio.sleep(0.02)
-        gone.cancel()
+        if leaves_by == "deadline":
+            with pytest.raises(DeadlineExceeded):
+                await leaver  # answered at its deadline, while the instance is still busy
+        else:
+            await asyncio.sleep(0.02)
+            leaver.cancel()
         recorder.gate.set()
         await asyncio.gather(first, kept)
         await b.close()

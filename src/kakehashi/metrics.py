@@ -33,11 +33,18 @@ MODEL_STATE = Gauge("kakehashi_model_state", "1 for the model version's current 
                     (*_MODEL, "state"))
 
 
-def total(sample_name: str, **labels: str) -> float:
-    """Sum of a sample (e.g. `kakehashi_queue_duration_seconds_sum`) over series matching `labels`."""
-    value = 0.0
-    for family in REGISTRY.collect():
-        for sample in family.samples:
-            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                value += sample.value
-    return value
+class Snapshot:
+    """Every Kakehashi sample of one model version, read from the registry once."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.samples = [sample for family in REGISTRY.collect() if family.name.startswith("kakehashi_")
+                        for sample in family.samples
+                        if sample.labels.get("model") == model and sample.labels.get("version") == version]
+
+    def total(self, sample_name: str, **labels: str) -> float:
+        """Sum of a sample (e.g. `kakehashi_queue_duration_seconds_sum`) over series matching `labels`."""
+        return sum(s.value for s in self.samples
+                   if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def label_values(self, sample_name: str, label: str) -> set[str]:
+        return {s.labels[label] for s in self.samples if s.name == sample_name}

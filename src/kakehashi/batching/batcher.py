@@ -86,7 +86,7 @@ class DynamicBatcher:
         for instance in range(len(self._executors)):
             self._idle.put_nowait(instance)
         self._arrived = asyncio.Event()
-        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name=f"{self._name}-batcher")
+        self._dispatcher = self._loop.create_task(self._dispatch(), name=f"{self._name}-batcher")
 
     async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> BatchResult:
         """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs.
@@ -113,8 +113,11 @@ class DynamicBatcher:
             if not future.done():
                 future.cancel()  # caller cancelled (client gone) or deadline passed: never run it
         if not done:
-            raise DeadlineExceeded(f"the request waited past its deadline in model '{self._name}''s queue")
+            raise self._expired()
         return future.result()
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the request waited past its deadline in model '{self._name}''s queue")
 
     async def _dispatch(self) -> None:
         while True:
@@ -132,8 +135,7 @@ class DynamicBatcher:
             if pending.future.done():
                 continue
             if pending.deadline is not None and now >= pending.deadline:
-                pending.future.set_exception(DeadlineExceeded(
-                    f"the request waited past its deadline in model '{self._name}''s queue"))
+                pending.future.set_exception(self._expired())
                 continue
             alive.append(pending)
         self._queue = alive

@@ -73,7 +73,6 @@ class ModelHandle:
         self.preferred_batch_size = 1
         self.load_seconds = 0.0
         self.last_inference_ms = 0
-        self.batch_sizes_seen: set[int] = set()
         self._instances: list[Backend] = []
         self._threads = 1
         self._users = 0
@@ -81,6 +80,13 @@ class ModelHandle:
         self._compute = compute
         self._max_pixels = max_pixels
         self._labels = {"model": name, "version": str(version)}
+        # per-request series resolved once, not looked up by label on every request
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
+        self._preprocess_seconds = metrics.PREPROCESS_SECONDS.labels(**self._labels)
+        self._postprocess_seconds = metrics.POSTPROCESS_SECONDS.labels(**self._labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(**self._labels)
+        self._inference_seconds = metrics.INFERENCE_SECONDS.labels(**self._labels)
+        metrics.QUEUE_DEPTH.labels(**self._labels).set_function(lambda: self.queue_depth)
         self._set_state(ModelState.LOADING)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -190,9 +196,8 @@ class ModelHandle:
 
     def _record_batch(self, rows: int, seconds: float) -> None:
         self.last_inference_ms = int(time.time() * 1000)
-        self.batch_sizes_seen.add(rows)
-        metrics.BATCH_SIZE.labels(**self._labels).observe(rows)
-        metrics.INFERENCE_SECONDS.labels(**self._labels).observe(seconds)
+        self._batch_size.observe(rows)
+        self._inference_seconds.observe(seconds)
         metrics.BATCH_EXECUTIONS.labels(**self._labels, batch_size=str(rows)).inc()
         metrics.BATCH_EXECUTION_SECONDS.labels(**self._labels, batch_size=str(rows)).inc(seconds)
 
@@ -203,17 +208,13 @@ class ModelHandle:
 
     async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:
         self.require_ready()
-        metrics.QUEUE_DEPTH.labels(**self._labels).set(self._batcher.depth + 1)
-        try:
-            result = await self._batcher.submit(feeds, rows, deadline)
-        finally:
-            metrics.QUEUE_DEPTH.labels(**self._labels).set(self._batcher.depth if self._batcher else 0)
-        metrics.QUEUE_SECONDS.labels(**self._labels).observe(result.queue)
+        result = await self._batcher.submit(feeds, rows, deadline)
+        self._queue_seconds.observe(result.queue)
         return result
 
     # -- raw tensors (OIP v2) ----------------------------------------------------------------------
 
-    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Check names, datatypes and shapes of request tensors against the model's inputs."""
         backend = self.require_ready()
         expected = {spec.name: spec for spec in backend.inputs}
@@ -229,7 +230,8 @@ class ModelHandle:
             raise InvalidInput(f"inputs of model '{self.name}' must share the batch (first) dimension")
 
     async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
-        """Run checked raw tensors through the batcher; returns every output by name."""
+        """Check raw tensors against the model's inputs, run them through the batcher; every output by name."""
+        self._check_feeds(feeds)
         rows = next(iter(feeds.values())).shape[0] if self.max_batch_size > 1 else 1
         try:
             return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
@@ -265,11 +267,11 @@ class ModelHandle:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
-        metrics.PREPROCESS_SECONDS.labels(**self._labels).observe(pre)
+        self._preprocess_seconds.observe(pre)
         result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
         outputs = {name: value[0] for name, value in result.outputs.items()}
         found, post = await loop.run_in_executor(self._compute, _timed, task.postprocess, outputs, prepared, params)
-        metrics.POSTPROCESS_SECONDS.labels(**self._labels).observe(post)
+        self._postprocess_seconds.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
                  "postprocess": _ms(post)}
         return ImagePrediction(prepared.original_shape, found, speed)

@@ -70,7 +70,6 @@ async def _infer(request: Request, handle: ModelHandle) -> Response:
                       server_state(request).settings.max_body_bytes)
     header_length = request.headers.get("inference-header-content-length")
     parsed = await _off_loop(request, len(body), parse_infer_request, body, header_length)
-    handle.check_feeds(parsed.inputs)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)
     size = sum(array.size for array in outputs.values()) * 8

@@ -6,8 +6,10 @@ Sources in order: `model.yaml`, the metadata Ultralytics writes into its exports
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -108,9 +110,10 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "classify":
         output = backend.outputs[0].name
         return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
-    head = _resolve_head(backend, config, meta, tf_od, image_input, path)
+    dims = functools.cache(lambda: _output_dims(backend, image_input))  # probes the model at most once
+    head = _resolve_head(backend, config, meta, tf_od, image_input, dims, path)
     if not names:
-        names = _numbered(_class_count(backend, head, image_input))
+        names = _numbered(_class_count(head, dims))
     return DetectTask(image_input, head, names)
 
 
@@ -171,8 +174,11 @@ def _probe(backend: Backend, image_input: ImageInput) -> dict[str, np.ndarray]:
     return backend.run({image_input.name: blank})
 
 
+Dims = Callable[[], tuple[int, int]]
+
+
 def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict[str, str],
-                  image_input: ImageInput, path: Path) -> Head:
+                  image_input: ImageInput, dims: Dims, path: Path) -> Head:
     head = config.head
     if head == "tf-od" or (head is None and tf_od):
         missing = [role for role in _TF_OD[:3] if role not in tf_od]
@@ -187,7 +193,7 @@ def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict
         )
     output = backend.outputs[0].name
     if head is None:
-        head = _guess_head(backend, meta, image_input, path)
+        head = _guess_head(meta, image_input, dims, path)
         log.info("%s: inferred detection head '%s'", path, head)
     if head == "ultralytics":
         return UltralyticsHead(output)
@@ -196,10 +202,10 @@ def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict
     return ObjectnessHead(output, grid=head == "yolox", name=head)
 
 
-def _guess_head(backend: Backend, meta: dict, image_input: ImageInput, path: Path) -> str:
+def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, path: Path) -> str:
     if "end2end" in meta:  # recent Ultralytics exports say which head they have
         return "end2end" if meta["end2end"] is True else "ultralytics"
-    rows, cols = _output_dims(backend, image_input)
+    rows, cols = dims()
     anchors = grid_anchor_count(image_input.size)
     if rows == anchors:
         return "yolox"
@@ -223,10 +229,10 @@ def _output_dims(backend: Backend, image_input: ImageInput) -> tuple[int, int]:
     return shape[1], shape[2]
 
 
-def _class_count(backend: Backend, head: Head, image_input: ImageInput) -> int:
+def _class_count(head: Head, dims: Dims) -> int:
     if isinstance(head, TfObjectDetectionHead):
         return 0
-    rows, cols = _output_dims(backend, image_input)
+    rows, cols = dims()
     if isinstance(head, UltralyticsHead):
         return rows - 4
     if isinstance(head, ObjectnessHead):

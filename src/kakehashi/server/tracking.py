@@ -7,6 +7,7 @@ import time
 from functools import wraps
 from typing import Awaitable, Callable, TypeVar
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,12 +36,13 @@ def tracked(protocol: str) -> Callable[[Endpoint], Endpoint]:
     """Count the route's requests by model, version and outcome, time them, and track those in flight."""
 
     def decorate(endpoint: Endpoint) -> Endpoint:
+        in_flight = metrics.IN_FLIGHT.labels(protocol=protocol)
+
         @wraps(endpoint)
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             request.state.labels = {"model": "", "version": ""}
             status = 500
-            in_flight = metrics.IN_FLIGHT.labels(protocol=protocol)
             in_flight.inc()
             try:
                 response = await endpoint(request)
@@ -48,6 +50,9 @@ def tracked(protocol: str) -> Callable[[Endpoint], Endpoint]:
                 return response
             except KakehashiError as exc:
                 status = exc.status
+                raise
+            except HTTPException as exc:  # e.g. Starlette's 400 for a malformed multipart body
+                status = exc.status_code
                 raise
             finally:
                 in_flight.dec()

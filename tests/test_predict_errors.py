@@ -91,11 +91,26 @@ def test_imgsz_on_a_dynamic_shape_model(server):
 @pytest.mark.parametrize("path, message", [
     ("/v1/models/nope/predict", "unknown model 'nope'; served models: ssdlite-person"),
     ("/v1/models/ssdlite-person/versions/7/predict", "has no version 7; served versions: 1"),
-    ("/v1/models/ssdlite-person/versions/latest/predict", "has no version 'latest'"),
 ])
 def test_unknown_model_or_version(server, path, message):
     response = server.client.post(path, files=[("file", ("a.png", image_bytes(8, 8)))])
     assert response.status_code == 404 and message in response.json()["error"]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/v1/models/ssdlite-person/versions/latest/predict", "invalid version 'latest'"),
+    ("/v1/models/ssdlite-person/versions/..%2F1/predict", "cannot contain '/'"),
+    ("/v1/models/..%2F..%2Fetc/predict", "cannot contain '/'"),
+    ("/v1/models/%2Fetc%2Fpasswd/predict", "cannot contain '/'"),
+    ("/v1/models/..%5Cx/predict", "cannot contain '/'"),
+    ("/v1/models/..%00/predict", "cannot contain '/'"),
+    ("/v1/models/%2E%2E/predict", "invalid model name '..'"),
+    ("/v1/models/.hidden/predict", "invalid model name '.hidden'"),
+    ("/v1/models/a%20b%3B/predict", "invalid model name 'a b;'"),
+])
+def test_names_and_versions_that_could_reach_the_file_system(server, path, message):
+    response = server.client.post(path, files=[("file", ("a.png", image_bytes(8, 8)))])
+    assert response.status_code == 400 and message in response.json()["error"]
 
 
 def test_unknown_route_and_method(server):

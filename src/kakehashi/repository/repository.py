@@ -9,13 +9,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kakehashi.errors import ModelLoadError, NotFound, Unavailable
+from kakehashi.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.repository.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CONFIG_FILE = "model.yaml"
 
 
@@ -32,6 +33,14 @@ class ModelEntry:
 
 def _model_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+
+
+def checked_name(name: str) -> str:
+    """`name` if it is a safe model name (letters, digits, `_ . -`, not starting with a dot); else 400."""
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise InvalidInput(f"invalid model name {name[:80]!r}: use letters, digits, '_', '.' and '-' "
+                           f"(not starting with '.', no '..', at most 128 characters)")
+    return name
 
 
 def _versions(folder: Path) -> dict[int, Path]:
@@ -108,7 +117,7 @@ class ModelRepository:
 
         A reload whose versions all fail leaves the served versions in place and raises `ModelLoadError`.
         """
-        fresh = {entry.name: entry for entry in discover(self.path)}.get(name)
+        fresh = {entry.name: entry for entry in discover(self.path)}.get(checked_name(name))
         if fresh is None:
             raise NotFound(f"no model '{name}' in the repository {self.path}")
         await asyncio.to_thread(self._load, fresh)
@@ -130,9 +139,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests get 503; queued and running ones are answered first."""
-        entry = self.entries.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
+        entry = self._entry(name)
         handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
         for handle in handles.values():
             await handle.close()
@@ -148,25 +155,36 @@ class ModelRepository:
         """True when every model has at least one ready version."""
         return all(any(h.ready for h in e.handles.values()) for e in self.entries.values())
 
-    def get(self, name: str, version: str | int | None = None) -> ModelHandle:
-        """The handle for `name` at `version` (the newest served one if None); raises `NotFound`."""
-        entry = self.entries.get(name)
+    def _entry(self, name: str) -> ModelEntry:
+        entry = self.entries.get(checked_name(name))
         if entry is None:
             raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
+        return entry
+
+    def get(self, name: str, version: str | int | None = None) -> ModelHandle:
+        """The handle for `name` at `version` (the newest served one if None); raises `NotFound`."""
+        entry = self._entry(name)
         if version in (None, ""):
             if not entry.handles:
                 raise Unavailable(f"model '{name}' is not ready: {entry.error or 'still loading'}")
             ready = [v for v, h in entry.handles.items() if h.ready]
             return entry.handles[max(ready or entry.handles)]
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFound(f"model '{name}' has no version '{version}' (versions are integers)") from None
+        if not str(version).isdigit() or len(str(version)) > 18:
+            raise InvalidInput(f"invalid version {str(version)[:80]!r} of model '{name}': versions are positive integers")
+        number = int(version)
         handle = entry.handles.get(number)
         if handle is None:
             served = ", ".join(str(v) for v in sorted(entry.handles)) or "none"
             raise NotFound(f"model '{name}' has no version {number}; served versions: {served}")
         return handle
+
+    def versions_of(self, name: str | None = None, version: str | None = None) -> list[ModelHandle]:
+        """The loaded handles of every model (no `name`), of one model, or of one `version` of it."""
+        if not name:
+            return [handle for entry in self.entries.values() for handle in entry.handles.values()]
+        if version:
+            return [self.get(name, version)]
+        return list(self._entry(name).handles.values())
 
     def index(self) -> list[dict]:
         """Every model and version with its state and, if not ready, the reason."""

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes
 from kakehashi.server.body_limit import BodyLimit
+from kakehashi.server.path_guard import PathGuard
 from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
 from kakehashi.server.state import ServerState
 
@@ -39,7 +40,7 @@ def create_app(state: ServerState) -> Starlette:
 
     app = Starlette(
         routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes, *openapi.routes],
-        middleware=[Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
+        middleware=[Middleware(PathGuard), Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
         exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
                             Exception: on_unexpected_error},
         lifespan=lifespan,

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from kakehashi import __version__
+from kakehashi.protocols.model_metadata import model_metadata, server_metadata
 from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
 from kakehashi.protocols.triton_config import model_config
 from kakehashi.repository.handle import ModelHandle
@@ -21,7 +21,6 @@ from kakehashi.statistics import model_statistics
 
 OFF_LOOP_BYTES = 64 * 1024  # smaller bodies parse faster inline than a thread hop costs
 T = TypeVar("T")
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
 async def live(request: Request) -> Response:
@@ -33,21 +32,13 @@ async def ready(request: Request) -> Response:
     return JSONBytes({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-async def server_metadata(request: Request) -> Response:
-    return JSONBytes({"name": "kakehashi", "version": __version__, "extensions": EXTENSIONS})
+async def server_metadata_route(request: Request) -> Response:
+    return JSONBytes(server_metadata())
 
 
-async def model_metadata(request: Request) -> Response:
+async def model_metadata_route(request: Request) -> Response:
     handle = model_handle(request)
-    backend = handle.require_ready()
-    entry = server_state(request).repository.entries[handle.name]
-    return JSONBytes({
-        "name": handle.name,
-        "versions": [str(v) for v in sorted(entry.handles)],
-        "platform": backend.platform,
-        "inputs": [spec.to_json() for spec in backend.inputs],
-        "outputs": [spec.to_json() for spec in backend.outputs],
-    })
+    return JSONBytes(model_metadata(handle, list(server_state(request).repository.entries[handle.name].handles)))
 
 
 async def model_ready(request: Request) -> Response:
@@ -94,19 +85,14 @@ async def config(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    repository = server_state(request).repository
-    if "model" in request.path_params:
-        handles = [model_handle(request)]
-        if "version" not in request.path_params:
-            handles = list(repository.entries[handles[0].name].handles.values())
-    else:
-        handles = [h for entry in repository.entries.values() for h in entry.handles.values()]
+    params = request.path_params
+    handles = server_state(request).repository.versions_of(params.get("model"), params.get("version"))
     return JSONBytes({"model_stats": [model_statistics(h) for h in handles]})
 
 
 def _model_routes(prefix: str) -> list[Route]:
     return [
-        Route(prefix, model_metadata, methods=["GET"]),
+        Route(prefix, model_metadata_route, methods=["GET"]),
         Route(prefix + "/config", config, methods=["GET"]),
         Route(prefix + "/stats", stats, methods=["GET"]),
         Route(prefix + "/ready", model_ready, methods=["GET"]),
@@ -117,7 +103,7 @@ def _model_routes(prefix: str) -> list[Route]:
 routes = [
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
-    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2", server_metadata_route, methods=["GET"]),
     Route("/v2/models/stats", stats, methods=["GET"]),
     *_model_routes("/v2/models/{model}"),
     *_model_routes("/v2/models/{model}/versions/{version}"),

@@ -30,5 +30,7 @@ def model_handle(request: Request) -> ModelHandle:
     """The handle named by the `model` (and optional `version`) path parameters."""
     params = request.path_params
     handle = server_state(request).repository.get(params["model"], params.get("version"))
-    request.state.labels = {"model": handle.name, "version": str(handle.version)}
+    tracker = getattr(request.state, "tracker", None)
+    if tracker is not None:
+        tracker.labels = {"model": handle.name, "version": str(handle.version)}
     return handle

@@ -1,4 +1,4 @@
-"""Per-request bookkeeping for HTTP routes: metrics by outcome, and dropping work of clients that left."""
+"""Per-request bookkeeping: metrics by outcome for every transport, and dropping work of clients that left."""
 
 from __future__ import annotations
 
@@ -32,35 +32,46 @@ def outcome(status: int) -> str:
     return _OUTCOMES.get(status, "invalid" if status < 500 else "error")
 
 
+class RequestTracker:
+    """One request's metrics, for any transport: in flight while open, then counted and timed by model,
+    version and outcome. The transport sets `labels` once it knows the model and `status` from its answer."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.labels = {"model": "", "version": ""}
+        self.status = 500
+        self._in_flight = metrics.IN_FLIGHT.labels(protocol=protocol)
+
+    def __enter__(self) -> "RequestTracker":
+        self._started = time.perf_counter()
+        self._in_flight.inc()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, KakehashiError):
+            self.status = error.status
+        elif isinstance(error, HTTPException):  # e.g. Starlette's 400 for a malformed multipart body
+            self.status = error.status_code
+        elif isinstance(error, asyncio.CancelledError):
+            self.status = ClientDisconnected.status
+        self._in_flight.dec()
+        result = outcome(self.status)
+        metrics.REQUESTS.labels(**self.labels, protocol=self.protocol, outcome=result).inc()
+        metrics.REQUEST_SECONDS.labels(**self.labels, protocol=self.protocol, outcome=result).observe(
+            time.perf_counter() - self._started)
+
+
 def tracked(protocol: str) -> Callable[[Endpoint], Endpoint]:
-    """Count the route's requests by model, version and outcome, time them, and track those in flight."""
+    """Track an HTTP route's requests with a `RequestTracker` (found as `request.state.tracker`)."""
 
     def decorate(endpoint: Endpoint) -> Endpoint:
-        in_flight = metrics.IN_FLIGHT.labels(protocol=protocol)
-
         @wraps(endpoint)
         async def route(request: Request) -> Response:
-            started = time.perf_counter()
-            request.state.labels = {"model": "", "version": ""}
-            status = 500
-            in_flight.inc()
-            try:
+            with RequestTracker(protocol) as tracker:
+                request.state.tracker = tracker
                 response = await endpoint(request)
-                status = response.status_code
+                tracker.status = response.status_code
                 return response
-            except KakehashiError as exc:
-                status = exc.status
-                raise
-            except HTTPException as exc:  # e.g. Starlette's 400 for a malformed multipart body
-                status = exc.status_code
-                raise
-            finally:
-                in_flight.dec()
-                labels = request.state.labels
-                result = outcome(status)
-                metrics.REQUESTS.labels(**labels, protocol=protocol, outcome=result).inc()
-                metrics.REQUEST_SECONDS.labels(**labels, protocol=protocol, outcome=result).observe(
-                    time.perf_counter() - started)
         return route
     return decorate
 

@@ -1,0 +1,27 @@
+"""ASGI middleware refusing paths with encoded separators, so `%2F..%2F` can never become part of a name."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kakehashi.server.responses import error_response
+
+# percent-encoded '/', '\' and NUL: a path segment (a model name or version) must never contain them
+_ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
+
+
+class PathGuard:
+    """Answers 400 for a request path holding an encoded '/', '\\' or NUL instead of routing it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or b""
+        if scope["type"] == "http" and _ENCODED_SEPARATOR.search(raw_path):
+            message = "invalid path: model names and versions cannot contain '/', '\\' or NUL (encoded as %2F, %5C, %00)"
+            await error_response(400, message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -29,13 +29,14 @@ def free_port() -> int:
 
 
 class Server:
-    """A `kakehashi serve` subprocess on 127.0.0.1 and an httpx client for it."""
+    """A `kakehashi serve` subprocess on 127.0.0.1 (HTTP and gRPC ports) and an httpx client for it."""
 
     def __init__(self, model: Path | None, log_path: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{free_port()}"
         args = [sys.executable, "-m", "kakehashi", "serve", *([str(model)] if model else []),
-                "--port", str(self.port), *extra]
+                "--port", str(self.port), "--grpc-port", self.grpc_address.split(":")[1], *extra]
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,

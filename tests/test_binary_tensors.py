@@ -10,23 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from onnx_builders import identity_model
+from onnx_builders import SAMPLE_TENSORS as ARRAYS, identity_model
 
-ARRAYS = {
-    "FP32": np.array([[1.5, -2.25], [3.0e10, 0.0]], np.float32),
-    "FP16": np.array([[0.5, -2.0], [1024.0, 0.125]], np.float16),
-    "UINT8": np.array([[0, 255], [7, 8]], np.uint8),
-    "INT32": np.array([[-2**31, 2**31 - 1], [0, 1]], np.int32),
-    "INT64": np.array([[-2**63, 2**63 - 1], [0, 1]], np.int64),
-    "BOOL": np.array([[True, False], [False, True]]),
-    "BYTES": np.array([[b"h\xc3\xa9llo", b""], [b"a b", b"{json}"]], dtype=object),
-    "FP64": np.array([[1.0e-300, 2.5], [-1.0, 1.0e300]], np.float64),
-    "INT8": np.array([[-128, 127], [0, 1]], np.int8),
-    "INT16": np.array([[-32768, 32767], [0, 1]], np.int16),
-    "UINT16": np.array([[0, 65535], [1, 2]], np.uint16),
-    "UINT32": np.array([[0, 2**32 - 1], [1, 2]], np.uint32),
-    "UINT64": np.array([[0, 2**64 - 1], [1, 2]], np.uint64),
-}
 
 
 @pytest.fixture(scope="module")

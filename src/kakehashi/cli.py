@@ -35,7 +35,9 @@ def main() -> None:
 @main.command()
 @click.argument("model", required=False, type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="KAKEHASHI_HOST", help="Address to bind.")
-@click.option("--port", default=8000, show_default=True, envvar="KAKEHASHI_PORT", help="HTTP port.")
+@click.option("--port", default=Settings.port, show_default=True, envvar="KAKEHASHI_PORT", help="HTTP port.")
+@click.option("--grpc-port", default=Settings.grpc_port, show_default=True, envvar="KAKEHASHI_GRPC_PORT",
+              help="gRPC port (0: no gRPC).")
 @click.option("--max-body-bytes", default=Settings.max_body_bytes, show_default=True,
               envvar="KAKEHASHI_MAX_BODY_BYTES", help="Largest request body accepted (413 above).")
 @click.option("--max-pixels", default=Settings.max_pixels, show_default=True, envvar="KAKEHASHI_MAX_PIXELS",
@@ -46,7 +48,7 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=False, envvar="KAKEHASHI_ACCESS_LOG",
               help="Log every request.")
-def serve(model: Path | None, host: str, port: int, max_body_bytes: int, max_pixels: int, threads: int,
+def serve(model: Path | None, host: str, port: int, grpc_port: int, max_body_bytes: int, max_pixels: int, threads: int,
           log_level: str, access_log: bool) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
     import uvicorn
@@ -55,7 +57,8 @@ def serve(model: Path | None, host: str, port: int, max_body_bytes: int, max_pix
     from kakehashi.server.state import ServerState
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(model or default_model_path(), host, port, max_body_bytes, max_pixels, threads, log_level)
+    settings = Settings(model or default_model_path(), host, port, grpc_port, max_body_bytes, max_pixels, threads,
+                        log_level)
     repository, compute = _repository(model, threads, max_pixels)
     try:
         app = create_app(ServerState(settings, repository))

@@ -20,7 +20,9 @@ class Settings:
     model: Path
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001  # 0: no gRPC
     max_body_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     compute_threads: int = max(2, os.cpu_count() or 2)
     log_level: str = "info"
+    grace_seconds: float = 30.0

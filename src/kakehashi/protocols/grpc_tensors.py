@@ -22,6 +22,11 @@ CONTENTS_FIELD = {
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
+# the protobuf element type of each field: values are read as it, then range-checked into the datatype
+FIELD_DTYPE = {
+    "bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64, "uint_contents": np.uint32,
+    "uint64_contents": np.uint64, "fp32_contents": np.float32, "fp64_contents": np.float64,
+}
 
 
 def parameter_values(parameters) -> dict:
@@ -44,7 +49,7 @@ def _typed(name: str, datatype: str, shape: tuple[int, ...], contents) -> np.nda
         array = np.empty(expected, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.asarray(values)
+    wide = np.fromiter(values, dtype=FIELD_DTYPE[field], count=expected)
     if dtype.kind in "iu" and wide.size:
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:

@@ -8,6 +8,7 @@ import re
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 from kakehashi.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, load_model_config
@@ -112,11 +113,15 @@ class ModelRepository:
             entry.handles[version] = handle
             handle.load()
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameters: Collection[str] = ()) -> None:
         """(Re)load `name` from disk beside what serves now, then swap, so no request sees a gap.
 
         A reload whose versions all fail leaves the served versions in place and raises `ModelLoadError`.
+        Triton's load `parameters` (a config or files sent with the request) are refused: models load as on disk.
         """
+        if parameters:
+            raise InvalidInput(f"load parameters {sorted(parameters)} are not supported: Kakehashi loads a model "
+                               f"as it is on disk (change its files or model.yaml there, then load)")
         fresh = {entry.name: entry for entry in discover(self.path)}.get(checked_name(name))
         if fresh is None:
             raise NotFound(f"no model '{name}' in the repository {self.path}")
@@ -186,8 +191,8 @@ class ModelRepository:
             return [self.get(name, version)]
         return list(self._entry(name).handles.values())
 
-    def index(self) -> list[dict]:
-        """Every model and version with its state and, if not ready, the reason."""
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Every model and version (or only the ready ones) with its state and, if not ready, the reason."""
         rows = []
         for entry in self.entries.values():
             if not entry.handles:
@@ -196,4 +201,4 @@ class ModelRepository:
             for version, handle in sorted(entry.handles.items()):
                 rows.append({"name": entry.name, "version": str(version), "state": handle.state.value,
                              "reason": handle.reason})
-        return rows
+        return [row for row in rows if row["state"] == "READY"] if ready_only else rows

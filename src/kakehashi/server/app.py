@@ -31,10 +31,17 @@ def create_app(state: ServerState) -> Starlette:
             state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
 
+        grpc_server = None
+        if state.settings.grpc_port:
+            from kakehashi.server.grpc_server import start_grpc_server  # only processes serving gRPC load its stubs
+
+            grpc_server = await start_grpc_server(state)
         loading = asyncio.create_task(load())
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=state.settings.grace_seconds)
             await loading
             await state.repository.close_all()
 

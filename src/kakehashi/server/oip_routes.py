@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Callable, TypeVar
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,13 +11,12 @@ from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_requ
 from kakehashi.protocols.triton_config import model_config
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.server.compression import decompress
+from kakehashi.server.offload import off_loop
 from kakehashi.server.responses import JSONBytes, error_response
 from kakehashi.server.state import model_handle, server_state
 from kakehashi.server.tracking import tracked, unless_disconnected
 from kakehashi.statistics import model_statistics
 
-OFF_LOOP_BYTES = 64 * 1024  # smaller bodies parse faster inline than a thread hop costs
-T = TypeVar("T")
 
 
 async def live(request: Request) -> Response:
@@ -60,24 +56,17 @@ async def _infer(request: Request, handle: ModelHandle) -> Response:
     body = decompress(await request.body(), request.headers.get("content-encoding"),
                       server_state(request).settings.max_body_bytes)
     header_length = request.headers.get("inference-header-content-length")
-    parsed = await _off_loop(request, len(body), parse_infer_request, body, header_length)
+    pool = server_state(request).repository.compute
+    parsed = await off_loop(pool, len(body), parse_infer_request, body, header_length)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)
     size = sum(array.size for array in outputs.values()) * 8
-    answer, json_length = await _off_loop(request, size, encode_infer_response, handle.name, handle.version,
-                                          outputs, parsed)
+    answer, json_length = await off_loop(pool, size, encode_infer_response, handle.name, handle.version,
+                                         outputs, parsed)
     if json_length is None:
         return JSONBytes(answer)
     return Response(answer, media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(json_length)})
-
-
-async def _off_loop(request: Request, size: int, function: Callable[..., T], *args) -> T:
-    """Run `function` in the compute pool when its input is large, so the event loop keeps doing only I/O."""
-    if size < OFF_LOOP_BYTES:
-        return function(*args)
-    pool = server_state(request).repository.compute
-    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 async def config(request: Request) -> Response:

@@ -12,20 +12,26 @@ from kakehashi.server.responses import JSONBytes
 from kakehashi.server.state import server_state
 
 
-async def index(request: Request) -> Response:
+async def _options(request: Request) -> dict:
+    """The optional JSON object body of a repository request."""
     body = await request.body()
     try:
         options = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON in request body: {exc}") from None
-    rows = server_state(request).repository.index()
-    if isinstance(options, dict) and options.get("ready") is True:
-        rows = [row for row in rows if row["state"] == "READY"]
-    return JSONBytes(rows)
+    if not isinstance(options, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return options
+
+
+async def index(request: Request) -> Response:
+    ready_only = (await _options(request)).get("ready") is True
+    return JSONBytes(server_state(request).repository.index(ready_only))
 
 
 async def load(request: Request) -> Response:
-    await server_state(request).repository.load(request.path_params["model"])
+    parameters = (await _options(request)).get("parameters") or {}
+    await server_state(request).repository.load(request.path_params["model"], list(parameters))
     return JSONBytes({})
 
 

@@ -1,0 +1,163 @@
+"""The Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`), on the HTTP server's event loop.
+
+Every call goes to the same model repository, handles and batchers as HTTP; answers reuse the JSON forms of
+metadata, configuration, statistics and index (`ParseDict` into the messages), so both transports agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import wraps
+from typing import Awaitable, Callable
+
+import grpc
+from google.protobuf import json_format
+
+from kakehashi.errors import KakehashiError, Unavailable
+from kakehashi.protocols.grpc_tensors import encode_grpc_infer_response, parse_grpc_infer_request
+from kakehashi.protocols.model_metadata import model_metadata, server_metadata
+from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
+from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
+from kakehashi.protocols.oip_json import select_outputs
+from kakehashi.protocols.triton_config import model_config
+from kakehashi.server.offload import off_loop
+from kakehashi.server.state import ServerState
+from kakehashi.server.tracking import RequestTracker
+from kakehashi.statistics import model_statistics
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Method = Callable[["InferenceServicer", object, grpc.aio.ServicerContext], Awaitable[object]]
+
+
+def _rpc(method: Method) -> Method:
+    """Answer a `KakehashiError` with its status code and message, anything unexpected with INTERNAL."""
+
+    @wraps(method)
+    async def call(self: "InferenceServicer", request: object, context: grpc.aio.ServicerContext) -> object:
+        try:
+            return await method(self, request, context)
+        except KakehashiError as exc:
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after:
+                context.set_trailing_metadata((("retry-after", str(retry_after)),))
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in gRPC %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+    return call
+
+
+def _message(payload: dict, message: object) -> object:
+    return json_format.ParseDict(payload, message)
+
+
+class InferenceServicer(service.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over the server's model repository."""
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._repository = state.repository
+
+    @_rpc
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._state.ready)
+
+    @_rpc
+    async def ServerMetadata(self, request, context):
+        return _message(server_metadata(), pb.ServerMetadataResponse())
+
+    @_rpc
+    async def ModelReady(self, request, context):
+        try:
+            return pb.ModelReadyResponse(ready=self._repository.get(request.name, request.version).ready)
+        except Unavailable:  # known, but no version loaded (unloaded or failed)
+            return pb.ModelReadyResponse(ready=False)
+
+    @_rpc
+    async def ModelMetadata(self, request, context):
+        handle = self._repository.get(request.name, request.version)
+        versions = list(self._repository.entries[handle.name].handles)
+        return _message(model_metadata(handle, versions), pb.ModelMetadataResponse())
+
+    @_rpc
+    async def ModelConfig(self, request, context):
+        config = model_config(self._repository.get(request.name, request.version))
+        return _message({"config": config}, pb.ModelConfigResponse())
+
+    @_rpc
+    async def ModelStatistics(self, request, context):
+        handles = self._repository.versions_of(request.name, request.version)
+        return _message({"model_stats": [model_statistics(h) for h in handles]}, pb.ModelStatisticsResponse())
+
+    @_rpc
+    async def RepositoryIndex(self, request, context):
+        return _message({"models": self._repository.index(request.ready)}, pb.RepositoryIndexResponse())
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context):
+        await self._repository.load(request.model_name, list(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context):
+        await self._repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @_rpc
+    async def ModelInfer(self, request, context):
+        with RequestTracker("grpc") as tracker:
+            handle = self._repository.get(request.model_name, request.model_version)
+            tracker.labels = {"model": handle.name, "version": str(handle.version)}
+            with handle.serving():
+                pool = self._repository.compute
+                parsed = await off_loop(pool, request.ByteSize(), parse_grpc_infer_request, request)
+                timeouts = [t for t in (parsed.timeout_ms, _remaining_ms(context)) if t is not None]
+                results = await handle.infer(parsed.inputs, min(timeouts) if timeouts else None)
+                outputs = select_outputs(results, parsed.outputs)
+                size = sum(array.nbytes for array in outputs.values())
+                response = await off_loop(pool, size, encode_grpc_infer_response, handle.name, handle.version,
+                                          outputs, parsed.id)
+            tracker.status = 200
+            return response
+
+
+def _remaining_ms(context: grpc.aio.ServicerContext) -> float | None:
+    """What is left of the client's gRPC deadline, in milliseconds (None without a deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining, 0.001) * 1000
+
+
+async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
+    """Start serving gRPC on `state.settings.host:grpc_port`; messages up to the HTTP body limit are accepted."""
+    settings = state.settings
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+    ])
+    service.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+    await server.start()
+    log.info("gRPC (inference.GRPCInferenceService) listening on %s", address)
+    return server

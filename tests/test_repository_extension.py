@@ -34,35 +34,75 @@ def score(client) -> float:
     return response.json()["images"][0]["results"][0]["confidence"]
 
 
-def test_reload_picks_up_a_new_version_without_dropping_requests(live):
+def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(live):
     server, root = live
-    assert server.client.post("/v2/repository/index").json() == [
-        {"name": "det", "version": "1", "state": "READY", "reason": ""}]
+    _model(root / "other" / "1" / "model.onnx", 0.25)
+    assert server.client.post("/v2/repository/models/other/load").status_code == 200
+    assert [(row["name"], row["state"]) for row in server.client.post("/v2/repository/index").json()] == [
+        ("det", "READY"), ("other", "READY")]
     _model(root / "det" / "2" / "model.onnx", 0.75)
-    statuses: list[int] = []
+    answers: list[tuple[int, float | None]] = []
     stop = threading.Event()
 
     def hammer():
         with httpx.Client(base_url=server.url, timeout=30) as client:
             while not stop.is_set():
-                statuses.append(client.post("/v1/models/det/predict", content=IMAGE,
-                                            headers={"content-type": "image/png"}).status_code)
+                response = client.post("/v1/models/det/predict", content=IMAGE, headers={"content-type": "image/png"})
+                ok = response.status_code == 200
+                answers.append((response.status_code, ok and response.json()["images"][0]["results"][0]["confidence"]))
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: len(statuses) >= 5)
+        _wait_for(lambda: len(answers) >= 5)
         assert server.client.post("/v2/repository/models/det/load").status_code == 200
+        switched = len(answers)
+        assert server.client.post("/v2/repository/models/other/unload").status_code == 200
         assert score(server.client) == 0.75
-        before = len(statuses)
-        _wait_for(lambda: len(statuses) >= before + 5)
+        _wait_for(lambda: len(answers) >= switched + 10)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    assert set(statuses) == {200}
+    assert {status for status, _ in answers} == {200}
+    assert {confidence for _, confidence in answers} <= {0.5, 0.75}
+    later = [confidence for _, confidence in answers[switched + 3:]]  # 3 threads: at most 3 started before
+    assert later and set(later) == {0.75}
     assert server.client.get("/v2/models/det").json()["versions"] == ["2"]
+    assert server.client.get("/v2/models/other/ready").status_code == 503
+
+
+def test_poll_repository_picks_up_new_changed_and_removed_models(serve, tmp_path):
+    _model(tmp_path / "det" / "1" / "model.onnx", 0.5)
+    _model(tmp_path / "gone" / "1" / "model.onnx", 0.5)
+    server = serve(tmp_path, "--poll-repository", "0.2")
+
+    def states() -> dict:
+        return {(row["name"], row.get("version")): row["state"]
+                for row in server.client.post("/v2/repository/index").json()}
+
+    _model(tmp_path / "det" / "2" / "model.onnx", 0.75)  # a new version
+    _wait_for(lambda: states().get(("det", "2")) == "READY")
+    assert score(server.client) == 0.75 and ("det", "1") not in states()
+
+    (tmp_path / "det" / "model.yaml").write_text("defaults: {conf: 0.8}\n")  # a changed model.yaml
+    _wait_for(lambda: server.client.post("/v1/models/det/predict", content=IMAGE, headers={
+        "content-type": "image/png"}).json()["images"][0]["results"] == [])
+
+    _model(tmp_path / "new" / "1" / "model.onnx", 0.25)  # a new model
+    _wait_for(lambda: states().get(("new", "1")) == "READY")
+
+    (tmp_path / "det" / "3").mkdir()  # a broken new version: version 2 keeps serving
+    (tmp_path / "det" / "3" / "model.onnx").write_bytes(b"\x08\x01garbage")
+    _wait_for(lambda: "cannot be loaded" in server.log())
+    assert states()[("det", "2")] == "READY" and server.client.get("/v2/models/det").json()["versions"] == ["2"]
+
+    for path in sorted((tmp_path / "gone").rglob("*"), reverse=True):  # a removed model
+        path.unlink() if path.is_file() else path.rmdir()
+    (tmp_path / "gone").rmdir()
+    _wait_for(lambda: states().get(("gone", None)) == "UNLOADED")
+    assert "Traceback" not in server.log()
 
 
 def _wait_for(condition, seconds: float = 20) -> None:

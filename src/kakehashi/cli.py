@@ -44,12 +44,15 @@ def main() -> None:
               help="Largest image (width x height) decoded (413 above).")
 @click.option("--threads", default=Settings.compute_threads, show_default=True, envvar="KAKEHASHI_THREADS",
               help="Threads for image decoding and pre/post-processing.")
+@click.option("--poll-repository", "poll_seconds", default=0.0, show_default=True, metavar="SECONDS",
+              envvar="KAKEHASHI_POLL_REPOSITORY",
+              help="Every SECONDS, load added models, reload changed ones and unload removed ones (0: off).")
 @click.option("--log-level", default="info", show_default=True, envvar="KAKEHASHI_LOG_LEVEL",
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=False, envvar="KAKEHASHI_ACCESS_LOG",
               help="Log every request.")
 def serve(model: Path | None, host: str, port: int, grpc_port: int, max_body_bytes: int, max_pixels: int, threads: int,
-          log_level: str, access_log: bool) -> None:
+          poll_seconds: float, log_level: str, access_log: bool) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
     import uvicorn
 
@@ -58,7 +61,7 @@ def serve(model: Path | None, host: str, port: int, grpc_port: int, max_body_byt
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(model or default_model_path(), host, port, grpc_port, max_body_bytes, max_pixels, threads,
-                        log_level)
+                        log_level, poll_repository_seconds=poll_seconds)
     repository, compute = _repository(model, threads, max_pixels)
     try:
         app = create_app(ServerState(settings, repository))

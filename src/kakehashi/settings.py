@@ -26,3 +26,4 @@ class Settings:
     compute_threads: int = max(2, os.cpu_count() or 2)
     log_level: str = "info"
     grace_seconds: float = 30.0
+    poll_repository_seconds: float = 0.0  # 0: pick up changes on disk only through the load API

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection
 
-from kakehashi.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
+from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.repository.handle import ModelHandle
 
@@ -76,6 +76,20 @@ def discover(path: Path) -> list[ModelEntry]:
     return entries
 
 
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
+
+
+def fingerprint(entry: ModelEntry) -> tuple:
+    """What a change on disk alters: the version files and `model.yaml` (modification time and size)."""
+    config = _stat(entry.config_path) if entry.config_path else None
+    return config, tuple((version, _stat(path)) for version, path in sorted(entry.files.items()))
+
+
 def _entry(folder: Path) -> ModelEntry:
     config = folder / CONFIG_FILE
     return ModelEntry(_model_name(folder.name), config if config.is_file() else None, _versions(folder))
@@ -89,6 +103,8 @@ class ModelRepository:
         self.compute = compute
         self._max_pixels = max_pixels
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
+        self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
+        self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
 
     def load_all(self) -> None:
         """Load every model's selected versions; failures are recorded, never raised."""
@@ -122,9 +138,15 @@ class ModelRepository:
         if parameters:
             raise InvalidInput(f"load parameters {sorted(parameters)} are not supported: Kakehashi loads a model "
                                f"as it is on disk (change its files or model.yaml there, then load)")
-        fresh = {entry.name: entry for entry in discover(self.path)}.get(checked_name(name))
+        checked_name(name)
+        async with self._changing:
+            await self._reload(name)
+
+    async def _reload(self, name: str) -> None:
+        fresh = {entry.name: entry for entry in discover(self.path)}.get(name)
         if fresh is None:
             raise NotFound(f"no model '{name}' in the repository {self.path}")
+        self._on_disk[name] = fingerprint(fresh)
         await asyncio.to_thread(self._load, fresh)
         old = self.entries.get(name)
         failed = not any(handle.ready for handle in fresh.handles.values())
@@ -145,9 +167,39 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests get 503; queued and running ones are answered first."""
         entry = self._entry(name)
-        handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
-        for handle in handles.values():
-            await handle.close()
+        async with self._changing:
+            handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
+            for handle in handles.values():
+                await handle.close()
+
+    async def poll(self) -> None:
+        """Load models added on disk, reload changed ones (new version, new `model.yaml`), unload removed ones.
+
+        A failing load is logged and shown in the index; it is retried only after the files change again.
+        """
+        on_disk = {name: fingerprint(entry) for name, entry in
+                   {entry.name: entry for entry in await asyncio.to_thread(discover, self.path)}.items()}
+        for name, current in on_disk.items():
+            if self._on_disk.get(name) != current:
+                log.info("model %s changed on disk: loading", name)
+                try:
+                    await self.load(name)
+                except KakehashiError as exc:
+                    log.error("model %s: %s", name, exc.message)
+        for name in set(self._on_disk) - set(on_disk):
+            del self._on_disk[name]
+            if name in self.entries:
+                log.info("model %s removed from disk: unloading", name)
+                await self.unload(name)
+
+    async def watch(self, seconds: float) -> None:
+        """`poll` every `seconds` until cancelled; a failed scan (e.g. the folder is gone) is logged and retried."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.poll()
+            except KakehashiError as exc:
+                log.error("repository poll: %s", exc.message)
 
     async def close_all(self) -> None:
         """Stop every loaded version (running batches finish first)."""

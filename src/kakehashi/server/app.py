@@ -30,6 +30,8 @@ def create_app(state: ServerState) -> Starlette:
             await asyncio.to_thread(state.repository.load_all)
             state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
+            if state.settings.poll_repository_seconds:
+                await state.repository.watch(state.settings.poll_repository_seconds)
 
         grpc_server = None
         if state.settings.grpc_port:
@@ -42,7 +44,9 @@ def create_app(state: ServerState) -> Starlette:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=state.settings.grace_seconds)
-            await loading
+            if state.loaded:
+                loading.cancel()  # stops the repository poller; a load in progress is left to finish
+            await asyncio.gather(loading, return_exceptions=True)
             await state.repository.close_all()
 
     app = Starlette(

@@ -1,0 +1,68 @@
+"""Ultralytics' own remote client (`YOLO("http://…/<model>")` and `grpc://`), installed for real in a separate
+virtualenv (torch + ultralytics are never part of Kakehashi), predicting through Kakehashi: it must find the
+same detections as Kakehashi's own predict endpoint on the same image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES, YOLO11, YOLO26
+
+VENV = Path(__file__).parent.parent / ".cache" / "ultralytics-venv"
+# the CPU torch pair that installs from this machine's registry; ultralytics pulls torchvision otherwise
+REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41"]
+CLIENT = Path(__file__).parent / "ultralytics_client.py"
+IMAGE = IMAGES / "astronaut.png"
+CONF = 0.0001  # random weights: every score is tiny
+
+
+@pytest.fixture(scope="session")
+def ultralytics_python(artifacts: Path) -> Path:
+    """The virtualenv's python, created once (about a minute from the local registry) and reused."""
+    python, stamp = VENV / "bin" / "python", VENV / "kakehashi-requirements.txt"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(REQUIREMENTS)):
+        with open(artifacts / "ultralytics-venv-install.log", "wb") as log:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, stdout=log, stderr=log)
+            subprocess.run([str(python), "-m", "pip", "install", *REQUIREMENTS], check=True, stdout=log,
+                           stderr=log, timeout=1200)
+        stamp.write_text("\n".join(REQUIREMENTS))
+    return python
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    for name, path in [("yolo26", YOLO26), ("yolo11", YOLO11)]:
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1" / "model.onnx").symlink_to(path.resolve())
+    return serve_module(root)
+
+
+def _detections(boxes, classes, confidences) -> list[tuple]:
+    return sorted((c, tuple(round(v) for v in box), round(s, 4)) for box, c, s in zip(boxes, classes, confidences))
+
+
+@pytest.mark.parametrize("model", ["yolo26", "yolo11"])
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_ultralytics_remote_model_finds_what_kakehashi_finds(ultralytics_python, server, tmp_path, model, scheme):
+    address = server.url.removeprefix("http://") if scheme == "http" else server.grpc_address
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(tmp_path)}
+    run = subprocess.run([str(ultralytics_python), str(CLIENT), f"{scheme}://{address}/{model}", str(IMAGE), str(CONF)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    theirs = json.loads(run.stdout.strip().splitlines()[-1])
+
+    response = server.client.post(f"/v1/models/{model}/predict", params={"conf": CONF, "decimals": 6},
+                                  files=[("file", (IMAGE.name, IMAGE.read_bytes()))])
+    ours = response.json()["images"][0]["results"]
+    assert theirs["names"]["0"] == "person" and len(theirs["boxes"]) == len(ours) > 0
+    assert _detections(theirs["boxes"], theirs["class"], theirs["confidence"]) == _detections(
+        [list(r["box"].values()) for r in ours], [r["class"] for r in ours], [r["confidence"] for r in ours])
+    requests = server.client.get("/metrics").text
+    assert f'kakehashi_requests_total{{model="{model}",outcome="success",protocol="{scheme}",version="1"}}' in requests

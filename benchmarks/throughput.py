@@ -156,7 +156,7 @@ def main() -> None:
     for label, process in (("plain FastAPI + uvicorn + onnxruntime", baseline), ("Kakehashi", server)):
         process.ready()
         meta = httpx.get(f"{process.url}/v2/models/tiny").json()
-        payload = payloads.infer_json_payload("tiny", meta["inputs"], {"x": [1, 3, 64, 64]},
+        payload = payloads.infer_payload("tiny", meta["inputs"], {"x": [1, 3, 64, 64]},
                                               [{"name": "y"}])
         for step in sweep(process.url, payload, [1, 16], args.warmup, args.duration):
             add(f"tiny model 1x3x64x64, OIP v2 JSON infer: {label} (req/s)", label, step.level, step.throughput, step)

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import IMAGES
 
 
@@ -26,13 +28,23 @@ def test_closed_loop_predict_writes_json(default_server, tmp_path):
     assert "throughput_rps" in result.stdout
 
 
-def test_open_loop_infer_writes_csv(default_server, tmp_path):
+@pytest.mark.parametrize("encoding", [[], ["binary"], ["grpc"]], ids=["json", "binary", "grpc"])
+def test_open_loop_infer_writes_csv(default_server, tmp_path, encoding):
     out = tmp_path / "steps.csv"
-    result = bench(default_server, "--model", "ssdlite-person", "--infer", "--shape", "image_tensor:0=1,64,64,3",
-                   "--rate", "20", "--output", str(out))
+    result = bench(default_server, "--model", "ssdlite-person", "--infer", *encoding, "--grpc",
+                   default_server.grpc_address, "--shape", "image_tensor:0=1,64,64,3", "--rate", "20",
+                   "--output", str(out))
     assert result.returncode == 0, result.stderr
+    assert f"({(encoding or ['json'])[0]})" in result.stdout.replace("gRPC", "grpc")
     [row] = list(csv.DictReader(out.open()))
     assert row["mode"] == "rate" and int(row["requests"]) >= 10 and row["errors"] == "0"
+
+
+def test_grpc_errors_are_counted_by_status_code(default_server):
+    result = bench(default_server, "--model", "ssdlite-person", "--infer", "grpc", "--grpc", default_server.grpc_address,
+                   "--shape", "image_tensor:0=1,64,64,4", "--concurrency", "1")
+    assert result.returncode == 0, result.stderr
+    assert "INVALID_ARGUMENT" in result.stdout
 
 
 def test_wrong_answers_are_counted_as_errors(default_server):

@@ -119,7 +119,12 @@ def _levels(text: str | None, kind: type) -> list:
 @click.option("--model", required=True, help="Model name on the server.")
 @click.option("--images", "image_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Images (files or folders) for the predict endpoint; repeatable.")
-@click.option("--infer", "infer_json", is_flag=True, help="Send OIP v2 JSON infer requests with random tensors.")
+@click.option("--infer", "infer_encoding", is_flag=False, flag_value="json", default=None,
+              type=click.Choice(["json", "binary", "grpc"]),
+              help="Send OIP v2 infer requests with random tensors: JSON (the default), the HTTP binary extension, "
+                   "or gRPC.")
+@click.option("--grpc", "grpc_target", default=None, metavar="HOST:PORT",
+              help="gRPC address for --infer grpc (default: the --url host, port 8001).")
 @click.option("--shape", "shapes", multiple=True, help="Shape of an infer input, NAME=1,3,64,64; repeatable.")
 @click.option("--query", default="", help="Query string for predict, e.g. conf=0.5&imgsz=320.")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Closed-loop concurrency sweep.")
@@ -127,7 +132,8 @@ def _levels(text: str | None, kind: type) -> list:
 @click.option("--warmup", default=2.0, show_default=True, help="Seconds of load before each measurement.")
 @click.option("--duration", default=10.0, show_default=True, help="Seconds measured per step.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the steps as .json or .csv.")
-def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_json: bool, shapes: tuple[str, ...],
+def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: str | None, grpc_target: str | None,
+          shapes: tuple[str, ...],
           query: str, concurrency: str, rate: str | None, warmup: float, duration: float,
           output: Path | None) -> None:
     """Load a running server like perf_analyzer: req/s, p50/p90/p99 and errors per step, every answer checked."""
@@ -136,26 +142,29 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_json: bool,
     from kakehashi.bench import loadgen, payloads, report
 
     url = url.rstrip("/")
-    if infer_json:
+    target = url
+    if infer_encoding:
         metadata = httpx.get(f"{url}/v2/models/{model}", timeout=30)
         if metadata.status_code != 200:
             raise click.ClickException(f"cannot read model '{model}' metadata: {metadata.text}")
         given = {name: [int(d) for d in dims.split(",")] for name, dims in (s.split("=", 1) for s in shapes)}
         meta = metadata.json()
-        payload = payloads.infer_json_payload(model, meta["inputs"], given, meta["outputs"])
+        payload = payloads.infer_payload(model, meta["inputs"], given, meta["outputs"], infer_encoding)
+        if infer_encoding == "grpc":
+            target = f"grpc://{grpc_target or httpx.URL(url).host + ':8001'}"
     else:
         files = payloads.image_files(list(image_paths))
         if not files:
             raise click.ClickException("give --images (files or folders) or --infer")
         payload = payloads.predict_payload(model, files, query)
-    click.echo(f"{payload.description} against {url}")
+    click.echo(f"{payload.description} against {target}")
     click.echo(report.header())
     steps = []
     for level in _levels(rate, float) or _levels(concurrency, int):
         if rate:
-            step = asyncio.run(loadgen.open_loop(url, payload, level, warmup, duration))
+            step = asyncio.run(loadgen.open_loop(target, payload, level, warmup, duration))
         else:
-            step = asyncio.run(loadgen.closed_loop(url, payload, level, warmup, duration))
+            step = asyncio.run(loadgen.closed_loop(target, payload, level, warmup, duration))
         steps.append(step)
         click.echo(report.line(step))
     if output:

@@ -1,4 +1,5 @@
-"""Closed-loop (fixed concurrency) and open-loop (fixed rate) load with a warm-up and a measurement window."""
+"""Closed-loop (fixed concurrency) and open-loop (fixed rate) load with a warm-up and a measurement window,
+over HTTP (aiohttp) or gRPC (`grpc://host:port` targets, grpc.aio)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import itertools
 import time
 from collections import Counter
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import numpy as np
@@ -58,16 +61,45 @@ class _Window:
                 self.errors[problem] += 1
 
 
-async def _send(session: aiohttp.ClientSession, url: str, payload: Payload, body: bytes,
-                timeout: float) -> str | None:
-    try:
-        async with session.post(url, data=body, headers=payload.headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            return payload.check(response.status, await response.read())
-    except asyncio.TimeoutError:
-        return "timeout"
-    except aiohttp.ClientError as exc:
-        return type(exc).__name__
+Send = Callable[[bytes], Awaitable[str | None]]  # one request body → None if answered right, else the problem
+
+
+@asynccontextmanager
+async def _http(base_url: str, payload: Payload, connections: int, timeout: float) -> AsyncIterator[Send]:
+    url = base_url + payload.path
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+        async def send(body: bytes) -> str | None:
+            try:
+                async with session.post(url, data=body, headers=payload.headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                    return payload.check(response.status, response.headers, await response.read())
+            except asyncio.TimeoutError:
+                return "timeout"
+            except aiohttp.ClientError as exc:
+                return type(exc).__name__
+        yield send
+
+
+@asynccontextmanager
+async def _grpc(target: str, payload: Payload, connections: int, timeout: float) -> AsyncIterator[Send]:
+    """Bodies are serialized request messages sent to the method `payload.path`; answers are checked as bytes."""
+    import grpc
+
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    async with grpc.aio.insecure_channel(target.removeprefix("grpc://"), options=options) as channel:
+        call = channel.unary_unary(payload.path)  # no (de)serializers: bytes in, bytes out
+
+        async def send(body: bytes) -> str | None:
+            try:
+                return payload.check(200, {}, await call(body, timeout=timeout))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+        yield send
+
+
+def _transport(target: str, payload: Payload, connections: int, timeout: float):
+    opener = _grpc if target.startswith("grpc://") else _http
+    return opener(target, payload, connections, timeout)
 
 
 async def closed_loop(base_url: str, payload: Payload, concurrency: int, warmup: float, duration: float,
@@ -76,13 +108,11 @@ async def closed_loop(base_url: str, payload: Payload, concurrency: int, warmup:
     start = time.perf_counter() + warmup
     window = _Window(start, start + duration)
     bodies = itertools.cycle(payload.bodies)
-    url = base_url + payload.path
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with _transport(base_url, payload, concurrency, timeout) as send:
         async def worker() -> None:
             while time.perf_counter() < window.end:
                 sent = time.perf_counter()
-                problem = await _send(session, url, payload, next(bodies), timeout)
+                problem = await send(next(bodies))
                 window.record(sent, time.perf_counter(), problem)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -95,11 +125,10 @@ async def open_loop(base_url: str, payload: Payload, rate: float, warmup: float,
     start = time.perf_counter() + warmup
     window = _Window(start, start + duration)
     bodies = itertools.cycle(payload.bodies)
-    url = base_url + payload.path
     outstanding: set[asyncio.Task] = set()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_outstanding)) as session:
+    async with _transport(base_url, payload, max_outstanding, timeout) as send:
         async def one(scheduled: float, body: bytes) -> None:
-            problem = await _send(session, url, payload, body, timeout)
+            problem = await send(body)
             window.record(scheduled, time.perf_counter(), problem)
 
         began = time.perf_counter()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import orjson
 
-Check = Callable[[int, bytes], str | None]  # (status, body) → None if right, else what was wrong
+from kakehashi.protocols.oip_binary import tensor_to_bytes
+
+Check = Callable[[int, Mapping[str, str], bytes], str | None]  # (status, headers, body) → None if right, else what
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def image_files(sources: list[Path]) -> list[Path]:
     return found
 
 
-def _check_predict(status: int, body: bytes) -> str | None:
+def _check_predict(status: int, headers: Mapping[str, str], body: bytes) -> str | None:
     if status != 200:
         return f"HTTP {status}"
     try:
@@ -66,34 +68,81 @@ _NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": n
           "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 
 
-def infer_json_payload(model: str, inputs: list[dict], shapes: dict[str, list[int]], outputs: list[dict],
-                       seed: int = 0) -> Payload:
-    """An OIP v2 JSON infer request with random data for every input (shapes fill dynamic dimensions)."""
+INFER_ENCODINGS = ("json", "binary", "grpc")
+
+
+def _random_inputs(inputs: list[dict], shapes: dict[str, list[int]], seed: int) -> dict[str, tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    tensors = []
+    arrays = {}
     for spec in inputs:
         shape = shapes.get(spec["name"]) or [1 if d == -1 else d for d in spec["shape"]]
         if any(d < 0 for d in shape):
             raise ValueError(f"input {spec['name']} has dynamic dimensions {spec['shape']}; give --shape")
-        data = (rng.random(shape) * 255).astype(_NUMPY[spec["datatype"]])
-        tensors.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape,
-                        "data": data.reshape(-1).tolist()})
-    expected = {o["name"] for o in outputs}
+        arrays[spec["name"]] = spec["datatype"], (rng.random(shape) * 255).astype(_NUMPY[spec["datatype"]])
+    return arrays
 
-    def check(status: int, body: bytes) -> str | None:
+
+def infer_payload(model: str, inputs: list[dict], shapes: dict[str, list[int]], outputs: list[dict],
+                  encoding: str = "json", seed: int = 0) -> Payload:
+    """An OIP v2 infer request with random data for every input (shapes fill dynamic dimensions), as JSON,
+    with the HTTP binary tensor extension, or as a gRPC `ModelInferRequest`; answers are checked for the
+    model's outputs."""
+    arrays = _random_inputs(inputs, shapes, seed)
+    expected = {o["name"] for o in outputs}
+    if encoding == "grpc":
+        return _grpc_payload(model, arrays, expected)
+    binary = encoding == "binary"
+    tensors = []
+    for name, (datatype, array) in arrays.items():
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": array.nbytes}
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    request: dict = {"inputs": tensors}
+    if binary:
+        request["parameters"] = {"binary_data_output": True}
+    header = orjson.dumps(request)
+    body = header + b"".join(tensor_to_bytes(array) for _, array in arrays.values()) if binary else header
+    headers = {"content-type": "application/octet-stream" if binary else "application/json"}
+    if binary:
+        headers["inference-header-content-length"] = str(len(header))
+
+    def check(status: int, answer_headers: Mapping[str, str], answer: bytes) -> str | None:
         if status != 200:
             return f"HTTP {status}"
         try:
-            answer = orjson.loads(body)
-            got = {o["name"]: o for o in answer["outputs"]}
+            length = int(answer_headers.get("inference-header-content-length", len(answer)))
+            got = {o["name"]: o for o in orjson.loads(answer[:length])["outputs"]}
             if set(got) != expected:
                 return "wrong outputs"
-            for output in got.values():
-                if len(output["data"]) != int(np.prod(output["shape"])):
-                    return "data does not match shape"
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            sizes = [o.get("parameters", {}).get("binary_data_size") for o in got.values()]
+            if binary and sum(sizes) != len(answer) - length:
+                return "binary outputs do not add up"
+            if not binary and any(len(o["data"]) != int(np.prod(o["shape"])) for o in got.values()):
+                return "data does not match shape"
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return "bad answer"
         return None
 
-    return Payload(f"/v2/models/{model}/infer", [orjson.dumps({"inputs": tensors})],
-                   {"content-type": "application/json"}, check, f"infer {model} (JSON)")
+    return Payload(f"/v2/models/{model}/infer", [body], headers, check, f"infer {model} ({encoding})")
+
+
+def _grpc_payload(model: str, arrays: dict[str, tuple[str, np.ndarray]], expected: set[str]) -> Payload:
+    from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=array.shape)
+                for name, (datatype, array) in arrays.items()],
+        raw_input_contents=[tensor_to_bytes(array) for _, array in arrays.values()])
+
+    def check(status: int, headers: Mapping[str, str], answer: bytes) -> str | None:
+        response = pb.ModelInferResponse.FromString(answer)
+        if {o.name for o in response.outputs} != expected or len(response.raw_output_contents) != len(expected):
+            return "wrong outputs"
+        return None
+
+    return Payload("/inference.GRPCInferenceService/ModelInfer", [request.SerializeToString()], {}, check,
+                   f"infer {model} (gRPC)")

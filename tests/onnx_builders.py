@@ -98,3 +98,16 @@ def tiny_model(path: Path) -> Path:
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 64, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 64, 64])], initializers)
     return _save(graph, path, None)
+
+
+def lookup_model(path: Path, table: np.ndarray) -> Path:
+    """`index` INT64 [batch, 1] → `value` FP32 [batch, 1] = table[index]; an index outside the table makes
+    ONNX Runtime fail the whole run (a request that breaks its batch)."""
+    nodes = [helper.make_node("Gather", ["table", "index"], ["gathered"], axis=0),
+             helper.make_node("Identity", ["gathered"], ["value"])]
+    graph = helper.make_graph(
+        nodes, "lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(table.astype(np.float32), "table")])
+    return _save(graph, path, None)

@@ -21,12 +21,13 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
+        self.poison: float | None = None  # a row with this value makes its whole batch fail
 
     def __call__(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.gate.wait(10)
         x = feeds["x"]
         self.batches.append(x[:, 0].tolist())
-        if self.fail:
+        if self.fail or self.poison in x[:, 0]:
             raise RuntimeError("the runtime broke")
         return {"y": x * 2}
 
@@ -166,6 +167,22 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
         return result
 
     assert asyncio.run(scenario()).outputs["y"][0, 0] == 4
+
+
+def test_a_request_that_breaks_its_batch_fails_alone_and_the_others_are_answered():
+    recorder = Recorder()
+    recorder.poison = 13
+
+    async def scenario():
+        b = batcher(recorder, max_batch=4)
+        results = await _busy_then(recorder, b, [(row(1), 1), (row(13), 1), (row(3), 1)])
+        await b.close()
+        return results
+
+    first, one, poisoned, three = asyncio.run(scenario())
+    assert recorder.batches == [[0], [1, 13, 3], [1], [13], [3]]  # the batch, then each request alone
+    assert one.outputs["y"][0, 0] == 2 and three.outputs["y"][0, 0] == 6 and first.outputs["y"][0, 0] == 0
+    assert isinstance(poisoned, RuntimeError)
 
 
 def test_instances_run_in_parallel():

@@ -168,35 +168,53 @@ class DynamicBatcher:
                 continue
             return [self._queue.popleft() for _ in range(count)]
 
-    def _work(self, instance: int, batch: list[_Pending]) -> tuple[Feeds, float, float]:
-        """In the instance's thread: stack the batch once, run it, time it."""
+    def _work(self, instance: int, batch: list[_Pending]) -> tuple[list[Feeds | Exception], float, float]:
+        """In the instance's thread: stack the batch once, run it, time it; each request's outputs (or error).
+
+        If a batch of several requests fails, each is run again alone, so only the request that causes the
+        error gets it and the others are answered.
+        """
         started = time.perf_counter()
-        feeds = batch[0].feeds if len(batch) == 1 else {
-            name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-        outputs = self._run(instance, feeds)
-        return outputs, started, time.perf_counter()
+        try:
+            if len(batch) == 1:
+                shares: list[Feeds | Exception] = [self._run(instance, batch[0].feeds)]
+            else:
+                stacked = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+                outputs = self._run(instance, stacked)
+                offsets = np.cumsum([0] + [p.rows for p in batch])
+                shares = [{name: value[offsets[i]:offsets[i + 1]] for name, value in outputs.items()}
+                          for i in range(len(batch))]
+        except Exception as exc:
+            shares = [exc] if len(batch) == 1 else [self._run_alone(instance, p) for p in batch]
+        return shares, started, time.perf_counter()
+
+    def _run_alone(self, instance: int, pending: _Pending) -> Feeds | Exception:
+        if pending.future.done():  # cancelled meanwhile: do not spend the instance on it
+            return asyncio.CancelledError()
+        try:
+            return self._run(instance, pending.feeds)
+        except Exception as exc:
+            return exc
 
     async def _execute(self, instance: int, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            outputs, started, ended = await loop.run_in_executor(self._executors[instance], self._work, instance, batch)
-        except Exception as exc:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
+            shares, started, ended = await loop.run_in_executor(self._executors[instance], self._work, instance, batch)
+        except Exception as exc:  # outside the model run (e.g. out of memory stacking): answer, never leave waiting
+            shares, started, ended = [exc] * len(batch), time.perf_counter(), time.perf_counter()
         finally:
             self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
         self._average_batch_seconds = 0.9 * self._average_batch_seconds + 0.1 * (ended - started)
         if self._on_batch:
             self._on_batch(rows, ended - started)
-        offset = 0
-        for pending in batch:
-            if not pending.future.done():
-                share = {name: value[offset:offset + pending.rows] for name, value in outputs.items()}
+        for pending, share in zip(batch, shares):
+            if pending.future.done():
+                continue
+            if isinstance(share, BaseException):
+                pending.future.set_exception(share)
+            else:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
-            offset += pending.rows
 
     async def close(self) -> None:
         """Answer what is queued and running (up to `DRAIN_SECONDS`), then stop the workers."""

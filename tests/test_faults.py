@@ -1,0 +1,44 @@
+"""Faults stay local: a request that makes the runtime fail inside a batch fails alone; the others in that
+batch are answered correctly, and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from onnx_builders import lookup_model
+
+TABLE = np.arange(10, dtype=np.float32) * 1.5
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
+    # a long queue delay so concurrent requests surely share one batch
+    (root / "lookup" / "model.yaml").write_text("batching: {max_batch_size: 8, max_queue_delay_ms: 300}\n")
+    return serve_module(root)
+
+
+def _request(index: int) -> dict:
+    return {"inputs": [{"name": "index", "datatype": "INT64", "shape": [1, 1], "data": [index]}]}
+
+
+def test_a_request_that_breaks_its_batch_fails_alone(server):
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v2/models/lookup/infer", json=_request(i))
+                                          for i in (2, 50, 7, 0)))
+
+    good_2, bad, good_7, good_0 = asyncio.run(together())
+    assert bad.status_code == 400 and "could not run this input" in bad.json()["error"]
+    for response, index in ((good_2, 2), (good_7, 7), (good_0, 0)):
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [TABLE[index]]
+    metrics = server.client.get("/metrics").text
+    assert 'kakehashi_batch_executions_total{batch_size="4",model="lookup",version="1"} 1.0' in metrics
+    assert server.client.post("/v2/models/lookup/infer", json=_request(9)).json()["outputs"][0]["data"] == [13.5]
+    assert "Traceback" not in server.log()

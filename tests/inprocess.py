@@ -9,12 +9,13 @@ from pathlib import Path
 from kakehashi.protocols.vision import parse_params
 from kakehashi.repository.handle import ImagePrediction, ModelHandle
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.settings import Limits
 
 _POOL = ThreadPoolExecutor(2)
 
 
 def load(path: Path, name: str | None = None) -> ModelHandle:
-    repository = ModelRepository(path, _POOL, 100_000_000)
+    repository = ModelRepository(path, _POOL, Limits(max_pixels=100_000_000))
     repository.load_all()
     return repository.get(name or next(iter(repository.entries)))
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -14,13 +15,13 @@ from kakehashi import __version__
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.vision import encode_predictions, parse_params
 from kakehashi.repository.repository import ModelRepository
-from kakehashi.settings import Settings, default_model_path
+from kakehashi.settings import Limits, Settings, default_model_path
 
 
-def _repository(model: Path | None, threads: int, max_pixels: int) -> tuple[ModelRepository, ThreadPoolExecutor]:
+def _repository(model: Path | None, threads: int, limits: Limits) -> tuple[ModelRepository, ThreadPoolExecutor]:
     compute = ThreadPoolExecutor(threads, thread_name_prefix="compute")
     try:
-        return ModelRepository(model or default_model_path(), compute, max_pixels), compute
+        return ModelRepository(model or default_model_path(), compute, limits), compute
     except KakehashiError as exc:
         compute.shutdown()
         raise click.ClickException(exc.message) from None
@@ -32,40 +33,53 @@ def main() -> None:
     """Kakehashi serves ONNX vision models: one command from a model file to a live endpoint."""
 
 
+def _option(flag: str, default: object, help: str, **kwargs) -> Callable:
+    """A `serve` option whose env var is KAKEHASHI_<FLAG>."""
+    env = "KAKEHASHI_" + flag.split("/")[0].lstrip("-").replace("-", "_").upper()
+    return click.option(flag, default=default, show_default=default is not None, envvar=env, help=help, **kwargs)
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
 @main.command()
 @click.argument("model", required=False, type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="KAKEHASHI_HOST", help="Address to bind.")
-@click.option("--port", default=Settings.port, show_default=True, envvar="KAKEHASHI_PORT", help="HTTP port.")
-@click.option("--grpc-port", default=Settings.grpc_port, show_default=True, envvar="KAKEHASHI_GRPC_PORT",
-              help="gRPC port (0: no gRPC).")
-@click.option("--max-body-bytes", default=Settings.max_body_bytes, show_default=True,
-              envvar="KAKEHASHI_MAX_BODY_BYTES", help="Largest request body accepted (413 above).")
-@click.option("--max-pixels", default=Settings.max_pixels, show_default=True, envvar="KAKEHASHI_MAX_PIXELS",
-              help="Largest image (width x height) decoded (413 above).")
-@click.option("--threads", default=Settings.compute_threads, show_default=True, envvar="KAKEHASHI_THREADS",
-              help="Threads for image decoding and pre/post-processing.")
-@click.option("--poll-repository", "poll_seconds", default=0.0, show_default=True, metavar="SECONDS",
-              envvar="KAKEHASHI_POLL_REPOSITORY",
-              help="Every SECONDS, load added models, reload changed ones and unload removed ones (0: off).")
-@click.option("--log-level", default="info", show_default=True, envvar="KAKEHASHI_LOG_LEVEL",
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--access-log/--no-access-log", default=False, envvar="KAKEHASHI_ACCESS_LOG",
-              help="Log every request.")
-def serve(model: Path | None, host: str, port: int, grpc_port: int, max_body_bytes: int, max_pixels: int, threads: int,
-          poll_seconds: float, log_level: str, access_log: bool) -> None:
+@_option("--host", Settings.host, "Address to bind.")
+@_option("--port", Settings.port, "HTTP port.")
+@_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
+@_option("--threads", Settings.compute_threads, "Threads for image decoding and pre/post-processing.")
+@_option("--poll-repository", Settings.poll_repository_seconds, "Every SECONDS, load added models, reload changed "
+         "ones and unload removed ones (0: off).", metavar="SECONDS")
+@_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")
+@_option("--api-keys-file", None, "File of API keys, one a line; keys also come from KAKEHASHI_API_KEYS "
+         "(comma-separated). With keys, every request but health checks needs one.", type=_FILE)
+@_option("--tls-cert", None, "PEM certificate (chain): serve HTTPS and gRPC over TLS.", type=_FILE)
+@_option("--tls-key", None, "PEM private key for --tls-cert.", type=_FILE)
+@_option("--max-body-bytes", Settings.max_body_bytes, "Largest HTTP body or gRPC message (413 above).")
+@_option("--max-header-bytes", Settings.max_header_bytes, "Largest HTTP request line + headers (431 above).")
+@_option("--max-pixels", Limits.max_pixels, "Largest image (width x height) decoded (413 above).")
+@_option("--max-images", Limits.max_images, "Most images in one predict request (413 above).")
+@_option("--max-tensor-elements", Limits.max_tensor_elements, "Most elements in one input tensor (413 above).")
+@_option("--request-timeout-ms", Limits.request_timeout_ms, "Answer 504 to a request not done by then (0: off).")
+@_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
+@_option("--access-log/--no-access-log", False, "Log every request.")
+def serve(model: Path | None, threads: int, poll_repository: float, log_level: str, access_log: bool,
+          max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
-    import uvicorn
-
-    from kakehashi.server.app import create_app
+    from kakehashi.server.auth import ApiKeys
+    from kakehashi.server.runner import run
     from kakehashi.server.state import ServerState
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(model or default_model_path(), host, port, grpc_port, max_body_bytes, max_pixels, threads,
-                        log_level, poll_repository_seconds=poll_seconds)
-    repository, compute = _repository(model, threads, max_pixels)
+    if bool(options["tls_cert"]) != bool(options["tls_key"]):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
+    settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
+                        limits=limits, **options)
+    keys = ApiKeys.load(settings.api_keys_file)
+    repository, compute = _repository(model, threads, limits)
     try:
-        app = create_app(ServerState(settings, repository))
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+        run(ServerState(settings, repository, keys), log_level, access_log)
     finally:
         compute.shutdown()
 
@@ -83,7 +97,7 @@ def serve(model: Path | None, host: str, port: int, grpc_port: int, max_body_byt
 @click.option("--decimals", help="Decimal places in the answer.")
 def predict(images: tuple[Path, ...], model: Path | None, **options: str | None) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
-    repository, compute = _repository(model, Settings.compute_threads, Settings.max_pixels)
+    repository, compute = _repository(model, Settings.compute_threads, Limits())
     if len(repository.entries) != 1:
         raise click.ClickException(
             f"{repository.path} holds several models ({', '.join(repository.entries)}); "

@@ -1,9 +1,9 @@
-"""Server settings: one dataclass filled from CLI flags, which also read `KAKEHASHI_<FLAG>` env vars."""
+"""Server settings: dataclasses filled from CLI flags, which also read `KAKEHASHI_<FLAG>` env vars."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +14,16 @@ def default_model_path() -> Path:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a model; the defaults protect a server, every one is configurable."""
+
+    max_pixels: int = 64_000_000  # width x height of one image, checked before it is decoded (413)
+    max_images: int = 64  # images in one predict request (413)
+    max_tensor_elements: int = 64_000_000  # elements in one input tensor (413)
+    request_timeout_ms: float = 60_000  # a request not answered by then gets 504 (0: no server-wide limit)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs to start."""
 
@@ -21,9 +31,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 8001  # 0: no gRPC
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 64_000_000
+    max_body_bytes: int = 64 * 1024 * 1024  # HTTP body and gRPC message (413 / RESOURCE_EXHAUSTED)
+    max_header_bytes: int = 64 * 1024  # HTTP request line + headers (431)
     compute_threads: int = max(2, os.cpu_count() or 2)
-    log_level: str = "info"
-    grace_seconds: float = 30.0
+    grace_seconds: float = 30.0  # on SIGTERM, how long accepted requests may take to finish
     poll_repository_seconds: float = 0.0  # 0: pick up changes on disk only through the load API
+    api_keys_file: Path | None = None  # keys also come from KAKEHASHI_API_KEYS
+    tls_cert: Path | None = None  # PEM certificate (chain) and key: HTTPS and gRPC over TLS
+    tls_key: Path | None = None
+    limits: Limits = field(default_factory=Limits)

@@ -20,8 +20,9 @@ from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
-from kakehashi.errors import InvalidInput, KakehashiError, Unavailable
+from kakehashi.errors import InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
 from kakehashi.repository.config import ModelConfig
+from kakehashi.settings import Limits
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
@@ -61,7 +62,7 @@ class ModelHandle:
     """
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor,
-                 max_pixels: int) -> None:
+                 limits: Limits) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -78,7 +79,7 @@ class ModelHandle:
         self._users = 0
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
-        self._max_pixels = max_pixels
+        self._limits = limits
         self._labels = {"model": name, "version": str(version)}
         # per-request series resolved once, not looked up by label on every request
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
@@ -202,8 +203,8 @@ class ModelHandle:
         metrics.BATCH_EXECUTION_SECONDS.labels(**self._labels, batch_size=str(rows)).inc(seconds)
 
     def deadline(self, timeout_ms: float | None) -> float | None:
-        """The `time.perf_counter()` by which a request must be answered (the tighter of client and model)."""
-        limits = [t for t in (timeout_ms, self.config.batching.timeout_ms) if t]
+        """The `time.perf_counter()` by which a request must be answered (the tightest of client, model, server)."""
+        limits = [t for t in (timeout_ms, self.config.batching.timeout_ms, self._limits.request_timeout_ms) if t]
         return time.perf_counter() + min(limits) / 1000 if limits else None
 
     async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:
@@ -225,6 +226,9 @@ class ModelHandle:
         if missing:
             raise InvalidInput(f"missing input {missing[0]!r}; model '{self.name}' takes {sorted(expected)}")
         for name, array in feeds.items():
+            if array.size > self._limits.max_tensor_elements:
+                raise PayloadTooLarge(f"input '{name}' has {array.size} elements; the limit is "
+                                      f"{self._limits.max_tensor_elements}")
             _check_tensor(expected[name], oip_datatype(array.dtype), array.shape)
         if self.max_batch_size > 1 and len({array.shape[0] for array in feeds.values()}) > 1:
             raise InvalidInput(f"inputs of model '{self.name}' must share the batch (first) dimension")
@@ -251,6 +255,8 @@ class ModelHandle:
             raise InvalidInput(
                 f"model '{self.name}' serves raw tensors only; use POST /v2/models/{self.name}/infer"
             )
+        if len(images) > self._limits.max_images:
+            raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {self._limits.max_images}")
         deadline = self.deadline(timeout_ms)
         numbered = len(images) > 1
         return list(await asyncio.gather(*(
@@ -262,7 +268,7 @@ class ModelHandle:
         loop = asyncio.get_running_loop()
         try:
             prepared, pre = await loop.run_in_executor(self._compute, _timed, prepare_image, data, task.input,
-                                                       params, self._max_pixels)
+                                                       params, self._limits.max_pixels)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"

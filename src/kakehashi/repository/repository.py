@@ -13,6 +13,7 @@ from typing import Collection
 from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.repository.handle import ModelHandle
+from kakehashi.settings import Limits
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ def _entry(folder: Path) -> ModelEntry:
 class ModelRepository:
     """The served models by name and version; loading is blocking and done off the event loop."""
 
-    def __init__(self, path: Path, compute: Executor, max_pixels: int) -> None:
+    def __init__(self, path: Path, compute: Executor, limits: Limits) -> None:
         self.path = path
         self.compute = compute
-        self._max_pixels = max_pixels
+        self._limits = limits
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
         self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
         self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
@@ -125,7 +126,7 @@ class ModelRepository:
             return
         for version in versions:
             handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute,
-                                 self._max_pixels)
+                                 self._limits)
             entry.handles[version] = handle
             handle.load()
 

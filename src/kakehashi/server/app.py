@@ -13,8 +13,9 @@ from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes
+from kakehashi.server.auth import ApiKeyMiddleware
 from kakehashi.server.body_limit import BodyLimit
-from kakehashi.server.path_guard import PathGuard
+from kakehashi.server.path_guard import DrainGuard, PathGuard
 from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
 from kakehashi.server.state import ServerState
 
@@ -33,17 +34,17 @@ def create_app(state: ServerState) -> Starlette:
             if state.settings.poll_repository_seconds:
                 await state.repository.watch(state.settings.poll_repository_seconds)
 
-        grpc_server = None
+        state.loop = asyncio.get_running_loop()
         if state.settings.grpc_port:
             from kakehashi.server.grpc_server import start_grpc_server  # only processes serving gRPC load its stubs
 
-            grpc_server = await start_grpc_server(state)
+            state.grpc_server = await start_grpc_server(state)
         loading = asyncio.create_task(load())
         try:
             yield
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(grace=state.settings.grace_seconds)
+            state.draining = True
+            await state.stop_grpc()
             if state.loaded:
                 loading.cancel()  # stops the repository poller; a load in progress is left to finish
             await asyncio.gather(loading, return_exceptions=True)
@@ -51,7 +52,9 @@ def create_app(state: ServerState) -> Starlette:
 
     app = Starlette(
         routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes, *openapi.routes],
-        middleware=[Middleware(PathGuard), Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
+        middleware=[Middleware(DrainGuard, state=state), Middleware(PathGuard),
+                    *([Middleware(ApiKeyMiddleware, keys=state.keys)] if state.keys.enabled else []),
+                    Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
         exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
                             Exception: on_unexpected_error},
         lifespan=lifespan,

@@ -20,6 +20,7 @@ from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
 from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
 from kakehashi.protocols.oip_json import select_outputs
 from kakehashi.protocols.triton_config import model_config
+from kakehashi.server.auth import ApiKeyInterceptor
 from kakehashi.server.offload import off_loop
 from kakehashi.server.state import ServerState
 from kakehashi.server.tracking import RequestTracker
@@ -146,18 +147,24 @@ def _remaining_ms(context: grpc.aio.ServicerContext) -> float | None:
 
 
 async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
-    """Start serving gRPC on `state.settings.host:grpc_port`; messages up to the HTTP body limit are accepted."""
+    """Start serving gRPC on `state.settings.host:grpc_port` (TLS and API keys as for HTTP); messages up to the
+    HTTP body limit are accepted."""
     settings = state.settings
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", settings.max_body_bytes),
-        ("grpc.max_send_message_length", -1),
-    ])
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.max_send_message_length", -1)],
+        interceptors=[ApiKeyInterceptor(state.keys)] if state.keys.enabled else None,
+    )
     service.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
     address = f"{settings.host}:{settings.grpc_port}"
     try:
-        server.add_insecure_port(address)
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
-    log.info("gRPC (inference.GRPCInferenceService) listening on %s", address)
+    log.info("gRPC (inference.GRPCInferenceService) listening on %s%s", address,
+             " with TLS" if settings.tls_cert else "")
     return server

@@ -1,12 +1,18 @@
-"""ASGI middleware refusing paths with encoded separators, so `%2F..%2F` can never become part of a name."""
+"""ASGI middleware that refuses requests before routing: paths with encoded separators (so `%2F..%2F` can never
+become part of a name), and new requests while the server drains."""
 
 from __future__ import annotations
 
 import re
 
+from typing import TYPE_CHECKING
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kakehashi.server.responses import error_response
+
+if TYPE_CHECKING:
+    from kakehashi.server.state import ServerState
 
 # percent-encoded '/', '\' and NUL: a path segment (a model name or version) must never contain them
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
@@ -23,5 +29,21 @@ class PathGuard:
         if scope["type"] == "http" and _ENCODED_SEPARATOR.search(raw_path):
             message = "invalid path: model names and versions cannot contain '/', '\\' or NUL (encoded as %2F, %5C, %00)"
             await error_response(400, message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class DrainGuard:
+    """While draining, answers 503 (`Connection: close`) to every new request but liveness and readiness."""
+
+    def __init__(self, app: ASGIApp, state: "ServerState") -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.state.draining and scope["type"] == "http" and not scope["path"].startswith("/v2/health/"):
+            response = error_response(503, "the server is shutting down; retry on another replica",
+                                      {"Connection": "close", "Retry-After": "1"})
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

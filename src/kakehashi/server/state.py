@@ -1,13 +1,16 @@
-"""What the HTTP routes share: the model repository and whether loading has finished."""
+"""What the transports share: the model repository, the API keys, and whether the server is loaded or draining."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.server.auth import ApiKeys
 from kakehashi.settings import Settings
 
 
@@ -15,11 +18,21 @@ from kakehashi.settings import Settings
 class ServerState:
     settings: Settings
     repository: ModelRepository
+    keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     loaded: bool = False
+    draining: bool = False  # set at the exit signal: accepted requests finish, new ones are refused
+    loop: asyncio.AbstractEventLoop | None = None
+    grpc_server: Any = None  # grpc.aio.Server when gRPC is on (typed loosely: grpc loads only when used)
 
     @property
     def ready(self) -> bool:
-        return self.loaded and self.repository.ready
+        return self.loaded and not self.draining and self.repository.ready
+
+    async def stop_grpc(self) -> None:
+        """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period."""
+        server, self.grpc_server = self.grpc_server, None
+        if server is not None:
+            await server.stop(grace=self.settings.grace_seconds)
 
 
 def server_state(request: Request) -> ServerState:

@@ -1,0 +1,50 @@
+"""Run the HTTP (and gRPC) server: uvicorn with Kakehashi's limits, TLS, and a graceful drain on SIGTERM.
+
+On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, gRPC stops taking calls
+(UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered;
+after `grace_seconds` whatever is left is cancelled and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+
+from kakehashi.server.app import create_app
+from kakehashi.server.http_protocol import limited_protocol
+from kakehashi.server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that tells the application to drain as soon as the exit signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.state.draining:
+            log.info("signal %d: draining (finishing accepted requests, up to %.0f s)", sig,
+                     self.state.settings.grace_seconds)
+            self.state.draining = True
+            loop = self.state.loop
+            if loop is not None:
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.state.stop_grpc()))
+        super().handle_exit(sig, frame)
+
+
+def run(state: ServerState, log_level: str, access_log: bool) -> None:
+    settings = state.settings
+    config = uvicorn.Config(
+        create_app(state), host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
+        http=limited_protocol(settings.max_header_bytes),
+        timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    )
+    DrainingServer(config, state).run()

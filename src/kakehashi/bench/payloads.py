@@ -26,7 +26,7 @@ class Payload:
 
 
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".bmp": "image/bmp"}
+               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
 
 
 def image_files(sources: list[Path]) -> list[Path]:

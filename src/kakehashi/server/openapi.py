@@ -124,12 +124,35 @@ _SCHEMAS = {
             "model": {"type": "string"}, "version": {"type": "string"}, "imageCount": {"type": "integer"}}}}},
 }
 
+_OPEN = ("/v2/health/live", "/v2/health/ready")
+_COMMON = {
+    "401": {"description": "No valid API key (only when keys are configured)",
+            "content": _ERROR["content"]},
+    "431": {"description": "Request line and headers over the limit", "content": _ERROR["content"]},
+    "503": {"description": "Not ready, or the server is shutting down", "content": _ERROR["content"]},
+}
+
+
+def _with_common_errors(paths: dict) -> dict:
+    """Every operation may answer 431 and 503 (draining); all but health checks 401; those naming a model,
+    400 (a name or version that is not a plain identifier)."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            responses = operation["responses"]
+            for status, response in _COMMON.items():
+                if status != "401" or path not in _OPEN:
+                    responses.setdefault(status, response)
+            if "{" in path:
+                responses.setdefault("400", _ERROR)
+    return paths
+
+
 SPEC = {
     "openapi": "3.0.3",
     "info": {"title": "Kakehashi", "version": __version__,
              "description": "Model serving for ONNX vision models: KServe Open Inference Protocol v2 and an "
                             "Ultralytics-style image predict endpoint."},
-    "paths": {
+    "paths": _with_common_errors({
         "/v2/health/live": {"get": {"summary": "Server liveness", "responses": {"200": {"description": "Live"}}}},
         "/v2/health/ready": {"get": {"summary": "Server readiness (all models loaded)",
                                      "responses": {"200": {"description": "Ready"},
@@ -151,7 +174,7 @@ SPEC = {
         "/v1/models/{model}/predict": _PREDICT,
         "/v1/models/{model}/versions/{version}/predict": {"post": {
             **_PREDICT["post"], "parameters": [_MODEL, _VERSION, *_PREDICT_PARAMS]}},
-    },
+    }),
     "components": {"schemas": _SCHEMAS},
 }
 

@@ -1,15 +1,20 @@
 """Run the HTTP (and gRPC) server: uvicorn with Kakehashi's limits, TLS, and a graceful drain on SIGTERM.
 
 On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, gRPC stops taking calls
-(UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered;
-after `grace_seconds` whatever is left is cancelled and the process exits.
+(UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered.
+The HTTP port keeps accepting connections for `ACCEPT_LINGER_SECONDS` (answering 503), so connections that
+were already queued in the kernel or under way are answered rather than reset; then it closes. After
+`grace_seconds` whatever is left is cancelled and the process exits (status 0 after a clean drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from types import FrameType
+from typing import Iterator
 
 import uvicorn
 
@@ -18,6 +23,7 @@ from kakehashi.server.http_protocol import limited_protocol
 from kakehashi.server.state import ServerState
 
 log = logging.getLogger(__name__)
+ACCEPT_LINGER_SECONDS = 1.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -36,6 +42,16 @@ class DrainingServer(uvicorn.Server):
             if loop is not None:
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.state.stop_grpc()))
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, self.state.settings.grace_seconds))
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # drained cleanly: exit 0 instead of re-raising the signal
 
 
 def run(state: ServerState, log_level: str, access_log: bool) -> None:

@@ -1,0 +1,101 @@
+"""SIGTERM drains: every request accepted before it is answered correctly (running and queued, HTTP and gRPC),
+new work is refused (connection refused / 503 / UNAVAILABLE), and the process exits cleanly within the grace."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from conftest import IMAGES, YOLO26
+
+ASTRONAUT = (IMAGES / "astronaut.png").read_bytes()
+HTTP_REQUESTS, GRPC_REQUESTS = 16, 4
+
+
+def _in_flight(server) -> float:
+    total = 0.0
+    for line in server.client.get("/metrics").text.splitlines():
+        if line.startswith("kakehashi_inflight_requests{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
+    (tmp_path / "yolo" / "1").mkdir(parents=True)
+    (tmp_path / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
+    # one at a time at 1280 px (~0.1-0.2 s each): the queue outlasts the signal
+    (tmp_path / "yolo" / "model.yaml").write_text("batching: {max_batch_size: 1}\n")
+    server = serve(tmp_path, "--grace-seconds", "60")
+    grpc_results: list = []
+
+    def grpc_calls() -> None:
+        with triton_grpc.InferenceServerClient(server.grpc_address) as client:
+            tensor = triton_grpc.InferInput("images", [1, 3, 1280, 1280], "FP32")
+            tensor.set_data_from_numpy(np.zeros((1, 3, 1280, 1280), np.float32))
+            done = threading.Event()
+            for _ in range(GRPC_REQUESTS):
+                client.async_infer("yolo", [tensor], callback=lambda result, error: (
+                    grpc_results.append(error or result.as_numpy("output0").shape),
+                    len(grpc_results) == GRPC_REQUESTS and done.set()))
+            done.wait(120)
+
+    async def http_calls() -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120,
+                                     limits=httpx.Limits(max_connections=HTTP_REQUESTS)) as client:
+            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
+                                                      headers={"content-type": "image/png"})
+                                          for _ in range(HTTP_REQUESTS)), return_exceptions=True)
+
+    grpc_thread = threading.Thread(target=grpc_calls)
+    grpc_thread.start()
+    http_answers: list = []
+    http_thread = threading.Thread(target=lambda: http_answers.extend(asyncio.run(http_calls())))
+    http_thread.start()
+    deadline = time.monotonic() + 60
+    while (accepted := _in_flight(server)) < 8:  # many requests accepted and waiting (most of them queued)
+        assert time.monotonic() < deadline, "requests never got in flight"
+        time.sleep(0.01)
+
+    server.client.close()
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    late_http = httpx.post(server.url + "/v1/models/yolo/predict", content=ASTRONAUT,
+                           headers={"content-type": "image/png"}, timeout=30)
+    assert late_http.status_code == 503 and "shutting down" in late_http.json()["error"]
+    assert httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 503
+    time.sleep(1.5)
+    with pytest.raises(httpx.ConnectError):  # then the listening socket closes
+        httpx.get(server.url + "/v2/health/live", timeout=5)
+    with triton_grpc.InferenceServerClient(server.grpc_address) as late:
+        tensor = triton_grpc.InferInput("images", [1, 3, 64, 64], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            late.infer("yolo", [tensor])
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+
+    http_thread.join(120)
+    grpc_thread.join(120)
+    assert server.process.wait(60) == 0 and time.monotonic() - signalled < 60
+    assert len(http_answers) == HTTP_REQUESTS and len(grpc_results) == GRPC_REQUESTS
+    answered = [a for a in http_answers if isinstance(a, httpx.Response) and a.status_code == 200]
+    refused = [a for a in http_answers if isinstance(a, httpx.ConnectError) or
+               isinstance(a, httpx.Response) and a.status_code == 503]
+    others = [a for a in http_answers if not any(a is b for b in answered + refused)]
+    assert not others, [(type(a).__name__, str(a)) for a in others]  # nothing else: no 500, no lost request
+    assert all(a.json()["images"][0]["shape"] == [512, 512] for a in answered)
+    grpc_answered = [r for r in grpc_results if r == (1, 300, 6)]
+    grpc_others = [r for r in grpc_results if r != (1, 300, 6)]
+    assert all(isinstance(r, InferenceServerException) and r.status() == "StatusCode.UNAVAILABLE"
+               for r in grpc_others), [str(r) for r in grpc_others]
+    assert len(answered) + len(grpc_answered) >= accepted  # every request in flight at the signal was answered
+    log = server.log()
+    assert "draining" in log and "Traceback" not in log

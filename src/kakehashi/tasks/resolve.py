@@ -37,23 +37,34 @@ _DEFAULT_SIZE = 640
 _TF_OD_SIZE = 300
 
 
+_MAX_METADATA_CHARS = 1_000_000
+
+
 def ultralytics_metadata(metadata: dict[str, str]) -> dict[str, object]:
-    """The Python-literal values Ultralytics writes (`names`, `imgsz`, `stride`, `task`, `end2end`…)."""
+    """The Python-literal values Ultralytics writes (`names`, `imgsz`, `stride`, `task`, `end2end`…).
+
+    Parsed as data only (`ast.literal_eval`: literals, never calls or names); a value that is not a literal,
+    is too deeply nested or too long stays the raw string, which the callers then ignore.
+    """
     parsed: dict[str, object] = {}
     for key in ("names", "imgsz", "stride", "task", "end2end", "kpt_shape", "batch"):
         if key in metadata:
+            value = metadata[key]
             try:
-                parsed[key] = ast.literal_eval(metadata[key])
-            except (ValueError, SyntaxError):
-                parsed[key] = metadata[key]
+                parsed[key] = ast.literal_eval(value) if len(value) <= _MAX_METADATA_CHARS else value
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                parsed[key] = value
     return parsed
 
 
 def _names(raw: object) -> tuple[str, ...] | None:
-    if isinstance(raw, dict):
-        return tuple(str(raw[k]) for k in sorted(raw))
+    """Class names from a list, or from a dict of class index → name (gaps named by their index)."""
     if isinstance(raw, (list, tuple)):
         return tuple(str(v) for v in raw)
+    if isinstance(raw, dict) and raw and all(isinstance(k, int) and 0 <= k < 100_000 for k in raw):
+        return tuple(str(raw.get(i, i)) for i in range(max(raw) + 1))
+    if raw is not None:
+        log.warning("ignoring class names that are not a list or a {index: name} dict: %.80r", raw)
     return None
 
 

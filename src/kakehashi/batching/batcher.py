@@ -99,9 +99,7 @@ class DynamicBatcher:
         if len(self._queue) >= self.max_queue_size:
             self._drop_dead()  # cancelled and expired requests do not hold places
         if len(self._queue) >= self.max_queue_size:
-            retry = max(1, round(len(self._queue) * self._average_batch_seconds / self.max_batch_size))
-            raise Overloaded(f"model '{self._name}' has {len(self._queue)} requests queued (the limit); "
-                             f"retry later", retry_after=retry)
+            raise self.overloaded(len(self._queue))
         future = asyncio.get_running_loop().create_future()
         pending = _Pending(feeds, rows, _key(feeds), future, deadline=deadline)
         self._queue.append(pending)
@@ -115,6 +113,12 @@ class DynamicBatcher:
         if not done:
             raise self._expired()
         return future.result()
+
+    def overloaded(self, waiting: int) -> Overloaded:
+        """The 429 for a model with `waiting` requests ahead; Retry-After is the time to work through them."""
+        retry = max(1, round(waiting * self._average_batch_seconds / self.max_batch_size))
+        return Overloaded(f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later",
+                          retry_after=retry)
 
     def _expired(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"the request waited past its deadline in model '{self._name}''s queue")

@@ -77,6 +77,7 @@ class ModelHandle:
         self._instances: list[Backend] = []
         self._threads = 1
         self._users = 0
+        self._admitted = 0
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._limits = limits
@@ -137,6 +138,20 @@ class ModelHandle:
             yield
         finally:
             self._users -= 1
+
+    @contextmanager
+    def _admission(self, count: int) -> Iterator[None]:
+        """Hold `count` places from arrival to answer. Past the queue limit (plus what the instances are
+        running) a request is refused with 429 before any decoding, so memory and waiting stay bounded under
+        overload; a request larger than the limit is still taken when nothing else is waiting."""
+        limit = self.config.batching.max_queue_size + self.max_batch_size * len(self._instances)
+        if self._admitted and self._admitted + count > limit and self._batcher is not None:
+            raise self._batcher.overloaded(self._admitted)
+        self._admitted += count
+        try:
+            yield
+        finally:
+            self._admitted -= count
 
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
@@ -238,7 +253,8 @@ class ModelHandle:
         self._check_feeds(feeds)
         rows = next(iter(feeds.values())).shape[0] if self.max_batch_size > 1 else 1
         try:
-            return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
+            with self._admission(1):
+                return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
         except KakehashiError:
             raise
         except Exception as exc:  # the runtime rejected values the shape checks could not see
@@ -259,9 +275,10 @@ class ModelHandle:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {self._limits.max_images}")
         deadline = self.deadline(timeout_ms)
         numbered = len(images) > 1
-        return list(await asyncio.gather(*(
-            self._predict_one(task, index, data, params, deadline, numbered) for index, data in enumerate(images)
-        )))
+        with self._admission(len(images)):
+            return list(await asyncio.gather(*(
+                self._predict_one(task, index, data, params, deadline, numbered) for index, data in enumerate(images)
+            )))
 
     async def _predict_one(self, task: ImageTask, index: int, data: bytes, params: PredictParams,
                            deadline: float | None, numbered: bool) -> ImagePrediction:

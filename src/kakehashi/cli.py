@@ -1,11 +1,10 @@
-"""The `kakehashi` command: `serve` a model over HTTP, or `predict` on images without a server."""
+"""The `kakehashi` command: `serve` models, `predict` or `batch` without a server, `bench` a server."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -15,16 +14,9 @@ from kakehashi import __version__
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.vision import encode_predictions, parse_params
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.batch.command import batch
+from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
 from kakehashi.settings import Limits, Settings, default_model_path
-
-
-def _repository(model: Path | None, threads: int, limits: Limits) -> tuple[ModelRepository, ThreadPoolExecutor]:
-    compute = ThreadPoolExecutor(threads, thread_name_prefix="compute")
-    try:
-        return ModelRepository(model or default_model_path(), compute, limits), compute
-    except KakehashiError as exc:
-        compute.shutdown()
-        raise click.ClickException(exc.message) from None
 
 
 @click.group()
@@ -77,7 +69,7 @@ def serve(model: Path | None, threads: int, poll_repository: float, log_level: s
     settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
                         limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file)
-    repository, compute = _repository(model, threads, limits)
+    repository, compute = load_repository(model, threads, limits)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
     finally:
@@ -88,24 +80,15 @@ def serve(model: Path | None, threads: int, poll_repository: float, log_level: s
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL",
               help="An .onnx file or model folder (default: the bundled person detector).")
-@click.option("--conf", help="Confidence threshold.")
-@click.option("--iou", help="NMS IoU threshold.")
-@click.option("--imgsz", help="Input size, 640 or height,width.")
-@click.option("--max-det", help="Most detections per image.")
-@click.option("--classes", help="Only these class indices, e.g. 0,2.")
-@click.option("--top-k", help="Classes per image (classification).")
-@click.option("--decimals", help="Decimal places in the answer.")
-def predict(images: tuple[Path, ...], model: Path | None, **options: str | None) -> None:
+@click.option("--name", help="The model to use when --model holds several.")
+@prediction_options
+def predict(images: tuple[Path, ...], model: Path | None, name: str | None, **options: str | None) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
-    repository, compute = _repository(model, Settings.compute_threads, Limits())
-    if len(repository.entries) != 1:
-        raise click.ClickException(
-            f"{repository.path} holds several models ({', '.join(repository.entries)}); "
-            f"pass --model {repository.path}/<name>"
-        )
-    values = {name: [value] for name, value in options.items() if value is not None}
+    repository, compute = load_repository(model, Settings.compute_threads, Limits())
+    chosen = only_model(repository, name)
     try:
-        answer = asyncio.run(_predict_once(repository, [path.read_bytes() for path in images], values))
+        answer = asyncio.run(_predict_once(repository, chosen, [path.read_bytes() for path in images],
+                                           prediction_values(options)))
     except KakehashiError as exc:
         raise click.ClickException(exc.message) from None
     finally:
@@ -113,10 +96,11 @@ def predict(images: tuple[Path, ...], model: Path | None, **options: str | None)
     click.echo(answer)
 
 
-async def _predict_once(repository: ModelRepository, images: list[bytes], values: dict[str, list[str]]) -> bytes:
+async def _predict_once(repository: ModelRepository, name: str, images: list[bytes],
+                        values: dict[str, list[str]]) -> bytes:
     await asyncio.to_thread(repository.load_all)
     try:
-        handle = repository.get(next(iter(repository.entries)))
+        handle = repository.get(name)
         handle.require_ready()
         predictions = await handle.predict(images, parse_params(values, handle.config.defaults))
         return encode_predictions(handle.name, handle.version, predictions)
@@ -183,6 +167,9 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: s
         click.echo(report.line(step))
     if output:
         report.write(steps, output)
+
+
+main.add_command(batch)
 
 
 if __name__ == "__main__":

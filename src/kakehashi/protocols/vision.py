@@ -73,9 +73,14 @@ def parse_timeout_ms(values: Mapping[str, Sequence[str]]) -> float | None:
     return _number("timeout", 1.0, _TIMEOUT_MS_MAX, integer=False)(texts[-1]) if texts else None
 
 
+def image_answer(prediction: ImagePrediction) -> dict:
+    """One image's object in the predict answer: `{shape, results, speed}`."""
+    return {"shape": list(prediction.shape), "results": prediction.results, "speed": prediction.speed}
+
+
 def encode_predictions(model: str, version: int, predictions: list[ImagePrediction]) -> bytes:
     """`{"images": [{shape, results, speed}], "metadata": {model, version, imageCount}}` as JSON bytes."""
     return orjson.dumps({
-        "images": [{"shape": list(p.shape), "results": p.results, "speed": p.speed} for p in predictions],
+        "images": [image_answer(p) for p in predictions],
         "metadata": {"model": model, "version": str(version), "imageCount": len(predictions)},
     })

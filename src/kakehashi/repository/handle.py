@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from kakehashi import metrics
 from kakehashi.backends.base import Backend, TensorSpec
@@ -262,7 +263,7 @@ class ModelHandle:
 
     # -- images -------------------------------------------------------------------------------------
 
-    async def predict(self, images: Sequence[bytes], params: PredictParams,
+    async def predict(self, images: Sequence[bytes | Image.Image], params: PredictParams,
                       timeout_ms: float | None = None) -> list[ImagePrediction]:
         """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
         self.require_ready()
@@ -280,7 +281,7 @@ class ModelHandle:
                 self._predict_one(task, index, data, params, deadline, numbered) for index, data in enumerate(images)
             )))
 
-    async def _predict_one(self, task: ImageTask, index: int, data: bytes, params: PredictParams,
+    async def _predict_one(self, task: ImageTask, index: int, data: bytes | Image.Image, params: PredictParams,
                            deadline: float | None, numbered: bool) -> ImagePrediction:
         loop = asyncio.get_running_loop()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from kakehashi.tasks.images import decode_image
 from kakehashi.tasks.params import PredictParams
@@ -24,9 +25,10 @@ class Prepared:
         return self.transform.height, self.transform.width
 
 
-def prepare_image(data: bytes, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
-    """Decode, resize and convert one image for a model with input `spec`."""
+def prepare_image(data: bytes | Image.Image, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
+    """Decode (unless already decoded, e.g. a video frame), resize and convert one image for a model with
+    input `spec`."""
     size = request_size(spec, params.imgsz)
-    image = decode_image(data, max_pixels)
+    image = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, max_pixels)
     pixels, transform = resize_image(image, size, spec.resize, spec.pad_value)
     return Prepared(to_tensor(pixels, spec), size, transform)

@@ -1,0 +1,48 @@
+"""Tables from the journal: CSV (one row per detection, or per failed input) and Parquet (the same rows)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from kakehashi.errors import InvalidInput
+
+COLUMNS = ["source", "frame", "timestamp", "class", "name", "confidence", "x1", "y1", "x2", "y2", "error"]
+
+
+def rows(journal: Path) -> Iterator[dict]:
+    """One row per detection (classification: per class) and one per input that failed, in journal order."""
+    with journal.open("rb") as handle:
+        for line in handle:
+            record = orjson.loads(line)
+            base = {"source": record["source"], "frame": record.get("frame"), "timestamp": record.get("timestamp")}
+            if "error" in record:
+                yield {**dict.fromkeys(COLUMNS), **base, "error": record["error"]}
+                continue
+            for result in record["results"]:
+                box = result.get("box") or {}
+                yield {**dict.fromkeys(COLUMNS), **base, "class": result["class"], "name": result["name"],
+                       "confidence": result["confidence"], **{k: box.get(k) for k in ("x1", "y1", "x2", "y2")}}
+
+
+def write_table(journal: Path, out: Path) -> None:
+    """Write the journal's rows to `out` as `.csv` or `.parquet`."""
+    if out.suffix == ".csv":
+        with out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows(journal))
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InvalidInput("Parquet output needs pyarrow: pip install 'kakehashi[parquet]'") from None
+    types = {"source": pa.string(), "frame": pa.int64(), "timestamp": pa.float64(), "class": pa.int64(),
+             "name": pa.string(), "confidence": pa.float64(), "x1": pa.float64(), "y1": pa.float64(),
+             "x2": pa.float64(), "y2": pa.float64(), "error": pa.string()}
+    table = pa.Table.from_pylist(list(rows(journal)), schema=pa.schema(list(types.items())))
+    pq.write_table(table, out)

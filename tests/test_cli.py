@@ -26,6 +26,25 @@ def test_predict_with_the_bundled_model():
     assert answer["metadata"] == {"model": "ssdlite-person", "version": "1", "imageCount": 2}
 
 
+def test_predict_saves_the_annotated_image(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "out.jpg"
+    result = run("predict", str(IMAGES / "astronaut.png"), "--save", str(out))
+    assert result.returncode == 0, result.stderr
+    box = json.loads(result.stdout)["images"][0]["results"][0]["box"]
+    drawn, original = Image.open(out), Image.open(IMAGES / "astronaut.png").convert("RGB")
+    assert drawn.size == original.size
+    edge = (round((box["x1"] + box["x2"]) / 2), round(box["y2"]) - 1)  # on the bottom edge of the box
+    assert drawn.getpixel(edge)[0] > 200 and drawn.getpixel(edge)[1] < 100
+    inside = (round((box["x1"] + box["x2"]) / 2), round((box["y1"] + box["y2"]) / 2))
+    assert max(abs(a - b) for a, b in zip(drawn.getpixel(inside), original.getpixel(inside))) < 40  # untouched
+    several = tmp_path / "several"
+    assert run("predict", str(IMAGES / "astronaut.png"), str(IMAGES / "coffee.png"), "--save",
+               str(several)).returncode == 0
+    assert sorted(p.name for p in several.iterdir()) == ["astronaut.jpg", "coffee.jpg"]
+
+
 def test_predict_with_an_onnx_file():
     result = run("predict", str(IMAGES / "chelsea.png"), "--model", str(YOLO26), "--conf", "0.0001", "--max-det", "3")
     assert result.returncode == 0, result.stderr

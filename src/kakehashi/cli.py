@@ -13,7 +13,10 @@ import click
 from kakehashi import __version__
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.vision import encode_predictions, parse_params
+from kakehashi.repository.handle import ImagePrediction
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.tasks.annotate import annotate
+from kakehashi.tasks.images import decode_image
 from kakehashi.batch.command import batch
 from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
 from kakehashi.settings import Limits, Settings, default_model_path
@@ -81,31 +84,40 @@ def serve(model: Path | None, threads: int, poll_repository: float, log_level: s
 @click.option("--model", type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL",
               help="An .onnx file or model folder (default: the bundled person detector).")
 @click.option("--name", help="The model to use when --model holds several.")
+@click.option("--save", type=click.Path(path_type=Path),
+              help="Write the image with its boxes and labels drawn (a folder when there are several images).")
 @prediction_options
-def predict(images: tuple[Path, ...], model: Path | None, name: str | None, **options: str | None) -> None:
+def predict(images: tuple[Path, ...], model: Path | None, name: str | None, save: Path | None,
+            **options: str | None) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
     repository, compute = load_repository(model, Settings.compute_threads, Limits())
     chosen = only_model(repository, name)
+    data = [path.read_bytes() for path in images]
     try:
-        answer = asyncio.run(_predict_once(repository, chosen, [path.read_bytes() for path in images],
-                                           prediction_values(options)))
+        handle_name, version, predictions = asyncio.run(
+            _predict_once(repository, chosen, data, prediction_values(options)))
+        if save:
+            targets = [save] if len(images) == 1 else [save / f"{path.stem}.jpg" for path in images]
+            for image, prediction, target in zip(data, predictions, targets):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                annotate(decode_image(image), prediction.results).save(target)
     except KakehashiError as exc:
         raise click.ClickException(exc.message) from None
     finally:
         compute.shutdown()
-    click.echo(answer)
+    click.echo(encode_predictions(handle_name, version, predictions))
 
 
 async def _predict_once(repository: ModelRepository, name: str, images: list[bytes],
-                        values: dict[str, list[str]]) -> bytes:
+                        values: dict[str, list[str]]) -> tuple[str, int, list[ImagePrediction]]:
     await asyncio.to_thread(repository.load_all)
     try:
         handle = repository.get(name)
         handle.require_ready()
-        predictions = await handle.predict(images, parse_params(values, handle.config.defaults))
-        return encode_predictions(handle.name, handle.version, predictions)
+        return handle.name, handle.version, await handle.predict(images, parse_params(values, handle.config.defaults))
     finally:
         await repository.close_all()
+
 
 def _levels(text: str | None, kind: type) -> list:
     return [kind(part) for part in text.split(",") if part.strip()] if text else []

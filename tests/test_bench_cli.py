@@ -17,15 +17,21 @@ def bench(server, *args: str) -> subprocess.CompletedProcess:
                            "--duration", "1", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_closed_loop_predict_writes_json(default_server, tmp_path):
-    out = tmp_path / "steps.json"
+def test_closed_loop_predict_writes_json_and_a_chart(default_server, tmp_path):
+    from PIL import Image
+
+    out, chart = tmp_path / "steps.json", tmp_path / "latency.png"
     result = bench(default_server, "--model", "ssdlite-person", "--images", str(IMAGES / "astronaut.png"),
-                   "--concurrency", "1,2", "--output", str(out))
+                   "--concurrency", "1,2", "--output", str(out), "--chart", str(chart))
     assert result.returncode == 0, result.stderr
     steps = json.loads(out.read_text())
     assert [s["level"] for s in steps] == [1, 2]
     assert all(s["requests"] > 0 and s["errors"] == 0 and s["p50_ms"] <= s["p99_ms"] for s in steps)
     assert "throughput_rps" in result.stdout
+    image = Image.open(chart)
+    assert image.format == "PNG" and image.size == (900, 540)
+    colours = image.convert("RGB").getcolors(1_000_000)
+    assert len(colours) > 50  # axes, three lines, labels: a drawn chart, not a blank canvas
 
 
 @pytest.mark.parametrize("encoding", [[], ["binary"], ["grpc"]], ids=["json", "binary", "grpc"])

@@ -142,10 +142,12 @@ def _levels(text: str | None, kind: type) -> list:
 @click.option("--warmup", default=2.0, show_default=True, help="Seconds of load before each measurement.")
 @click.option("--duration", default=10.0, show_default=True, help="Seconds measured per step.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the steps as .json or .csv.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of latency percentiles against throughput over the steps.")
 def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: str | None, grpc_target: str | None,
           shapes: tuple[str, ...],
           query: str, concurrency: str, rate: str | None, warmup: float, duration: float,
-          output: Path | None) -> None:
+          output: Path | None, chart: Path | None) -> None:
     """Load a running server like perf_analyzer: req/s, p50/p90/p99 and errors per step, every answer checked."""
     import httpx
 
@@ -179,6 +181,8 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: s
         click.echo(report.line(step))
     if output:
         report.write(steps, output)
+    if chart:
+        report.chart(steps, chart, payload.description)
 
 
 main.add_command(batch)

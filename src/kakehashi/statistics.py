@@ -1,4 +1,5 @@
-"""Triton's statistics extension (`/v2/models/{m}/stats`), computed from the Prometheus series."""
+"""Triton's statistics extension (`/v2/models/{m}/stats`) and the web page's live figures, computed from the
+Prometheus series."""
 
 from __future__ import annotations
 
@@ -41,4 +42,21 @@ def model_statistics(handle: ModelHandle) -> dict:
             for size in batch_sizes
         ],
         "memory_usage": [],
+    }
+
+
+def live_figures(handle: ModelHandle) -> dict:
+    """Cumulative counters of one model version for the web page, which turns two readings into rates and
+    window percentiles: requests by outcome, the latency histogram of successful requests (upper bound in
+    seconds → count), the queue depth now, and batch executions by batch size."""
+    snapshot = Snapshot(handle.name, str(handle.version))
+    outcomes = snapshot.label_values("kakehashi_requests_total", "outcome")
+    bounds = sorted(snapshot.label_values("kakehashi_request_duration_seconds_bucket", "le"), key=float)
+    sizes = sorted(snapshot.label_values("kakehashi_batch_executions_total", "batch_size"), key=int)
+    return {
+        "requests": {outcome: int(snapshot.total("kakehashi_requests_total", outcome=outcome)) for outcome in outcomes},
+        "latency": [[float(le), int(snapshot.total("kakehashi_request_duration_seconds_bucket", le=le,
+                                                     outcome="success"))] for le in bounds],
+        "queue_depth": handle.queue_depth,
+        "batches": {size: int(snapshot.total("kakehashi_batch_executions_total", batch_size=size)) for size in sizes},
     }

@@ -37,3 +37,29 @@ def write(steps: list[StepResult], path: Path) -> None:
                 writer.writerow(row | {"error_kinds": orjson.dumps(row["error_kinds"]).decode()})
     else:
         path.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+
+
+def chart(steps: list[StepResult], path: Path, title: str) -> None:
+    """A PNG of latency percentiles (p50, p90, p99) against throughput, one point per step, labelled with its
+    concurrency or rate (matplotlib, from the `bench` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [step.row() for step in steps]
+    throughput = [row["throughput_rps"] for row in rows]
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for key, style in (("p50_ms", "o-"), ("p90_ms", "s--"), ("p99_ms", "^:")):
+        axes.plot(throughput, [row[key] for row in rows], style, label=key.removesuffix("_ms"))
+    for row, x in zip(rows, throughput):
+        level = f"{row['level']:g}"
+        axes.annotate(f"c={level}" if row["mode"] == "concurrency" else f"{level}/s", (x, row["p99_ms"]),
+                      textcoords="offset points", xytext=(4, 6), fontsize=8)
+    axes.set(xlabel="throughput (requests/s)", ylabel="latency (ms)", title=title)
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

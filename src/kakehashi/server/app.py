@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
-from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes
+from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
 from kakehashi.server.auth import ApiKeyMiddleware
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.path_guard import DrainGuard, PathGuard
@@ -51,7 +51,8 @@ def create_app(state: ServerState) -> Starlette:
             await state.repository.close_all()
 
     app = Starlette(
-        routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes, *openapi.routes],
+        routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes,
+                *openapi.routes, *web_routes.routes],
         middleware=[Middleware(DrainGuard, state=state), Middleware(PathGuard),
                     *([Middleware(ApiKeyMiddleware, keys=state.keys)] if state.keys.enabled else []),
                     Middleware(BodyLimit, limit=state.settings.max_body_bytes)],

@@ -3,7 +3,8 @@
 Keys come from the `KAKEHASHI_API_KEYS` environment variable (comma-separated) and/or a file (one key a line,
 `#` comments). They are compared as SHA-256 digests with `hmac.compare_digest`, against every key without
 stopping early, so neither a key's content nor its length shows in the time taken. Health checks, the API
-docs and (later) the web page's static files stay open; a failure is a bare 401 / UNAUTHENTICATED.
+docs and the web page's static files stay open (the page asks for a key); a failure is a bare 401 /
+UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kakehashi.server.responses import error_response
 
 KEYS_ENV = "KAKEHASHI_API_KEYS"
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
-OPEN_PREFIXES = ("/docs/",)
+OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
+OPEN_PREFIXES = ("/docs/", "/web/")  # the API docs and the web page's static files: no data in them
 OPEN_GRPC_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
 
 

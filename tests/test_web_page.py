@@ -1,0 +1,114 @@
+"""The web page in a real browser: Playwright for Python driving Debian's Chromium (installed with apt by the
+test setup when missing; never a browser download). Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium, installed with apt if it is not there yet."""
+    if not CHROMIUM.exists():
+        assert os.geteuid() == 0 and shutil.which("apt-get"), "install Debian's chromium: apt-get install chromium"
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=env,
+                       capture_output=True)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(serve_module):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KAKEHASHI_API_KEYS", "page-key")
+        return serve_module(None)
+
+
+def _page(browser, server, requests: list):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(server.url + "/")
+    return page
+
+
+def test_upload_shows_boxes_table_and_timing(browser, default_server, artifacts):
+    requests: list[str] = []
+    page = _page(browser, default_server, requests)
+    page.wait_for_selector("#model option[value='ssdlite-person']", state="attached")
+    page.set_input_files("#files", str(IMAGES / "astronaut.png"))
+    box = page.wait_for_selector(".box[data-name='person']")
+    assert box.inner_text().startswith("person 0.9")
+    row = page.locator("table.detections tbody tr").first
+    assert row.locator("td").nth(2).inner_text() == "person" and float(row.locator("td").nth(3).inner_text()) > 0.9
+    assert "inference" in page.inner_text(".timing") and "queue" in page.inner_text(".timing")
+    page.wait_for_selector("#models tr[data-model='ssdlite-person'] td.state-READY")
+    page.screenshot(path=str(artifacts / "web-page-detections.png"), full_page=True)
+
+    page.fill("#conf", "0.95")  # above the person's confidence: the box goes away
+    page.dispatch_event("#conf", "input")
+    page.wait_for_selector(".box", state="detached")
+    assert "Nothing found" in page.inner_text("table.detections")
+    assert all(url.startswith(default_server.url) for url in requests)  # nothing leaves the server's origin
+    page.close()
+
+
+def test_a_text_file_shows_the_error_in_plain_words(browser, default_server, tmp_path, artifacts):
+    page = _page(browser, default_server, [])
+    page.wait_for_selector("#model option[value='ssdlite-person']", state="attached")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my notes, not a picture")
+    page.set_input_files("#files", str(notes))
+    error = page.wait_for_selector(".card .error")
+    assert "not an image the server can read" in error.inner_text() and "415" in error.inner_text()
+    page.screenshot(path=str(artifacts / "web-page-error.png"), full_page=True)
+    page.close()
+
+
+def test_status_view_lists_the_model_with_live_figures(browser, default_server):
+    page = _page(browser, default_server, [])
+    page.wait_for_selector("#models tr[data-model='ssdlite-person'] td.state-READY")
+    assert page.inner_text("#server-state") == "ready"
+    for _ in range(3):
+        default_server.client.post("/v1/models/ssdlite-person/predict", content=(IMAGES / "coffee.png").read_bytes(),
+                                   headers={"content-type": "image/png"})
+    page.wait_for_function("() => { const c = document.querySelectorAll(\"#models tr[data-model='ssdlite-person'] td\");"
+                           " return c.length && c[3].textContent !== '' && Number(c[4].textContent) > 0; }",
+                           timeout=15000)
+    cells = page.locator("#models tr[data-model='ssdlite-person'] td")
+    assert float(cells.nth(3).inner_text()) >= 0 and "1×" in cells.nth(7).inner_text()
+    page.close()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_keeps_it_in_the_session(browser, keyed_server, artifacts):
+    page = _page(browser, keyed_server, [])
+    page.wait_for_selector("#page-error:not([hidden])")
+    assert "needs an API key" in page.inner_text("#page-error")
+    page.fill("#api-key", "page-key")
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_selector("#model option[value='ssdlite-person']", state="attached")
+    page.set_input_files("#files", str(IMAGES / "astronaut.png"))
+    page.wait_for_selector(".box[data-name='person']")
+    assert page.evaluate("() => sessionStorage.getItem('kakehashi-api-key')") == "page-key"
+    assert page.evaluate("() => localStorage.length") == 0
+    page.close()

@@ -20,7 +20,7 @@ def server(serve_module, tmp_path_factory):
     folder = root / "slow"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (folder / "model.yaml").write_text("batching: {max_batch_size: 1, max_queue_size: 8}\n")
+    (folder / "model.yaml").write_text("batching: {max_batch_size: 1, max_queue_size: 10}\n")
     folder = root / "batched"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
@@ -63,8 +63,8 @@ def test_past_deadline_is_504_and_never_inferred(server):
 def test_departed_clients_work_is_dropped(server):
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            # one request of 6 images keeps the single instance busy for a while ...
-            files = [("file", (f"{i}.png", IMAGE, "image/png")) for i in range(6)]
+            # one request of 8 images keeps the single instance busy for a while ...
+            files = [("file", (f"{i}.png", IMAGE, "image/png")) for i in range(8)]
             keeper = asyncio.ensure_future(client.post("/v1/models/slow/predict", files=files))
             await asyncio.sleep(0.15)
             # ... so two more queue behind it, and their clients give up long before their turn
@@ -74,9 +74,9 @@ def test_departed_clients_work_is_dropped(server):
     server.client.post("/v1/models/slow/predict", content=IMAGE, headers={"content-type": "image/png"})
     before = stats(server)["inference_count"]
     keeper, leavers = asyncio.run(scenario())
-    assert keeper.status_code == 200 and all(isinstance(r, httpx.TimeoutException) for r in leavers)
+    assert keeper.status_code == 200 and all(isinstance(r, httpx.TimeoutException) for r in leavers), leavers
     asyncio.run(asyncio.sleep(0.5))
-    assert stats(server)["inference_count"] - before == 6
+    assert stats(server)["inference_count"] - before == 8
     metrics = server.client.get("/metrics").text
     assert re.search(r'kakehashi_requests_total\{model="slow",outcome="cancelled",protocol="http",version="1"\} [1-9]',
                      metrics)

@@ -43,6 +43,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--port", Settings.port, "HTTP port.")
 @_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
 @_option("--threads", Settings.compute_threads, "Threads for image decoding and pre/post-processing.")
+@_option("--backend", "auto", "Runtime for models whose model.yaml does not choose one (auto: OpenVINO when "
+         "installed, else ONNX Runtime).", type=click.Choice(["auto", "onnxruntime", "openvino"]))
 @_option("--poll-repository", Settings.poll_repository_seconds, "Every SECONDS, load added models, reload changed "
          "ones and unload removed ones (0: off).", metavar="SECONDS")
 @_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")
@@ -58,7 +60,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--request-timeout-ms", Limits.request_timeout_ms, "Answer 504 to a request not done by then (0: off).")
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
-def serve(model: Path | None, threads: int, poll_repository: float, log_level: str, access_log: bool,
+def serve(model: Path | None, threads: int, backend: str, poll_repository: float, log_level: str, access_log: bool,
           max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
     from kakehashi.server.auth import ApiKeys
@@ -72,7 +74,7 @@ def serve(model: Path | None, threads: int, poll_repository: float, log_level: s
     settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
                         limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file)
-    repository, compute = load_repository(model, threads, limits)
+    repository, compute = load_repository(model, threads, limits, backend)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
     finally:

@@ -30,6 +30,19 @@ _ORT_TO_OIP = {
 }
 
 
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "rocm": "ROCMExecutionProvider",
+             "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider",
+             "directml": "DmlExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def provider_name(name: str) -> str:
+    """The full ONNX Runtime name of an execution provider given by short or full name."""
+    full = PROVIDERS.get(name.lower(), name)
+    if full not in PROVIDERS.values() and not full.endswith("ExecutionProvider"):
+        raise ValueError(f"an execution provider ({', '.join(PROVIDERS)} or a full ONNX Runtime name)")
+    return full
+
+
 def _spec(node: ort.NodeArg, path: Path) -> TensorSpec:
     datatype = _ORT_TO_OIP.get(node.type)
     if datatype is None:
@@ -57,7 +70,8 @@ class OnnxRuntimeBackend:
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         skipped = [p for p in providers if p not in available]
         if skipped:
-            log.warning("%s: execution providers %s are not available here; using %s", path, skipped, chosen)
+            log.warning("%s: execution providers %s are not available in this ONNX Runtime (it has %s); "
+                        "falling back to %s", path, ", ".join(skipped), ", ".join(available), chosen[0])
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)

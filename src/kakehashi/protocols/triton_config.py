@@ -36,12 +36,13 @@ def model_config(handle: ModelHandle) -> dict:
     config = {
         "name": handle.name,
         "platform": backend.platform,
-        "backend": "onnxruntime",
+        "backend": "openvino" if backend.platform == "openvino" else "onnxruntime",
         "max_batch_size": handle.max_batch_size if batching else 0,
         "input": [tensor(spec) for spec in backend.inputs],
         "output": [tensor(spec) for spec in backend.outputs],
         "instance_group": [{"name": handle.name, "kind": "KIND_CPU", "count": handle.config.instances}],
-        "parameters": {"metadata": {"string_value": repr(_metadata(handle))}},
+        "parameters": {"metadata": {"string_value": repr(_metadata(handle))},
+                       "runtime": {"string_value": handle.runtime}},
     }
     if batching:
         config["dynamic_batching"] = {

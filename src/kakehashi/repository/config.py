@@ -82,7 +82,9 @@ class ModelConfig:
     instances: int = 1
     threads: int | None = None
     warmup: bool = True
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    backend: str = "auto"  # auto | onnxruntime | openvino
+    performance_hint: str = "latency"  # OpenVINO: latency | throughput
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime, in order of preference
 
 
 class _Invalid(ValueError):
@@ -211,6 +213,17 @@ def _names(value: Any) -> tuple[str, ...] | str:
     return _strings(value)
 
 
+def _providers(value: Any) -> tuple[str, ...]:
+    """ONNX Runtime execution providers by short name (`cuda`) or full name (`CUDAExecutionProvider`)."""
+    from kakehashi.backends.onnxruntime import provider_name
+
+    names = _strings(value)
+    try:
+        return tuple(provider_name(name) for name in names)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _read_names_file(path: Path, relative: str) -> tuple[str, ...]:
     names_file = path.parent / relative
     if not names_file.is_file():
@@ -229,7 +242,9 @@ _TOP: Schema = {
     "instances": _number(1, 64, integer=True),
     "threads": _number(1, 1024, integer=True),
     "warmup": _boolean,
-    "providers": _strings,
+    "backend": _choice("auto", "onnxruntime", "openvino"),
+    "performance_hint": _choice("latency", "throughput"),
+    "providers": _providers,
 }
 
 

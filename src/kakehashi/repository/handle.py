@@ -18,7 +18,7 @@ from PIL import Image
 
 from kakehashi import metrics
 from kakehashi.backends.base import Backend, TensorSpec
-from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.backends import create_instances, create_scratch
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
@@ -63,7 +63,7 @@ class ModelHandle:
     """
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor,
-                 limits: Limits) -> None:
+                 limits: Limits, default_backend: str = "auto") -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -82,6 +82,7 @@ class ModelHandle:
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._limits = limits
+        self._default_backend = default_backend
         self._labels = {"model": name, "version": str(version)}
         # per-request series resolved once, not looked up by label on every request
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
@@ -105,8 +106,7 @@ class ModelHandle:
         config = self.config
         threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            self._instances = [OnnxRuntimeBackend(self.path, config.providers, threads)
-                               for _ in range(config.instances)]
+            self._instances = create_instances(self.path, config, threads, self._default_backend)
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -128,8 +128,8 @@ class ModelHandle:
         self._set_state(ModelState.READY)
         batching = f"batches of up to {self.preferred_batch_size}" if self.max_batch_size > 1 else (
             "batching off" if _batchable(backend) else "batching off: the graph's batch dimension is fixed")
-        log.info("model %s version %s ready in %.2f s: task %s, %d instance(s) x %d thread(s), %s",
-                 self.name, self.version, self.load_seconds, self.kind, len(self._instances), threads, batching)
+        log.info("model %s version %s ready in %.2f s: task %s, runtime %s, %d instance(s), %s", self.name,
+                 self.version, self.load_seconds, self.kind, self.runtime, len(self._instances), batching)
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -182,12 +182,19 @@ class ModelHandle:
                  for rows in range(1, self.max_batch_size + 1)}
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = OnnxRuntimeBackend(self.path, self.config.providers, self._threads)
+            scratch = create_scratch(self.path, self.config, self._threads, self._default_backend)
             self.preferred_batch_size = _fastest_batch_size(scratch, feeds)
             del scratch
         for instance in self._instances:
             for rows in range(1, self.preferred_batch_size + 1):
                 instance.run(feeds[rows])
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: e.g. `onnxruntime CPUExecutionProvider` or `openvino CPU (latency)`."""
+        if self.backend is None:
+            return ""
+        return f"{self.backend.platform.removesuffix('_onnx')} {self.backend.providers[0]}"
 
     @property
     def kind(self) -> str:

@@ -99,10 +99,11 @@ def _entry(folder: Path) -> ModelEntry:
 class ModelRepository:
     """The served models by name and version; loading is blocking and done off the event loop."""
 
-    def __init__(self, path: Path, compute: Executor, limits: Limits) -> None:
+    def __init__(self, path: Path, compute: Executor, limits: Limits, default_backend: str = "auto") -> None:
         self.path = path
         self.compute = compute
         self._limits = limits
+        self._default_backend = default_backend  # for models whose model.yaml leaves `backend` at auto
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
         self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
         self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
@@ -126,7 +127,7 @@ class ModelRepository:
             return
         for version in versions:
             handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute,
-                                 self._limits)
+                                 self._limits, self._default_backend)
             entry.handles[version] = handle
             handle.load()
 

@@ -190,7 +190,8 @@ async function refreshStatus() {
     const p99 = now ? percentile(now.latency, then && then.latency, 0.99) : null;
     const batches = now ? Object.entries(now.batches).map(([size, count]) => `${size}×${count}`).join(" ") : "";
     const cells = [model.name, model.version || "", model.state, rate === null ? "" : rate.toFixed(1),
-      p50 === null ? "" : p50.toFixed(1), p99 === null ? "" : p99.toFixed(1), now ? now.queue_depth : "", batches];
+      p50 === null ? "" : p50.toFixed(1), p99 === null ? "" : p99.toFixed(1), now ? now.queue_depth : "", batches,
+      now ? now.runtime : ""];
     const row = document.createElement("tr");
     row.dataset.model = model.name;
     cells.forEach((value, index) => {

@@ -43,8 +43,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--port", Settings.port, "HTTP port.")
 @_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
 @_option("--threads", Settings.compute_threads, "Threads for image decoding and pre/post-processing.")
-@_option("--backend", "auto", "Runtime for models whose model.yaml does not choose one (auto: OpenVINO when "
-         "installed, else ONNX Runtime).", type=click.Choice(["auto", "onnxruntime", "openvino"]))
+@_option("--backend", "auto", "Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX "
+         "Runtime and OpenVINO, when installed, and keep the faster).",
+         type=click.Choice(["auto", "onnxruntime", "openvino"]))
 @_option("--poll-repository", Settings.poll_repository_seconds, "Every SECONDS, load added models, reload changed "
          "ones and unload removed ones (0: off).", metavar="SECONDS")
 @_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")

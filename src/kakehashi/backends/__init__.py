@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from kakehashi.backends.base import Backend
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
@@ -14,34 +17,54 @@ from kakehashi.repository.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "openvino")
+Feeds = dict[str, np.ndarray]
 
 
-def auto_backend() -> str:
-    """What `auto` means here: OpenVINO when installed (measured faster on x86 CPUs, see benchmarks/), else
-    ONNX Runtime."""
-    return "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+def resolved_kind(config: ModelConfig, default: str) -> str:
+    """`onnxruntime`, `openvino` or `auto` (measure both at load) for this model."""
+    return config.backend if config.backend != "auto" else default
 
 
-def create_instances(path: Path, config: ModelConfig, threads: int, default: str = "auto") -> list[Backend]:
+def create_instances(path: Path, config: ModelConfig, threads: int, kind: str) -> list[Backend]:
     """The model's inference instances: `config.instances` ONNX Runtime sessions, or one OpenVINO compiled
-    model with that many infer requests (the same object once per instance). With `auto`, a model OpenVINO
-    cannot serve (e.g. string tensors) falls back to ONNX Runtime, and the log says so."""
-    chosen = config.backend if config.backend != "auto" else default
-    kind = auto_backend() if chosen == "auto" else chosen
+    model with that many infer requests (the same object once per instance). `auto` starts on ONNX Runtime,
+    which serves every ONNX model; `faster_runtime` may then switch to OpenVINO."""
     if kind == "openvino":
         from kakehashi.backends.openvino import OpenVinoBackend
 
-        try:
-            backend = OpenVinoBackend(path, config.performance_hint, config.instances, config.threads or 0)
-            return [backend] * config.instances
-        except ModelLoadError as exc:
-            if chosen != "auto":
-                raise
-            log.warning("%s: OpenVINO cannot serve this model (%s); using ONNX Runtime", path, exc.message)
+        backend = OpenVinoBackend(path, config.performance_hint, config.instances, config.threads or 0, config.precision)
+        return [backend] * config.instances
     return [OnnxRuntimeBackend(path, config.providers, threads) for _ in range(config.instances)]
 
 
-def create_scratch(path: Path, config: ModelConfig, threads: int, default: str = "auto") -> Backend:
-    """One more instance of the same kind, for timing batch sizes without touching the serving instances."""
-    return create_instances(path, replace(config, instances=1), threads, default)[0]
+def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
+    backend.run(feeds)
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        backend.run(feeds)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def faster_runtime(path: Path, config: ModelConfig, instances: list[Backend], feeds: Feeds) -> list[Backend]:
+    """For `auto`: time ONNX Runtime and OpenVINO (when installed, FP32) on `feeds` and keep the faster; the log
+    says what was measured. A model OpenVINO cannot load stays on ONNX Runtime."""
+    if importlib.util.find_spec("openvino") is None:
+        return instances
+    try:
+        candidate = create_instances(path, config, 0, "openvino")
+    except ModelLoadError as exc:
+        log.info("%s: OpenVINO cannot serve this model (%s); ONNX Runtime runs it", path, exc.message)
+        return instances
+    current, other = _best_seconds(instances[0], feeds), _best_seconds(candidate[0], feeds)
+    winner = candidate if other < current else instances
+    log.info("%s: ONNX Runtime %.1f ms, OpenVINO %.1f ms per inference; serving with %s", path, current * 1000,
+             other * 1000, winner[0].platform.removesuffix("_onnx"))
+    return winner
+
+
+def create_scratch(path: Path, config: ModelConfig, instance: Backend, threads: int) -> Backend:
+    """One more instance like `instance`, for timing batch sizes without touching the serving instances."""
+    kind = "openvino" if instance.platform == "openvino" else "onnxruntime"
+    return create_instances(path, replace(config, instances=1), threads, kind)[0]

@@ -84,6 +84,7 @@ class ModelConfig:
     warmup: bool = True
     backend: str = "auto"  # auto | onnxruntime | openvino
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
+    precision: str = "f32"  # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime, in order of preference
 
 
@@ -244,6 +245,7 @@ _TOP: Schema = {
     "warmup": _boolean,
     "backend": _choice("auto", "onnxruntime", "openvino"),
     "performance_hint": _choice("latency", "throughput"),
+    "precision": _choice("f32", "bf16"),
     "providers": _providers,
 }
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from kakehashi import metrics
 from kakehashi.backends.base import Backend, TensorSpec
-from kakehashi.backends import create_instances, create_scratch
+from kakehashi.backends import create_instances, create_scratch, faster_runtime, resolved_kind
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
@@ -82,7 +82,7 @@ class ModelHandle:
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._limits = limits
-        self._default_backend = default_backend
+        self._kind = resolved_kind(config, default_backend)
         self._labels = {"model": name, "version": str(version)}
         # per-request series resolved once, not looked up by label on every request
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
@@ -106,7 +106,7 @@ class ModelHandle:
         config = self.config
         threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            self._instances = create_instances(self.path, config, threads, self._default_backend)
+            self._instances = create_instances(self.path, config, threads, self._kind)
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -180,9 +180,12 @@ class ModelHandle:
             dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
         feeds = {rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
                  for rows in range(1, self.max_batch_size + 1)}
+        if self._kind == "auto":
+            self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
+            self.backend = self._instances[0]
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_scratch(self.path, self.config, self._threads, self._default_backend)
+            scratch = create_scratch(self.path, self.config, self.backend, self._threads)
             self.preferred_batch_size = _fastest_batch_size(scratch, feeds)
             del scratch
         for instance in self._instances:

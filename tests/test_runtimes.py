@@ -1,0 +1,90 @@
+"""Runtimes: OpenVINO beside ONNX Runtime with the same answers, `auto` measuring both at load, ONNX Runtime
+execution providers with a logged fallback, and the runtime in use shown in the model configuration."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES, YOLO11
+from inprocess import load, predict
+from kakehashi.settings import default_model_path
+from onnx_builders import identity_model
+
+BUNDLED = default_model_path() / "ssdlite-person"
+
+
+def _copy(tmp_path: Path, yaml: str, source: Path = BUNDLED) -> Path:
+    folder = tmp_path / source.name
+    shutil.copytree(source, folder)
+    (folder / "model.yaml").write_text((source / "model.yaml").read_text() + yaml)
+    return folder
+
+
+@pytest.mark.parametrize("image", ["astronaut.png", "coffee.png", "chelsea.png"])
+def test_openvino_answers_like_onnx_runtime(tmp_path, image):
+    data = (IMAGES / image).read_bytes()
+    answers = {}
+    for backend in ("onnxruntime", "openvino"):
+        handle = load(_copy(tmp_path / backend, f"\nbackend: {backend}\n"))
+        assert handle.backend.platform == ("openvino" if backend == "openvino" else "onnxruntime_onnx")
+        answers[backend] = predict(handle, data, conf=0.05)[0].results
+    ours, theirs = answers["onnxruntime"], answers["openvino"]
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a["class"] == b["class"] and abs(a["confidence"] - b["confidence"]) < 1e-3
+        assert max(abs(a["box"][k] - b["box"][k]) for k in a["box"]) <= 1.0
+
+
+def test_auto_measures_both_and_says_which_runs(tmp_path, caplog):
+    folder = tmp_path / "yolo11" / "1"
+    folder.mkdir(parents=True)
+    shutil.copy(YOLO11, folder / "model.onnx")
+    with caplog.at_level(logging.INFO):
+        handle = load(tmp_path / "yolo11")
+    measured = [r.message for r in caplog.records if "per inference; serving with" in r.message]
+    assert measured and measured[0].endswith(handle.backend.platform.removesuffix("_onnx"))
+    assert handle.runtime.split()[0] in ("onnxruntime", "openvino")
+
+
+def test_openvino_refuses_what_it_cannot_serve_and_auto_falls_back(tmp_path):
+    identity_model(tmp_path / "strict" / "1" / "model.onnx", ["BYTES", "FP32"])
+    (tmp_path / "strict" / "model.yaml").write_text("backend: openvino\ntask: tensor\n")
+    handle = load(tmp_path / "strict")
+    assert not handle.ready and "OpenVINO" in handle.reason
+    identity_model(tmp_path / "auto" / "1" / "model.onnx", ["BYTES", "FP32"])
+    (tmp_path / "auto" / "model.yaml").write_text("task: tensor\n")
+    assert load(tmp_path / "auto").runtime == "onnxruntime CPUExecutionProvider"
+
+
+def test_asking_for_cuda_falls_back_to_cpu_and_says_so(tmp_path, caplog):
+    folder = _copy(tmp_path, "\nbackend: onnxruntime\nproviders: [tensorrt, cuda, cpu]\n")
+    with caplog.at_level(logging.WARNING):
+        handle = load(folder)
+    assert handle.ready and handle.runtime == "onnxruntime CPUExecutionProvider"
+    warning = " ".join(r.message for r in caplog.records)
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider are not available" in warning
+    assert "falling back to CPUExecutionProvider" in warning
+    from kakehashi.protocols.triton_config import model_config
+    config = model_config(handle)
+    assert config["backend"] == "onnxruntime"
+    assert config["parameters"]["runtime"]["string_value"] == "onnxruntime CPUExecutionProvider"
+
+
+def test_provider_names_are_checked(tmp_path):
+    from kakehashi.errors import Unavailable
+
+    with pytest.raises(Unavailable, match="key 'providers': expected an execution provider .* got \\['warp-drive'\\]"):
+        load(_copy(tmp_path, "\nproviders: [warp-drive]\n"))
+
+
+def test_serve_backend_flag(serve):
+    server = serve(None, "--backend", "openvino")
+    config = server.client.get("/v2/models/ssdlite-person/config").json()
+    assert config["backend"] == "openvino" and config["parameters"]["runtime"]["string_value"].startswith("openvino CPU")
+    response = server.client.post("/v1/models/ssdlite-person/predict", content=(IMAGES / "astronaut.png").read_bytes(),
+                                  headers={"content-type": "image/png"})
+    assert response.json()["images"][0]["results"][0]["name"] == "person"

@@ -1,6 +1,7 @@
-"""Ultralytics' own remote client (`YOLO("http://…/<model>")` and `grpc://`), installed for real in a separate
-virtualenv (torch + ultralytics are never part of Kakehashi), predicting through Kakehashi: it must find the
-same detections as Kakehashi's own predict endpoint on the same image."""
+"""Ultralytics for real, in a separate virtualenv (torch + ultralytics are never part of Kakehashi's serving):
+its remote client (`YOLO("http://…/<model>")` and `grpc://`) must find the same detections through Kakehashi as
+Kakehashi's own predict endpoint; and `kakehashi export` (the `export` extra, installed there) turns a checkpoint
+into an ONNX model that Kakehashi serves."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from conftest import IMAGES, YOLO11, YOLO26
 
 VENV = Path(__file__).parent.parent / ".cache" / "ultralytics-venv"
 # the CPU torch pair that installs from this machine's registry; ultralytics pulls torchvision otherwise
-REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41"]
+REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41",
+                f"-e {Path(__file__).parent.parent}[export]"]
 CLIENT = Path(__file__).parent / "ultralytics_client.py"
 IMAGE = IMAGES / "astronaut.png"
 CONF = 0.0001  # random weights: every score is tiny
@@ -29,7 +31,8 @@ def ultralytics_python(artifacts: Path) -> Path:
     if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(REQUIREMENTS)):
         with open(artifacts / "ultralytics-venv-install.log", "wb") as log:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, stdout=log, stderr=log)
-            subprocess.run([str(python), "-m", "pip", "install", *REQUIREMENTS], check=True, stdout=log,
+            requirements = [part for requirement in REQUIREMENTS for part in requirement.split(" ", 1)]
+            subprocess.run([str(python), "-m", "pip", "install", *requirements], check=True, stdout=log,
                            stderr=log, timeout=1200)
         stamp.write_text("\n".join(REQUIREMENTS))
     return python
@@ -66,3 +69,26 @@ def test_ultralytics_remote_model_finds_what_kakehashi_finds(ultralytics_python,
         [list(r["box"].values()) for r in ours], [r["class"] for r in ours], [r["confidence"] for r in ours])
     requests = server.client.get("/metrics").text
     assert f'kakehashi_requests_total{{model="{model}",outcome="success",protocol="{scheme}",version="1"}}' in requests
+
+
+def test_export_a_checkpoint_and_serve_it(ultralytics_python, serve, tmp_path):
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(tmp_path)}
+    checkpoint = tmp_path / "yolo11n-random.pt"
+    build = "from ultralytics import YOLO; import sys; YOLO('yolo11n.yaml').save(sys.argv[1])"  # random weights
+    subprocess.run([str(ultralytics_python), "-c", build, str(checkpoint)], check=True, env=env, timeout=300,
+                   capture_output=True)
+    onnx_file = tmp_path / "repo" / "yolo11n" / "1" / "model.onnx"
+    run = subprocess.run([str(ultralytics_python.parent / "kakehashi"), "export", str(checkpoint), "--out",
+                          str(onnx_file), "--imgsz", "320"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"wrote {onnx_file}" in run.stdout
+
+    server = serve(tmp_path / "repo")
+    meta = server.client.get("/v2/models/yolo11n").json()
+    assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1]  # dynamic batch and size
+    config = server.client.get("/v2/models/yolo11n/config").json()
+    assert config["max_batch_size"] > 0
+    assert "'names': {0: 'person'" in config["parameters"]["metadata"]["string_value"]
+    response = server.client.post("/v1/models/yolo11n/predict", params={"conf": 0.0001},
+                                  files=[("file", (IMAGE.name, IMAGE.read_bytes()))])
+    assert response.status_code == 200 and response.json()["images"][0]["shape"] == [512, 512]

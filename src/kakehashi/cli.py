@@ -59,9 +59,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--max-images", Limits.max_images, "Most images in one predict request (413 above).")
 @_option("--max-tensor-elements", Limits.max_tensor_elements, "Most elements in one input tensor (413 above).")
 @_option("--request-timeout-ms", Limits.request_timeout_ms, "Answer 504 to a request not done by then (0: off).")
+@_option("--edge/--no-edge", False, "Small-device profile: one ONNX Runtime instance, no batching, one "
+         "pre/post-processing thread, no gRPC (fewer imports, less memory).")
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
-def serve(model: Path | None, threads: int, backend: str, poll_repository: float, log_level: str, access_log: bool,
+def serve(model: Path | None, threads: int, backend: str, poll_repository: float, edge: bool, log_level: str,
+          access_log: bool,
           max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
     from kakehashi.server.auth import ApiKeys
@@ -72,10 +75,12 @@ def serve(model: Path | None, threads: int, backend: str, poll_repository: float
     if bool(options["tls_cert"]) != bool(options["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
+    if edge:
+        threads, backend, options["grpc_port"] = 1, "onnxruntime", 0
     settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
                         limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file)
-    repository, compute = load_repository(model, threads, limits, backend)
+    repository, compute = load_repository(model, threads, limits, backend, edge)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
     finally:
@@ -186,6 +191,58 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: s
         report.write(steps, output)
     if chart:
         report.chart(steps, chart, payload.description)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--calibration", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of representative images.")
+@click.option("--held-out", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Images for the report (default: every 4th calibration image, kept out of calibration).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL.int8.onnx.")
+@click.option("--conf", default=0.25, show_default=True, help="Confidence threshold for the agreement report.")
+def quantize(model: Path, calibration: Path, held_out: Path | None, out: Path | None, conf: float) -> None:
+    """Write an INT8 copy of MODEL (ONNX Runtime static quantization) and report its speed-up and its agreement
+    with the FP32 model on held-out images (needs the `quantize` extra)."""
+    from kakehashi import quantize as int8
+
+    logging.basicConfig(level=logging.ERROR)  # ONNX Runtime's quantizer warns per tensor on the root logger
+    try:
+        images = int8.image_files(calibration)
+        if held_out is None:
+            held, used = images[3::4], [p for i, p in enumerate(images) if i % 4 != 3]
+        else:
+            held, used = int8.image_files(held_out), images
+        if not held or not used:
+            raise click.UsageError("need at least one calibration and one held-out image (give 2+ images)")
+        target = out or model.with_suffix(".int8.onnx")
+        config, config_path = int8.model_config_for(model)
+        int8.quantize(model, config, used, target)
+        report = int8.evaluate(model, target, config_path, held, conf)
+    except KakehashiError as exc:
+        raise click.ClickException(exc.message) from None
+    except ImportError as exc:
+        raise click.ClickException(f"quantize needs the quantize extra: pip install 'kakehashi[quantize]' ({exc})") from None
+    click.echo(f"wrote {target} (calibrated on {len(used)} images, report on {len(held)} held-out images)")
+    for line in report.lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: beside CHECKPOINT, .onnx.")
+@click.option("--imgsz", default=640, show_default=True, help="Input size the model is exported for.")
+@click.option("--half", is_flag=True, help="FP16 weights (served as FP16 inputs).")
+def export(checkpoint: Path, out: Path | None, imgsz: int, half: bool) -> None:
+    """Convert an Ultralytics checkpoint (.pt) to ONNX with a dynamic batch and its metadata, ready to serve
+    (needs the `export` extra: ultralytics and PyTorch; AGPL-3.0, never used when serving)."""
+    from kakehashi.export import export as run_export
+
+    try:
+        written = run_export(checkpoint, out, imgsz, half)
+    except KakehashiError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"wrote {written}; serve it with: kakehashi serve {written}")
 
 
 main.add_command(batch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -274,3 +274,10 @@ def load_model_config(path: Path) -> ModelConfig:
             "version_policy": VersionPolicy(**({"latest": None} | policy) if policy else {}),
         }
     )
+
+
+def edge_profile(config: ModelConfig) -> ModelConfig:
+    """A model's configuration for a small device (`serve --edge`): one ONNX Runtime instance, no batching (so no
+    batch buffers and no waiting), whatever else `model.yaml` says."""
+    batching = replace(config.batching, max_batch_size=1, preferred_batch_size=1, max_queue_delay_ms=0.0)
+    return replace(config, batching=batching, instances=1, backend="onnxruntime")

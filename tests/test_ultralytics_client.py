@@ -5,6 +5,7 @@ into an ONNX model that Kakehashi serves."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -88,7 +89,8 @@ def test_export_a_checkpoint_and_serve_it(ultralytics_python, serve, tmp_path):
     assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1]  # dynamic batch and size
     config = server.client.get("/v2/models/yolo11n/config").json()
     assert config["max_batch_size"] > 0
-    assert "'names': {0: 'person'" in config["parameters"]["metadata"]["string_value"]
+    metadata = ast.literal_eval(config["parameters"]["metadata"]["string_value"])  # from the checkpoint, via ONNX
+    assert metadata["task"] == "detect" and metadata["imgsz"] == [320, 320] and len(metadata["names"]) == 80
     response = server.client.post("/v1/models/yolo11n/predict", params={"conf": 0.0001},
                                   files=[("file", (IMAGE.name, IMAGE.read_bytes()))])
     assert response.status_code == 200 and response.json()["images"][0]["shape"] == [512, 512]

@@ -48,7 +48,7 @@ def predictions(model: Path, backend: str, images: list[bytes]) -> list[list[dic
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(model)
     (folder / "model.yaml").write_text(f"backend: {backend}\n" + _yaml(model))
-    repository = ModelRepository(folder, ThreadPoolExecutor(2), Limits(), backend)
+    repository = ModelRepository(folder, ThreadPoolExecutor(2), Limits())
     repository.load_all()
     handle = repository.get("m")
     answers = asyncio.run(handle.predict(images, parse_params({"conf": ["0.05"]}, handle.config.defaults)))

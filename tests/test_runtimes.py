@@ -88,3 +88,11 @@ def test_serve_backend_flag(serve):
     response = server.client.post("/v1/models/ssdlite-person/predict", content=(IMAGES / "astronaut.png").read_bytes(),
                                   headers={"content-type": "image/png"})
     assert response.json()["images"][0]["results"][0]["name"] == "person"
+
+
+def test_serve_providers_flag_falls_back_and_says_so(serve):
+    server = serve(None, "--backend", "onnxruntime", "--providers", "cuda,cpu")
+    runtime = server.client.get("/v2/models/ssdlite-person/config").json()["parameters"]["runtime"]["string_value"]
+    assert runtime == "onnxruntime CPUExecutionProvider"
+    assert "CUDAExecutionProvider are not available" in server.log() and "falling back to CPUExecutionProvider" in \
+        server.log()

@@ -18,7 +18,9 @@ from kakehashi.repository.repository import ModelRepository
 from kakehashi.tasks.annotate import annotate
 from kakehashi.tasks.images import decode_image
 from kakehashi.batch.command import batch
+from kakehashi.backends.onnxruntime import provider_name
 from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
+from kakehashi.repository.config import ServerDefaults
 from kakehashi.settings import Limits, Settings, default_model_path
 
 
@@ -46,6 +48,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--backend", "auto", "Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX "
          "Runtime and OpenVINO, when installed, and keep the faster).",
          type=click.Choice(["auto", "onnxruntime", "openvino"]))
+@_option("--providers", "cpu", "ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models "
+         "whose model.yaml lists none); unavailable ones are skipped with a warning.")
 @_option("--poll-repository", Settings.poll_repository_seconds, "Every SECONDS, load added models, reload changed "
          "ones and unload removed ones (0: off).", metavar="SECONDS")
 @_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")
@@ -63,7 +67,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
          "pre/post-processing thread, no gRPC (fewer imports, less memory).")
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
-def serve(model: Path | None, threads: int, backend: str, poll_repository: float, edge: bool, log_level: str,
+def serve(model: Path | None, threads: int, backend: str, providers: str, poll_repository: float, edge: bool,
+          log_level: str,
           access_log: bool,
           max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
@@ -76,11 +81,16 @@ def serve(model: Path | None, threads: int, backend: str, poll_repository: float
         raise click.UsageError("--tls-cert and --tls-key go together")
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
-        threads, backend, options["grpc_port"] = 1, "onnxruntime", 0
+        threads, options["grpc_port"] = 1, 0
+    try:
+        chosen = tuple(provider_name(name.strip()) for name in providers.split(",") if name.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected {exc}", param_hint="--providers") from None
+    defaults = ServerDefaults(backend, chosen or ServerDefaults.providers, edge)
     settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
                         limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file)
-    repository, compute = load_repository(model, threads, limits, backend, edge)
+    repository, compute = load_repository(model, threads, limits, defaults)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
     finally:

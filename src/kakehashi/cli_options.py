@@ -9,6 +9,7 @@ from typing import Callable
 import click
 
 from kakehashi.errors import KakehashiError
+from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits, default_model_path
 
@@ -32,12 +33,12 @@ def prediction_values(options: dict) -> dict[str, list[str]]:
     return {name: [str(options[name])] for name in PREDICTION_OPTIONS if options.get(name) is not None}
 
 
-def load_repository(model: Path | None, threads: int, limits: Limits, backend: str = "auto",
-                    edge: bool = False) -> tuple[ModelRepository, ThreadPoolExecutor]:
+def load_repository(model: Path | None, threads: int, limits: Limits,
+                    defaults: ServerDefaults = ServerDefaults()) -> tuple[ModelRepository, ThreadPoolExecutor]:
     """The repository at `model` (default: the bundled one) with its compute pool; errors as click errors."""
     compute = ThreadPoolExecutor(threads, thread_name_prefix="compute")
     try:
-        return ModelRepository(model or default_model_path(), compute, limits, backend, edge), compute
+        return ModelRepository(model or default_model_path(), compute, limits, defaults), compute
     except KakehashiError as exc:
         compute.shutdown()
         raise click.ClickException(exc.message) from None

@@ -20,11 +20,6 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 
 
-def resolved_kind(config: ModelConfig, default: str) -> str:
-    """`onnxruntime`, `openvino` or `auto` (measure both at load) for this model."""
-    return config.backend if config.backend != "auto" else default
-
-
 def create_instances(path: Path, config: ModelConfig, threads: int, kind: str) -> list[Backend]:
     """The model's inference instances: `config.instances` ONNX Runtime sessions, or one OpenVINO compiled
     model with that many infer requests (the same object once per instance). `auto` starts on ONNX Runtime,
@@ -34,7 +29,8 @@ def create_instances(path: Path, config: ModelConfig, threads: int, kind: str) -
 
         backend = OpenVinoBackend(path, config.performance_hint, config.instances, config.threads or 0, config.precision)
         return [backend] * config.instances
-    return [OnnxRuntimeBackend(path, config.providers, threads) for _ in range(config.instances)]
+    providers = config.providers or ("CPUExecutionProvider",)
+    return [OnnxRuntimeBackend(path, providers, threads) for _ in range(config.instances)]
 
 
 def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:

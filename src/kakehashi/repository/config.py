@@ -85,7 +85,7 @@ class ModelConfig:
     backend: str = "auto"  # auto | onnxruntime | openvino
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
     precision: str = "f32"  # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime, in order of preference
+    providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
 
 
 class _Invalid(ValueError):
@@ -274,6 +274,20 @@ def load_model_config(path: Path) -> ModelConfig:
             "version_policy": VersionPolicy(**({"latest": None} | policy) if policy else {}),
         }
     )
+
+
+@dataclass(frozen=True)
+class ServerDefaults:
+    """What the server decides for every model (`serve --backend/--providers/--edge`) where `model.yaml` is silent."""
+
+    backend: str = "auto"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    edge: bool = False
+
+    def apply(self, config: ModelConfig) -> ModelConfig:
+        config = replace(config, backend=self.backend if config.backend == "auto" else config.backend,
+                         providers=config.providers or self.providers)
+        return edge_profile(config) if self.edge else config
 
 
 def edge_profile(config: ModelConfig) -> ModelConfig:

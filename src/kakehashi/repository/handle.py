@@ -18,7 +18,7 @@ from PIL import Image
 
 from kakehashi import metrics
 from kakehashi.backends.base import Backend, TensorSpec
-from kakehashi.backends import create_instances, create_scratch, faster_runtime, resolved_kind
+from kakehashi.backends import create_instances, create_scratch, faster_runtime
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
@@ -63,7 +63,7 @@ class ModelHandle:
     """
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor,
-                 limits: Limits, default_backend: str = "auto") -> None:
+                 limits: Limits) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -82,7 +82,7 @@ class ModelHandle:
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._limits = limits
-        self._kind = resolved_kind(config, default_backend)
+        self._kind = config.backend  # the server's defaults are already applied
         self._labels = {"model": name, "version": str(version)}
         # per-request series resolved once, not looked up by label on every request
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)

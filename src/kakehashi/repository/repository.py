@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Collection
 
 from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
-from kakehashi.repository.config import ModelConfig, edge_profile, load_model_config
+from kakehashi.repository.config import ModelConfig, ServerDefaults, load_model_config
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.settings import Limits
 
@@ -99,13 +99,12 @@ def _entry(folder: Path) -> ModelEntry:
 class ModelRepository:
     """The served models by name and version; loading is blocking and done off the event loop."""
 
-    def __init__(self, path: Path, compute: Executor, limits: Limits, default_backend: str = "auto",
-                 edge: bool = False) -> None:
+    def __init__(self, path: Path, compute: Executor, limits: Limits,
+                 defaults: ServerDefaults = ServerDefaults()) -> None:
         self.path = path
         self.compute = compute
         self._limits = limits
-        self._default_backend = default_backend  # for models whose model.yaml leaves `backend` at auto
-        self._edge = edge  # every model in the small-device profile (`edge_profile`)
+        self._defaults = defaults
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
         self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
         self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
@@ -118,7 +117,7 @@ class ModelRepository:
     def _load(self, entry: ModelEntry) -> None:
         try:
             config = load_model_config(entry.config_path) if entry.config_path else ModelConfig()
-            config = edge_profile(config) if self._edge else config
+            config = self._defaults.apply(config)
         except ModelLoadError as exc:
             entry.error = exc.message
             log.error("model %s not loaded: %s", entry.name, exc.message)
@@ -130,7 +129,7 @@ class ModelRepository:
             return
         for version in versions:
             handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute,
-                                 self._limits, self._default_backend)
+                                 self._limits)
             entry.handles[version] = handle
             handle.load()
 

@@ -12,7 +12,7 @@ from kakehashi.repository.config import Defaults
 from kakehashi.repository.handle import ImagePrediction
 from kakehashi.tasks.params import PredictParams
 
-PARAMETERS = ("conf", "iou", "imgsz", "max_det", "classes", "decimals", "top_k")
+PARAMETERS = ("conf", "iou", "imgsz", "max_det", "classes", "decimals", "top_k", "masks")
 _TIMEOUT_MS_MAX = 3_600_000.0
 
 
@@ -27,6 +27,14 @@ def _number(name: str, low: float, high: float, integer: bool) -> Callable[[str]
         if not low <= value <= high:
             raise InvalidInput(f"parameter '{name}' must be {kind} between {low} and {high}, got {text!r}")
         return value
+    return parse
+
+
+def _choice(name: str, *options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise InvalidInput(f"parameter '{name}' must be one of {', '.join(options)}, got {text!r}")
+        return text
     return parse
 
 
@@ -45,6 +53,7 @@ _SCALARS = {
     "max_det": _number("max_det", 1, 10000, integer=True),
     "decimals": _number("decimals", 0, 10, integer=True),
     "top_k": _number("top_k", 1, 1000, integer=True),
+    "masks": _choice("masks", "polygon", "rle"),
 }
 
 

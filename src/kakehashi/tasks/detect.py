@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kakehashi.tasks.heads import Head
+from kakehashi.tasks.heads import Detections, Head
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import ImageInput
@@ -23,15 +23,13 @@ class DetectTask:
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, params: PredictParams) -> list[dict]:
         """One image's outputs to `[{class, name, confidence, box: {x1, y1, x2, y2}}]`, best first."""
-        found = self.head.decode(outputs, prepared.size, params)
-        boxes = prepared.transform.to_original(found.boxes).astype(np.float64).round(params.decimals).tolist()
-        scores = found.scores.astype(np.float64).round(params.decimals).tolist()
-        results = []
-        for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist()):
-            results.append({
-                "class": cls,
-                "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),
-                "confidence": score,
-                "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
-            })
-        return results
+        return box_results(self.head.decode(outputs, prepared.size, params), prepared, params, self.names)
+
+
+def box_results(found: Detections, prepared: Prepared, params: PredictParams, names: tuple[str, ...]) -> list[dict]:
+    """Detections as `[{class, name, confidence, box: {x1, y1, x2, y2}}]` in original pixels, best first."""
+    boxes = prepared.transform.to_original(found.boxes).astype(np.float64).round(params.decimals).tolist()
+    scores = found.scores.astype(np.float64).round(params.decimals).tolist()
+    return [{"class": cls, "name": names[cls] if 0 <= cls < len(names) else str(cls), "confidence": score,
+             "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
+            for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist())]

@@ -17,11 +17,13 @@ YOLOX_STRIDES = (8, 16, 32)
 
 @dataclass(frozen=True)
 class Detections:
-    """Boxes (n, 4) xyxy in model-input pixels, scores (n,), class indices (n,), best first."""
+    """Boxes (n, 4) xyxy in model-input pixels, scores (n,), class indices (n,), best first; `extra` (n, e) holds
+    each detection's task columns after the class scores (mask coefficients, keypoints), if the head has any."""
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
+    extra: np.ndarray | None = None
 
 
 class Head(Protocol):
@@ -41,50 +43,57 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 
 
 def _select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: PredictParams,
-            suppress: bool) -> Detections:
+            suppress: bool, extra: np.ndarray | None = None) -> Detections:
     """Confidence and class filter, then (if `suppress`) class-aware NMS; at most `max_det`, best first."""
     mask = scores > params.conf
     if params.classes is not None:
         mask &= np.isin(classes, list(params.classes))
-    boxes, scores, classes = boxes[mask], scores[mask], classes[mask]
+    index = np.flatnonzero(mask)
+    boxes, scores, classes = boxes[index], scores[index], classes[index]
     if suppress:
         if scores.size > MAX_NMS:
             top = np.argsort(-scores, kind="stable")[:MAX_NMS]
-            boxes, scores, classes = boxes[top], scores[top], classes[top]
+            boxes, scores, classes, index = boxes[top], scores[top], classes[top], index[top]
         keep = batched_nms(boxes, scores, classes, params.iou, params.max_det)
     else:
         keep = np.argsort(-scores, kind="stable")[: params.max_det]
     return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
-                      classes[keep].astype(np.int64))
+                      classes[keep].astype(np.int64), None if extra is None else extra[index[keep]])
 
 
 @dataclass(frozen=True)
 class UltralyticsHead:
-    """YOLOv8/YOLO11 raw head `[4 + nc, N]`: cx, cy, w, h then one score per class; needs NMS."""
+    """YOLOv8/YOLO11 raw head `[4 + nc + extra, N]`: cx, cy, w, h, one score per class, then `extra` task columns
+    (32 mask coefficients for segment, keypoints for pose); needs NMS."""
 
     output: str
+    extra: int = 0
     name: str = "ultralytics"
 
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         pred = outputs[self.output]
-        class_scores = pred[4:]
+        class_scores = pred[4:pred.shape[0] - self.extra]
         classes = class_scores.argmax(0)
         scores = np.take_along_axis(class_scores, classes[None], 0)[0]
         candidates = scores > params.conf
         boxes = _xywh_to_xyxy(pred[:4, candidates].T)
-        return _select(boxes, scores[candidates], classes[candidates], params, suppress=True)
+        extra = pred[pred.shape[0] - self.extra:, candidates].T if self.extra else None
+        return _select(boxes, scores[candidates], classes[candidates], params, suppress=True, extra=extra)
 
 
 @dataclass(frozen=True)
 class End2EndHead:
-    """NMS-free head `[N, 6+]`: x1, y1, x2, y2, score, class (YOLO26 default export, YOLOv10)."""
+    """NMS-free head `[N, 6 + extra]`: x1, y1, x2, y2, score, class, then `extra` task columns (YOLO26 default
+    export, YOLOv10)."""
 
     output: str
+    extra: int = 0
     name: str = "end2end"
 
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         pred = outputs[self.output]
-        return _select(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), params, suppress=False)
+        extra = pred[:, 6:6 + self.extra] if self.extra else None
+        return _select(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), params, suppress=False, extra=extra)
 
 
 @lru_cache(maxsize=16)

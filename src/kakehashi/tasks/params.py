@@ -16,3 +16,4 @@ class PredictParams:
     imgsz: tuple[int, int] | None = None
     top_k: int = 5
     decimals: int = 5
+    masks: str = "polygon"  # segmentation: polygon (`segments`) or rle (exact pixels, COCO run lengths)

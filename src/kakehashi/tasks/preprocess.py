@@ -54,6 +54,13 @@ class BoxTransform:
         np.clip((boxes[:, 1::2] - self.pad_y) / self.scale_y, 0, self.height, out=ys)
         return out
 
+    def points_to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map (..., 2) x, y points in model-input pixels to original pixels, clipped to the image."""
+        out = np.empty(points.shape, np.float32)
+        out[..., 0] = np.clip((points[..., 0] - self.pad_x) / self.scale_x, 0, self.width)
+        out[..., 1] = np.clip((points[..., 1] - self.pad_y) / self.scale_y, 0, self.height)
+        return out
+
 
 def resize_image(image: Image.Image, size: tuple[int, int], mode: str, pad_value: int
                  ) -> tuple[np.ndarray, BoxTransform]:

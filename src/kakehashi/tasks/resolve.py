@@ -26,11 +26,14 @@ from kakehashi.tasks.heads import (
     UltralyticsHead,
     grid_anchor_count,
 )
+from kakehashi.tasks.pose import PoseTask
 from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.segment import SegmentTask
 
 log = logging.getLogger(__name__)
 
-ImageTask = DetectTask | ClassifyTask
+ImageTask = DetectTask | ClassifyTask | SegmentTask | PoseTask
+BOX_TASKS = ("detect", "segment", "pose")
 _DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
 _TF_OD = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 _DEFAULT_SIZE = 640
@@ -100,7 +103,7 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     task = config.task or ("detect" if tf_od else None) or meta.get("task")
     if task == "tensor":
         return None
-    if task not in (None, "detect", "classify"):
+    if task not in (None, "classify", *BOX_TASKS):
         log.warning("%s: task '%s' is not supported yet; serving raw tensors only", path, task)
         return None
     found = _image_input(backend, config)
@@ -121,11 +124,40 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "classify":
         output = backend.outputs[0].name
         return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
-    dims = functools.cache(lambda: _output_dims(backend, image_input))  # probes the model at most once
-    head = _resolve_head(backend, config, meta, tf_od, image_input, dims, path)
+    probe = functools.cache(lambda: _probe(backend, image_input))  # runs the model at most once
+    protos = next((s.name for s in backend.outputs if len(s.shape) == 4), None) if task == "segment" else None
+    if task == "segment" and protos is None:
+        raise ModelLoadError(f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
+                             f"are {[s.to_json() for s in backend.outputs]}")
+    extra = _extra_columns(task, meta, protos, probe, path)
+    dims = functools.cache(lambda: _output_dims(backend, probe))
+    head = _resolve_head(backend, config, meta, tf_od, image_input, dims, extra, protos, path)
     if not names:
-        names = _numbered(_class_count(head, dims))
+        names = _numbered(_class_count(head, dims, extra))
+    if task == "segment":
+        return SegmentTask(image_input, head, names, protos)
+    if task == "pose":
+        return PoseTask(image_input, head, names, _kpt_shape(meta, path))
     return DetectTask(image_input, head, names)
+
+
+def _kpt_shape(meta: dict, path: Path) -> tuple[int, int]:
+    shape = meta.get("kpt_shape")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] in (2, 3)
+            and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ModelLoadError(f"{path}: task 'pose' needs the metadata 'kpt_shape' [keypoints, 2 or 3]; "
+                             f"got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _extra_columns(task: str, meta: dict, protos: str | None, probe: Callable, path: Path) -> int:
+    """How many columns after the class scores each detection has: mask coefficients or keypoint values."""
+    if task == "segment":
+        return int(probe()[protos].shape[1])
+    if task == "pose":
+        count, dims = _kpt_shape(meta, path)
+        return count * dims
+    return 0
 
 
 def _numbered(count: int) -> tuple[str, ...]:
@@ -133,10 +165,13 @@ def _numbered(count: int) -> tuple[str, ...]:
 
 
 def _guess_task(outputs: list[TensorSpec]) -> str | None:
-    if len(outputs) == 1 and len(outputs[0].shape) == 2:
+    ranks = sorted(len(s.shape) for s in outputs)
+    if ranks == [2]:
         return "classify"
-    if len(outputs) == 1 and len(outputs[0].shape) == 3:
+    if ranks == [3]:
         return "detect"
+    if ranks == [3, 4]:
+        return "segment"
     return None
 
 
@@ -189,7 +224,7 @@ Dims = Callable[[], tuple[int, int]]
 
 
 def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict[str, str],
-                  image_input: ImageInput, dims: Dims, path: Path) -> Head:
+                  image_input: ImageInput, dims: Dims, extra: int, protos: str | None, path: Path) -> Head:
     head = config.head
     if head == "tf-od" or (head is None and tf_od):
         missing = [role for role in _TF_OD[:3] if role not in tf_od]
@@ -197,23 +232,24 @@ def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict
             raise ModelLoadError(f"{path}: head 'tf-od' needs outputs named {', '.join(missing)}")
         return TfObjectDetectionHead(tf_od["detection_boxes"], tf_od["detection_scores"],
                                      tf_od["detection_classes"], tf_od.get("num_detections"))
-    if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
+    boxes = [s for s in backend.outputs if len(s.shape) == 3]
+    if len(boxes) != 1 or len(backend.outputs) != 1 + (protos is not None):
         raise ModelLoadError(
-            f"{path}: a detection head needs one output [N, a, b]; the model's outputs are "
-            f"{[s.to_json() for s in backend.outputs]}"
+            f"{path}: a detection head needs one output [N, a, b] (and, to segment, prototypes [N, c, h, w]); "
+            f"the model's outputs are {[s.to_json() for s in backend.outputs]}"
         )
-    output = backend.outputs[0].name
+    output = boxes[0].name
     if head is None:
-        head = _guess_head(meta, image_input, dims, path)
+        head = _guess_head(meta, image_input, dims, extra, path)
         log.info("%s: inferred detection head '%s'", path, head)
     if head == "ultralytics":
-        return UltralyticsHead(output)
+        return UltralyticsHead(output, extra)
     if head == "end2end":
-        return End2EndHead(output)
+        return End2EndHead(output, extra)
     return ObjectnessHead(output, grid=head == "yolox", name=head)
 
 
-def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, path: Path) -> str:
+def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, extra: int, path: Path) -> str:
     if "end2end" in meta:  # recent Ultralytics exports say which head they have
         return "end2end" if meta["end2end"] is True else "ultralytics"
     rows, cols = dims()
@@ -224,7 +260,7 @@ def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, path: Path) -> 
         return "yolov5"
     if rows < cols:
         return "ultralytics"
-    if cols in (6, 7):
+    if cols in (6 + extra, 7 + extra):
         return "end2end"
     raise ModelLoadError(
         f"{path}: cannot tell the detection head from output shape [N, {rows}, {cols}]; "
@@ -232,20 +268,21 @@ def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, path: Path) -> 
     )
 
 
-def _output_dims(backend: Backend, image_input: ImageInput) -> tuple[int, int]:
-    spec = backend.outputs[0]
+def _output_dims(backend: Backend, probe: Callable[[], dict[str, np.ndarray]]) -> tuple[int, int]:
+    """Rows and columns of the (one) rank-3 detection output, probing the model if they are dynamic."""
+    spec = next(s for s in backend.outputs if len(s.shape) == 3)
     if all(d > 0 for d in spec.shape[1:]):
         return spec.shape[1], spec.shape[2]
-    shape = _probe(backend, image_input)[spec.name].shape
+    shape = probe()[spec.name].shape
     return shape[1], shape[2]
 
 
-def _class_count(head: Head, dims: Dims) -> int:
+def _class_count(head: Head, dims: Dims, extra: int) -> int:
     if isinstance(head, TfObjectDetectionHead):
         return 0
     rows, cols = dims()
     if isinstance(head, UltralyticsHead):
-        return rows - 4
+        return rows - 4 - extra
     if isinstance(head, ObjectnessHead):
         return cols - 5
     return 0

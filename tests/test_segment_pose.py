@@ -1,0 +1,97 @@
+"""Segmentation and pose decoded exactly from small graphs with known outputs: masks (polygon and RLE) and
+keypoints mapped through the letterbox to the original image, to the pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import image_bytes
+from inprocess import load, predict
+from onnx_builders import constant_model
+
+NAMES = "{0: 'a', 1: 'b'}"
+WIDE = image_bytes(1280, 640)  # letterboxed to 640x640: scale 0.5, 160 px above and below
+PROTOS = np.full((1, 2, 160, 160), -10.0, np.float32)
+PROTOS[0, 0, :, :80] = 10.0  # channel 0: the left half of the input (x < 320) is inside
+
+
+def _raw_segment() -> np.ndarray:
+    """[1, 4 + 2 classes + 2 coefficients, 3]: A (class 0, coefficients 1, 0), B (below conf), C (class 1)."""
+    out = np.zeros((1, 8, 3), np.float32)
+    out[0, :, 0] = (320, 320, 200, 100, 0.9, 0.0, 1.0, 0.0)  # box 220..420 x 270..370 → left half of it
+    out[0, :, 1] = (100, 300, 20, 20, 0.1, 0.0, 1.0, 0.0)
+    out[0, :, 2] = (500, 320, 40, 40, 0.0, 0.8, 1.0, 0.0)   # right half of the input: an empty mask
+    return out
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("seg") / "seg.onnx"
+    meta = {"names": NAMES, "stride": "32", "task": "segment", "imgsz": "[640, 640]", "end2end": "False"}
+    return load(constant_model(path, {"output0": _raw_segment(), "output1": PROTOS}, metadata=meta))
+
+
+def test_segment_polygon_to_the_pixel(segmenter):
+    assert segmenter.task.kind == "segment" and segmenter.task.head.name == "ultralytics"
+    first, second = predict(segmenter, WIDE)[0].results
+    assert (first["name"], first["box"]) == ("a", {"x1": 440.0, "y1": 220.0, "x2": 840.0, "y2": 420.0})
+    outline = first["segments"]
+    # the mask is the box's left part up to x = 640 (the prototypes' edge at input x = 320), all its rows
+    assert (min(outline["x"]), max(outline["x"]), min(outline["y"]), max(outline["y"])) == (440, 639, 220, 419)
+    assert sorted(zip(outline["x"], outline["y"])) == [(440, 220), (440, 419), (639, 220), (639, 419)]
+    assert second["name"] == "b" and second["segments"] == {"x": [], "y": []}
+
+
+def test_segment_rle_is_exact(segmenter):
+    first = predict(segmenter, WIDE, masks="rle")[0].results[0]
+    rle = first["rle"]
+    assert rle["size"] == [640, 1280] and "segments" not in first
+    flat, value, position = np.zeros(640 * 1280, bool), False, 0
+    for count in rle["counts"]:
+        flat[position:position + count] = value
+        position, value = position + count, not value
+    assert position == 640 * 1280
+    expected = np.zeros((640, 1280), bool)
+    expected[220:420, 440:640] = True
+    assert np.array_equal(flat.reshape((1280, 640)).T, expected)
+
+
+def test_segment_end2end(tmp_path):
+    rows = np.zeros((1, 2, 8), np.float32)
+    rows[0, 0] = (220, 270, 420, 370, 0.9, 0, 1.0, 0.0)
+    meta = {"names": NAMES, "stride": "32", "task": "segment", "end2end": "True"}
+    handle = load(constant_model(tmp_path / "e2e.onnx", {"output0": rows, "output1": PROTOS}, metadata=meta))
+    assert handle.task.head.name == "end2end"
+    [only] = predict(handle, WIDE)[0].results
+    assert (min(only["segments"]["x"]), max(only["segments"]["x"])) == (440, 639)
+
+
+def _pose_rows() -> np.ndarray:
+    """[1, 4 + 2 classes + 2 keypoints x 3, 2]: one person-like detection with known keypoints."""
+    out = np.zeros((1, 12, 2), np.float32)
+    out[0, :, 0] = (320, 320, 100, 100, 0.9, 0.0, 300, 300, 0.8, 340, 330, 0.2)
+    out[0, :, 1] = (10, 200, 30, 30, 0.0, 0.7, -20, 250, 0.9, 30, 900, 0.5)  # keypoints outside: clipped
+    return out
+
+
+def test_pose_keypoints_to_the_pixel(tmp_path):
+    meta = {"names": NAMES, "stride": "32", "task": "pose", "kpt_shape": "[2, 3]", "end2end": "False"}
+    handle = load(constant_model(tmp_path / "pose.onnx", {"output0": _pose_rows()}, metadata=meta))
+    assert handle.task.kind == "pose" and handle.task.kpt_shape == (2, 3) and handle.task.names == ("a", "b")
+    first, second = predict(handle, WIDE)[0].results
+    assert first["keypoints"] == {"x": [600.0, 680.0], "y": [280.0, 340.0], "visible": [0.8, 0.2]}
+    assert second["keypoints"] == {"x": [0.0, 60.0], "y": [180.0, 640.0], "visible": [0.9, 0.5]}
+
+
+def test_pose_end2end_and_missing_kpt_shape(tmp_path):
+    rows = np.zeros((1, 1, 12), np.float32)
+    rows[0, 0] = (270, 270, 370, 370, 0.9, 1, 300, 300, 0.8, 340, 330, 0.2)
+    meta = {"names": NAMES, "stride": "32", "task": "pose", "kpt_shape": "[2, 3]", "end2end": "True"}
+    handle = load(constant_model(tmp_path / "e2e.onnx", {"output0": rows}, metadata=meta))
+    [only] = predict(handle, WIDE)[0].results
+    assert only["name"] == "b" and only["keypoints"]["x"] == [600.0, 680.0]
+    del meta["kpt_shape"]
+    constant_model(tmp_path / "bad" / "1" / "model.onnx", {"output0": rows}, metadata=meta)
+    bad = load(tmp_path / "bad")
+    assert not bad.ready and "needs the metadata 'kpt_shape'" in bad.reason

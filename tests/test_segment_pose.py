@@ -95,3 +95,35 @@ def test_pose_end2end_and_missing_kpt_shape(tmp_path):
     constant_model(tmp_path / "bad" / "1" / "model.onnx", {"output0": rows}, metadata=meta)
     bad = load(tmp_path / "bad")
     assert not bad.ready and "needs the metadata 'kpt_shape'" in bad.reason
+
+
+def _obb_rows() -> np.ndarray:
+    """[1, 4 + 2 classes + angle, 4]: A vertical (class a), B nearly A (suppressed), C = A as class b, D low."""
+    out = np.zeros((1, 7, 4), np.float32)
+    out[0, :, 0] = (320, 320, 100, 40, 0.9, 0.0, np.pi / 2)
+    out[0, :, 1] = (322, 320, 100, 40, 0.8, 0.0, np.pi / 2 + 0.05)
+    out[0, :, 2] = (320, 320, 100, 40, 0.0, 0.7, np.pi / 2)
+    out[0, :, 3] = (100, 100, 10, 10, 0.1, 0.0, 0.0)
+    return out
+
+
+def test_oriented_boxes_rotated_nms_and_corners(tmp_path):
+    meta = {"names": NAMES, "stride": "32", "task": "obb", "imgsz": "[640, 640]"}
+    handle = load(constant_model(tmp_path / "obb.onnx", {"output0": _obb_rows()}, metadata=meta))
+    assert handle.task.kind == "obb" and handle.task.names == ("a", "b")
+    first, second = predict(handle, WIDE)[0].results
+    assert [(r["name"], r["confidence"]) for r in (first, second)] == [("a", 0.9), ("b", 0.7)]
+    # 100 x 40 turned 90°: 40 wide, 100 tall around (320, 320) in the input → (640, 320) in the original
+    assert first["box"] == pytest.approx({"x1": 600, "y1": 420, "x2": 680, "y2": 420, "x3": 680, "y3": 220,
+                                          "x4": 600, "y4": 220}, abs=1e-3)
+
+
+def test_probabilistic_iou():
+    from kakehashi.tasks.nms import probiou
+
+    box = np.array([50, 50, 40, 20, 0.3])
+    others = np.array([[50, 50, 40, 20, 0.3], [50, 50, 40, 20, 0.3 + np.pi], [500, 500, 40, 20, 0.3],
+                       [50, 50, 20, 40, 0.3 + np.pi / 2]])
+    same, flipped, far, swapped = probiou(box, others)
+    assert same == pytest.approx(1, abs=1e-3) and flipped == pytest.approx(1, abs=1e-3)
+    assert swapped == pytest.approx(1, abs=1e-3) and far < 1e-3  # w/h swapped with a quarter turn: the same box

@@ -54,11 +54,14 @@ class BoxTransform:
         np.clip((boxes[:, 1::2] - self.pad_y) / self.scale_y, 0, self.height, out=ys)
         return out
 
-    def points_to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map (..., 2) x, y points in model-input pixels to original pixels, clipped to the image."""
+    def points_to_original(self, points: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Map (..., 2) x, y points in model-input pixels to original pixels (clipped to the image if `clip`)."""
         out = np.empty(points.shape, np.float32)
-        out[..., 0] = np.clip((points[..., 0] - self.pad_x) / self.scale_x, 0, self.width)
-        out[..., 1] = np.clip((points[..., 1] - self.pad_y) / self.scale_y, 0, self.height)
+        out[..., 0] = (points[..., 0] - self.pad_x) / self.scale_x
+        out[..., 1] = (points[..., 1] - self.pad_y) / self.scale_y
+        if clip:
+            np.clip(out[..., 0], 0, self.width, out=out[..., 0])
+            np.clip(out[..., 1], 0, self.height, out=out[..., 1])
         return out
 
 

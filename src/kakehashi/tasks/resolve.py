@@ -26,13 +26,14 @@ from kakehashi.tasks.heads import (
     UltralyticsHead,
     grid_anchor_count,
 )
+from kakehashi.tasks.obb import ObbTask
 from kakehashi.tasks.pose import PoseTask
 from kakehashi.tasks.preprocess import ImageInput
 from kakehashi.tasks.segment import SegmentTask
 
 log = logging.getLogger(__name__)
 
-ImageTask = DetectTask | ClassifyTask | SegmentTask | PoseTask
+ImageTask = DetectTask | ClassifyTask | SegmentTask | PoseTask | ObbTask
 BOX_TASKS = ("detect", "segment", "pose")
 _DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
 _TF_OD = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -103,7 +104,7 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     task = config.task or ("detect" if tf_od else None) or meta.get("task")
     if task == "tensor":
         return None
-    if task not in (None, "classify", *BOX_TASKS):
+    if task not in (None, "classify", "obb", *BOX_TASKS):
         log.warning("%s: task '%s' is not supported yet; serving raw tensors only", path, task)
         return None
     found = _image_input(backend, config)
@@ -125,6 +126,11 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
         output = backend.outputs[0].name
         return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
     probe = functools.cache(lambda: _probe(backend, image_input))  # runs the model at most once
+    if task == "obb":
+        if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
+            raise ModelLoadError(f"{path}: task 'obb' needs one output [N, 4 + classes + 1, anchors]")
+        output = backend.outputs[0].name
+        return ObbTask(image_input, output, names or _numbered(_output_dims(backend, probe)[0] - 5))
     protos = next((s.name for s in backend.outputs if len(s.shape) == 4), None) if task == "segment" else None
     if task == "segment" and protos is None:
         raise ModelLoadError(f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "

@@ -1,0 +1,59 @@
+"""Oriented boxes: a raw head `[4 + nc + 1, N]` (cx, cy, w, h, class scores, angle in radians), rotated NMS,
+and each box as its four corners in original image pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kakehashi.tasks.heads import MAX_NMS
+from kakehashi.tasks.image_task import Prepared
+from kakehashi.tasks.nms import rotated_nms
+from kakehashi.tasks.params import PredictParams
+from kakehashi.tasks.preprocess import ImageInput
+
+
+def corners(rboxes: np.ndarray) -> np.ndarray:
+    """(n, 5) cx, cy, w, h, angle → (n, 4, 2) corners, in the order Ultralytics gives them."""
+    cos, sin = np.cos(rboxes[:, 4]), np.sin(rboxes[:, 4])
+    along = np.stack([rboxes[:, 2] / 2 * cos, rboxes[:, 2] / 2 * sin], -1)
+    across = np.stack([-rboxes[:, 3] / 2 * sin, rboxes[:, 3] / 2 * cos], -1)
+    centre = rboxes[:, :2]
+    return np.stack([centre + along + across, centre + along - across, centre - along - across,
+                     centre - along + across], 1)
+
+
+@dataclass(frozen=True)
+class ObbTask:
+    """An oriented-box detector (Ultralytics `obb`)."""
+
+    input: ImageInput
+    output: str
+    names: tuple[str, ...]
+    kind: str = "obb"
+
+    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, params: PredictParams) -> list[dict]:
+        """`[{class, name, confidence, box: {x1, y1, …, x4, y4}}]`, best first."""
+        pred = outputs[self.output]
+        class_scores = pred[4:-1]
+        classes = class_scores.argmax(0)
+        scores = np.take_along_axis(class_scores, classes[None], 0)[0]
+        mask = scores > params.conf
+        if params.classes is not None:
+            mask &= np.isin(classes, list(params.classes))
+        rboxes = np.concatenate([pred[:4], pred[-1:]])[:, mask].T
+        scores, classes = scores[mask], classes[mask]
+        if scores.size > MAX_NMS:
+            top = np.argsort(-scores, kind="stable")[:MAX_NMS]
+            rboxes, scores, classes = rboxes[top], scores[top], classes[top]
+        keep = rotated_nms(rboxes, scores, classes, params.iou, params.max_det)
+        points = prepared.transform.points_to_original(corners(rboxes[keep]), clip=False)
+        points = points.astype(np.float64).round(params.decimals)
+        results = []
+        for cls, score, quad in zip(classes[keep].tolist(), scores[keep].astype(np.float64).round(params.decimals),
+                                    points):
+            box = {f"{axis}{i + 1}": float(quad[i][j]) for i in range(4) for j, axis in enumerate("xy")}
+            results.append({"class": cls, "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),
+                            "confidence": float(score), "box": box})
+        return results

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import IMAGES, YOLO11, YOLO26
+from conftest import IMAGES, MODELS, YOLO11, YOLO26
+from inprocess import load, predict
 
 CASES = {"yolo11": (YOLO11, "ultralytics", [-1, 84, -1]), "yolo26": (YOLO26, "end2end", [-1, 300, 6])}
 
@@ -75,3 +76,38 @@ def test_runtime_refusal_is_a_clear_400(server):
     response = server.client.post("/v2/models/yolo26/infer", json=body)
     assert response.status_code == 400 and "could not run this input" in response.json()["error"]
     assert server.client.get("/v2/models/yolo26/ready").status_code == 200
+
+
+@pytest.mark.parametrize("file, kind, head, extra_key", [
+    ("yolo11n-seg-random-640-dynamic.onnx", "segment", "ultralytics", "segments"),
+    ("yolo26n-seg-random-640-e2e-dynamic.onnx", "segment", "end2end", "segments"),
+    ("yolo11n-pose-random-640-dynamic.onnx", "pose", "ultralytics", "keypoints"),
+    ("yolo26n-pose-random-640-e2e-dynamic.onnx", "pose", "end2end", "keypoints"),
+    ("yolo11n-obb-random-640-dynamic.onnx", "obb", None, None),
+])
+def test_every_ultralytics_task_export_serves(file, kind, head, extra_key):
+    """The real exports' shapes and metadata: the task, head and names are found, and answers have their fields."""
+    handle = load(MODELS / file)
+    task = handle.task
+    assert task.kind == kind and len(task.names) > 0
+    if head:
+        assert task.head.name == head
+    results = predict(handle, (IMAGES / "astronaut.png").read_bytes(), conf=0.0001, max_det=5)[0].results
+    assert 0 < len(results) <= 5
+    for result in results:
+        if kind == "obb":
+            assert set(result["box"]) == {f"{a}{i}" for i in range(1, 5) for a in "xy"}
+        elif kind == "pose":
+            assert task.kpt_shape == (17, 3) and len(result["keypoints"]["x"]) == 17
+            assert all(0 <= x <= 512 for x in result["keypoints"]["x"])
+        else:
+            outline = result[extra_key]
+            assert len(outline["x"]) == len(outline["y"])
+            assert all(result["box"]["x1"] - 1 <= x <= result["box"]["x2"] + 1 for x in outline["x"])
+
+
+def test_classifier_export():
+    handle = load(MODELS / "yolo11n-cls-random-224-dynamic.onnx")
+    assert handle.task.kind == "classify" and len(handle.task.names) == 1000
+    results = predict(handle, (IMAGES / "coffee.png").read_bytes(), top_k=3)[0].results
+    assert len(results) == 3 and results[0]["confidence"] >= results[1]["confidence"]

@@ -195,3 +195,19 @@ def test_against_a_running_server(default_server, photos, tmp_path):
 def test_bad_arguments(tmp_path):
     assert "no such file or folder" in batch("nowhere/", "--out", str(tmp_path / "o.jsonl")).stderr
     assert "--out must end in" in batch(str(IMAGES), "--out", str(tmp_path / "o.txt")).stderr
+
+
+def test_pose_and_obb_fields_in_csv(tmp_path):
+    from conftest import MODELS
+
+    out = tmp_path / "pose.csv"
+    result = batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / "yolo11n-pose-random-640-dynamic.onnx"),
+                   "--conf", "0.0001", "--max-det", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and len(json.loads(rows[0]["keypoints"])["x"]) == 17 and rows[0]["x3"] == ""
+    out = tmp_path / "obb.csv"
+    batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / "yolo11n-obb-random-640-dynamic.onnx"),
+          "--conf", "0.0001", "--max-det", "1", "--out", str(out))
+    [row] = list(csv.DictReader(out.open()))
+    assert all(row[k] != "" for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"))

@@ -1,4 +1,6 @@
-"""Tables from the journal: CSV (one row per detection, or per failed input) and Parquet (the same rows)."""
+"""Tables from the journal: CSV (one row per detection, or per failed input) and Parquet (the same rows).
+
+Oriented boxes fill `x3, y3, x4, y4` too; keypoints and mask outlines are JSON text (`{"x": […], "y": […]…}`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import orjson
 
 from kakehashi.errors import InvalidInput
 
-COLUMNS = ["source", "frame", "timestamp", "class", "name", "confidence", "x1", "y1", "x2", "y2", "error"]
+BOX = ["x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"]
+COLUMNS = ["source", "frame", "timestamp", "class", "name", "confidence", *BOX, "keypoints", "segments", "error"]
 
 
 def rows(journal: Path) -> Iterator[dict]:
@@ -24,8 +27,9 @@ def rows(journal: Path) -> Iterator[dict]:
                 continue
             for result in record["results"]:
                 box = result.get("box") or {}
+                shapes = {key: orjson.dumps(result[key]).decode() for key in ("keypoints", "segments") if key in result}
                 yield {**dict.fromkeys(COLUMNS), **base, "class": result["class"], "name": result["name"],
-                       "confidence": result["confidence"], **{k: box.get(k) for k in ("x1", "y1", "x2", "y2")}}
+                       "confidence": result["confidence"], **{k: box.get(k) for k in BOX}, **shapes}
 
 
 def write_table(journal: Path, out: Path) -> None:
@@ -42,7 +46,7 @@ def write_table(journal: Path, out: Path) -> None:
     except ImportError:
         raise InvalidInput("Parquet output needs pyarrow: pip install 'kakehashi[parquet]'") from None
     types = {"source": pa.string(), "frame": pa.int64(), "timestamp": pa.float64(), "class": pa.int64(),
-             "name": pa.string(), "confidence": pa.float64(), "x1": pa.float64(), "y1": pa.float64(),
-             "x2": pa.float64(), "y2": pa.float64(), "error": pa.string()}
+             "name": pa.string(), "confidence": pa.float64(), **dict.fromkeys(BOX, pa.float64()),
+             "keypoints": pa.string(), "segments": pa.string(), "error": pa.string()}
     table = pa.Table.from_pylist(list(rows(journal)), schema=pa.schema(list(types.items())))
     pq.write_table(table, out)

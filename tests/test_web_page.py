@@ -115,3 +115,37 @@ def test_with_api_keys_the_page_asks_for_one_and_keeps_it_in_the_session(browser
     assert page.evaluate("() => sessionStorage.getItem('kakehashi-api-key')") == "page-key"
     assert page.evaluate("() => localStorage.length") == 0
     page.close()
+
+
+@pytest.fixture(scope="module")
+def task_server(serve_module, tmp_path_factory):
+    """Segmentation and pose models with known outputs (see test_segment_pose.py)."""
+    from onnx_builders import constant_model
+    from test_segment_pose import NAMES, PROTOS, _pose_rows, _raw_segment
+
+    root = tmp_path_factory.mktemp("tasks")
+    constant_model(root / "seg" / "1" / "model.onnx", {"output0": _raw_segment(), "output1": PROTOS},
+                   metadata={"names": NAMES, "task": "segment", "end2end": "False"})
+    constant_model(root / "pose" / "1" / "model.onnx", {"output0": _pose_rows()},
+                   metadata={"names": NAMES, "task": "pose", "kpt_shape": "[2, 3]", "end2end": "False"})
+    return serve_module(root)
+
+
+def test_masks_and_keypoints_are_drawn(browser, task_server, tmp_path, artifacts):
+    from conftest import image_bytes
+
+    wide = tmp_path / "wide.png"
+    wide.write_bytes(image_bytes(1280, 640))
+    page = _page(browser, task_server, [])
+    page.wait_for_selector("#model option[value='seg']", state="attached")
+    page.select_option("#model", "seg")
+    page.set_input_files("#files", str(wide))
+    mask = page.wait_for_selector("svg polygon.mask[data-name='a']", state="attached")
+    xs = [float(point.split(",")[0]) for point in mask.get_attribute("points").split()]
+    assert (min(xs), max(xs)) == (440, 639)
+    page.screenshot(path=str(artifacts / "web-page-segment.png"), full_page=True)
+    page.select_option("#model", "pose")
+    # keypoints with visibility > 0.5: one of each detection (0.8 and 0.9)
+    page.wait_for_function("() => document.querySelectorAll('svg circle.keypoint').length === 2", timeout=15000)
+    page.screenshot(path=str(artifacts / "web-page-pose.png"), full_page=True)
+    page.close()

@@ -103,24 +103,74 @@ function figure(file, image) {
   picture.alt = file.name;
   picture.style.cssText = "display: block; width: 100%; height: 100%; image-orientation: from-image";
   frame.append(picture);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.style.cssText = "position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none";
+  frame.append(svg);
   image.results.forEach((result) => {
     if (!result.box) return;
-    const { x1, y1, x2, y2 } = result.box;
     const colour = `hsl(${(result.class * 47) % 360} 85% 45%)`;
+    if (result.segments && result.segments.x.length) {
+      svg.append(shape("polygon", { class: "mask", "data-name": result.name, fill: colour, "fill-opacity": 0.35,
+        points: result.segments.x.map((x, i) => `${x},${result.segments.y[i]}`).join(" ") }));
+    }
+    if (result.keypoints) drawSkeleton(svg, result.keypoints, colour);
+    if ("x3" in result.box) { // an oriented box: its four corners
+      const b = result.box;
+      svg.append(shape("polygon", { class: "obb", "data-name": result.name, fill: "none", stroke: colour,
+        "stroke-width": Math.max(2, width / 400), points: `${b.x1},${b.y1} ${b.x2},${b.y2} ${b.x3},${b.y3} ${b.x4},${b.y4}` }));
+      frame.append(label(result, colour, (Math.min(b.x1, b.x2, b.x3, b.x4) / width) * 100,
+        (Math.min(b.y1, b.y2, b.y3, b.y4) / height) * 100));
+      return;
+    }
+    const { x1, y1, x2, y2 } = result.box;
     const box = document.createElement("div");
     box.className = "box";
     box.dataset.name = result.name;
     box.style.cssText = `position: absolute; left: ${(x1 / width) * 100}%; top: ${(y1 / height) * 100}%;` +
       `width: ${((x2 - x1) / width) * 100}%; height: ${((y2 - y1) / height) * 100}%; border: 2px solid ${colour}`;
-    const label = document.createElement("span");
-    label.className = "label";
-    label.textContent = `${result.name} ${result.confidence.toFixed(2)}`;
-    label.style.cssText = `position: absolute; left: -2px; bottom: 100%; background: ${colour}; color: #fff;` +
-      "font-size: 12px; padding: 0 4px; white-space: nowrap";
-    box.append(label);
+    const text = label(result, colour, 0, 0);
+    text.style.left = "-2px"; text.style.top = ""; text.style.bottom = "100%";
+    box.append(text);
     frame.append(box);
   });
   return frame;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+// COCO's 17-keypoint skeleton (pairs of keypoint indices), as Ultralytics draws it
+const SKELETON = [[15, 13], [13, 11], [16, 14], [14, 12], [11, 12], [5, 11], [6, 12], [5, 6], [5, 7], [6, 8],
+  [7, 9], [8, 10], [1, 2], [0, 1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6]];
+
+function shape(kind, attributes) {
+  const element = document.createElementNS(SVG, kind);
+  Object.entries(attributes).forEach(([key, value]) => element.setAttribute(key, value));
+  return element;
+}
+
+function label(result, colour, leftPercent, topPercent) {
+  const text = document.createElement("span");
+  text.className = "label";
+  text.textContent = `${result.name} ${result.confidence.toFixed(2)}`;
+  text.style.cssText = `position: absolute; left: ${leftPercent}%; top: ${topPercent}%; background: ${colour};` +
+    "color: #fff; font-size: 12px; padding: 0 4px; white-space: nowrap";
+  return text;
+}
+
+function drawSkeleton(svg, keypoints, colour) {
+  const seen = (i) => keypoints.visible[i] > 0.5;
+  if (keypoints.x.length === 17) {
+    SKELETON.forEach(([a, b]) => {
+      if (seen(a) && seen(b)) {
+        svg.append(shape("line", { class: "bone", x1: keypoints.x[a], y1: keypoints.y[a], x2: keypoints.x[b],
+          y2: keypoints.y[b], stroke: colour, "stroke-width": 3 }));
+      }
+    });
+  }
+  keypoints.x.forEach((x, i) => {
+    if (seen(i)) svg.append(shape("circle", { class: "keypoint", cx: x, cy: keypoints.y[i], r: 4, fill: colour }));
+  });
 }
 
 function detectionTable(results) {

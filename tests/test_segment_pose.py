@@ -127,3 +127,14 @@ def test_probabilistic_iou():
     same, flipped, far, swapped = probiou(box, others)
     assert same == pytest.approx(1, abs=1e-3) and flipped == pytest.approx(1, abs=1e-3)
     assert swapped == pytest.approx(1, abs=1e-3) and far < 1e-3  # w/h swapped with a quarter turn: the same box
+
+
+def test_triton_config_metadata_for_pose_says_what_ultralytics_needs(tmp_path):
+    import ast
+
+    from kakehashi.protocols.triton_config import model_config
+
+    meta = {"names": NAMES, "stride": "32", "task": "pose", "kpt_shape": "[2, 3]", "end2end": "False"}
+    handle = load(constant_model(tmp_path / "pose.onnx", {"output0": _pose_rows()}, metadata=meta))
+    metadata = ast.literal_eval(model_config(handle)["parameters"]["metadata"]["string_value"])
+    assert metadata["task"] == "pose" and metadata["kpt_shape"] == [2, 3] and metadata["end2end"] is False

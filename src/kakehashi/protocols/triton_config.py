@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kakehashi.repository.handle import ModelHandle
-from kakehashi.tasks.detect import DetectTask
+from kakehashi.tasks.pose import PoseTask
 
 TRITON_TYPES = {"BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
                 "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
@@ -18,9 +18,12 @@ def _metadata(handle: ModelHandle) -> dict:
         return {"task": "tensor"}
     meta: dict = {"task": task.kind, "names": dict(enumerate(task.names)), "imgsz": list(task.input.size),
                   "stride": task.input.stride, "batch": handle.max_batch_size}
-    if isinstance(task, DetectTask):
-        meta["end2end"] = task.head.name in ("end2end", "tf-od")
-        meta["head"] = task.head.name
+    head = getattr(task, "head", None)  # detect, segment and pose models
+    if head is not None:
+        meta["end2end"] = head.name in ("end2end", "tf-od")
+        meta["head"] = head.name
+    if isinstance(task, PoseTask):
+        meta["kpt_shape"] = list(task.kpt_shape)
     return meta
 
 

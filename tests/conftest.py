@@ -118,3 +118,19 @@ def image_bytes(width: int, height: int, fmt: str = "PNG", color: tuple[int, int
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, fmt, **save_args)
     return buffer.getvalue()
+
+
+def virtualenv(name: str, requirements: list[str], log: Path) -> Path:
+    """The python of `.cache/<name>` with `requirements` installed (created once from the package registry,
+    reused while the requirements stay the same). For tools whose dependencies clash with the test venv's."""
+    folder = Path(__file__).parent.parent / ".cache" / name
+    python, stamp = folder / "bin" / "python", folder / "kakehashi-requirements.txt"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(requirements)):
+        with open(log, "wb") as output:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True, stdout=output,
+                           stderr=output)
+            arguments = [part for requirement in requirements for part in requirement.split(" ", 1)]
+            subprocess.run([str(python), "-m", "pip", "install", *arguments], check=True, stdout=output,
+                           stderr=output, timeout=1200)
+        stamp.write_text("\n".join(requirements))
+    return python

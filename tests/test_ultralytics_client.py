@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGES, YOLO11, YOLO26
+from conftest import IMAGES, YOLO11, YOLO26, virtualenv
 
-VENV = Path(__file__).parent.parent / ".cache" / "ultralytics-venv"
 # the CPU torch pair that installs from this machine's registry; ultralytics pulls torchvision otherwise
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41",
                 f"-e {Path(__file__).parent.parent}[export]"]
@@ -28,15 +27,7 @@ CONF = 0.0001  # random weights: every score is tiny
 @pytest.fixture(scope="session")
 def ultralytics_python(artifacts: Path) -> Path:
     """The virtualenv's python, created once (about a minute from the local registry) and reused."""
-    python, stamp = VENV / "bin" / "python", VENV / "kakehashi-requirements.txt"
-    if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(REQUIREMENTS)):
-        with open(artifacts / "ultralytics-venv-install.log", "wb") as log:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, stdout=log, stderr=log)
-            requirements = [part for requirement in REQUIREMENTS for part in requirement.split(" ", 1)]
-            subprocess.run([str(python), "-m", "pip", "install", *requirements], check=True, stdout=log,
-                           stderr=log, timeout=1200)
-        stamp.write_text("\n".join(REQUIREMENTS))
-    return python
+    return virtualenv("ultralytics-venv", REQUIREMENTS, artifacts / "ultralytics-venv-install.log")
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ def create_app(state: ServerState) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async def load() -> None:
-            await asyncio.to_thread(state.repository.load_all)
-            state.loaded = True
+            if not state.loaded:  # an embedder (Ray Serve) may have loaded the models before starting the app
+                await asyncio.to_thread(state.repository.load_all)
+                state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
             if state.settings.poll_repository_seconds:
                 await state.repository.watch(state.settings.poll_repository_seconds)

@@ -1,0 +1,58 @@
+"""Run by the Ray test in its own virtualenv (ray[serve] wants protobuf 7; tritonclient, in the test venv, wants
+protobuf 6): a local Ray on 127.0.0.1, two replicas of the bundled model, one replica killed; prints JSON."""
+
+import json
+import sys
+import time
+
+import httpx
+import ray
+from ray import serve
+
+from kakehashi.ray_serve import build
+
+port, image = int(sys.argv[1]), open(sys.argv[2], "rb").read()
+ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+serve.run(build({"replicas": "2", "cpus": "1"}), name="kakehashi", route_prefix="/")
+url = f"http://127.0.0.1:{port}/v1/models/ssdlite-person/predict"
+
+
+def ask() -> tuple[int, str, bool]:
+    try:
+        response = httpx.post(url, content=image, headers={"content-type": "image/png"}, timeout=30)
+    except httpx.TransportError as exc:
+        return 0, type(exc).__name__, False
+    person = response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
+    return response.status_code, response.headers.get("x-kakehashi-replica", ""), person
+
+
+seen, before = set(), []
+deadline = time.monotonic() + 60
+while len(seen) < 2 and time.monotonic() < deadline:
+    status, replica, person = ask()
+    before.append(status)
+    if status == 200 and person:
+        seen.add(replica)
+
+
+def replicas() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"])
+
+
+names = replicas()
+victim = names[0]
+pid = ray.get(ray.get_actor(victim, namespace="serve").__ray_call__.remote(lambda self: __import__("os").getpid()))
+ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)  # its process is killed, as in a crash
+after, started = [], time.monotonic()
+while time.monotonic() - started < 20:
+    status, replica, person = ask()
+    after.append([status, replica, person])
+    time.sleep(0.1)
+deadline = time.monotonic() + 60
+while (len(replicas()) < 2 or victim in replicas()) and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(json.dumps({"replicas_seen_before": sorted(seen), "statuses_before": before, "killed": victim,
+                  "killed_pid": pid, "after": after, "replicas_after": replicas(), "replicas_before": names}))
+serve.shutdown()
+ray.shutdown()

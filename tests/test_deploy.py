@@ -84,3 +84,29 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert {"startupProbe", "readinessProbe", "livenessProbe", "resources"} <= set(container)
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
+    from conftest import virtualenv
+
+    python = virtualenv("kserve-venv", ["kserve==0.21.0"], artifacts / "kserve-venv-install.log")
+    manifests = sorted(str(p) for p in (ROOT / "deploy" / "kserve").glob("*.yaml"))
+    result = subprocess.run([str(python), str(ROOT / "tests" / "kserve_validate.py"), *manifests],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ServingRuntime kakehashi valid" in result.stdout and "InferenceService yolo26n valid" in result.stdout
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    assert runtime["spec"]["containers"][0]["args"][:1] == ["/mnt/models"]
+
+
+def test_the_kserve_validator_rejects_what_is_wrong(tmp_path, artifacts):
+    from conftest import virtualenv
+
+    python = virtualenv("kserve-venv", ["kserve==0.21.0"], artifacts / "kserve-venv-install.log")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text((ROOT / "deploy" / "kserve" / "inference-service.yaml").read_text()
+                     .replace("minReplicas: 1", "minReplicas: 1\n    replicaz: 3"))
+    result = subprocess.run([str(python), str(ROOT / "tests" / "kserve_validate.py"), str(wrong)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "unknown field 'replicaz'" in result.stdout

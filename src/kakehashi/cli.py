@@ -16,7 +16,7 @@ from kakehashi.protocols.vision import encode_predictions, parse_params
 from kakehashi.repository.handle import ImagePrediction
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.tasks.annotate import annotate
-from kakehashi.tasks.images import decode_image
+from kakehashi.tasks.images import decode_image, image_files
 from kakehashi.batch.command import batch
 from kakehashi.backends.onnxruntime import provider_name
 from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
@@ -183,7 +183,7 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: s
         if infer_encoding == "grpc":
             target = f"grpc://{grpc_target or httpx.URL(url).host + ':8001'}"
     else:
-        files = payloads.image_files(list(image_paths))
+        files = image_files(list(image_paths))
         if not files:
             raise click.ClickException("give --images (files or folders) or --infer")
         payload = payloads.predict_payload(model, files, query)

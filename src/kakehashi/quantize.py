@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
-from kakehashi.batch.sources import IMAGE_SUFFIXES
 from kakehashi.errors import InvalidInput
 from kakehashi.protocols.vision import parse_params
 from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits
+from kakehashi.tasks import images
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import resolve_task
@@ -50,7 +50,7 @@ class Report:
 
 
 def image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = images.image_files([folder])
     if not files:
         raise InvalidInput(f"{folder}: no images")
     return files

@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from kakehashi.errors import InvalidInput
+from kakehashi.tasks.images import IMAGE_TYPES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"}
 LIST_SUFFIXES = {".txt", ".lst"}
 
@@ -53,7 +53,7 @@ def _listed(path: Path) -> Iterator[Path]:
 def _expand(source: str) -> Iterator[Path]:
     path = Path(source)
     if path.is_dir():
-        yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_TYPES.keys() | VIDEO_SUFFIXES)
     elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         yield from _listed(path)
     elif path.is_file():

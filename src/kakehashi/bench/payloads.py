@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from kakehashi.protocols.oip_binary import tensor_to_bytes
+from kakehashi.tasks.images import IMAGE_TYPES
 
 Check = Callable[[int, Mapping[str, str], bytes], str | None]  # (status, headers, body) → None if right, else what
 
@@ -23,21 +24,6 @@ class Payload:
     headers: dict[str, str]
     check: Check
     description: str
-
-
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
-
-
-def image_files(sources: list[Path]) -> list[Path]:
-    """Image files from files and folders (recursively), sorted."""
-    found: list[Path] = []
-    for source in sources:
-        if source.is_dir():
-            found += sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_TYPES)
-        else:
-            found.append(source)
-    return found
 
 
 def _check_predict(status: int, headers: Mapping[str, str], body: bytes) -> str | None:

@@ -181,8 +181,7 @@ class ModelRepository:
 
         A failing load is logged and shown in the index; it is retried only after the files change again.
         """
-        on_disk = {name: fingerprint(entry) for name, entry in
-                   {entry.name: entry for entry in await asyncio.to_thread(discover, self.path)}.items()}
+        on_disk = {entry.name: fingerprint(entry) for entry in await asyncio.to_thread(discover, self.path)}
         for name, current in on_disk.items():
             if self._on_disk.get(name) != current:
                 log.info("model %s changed on disk: loading", name)

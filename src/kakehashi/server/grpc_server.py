@@ -54,8 +54,6 @@ def _rpc(method: Method) -> Method:
             if retry_after:
                 context.set_trailing_metadata((("retry-after", str(retry_after)),))
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-        except grpc.aio.AbortError:
-            raise
         except Exception:
             log.exception("unexpected error in gRPC %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")

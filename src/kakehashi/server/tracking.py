@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from functools import wraps
 from typing import Awaitable, Callable, TypeVar
@@ -32,6 +33,11 @@ def outcome(status: int) -> str:
     return _OUTCOMES.get(status, "invalid" if status < 500 else "error")
 
 
+@functools.cache
+def _in_flight(protocol: str):
+    return metrics.IN_FLIGHT.labels(protocol=protocol)
+
+
 class RequestTracker:
     """One request's metrics, for any transport: in flight while open, then counted and timed by model,
     version and outcome. The transport sets `labels` once it knows the model and `status` from its answer."""
@@ -40,7 +46,7 @@ class RequestTracker:
         self.protocol = protocol
         self.labels = {"model": "", "version": ""}
         self.status = 500
-        self._in_flight = metrics.IN_FLIGHT.labels(protocol=protocol)
+        self._in_flight = _in_flight(protocol)
 
     def __enter__(self) -> "RequestTracker":
         self._started = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -42,19 +42,23 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return xyxy
 
 
-def _select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: PredictParams,
-            suppress: bool, extra: np.ndarray | None = None) -> Detections:
-    """Confidence and class filter, then (if `suppress`) class-aware NMS; at most `max_det`, best first."""
+Suppress = Callable[[np.ndarray, np.ndarray, np.ndarray, float, int], np.ndarray]
+
+
+def select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: PredictParams,
+           suppress: Suppress | None, extra: np.ndarray | None = None) -> Detections:
+    """Confidence and class filter, then (if given) class-aware NMS `suppress` (axis-aligned `batched_nms`, or
+    `rotated_nms` for oriented boxes); at most `max_det`, best first. `boxes` keep whatever columns they have."""
     mask = scores > params.conf
     if params.classes is not None:
         mask &= np.isin(classes, list(params.classes))
     index = np.flatnonzero(mask)
     boxes, scores, classes = boxes[index], scores[index], classes[index]
-    if suppress:
+    if suppress is not None:
         if scores.size > MAX_NMS:
             top = np.argsort(-scores, kind="stable")[:MAX_NMS]
             boxes, scores, classes, index = boxes[top], scores[top], classes[top], index[top]
-        keep = batched_nms(boxes, scores, classes, params.iou, params.max_det)
+        keep = suppress(boxes, scores, classes, params.iou, params.max_det)
     else:
         keep = np.argsort(-scores, kind="stable")[: params.max_det]
     return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
@@ -78,7 +82,7 @@ class UltralyticsHead:
         candidates = scores > params.conf
         boxes = _xywh_to_xyxy(pred[:4, candidates].T)
         extra = pred[pred.shape[0] - self.extra:, candidates].T if self.extra else None
-        return _select(boxes, scores[candidates], classes[candidates], params, suppress=True, extra=extra)
+        return select(boxes, scores[candidates], classes[candidates], params, suppress=batched_nms, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class End2EndHead:
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         pred = outputs[self.output]
         extra = pred[:, 6:6 + self.extra] if self.extra else None
-        return _select(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), params, suppress=False, extra=extra)
+        return select(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), params, suppress=None, extra=extra)
 
 
 @lru_cache(maxsize=16)
@@ -133,7 +137,7 @@ class ObjectnessHead:
         class_scores = pred[:, 5:] * pred[:, 4:5]
         classes = class_scores.argmax(1)
         scores = class_scores[np.arange(len(classes)), classes]
-        return _select(_xywh_to_xyxy(xywh), scores, classes, params, suppress=True)
+        return select(_xywh_to_xyxy(xywh), scores, classes, params, suppress=batched_nms)
 
 
 @dataclass(frozen=True)
@@ -152,4 +156,4 @@ class TfObjectDetectionHead:
         yxyx = outputs[self.boxes][:count]
         boxes = np.stack([yxyx[:, 1] * width, yxyx[:, 0] * height, yxyx[:, 3] * width, yxyx[:, 2] * height], 1)
         classes = outputs[self.classes][:count].astype(np.int64) - 1
-        return _select(boxes, outputs[self.scores][:count], classes, params, suppress=False)
+        return select(boxes, outputs[self.scores][:count], classes, params, suppress=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -11,11 +12,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from kakehashi.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # animated GIF/PNG/WebP: the first frame
+# file suffixes of those formats and their media types
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
 DEFAULT_MAX_PIXELS = 64_000_000
 # leading bytes of each format: a file that has them but cannot be opened is corrupt (400), not foreign (415)
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"GIF8": "GIF",
               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey (PNG, TIFF): scaled to 8 bits, not clipped
+
+
+def image_files(sources: list[Path]) -> list[Path]:
+    """Image files from files and folders (folders searched recursively, by suffix), sorted per folder."""
+    found: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            found += sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_TYPES)
+        else:
+            found.append(source)
+    return found
 
 
 def _format_by_signature(data: bytes) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kakehashi.tasks.heads import MAX_NMS
+from kakehashi.tasks.heads import select
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.nms import rotated_nms
 from kakehashi.tasks.params import PredictParams
@@ -39,19 +39,13 @@ class ObbTask:
         class_scores = pred[4:-1]
         classes = class_scores.argmax(0)
         scores = np.take_along_axis(class_scores, classes[None], 0)[0]
-        mask = scores > params.conf
-        if params.classes is not None:
-            mask &= np.isin(classes, list(params.classes))
-        rboxes = np.concatenate([pred[:4], pred[-1:]])[:, mask].T
-        scores, classes = scores[mask], classes[mask]
-        if scores.size > MAX_NMS:
-            top = np.argsort(-scores, kind="stable")[:MAX_NMS]
-            rboxes, scores, classes = rboxes[top], scores[top], classes[top]
-        keep = rotated_nms(rboxes, scores, classes, params.iou, params.max_det)
-        points = prepared.transform.points_to_original(corners(rboxes[keep]), clip=False)
+        candidates = scores > params.conf
+        rboxes = np.concatenate([pred[:4], pred[-1:]])[:, candidates].T
+        found = select(rboxes, scores[candidates], classes[candidates], params, suppress=rotated_nms)
+        points = prepared.transform.points_to_original(corners(found.boxes), clip=False)
         points = points.astype(np.float64).round(params.decimals)
         results = []
-        for cls, score, quad in zip(classes[keep].tolist(), scores[keep].astype(np.float64).round(params.decimals),
+        for cls, score, quad in zip(found.classes.tolist(), found.scores.astype(np.float64).round(params.decimals),
                                     points):
             box = {f"{axis}{i + 1}": float(quad[i][j]) for i in range(4) for j, axis in enumerate("xy")}
             results.append({"class": cls, "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),

@@ -82,7 +82,9 @@ class ModelHandle:
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
         self._limits = limits
-        self._kind = config.backend  # the server's defaults are already applied
+        # the model's and server's own limits are fixed: only the client's timeout varies per request
+        self._fixed_timeout_ms = min((t for t in (config.batching.timeout_ms, limits.request_timeout_ms) if t),
+                                     default=None)
         self._labels = {"model": name, "version": str(version)}
         # per-request series resolved once, not looked up by label on every request
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
@@ -106,7 +108,7 @@ class ModelHandle:
         config = self.config
         threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            self._instances = create_instances(self.path, config, threads, self._kind)
+            self._instances = create_instances(self.path, config, threads, config.backend)
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -180,7 +182,7 @@ class ModelHandle:
             dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
         feeds = {rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
                  for rows in range(1, self.max_batch_size + 1)}
-        if self._kind == "auto":
+        if self.config.backend == "auto":  # the server's defaults are already applied to the config
             self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
             self.backend = self._instances[0]
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
@@ -230,7 +232,7 @@ class ModelHandle:
 
     def deadline(self, timeout_ms: float | None) -> float | None:
         """The `time.perf_counter()` by which a request must be answered (the tightest of client, model, server)."""
-        limits = [t for t in (timeout_ms, self.config.batching.timeout_ms, self._limits.request_timeout_ms) if t]
+        limits = [t for t in (timeout_ms, self._fixed_timeout_ms) if t]
         return time.perf_counter() + min(limits) / 1000 if limits else None
 
     async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:

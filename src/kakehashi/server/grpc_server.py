@@ -127,7 +127,8 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
             tracker.labels = {"model": handle.name, "version": str(handle.version)}
             with handle.serving():
                 pool = self._repository.compute
-                parsed = await off_loop(pool, request.ByteSize(), parse_grpc_infer_request, request)
+                size = sum(len(raw) for raw in request.raw_input_contents)  # ByteSize() would re-walk the message
+                parsed = await off_loop(pool, size, parse_grpc_infer_request, request)
                 timeouts = [t for t in (parsed.timeout_ms, _remaining_ms(context)) if t is not None]
                 results = await handle.infer(parsed.inputs, min(timeouts) if timeouts else None)
                 outputs = select_outputs(results, parsed.outputs)

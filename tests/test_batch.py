@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import IMAGES
+from conftest import IMAGES, same_detections
 
 
 def batch(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -83,7 +83,7 @@ def test_same_answers_as_the_predict_command(photos, tmp_path):
     batch(str(photos / "sub" / "deeper"), "--out", str(out), "--conf", "0.5")
     predicted = subprocess.run([sys.executable, "-m", "kakehashi", "predict", str(IMAGES / "astronaut.png"),
                                 "--conf", "0.5"], capture_output=True, text=True, timeout=120)
-    assert lines(out)[0]["results"] == json.loads(predicted.stdout)["images"][0]["results"]
+    assert same_detections(lines(out)[0]["results"], json.loads(predicted.stdout)["images"][0]["results"])
 
 
 def test_glob_and_list_sources_to_csv_and_parquet(photos, tmp_path):
@@ -189,7 +189,7 @@ def test_against_a_running_server(default_server, photos, tmp_path):
             error = remote_records[record["source"]]["error"]
             assert error.startswith("server answered 400: ") and record["error"] in error
         else:
-            assert remote_records[record["source"]]["results"] == record["results"]
+            assert same_detections(remote_records[record["source"]]["results"], record["results"])
 
 
 def test_bad_arguments(tmp_path):

@@ -20,7 +20,8 @@ def server(serve_module, tmp_path_factory):
     folder = root / "slow"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (folder / "model.yaml").write_text("batching: {max_batch_size: 1, max_queue_size: 10}\n")
+    # at 1280 px an inference takes ~0.1 s here: slow enough that queues build and deadlines pass in them
+    (folder / "model.yaml").write_text("input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1, max_queue_size: 10}\n")
     folder = root / "batched"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
@@ -39,6 +40,11 @@ async def _burst(url: str, count: int, params=None, timeout: float = 60) -> list
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
+def queue_depth(server, model="slow") -> float:
+    metrics = server.client.get("/metrics").text
+    return float(re.search(rf'kakehashi_queue_depth{{model="{model}",version="1"}} (\S+)', metrics).group(1))
+
+
 def stats(server, model="slow") -> dict:
     return server.client.get(f"/v2/models/{model}/stats").json()["model_stats"][0]
 
@@ -51,13 +57,19 @@ def test_full_queue_answers_429_with_retry_after(server):
     assert int(refused.headers["retry-after"]) >= 1 and "in its queue (the limit)" in refused.json()["error"]
 
 
-def test_past_deadline_is_504_and_never_inferred(server):
+def test_past_deadline_is_504_and_never_inferred_once_expired_in_the_queue(server):
     before = stats(server)["inference_count"]
-    responses = asyncio.run(_burst(server.url, 3, params={"timeout": "20"}))
-    codes = [r.status_code for r in responses]
-    assert 504 in codes and set(codes) <= {200, 429, 504}
-    after = stats(server)["inference_count"]
-    assert after - before == codes.count(200)
+    responses = asyncio.run(_burst(server.url, 4, params={"timeout": "100"}))
+    assert {r.status_code for r in responses} <= {200, 504}
+    errors = [r.json()["error"] for r in responses if r.status_code == 504]
+    in_queue = [e for e in errors if "waited past its deadline in model 'slow:1''s queue" in e]
+    running = [e for e in errors if "inference in model 'slow:1' ran past its deadline" in e]
+    assert in_queue and len(in_queue) + len(running) == len(errors)
+    # what expired in the queue never ran; a request already running finishes (and counts) but answers 504
+    ran = [r for r in responses if r.status_code == 200]
+    follower = server.client.post("/v1/models/slow/predict", content=IMAGE, headers={"content-type": "image/png"})
+    assert follower.status_code == 200  # one instance, first in first out: all earlier work has finished
+    assert stats(server)["inference_count"] - before == len(ran) + len(running) + 1
 
 
 def test_departed_clients_work_is_dropped(server):
@@ -66,7 +78,8 @@ def test_departed_clients_work_is_dropped(server):
             # one request of 8 images keeps the single instance busy for a while ...
             files = [("file", (f"{i}.png", IMAGE, "image/png")) for i in range(8)]
             keeper = asyncio.ensure_future(client.post("/v1/models/slow/predict", files=files))
-            await asyncio.sleep(0.15)
+            while queue_depth(server) < 5:  # most of its images still wait: over 0.4 s of work ahead
+                await asyncio.sleep(0.01)
             # ... so two more queue behind it, and their clients give up long before their turn
             leavers = await _burst(server.url, 2, timeout=0.05)
             return await keeper, leavers

@@ -43,6 +43,7 @@ class _Pending:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
+    dispatched: bool = False  # taken from the queue into a batch: its inference runs (and is counted)
 
 
 def _key(feeds: Feeds) -> tuple:
@@ -111,7 +112,7 @@ class DynamicBatcher:
             if not future.done():
                 future.cancel()  # caller cancelled (client gone) or deadline passed: never run it
         if not done:
-            raise self._expired()
+            raise self._expired(pending.dispatched)
         return future.result()
 
     def overloaded(self, waiting: int) -> Overloaded:
@@ -120,7 +121,9 @@ class DynamicBatcher:
         return Overloaded(f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later",
                           retry_after=retry)
 
-    def _expired(self) -> DeadlineExceeded:
+    def _expired(self, dispatched: bool = False) -> DeadlineExceeded:
+        if dispatched:
+            return DeadlineExceeded(f"the request's inference in model '{self._name}' ran past its deadline")
         return DeadlineExceeded(f"the request waited past its deadline in model '{self._name}''s queue")
 
     async def _dispatch(self) -> None:
@@ -170,7 +173,10 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            return [self._queue.popleft() for _ in range(count)]
+            batch = [self._queue.popleft() for _ in range(count)]
+            for pending in batch:
+                pending.dispatched = True
+            return batch
 
     def _work(self, instance: int, batch: list[_Pending]) -> tuple[list[Feeds | Exception], float, float]:
         """In the instance's thread: stack the batch once, run it, time it; each request's outputs (or error).

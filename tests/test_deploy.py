@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from conftest import IMAGES, free_port
@@ -86,6 +87,7 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
+@pytest.mark.timeout(1500)  # may build the KServe SDK's virtualenv first
 def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
     from conftest import virtualenv
 
@@ -100,6 +102,7 @@ def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
     assert runtime["spec"]["containers"][0]["args"][:1] == ["/mnt/models"]
 
 
+@pytest.mark.timeout(1500)  # may build the KServe SDK's virtualenv first
 def test_the_kserve_validator_rejects_what_is_wrong(tmp_path, artifacts):
     from conftest import virtualenv
 

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import IMAGES, YOLO11, YOLO26, virtualenv
 
+# the first test also builds the tool's virtualenv (pip, minutes on a cold cache): a longer hang guard
+pytestmark = pytest.mark.timeout(1500)
 # the CPU torch pair that installs from this machine's registry; ultralytics pulls torchvision otherwise
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41",
                 f"-e {Path(__file__).parent.parent}[export]"]

@@ -65,13 +65,14 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
         time.sleep(0.01)
 
     server.client.close()
+    late = httpx.Client(base_url=server.url, timeout=30)  # made now, connects after the signal
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    late_http = httpx.post(server.url + "/v1/models/yolo/predict", content=ASTRONAUT,
-                           headers={"content-type": "image/png"}, timeout=30)
+    while late.get("/v2/health/ready").status_code == 200:  # the signal is handled: readiness is 503 at once
+        assert time.monotonic() - signalled < 5
+    late_http = late.post("/v1/models/yolo/predict", content=ASTRONAUT[:4096], headers={"content-type": "image/png"})
     assert late_http.status_code == 503 and "shutting down" in late_http.json()["error"]
-    assert httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 503
+    late.close()
     time.sleep(1.5)
     with pytest.raises(httpx.ConnectError):  # then the listening socket closes
         httpx.get(server.url + "/v2/health/live", timeout=5)

@@ -41,33 +41,38 @@ def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(l
     assert [(row["name"], row["state"]) for row in server.client.post("/v2/repository/index").json()] == [
         ("det", "READY"), ("other", "READY")]
     _model(root / "det" / "2" / "model.onnx", 0.75)
-    answers: list[tuple[int, float | None]] = []
+    by_thread: list[list[tuple[int, float | None]]] = [[], [], []]  # each client's answers, in its own order
     stop = threading.Event()
 
-    def hammer():
+    def hammer(answers: list) -> None:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             while not stop.is_set():
                 response = client.post("/v1/models/det/predict", content=IMAGE, headers={"content-type": "image/png"})
                 ok = response.status_code == 200
                 answers.append((response.status_code, ok and response.json()["images"][0]["results"][0]["confidence"]))
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    def count() -> int:
+        return sum(len(answers) for answers in by_thread)
+
+    threads = [threading.Thread(target=hammer, args=(answers,)) for answers in by_thread]
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: len(answers) >= 5)
+        _wait_for(lambda: count() >= 5)
         assert server.client.post("/v2/repository/models/det/load").status_code == 200
-        switched = len(answers)
+        switched = [len(answers) for answers in by_thread]
         assert server.client.post("/v2/repository/models/other/unload").status_code == 200
         assert score(server.client) == 0.75
-        _wait_for(lambda: len(answers) >= switched + 10)
+        _wait_for(lambda: all(len(answers) >= mark + 3 for answers, mark in zip(by_thread, switched)))
     finally:
         stop.set()
         for thread in threads:
             thread.join()
+    answers = [answer for thread_answers in by_thread for answer in thread_answers]
     assert {status for status, _ in answers} == {200}
     assert {confidence for _, confidence in answers} <= {0.5, 0.75}
-    later = [confidence for _, confidence in answers[switched + 3:]]  # 3 threads: at most 3 started before
+    # after the switch each client may still get one old answer (its request was under way); then only new ones
+    later = [confidence for thread_answers, mark in zip(by_thread, switched) for _, confidence in thread_answers[mark + 1:]]
     assert later and set(later) == {0.75}
     assert server.client.get("/v2/models/det").json()["versions"] == ["2"]
     assert server.client.get("/v2/models/other/ready").status_code == 503

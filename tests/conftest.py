@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -22,21 +23,28 @@ YOLO11 = MODELS / "yolo11n-coco-random-640-dynamic.onnx"
 YOLO26 = MODELS / "yolo26n-coco-random-640-e2e-dynamic.onnx"
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now (all held open together, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Server:
     """A `kakehashi serve` subprocess on 127.0.0.1 (HTTP and gRPC ports) and an httpx client for it."""
 
     def __init__(self, model: Path | None, log_path: Path, *extra: str) -> None:
-        self.port = free_port()
+        self.port, grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_address = f"127.0.0.1:{free_port()}"
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
         args = [sys.executable, "-m", "kakehashi", "serve", *([str(model)] if model else []),
-                "--port", str(self.port), "--grpc-port", self.grpc_address.split(":")[1], *extra]
+                "--port", str(self.port), "--grpc-port", str(grpc_port), *extra]
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,

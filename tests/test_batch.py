@@ -157,7 +157,9 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "out.jsonl"
     job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
     while not out.exists() or len(out.read_bytes().splitlines()) < 5:
+        assert time.monotonic() < deadline and job.poll() is None
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=60)

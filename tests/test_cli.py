@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
-from conftest import IMAGES, YOLO26, free_port
+from conftest import IMAGES, YOLO26, free_ports
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -64,21 +65,22 @@ def test_predict_errors(tmp_path):
 
 
 def test_serve_reads_kakehashi_env_vars():
-    port = free_port()
-    env = {**os.environ, "KAKEHASHI_PORT": str(port), "KAKEHASHI_MODEL": str(YOLO26)}
+    port, grpc_port = free_ports(2)
+    env = {**os.environ, "KAKEHASHI_PORT": str(port), "KAKEHASHI_GRPC_PORT": str(grpc_port),
+           "KAKEHASHI_MODEL": str(YOLO26)}
     process = subprocess.Popen([sys.executable, "-m", "kakehashi", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline, status = time.monotonic() + 60, None
+        while status != 200 and time.monotonic() < deadline:
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v2/models/{YOLO26.stem}/ready")
-                if response.status_code == 200:
-                    break
+                status = httpx.get(f"http://127.0.0.1:{port}/v2/models/{YOLO26.stem}/ready").status_code
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        assert response.status_code == 200
+        assert status == 200
+        with socket.create_connection(("127.0.0.1", grpc_port), timeout=5):
+            pass  # and gRPC listens where KAKEHASHI_GRPC_PORT says
     finally:
         process.terminate()
         process.wait(15)

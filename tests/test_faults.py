@@ -20,7 +20,7 @@ def server(serve_module, tmp_path_factory):
     lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
     # a long queue delay so concurrent requests surely share one batch
     # ONNX Runtime checks Gather indices (OpenVINO does not): the out-of-range one makes the whole run fail
-    (root / "lookup" / "model.yaml").write_text("backend: onnxruntime\nbatching: {max_batch_size: 8, max_queue_delay_ms: 300}\n")
+    (root / "lookup" / "model.yaml").write_text("backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n")
     return serve_module(root)
 
 

@@ -22,7 +22,7 @@ from kakehashi.protocols.oip_json import parse_infer_request
 from kakehashi.tasks.images import decode_image
 
 PREDICT = "/v1/models/ssdlite-person/predict"
-PROPERTY = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -130,12 +130,12 @@ def image_bytes(width: int, height: int, fmt: str = "PNG", color: tuple[int, int
 
 def same_detections(first: list[dict], second: list[dict]) -> bool:
     """Two processes' answers agree: same classes in the same order, confidences within 0.002 and box corners
-    within half a pixel. Not bit-identical: `backend: auto` times both runtimes at load, so two processes may
+    within a pixel (as ONNX Runtime and OpenVINO agree). Not bit-identical: `backend: auto` times both runtimes at load, so two processes may
     serve with different ones, and batch sizes change the float rounding."""
     if [(r["class"], r["name"]) for r in first] != [(r["class"], r["name"]) for r in second]:
         return False
     return all(a["confidence"] == pytest.approx(b["confidence"], abs=2e-3)
-               and a["box"] == pytest.approx(b["box"], abs=0.5) for a, b in zip(first, second))
+               and a["box"] == pytest.approx(b["box"], abs=1.0) for a, b in zip(first, second))
 
 
 def virtualenv(name: str, requirements: list[str], log: Path) -> Path:

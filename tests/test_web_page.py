@@ -59,13 +59,14 @@ def test_upload_shows_boxes_table_and_timing(browser, default_server, artifacts)
     requests: list[str] = []
     page = _page(browser, default_server, requests)
     page.wait_for_selector("#model option[value='ssdlite-person']", state="attached")
+    # the status view has its first reading, so the next one (2 s on) brackets the upload's request
+    page.wait_for_selector("#models tr[data-model='ssdlite-person'] td.state-READY")
     page.set_input_files("#files", str(IMAGES / "astronaut.png"))
     box = page.wait_for_selector(".box[data-name='person']")
     assert box.inner_text().startswith("person 0.9")
     row = page.locator("table.detections tbody tr").first
     assert row.locator("td").nth(2).inner_text() == "person" and float(row.locator("td").nth(3).inner_text()) > 0.9
     assert "inference" in page.inner_text(".timing") and "queue" in page.inner_text(".timing")
-    page.wait_for_selector("#models tr[data-model='ssdlite-person'] td.state-READY")
     page.wait_for_function(LIVE_FIGURES, timeout=15000)  # the status view has shown this request
     page.screenshot(path=str(artifacts / "web-page-detections.png"), full_page=True)
 

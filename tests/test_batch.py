@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, same_detections
+from conftest import IMAGES, YOLO11 as YOLO11_PATH, same_detections
 
 
 def batch(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -70,12 +70,13 @@ def test_folder_to_jsonl_with_an_error_line_and_annotated_images(photos, tmp_pat
     assert astronaut["shape"] == [512, 512] and astronaut["results"][0]["name"] == "person"
     assert set(astronaut["speed"]) == {"preprocess", "queue", "inference", "postprocess"}
     assert records["coffee.png"]["results"] == []
-    saved = Image.open(drawn / "astronaut.jpg")
-    assert saved.size == (512, 512)
+    saved = Image.open(astronaut["annotated"])
+    assert Path(astronaut["annotated"]).parent == drawn and saved.size == (512, 512)
     box = astronaut["results"][0]["box"]  # the box outline is drawn in the first palette colour
     pixel = saved.getpixel((round((box["x1"] + box["x2"]) / 2), round(box["y2"]) - 1))
     assert pixel[0] > 200 and pixel[1] < 100 and pixel[2] < 100
-    assert sorted(p.name for p in drawn.iterdir()) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert sorted(p.name.split("-")[0] for p in drawn.iterdir()) == ["astronaut", "chelsea", "coffee"]
+    assert "annotated" not in records["broken.jpg"]
 
 
 def test_same_answers_as_the_predict_command(photos, tmp_path):
@@ -116,7 +117,9 @@ def test_video_every_nth_frame_with_index_and_timestamp(video, tmp_path):
     assert [r["timestamp"] for r in records] == pytest.approx([0, 0.5, 1.0, 1.5])
     assert all(r["shape"] == [320, 320] for r in records)
     assert [bool(r["results"]) for r in records] == [True, True, False, False]  # the astronaut, then grey
-    assert (drawn / "clip_frame000003.jpg").exists()
+    assert [Path(r["annotated"]).name.split("_frame")[1] for r in records] == [
+        "000000.jpg", "000003.jpg", "000006.jpg", "000009.jpg"]
+    assert all(Path(r["annotated"]).exists() and Path(r["annotated"]).parent == drawn for r in records)
 
 
 def test_sigkill_then_resume_gives_exactly_one_result_per_input(tmp_path):
@@ -169,14 +172,21 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert len(lines(out)) == 200
 
 
-def test_progress_is_logged_when_not_a_terminal(photos, tmp_path, monkeypatch):
+def test_progress_is_logged_when_not_a_terminal(monkeypatch, caplog):
     import kakehashi.batch.progress as progress
 
     monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
-    bar = progress.Progress(total=4, quiet=False)
+    caplog.set_level("INFO", logger="kakehashi.batch")
+    bar = progress.Progress(total=5, quiet=False)
+    bar.skip()  # done by an earlier run: out of the total and the ETA
     for failed in (False, False, True):
         bar.advance(failed)
-    assert bar.line().startswith("3/4 inputs done (1 failed), ") and "images/s, ETA" in bar.line()
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 3 and logged[-1].startswith("3/4 inputs done (1 failed), ") and "images/s, ETA" in logged[-1]
+    caplog.clear()
+    quiet = progress.Progress(total=2, quiet=True)
+    quiet.advance(False)
+    assert caplog.records == []
 
 
 def test_against_a_running_server(default_server, photos, tmp_path):
@@ -213,3 +223,142 @@ def test_pose_and_obb_fields_in_csv(tmp_path):
           "--conf", "0.0001", "--max-det", "1", "--out", str(out))
     [row] = list(csv.DictReader(out.open()))
     assert all(row[k] != "" for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"))
+
+
+def test_drawn_copies_of_inputs_named_alike_never_overwrite_each_other(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "0001.png").write_bytes((IMAGES / "astronaut.png").read_bytes())
+    out, drawn = tmp_path / "out.jsonl", tmp_path / "drawn"
+    assert batch(str(tmp_path / "in"), "--out", str(out), "--save-images", str(drawn)).returncode == 0
+    saved = sorted(r["annotated"] for r in lines(out))
+    assert len(set(saved)) == 2 and sorted(str(p) for p in drawn.iterdir()) == saved
+
+
+def test_every_task_can_be_drawn(tmp_path):
+    from conftest import MODELS
+
+    for model in ("yolo11n-obb-random-640-dynamic", "yolo11n-pose-random-640-dynamic",
+                  "yolo26n-seg-random-640-e2e-dynamic"):
+        out, drawn = tmp_path / f"{model}.jsonl", tmp_path / model
+        result = batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / f"{model}.onnx"), "--conf", "0.0001",
+                       "--max-det", "3", "--out", str(out), "--save-images", str(drawn))
+        assert result.returncode == 0, result.stderr
+        [record] = lines(out)
+        assert len(record["results"]) == 3 and Image.open(record["annotated"]).size == (512, 512)
+
+
+def test_resume_counts_and_reports_earlier_failures_and_keys_paths_however_typed(photos, tmp_path, monkeypatch):
+    out = tmp_path / "out.jsonl"
+    assert batch(str(photos), "--out", str(out)).returncode == 1  # broken.jpg
+    monkeypatch.chdir(photos.parent)
+    result = batch(f"./{photos.name}", "--out", str(out), "--resume")  # the same folder, typed differently
+    assert result.returncode == 1, result.stderr  # the job as a whole still has a failed input
+    assert "0 succeeded, 0 failed, 4 already done (1 of them failed)" in result.stderr
+    assert len(lines(out)) == 4
+
+
+def test_quiet_prints_only_the_summary(photos, tmp_path):
+    result = batch(str(photos / "sub"), "--out", str(tmp_path / "out.jsonl"), "--quiet")
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.splitlines() == [next(line for line in result.stderr.splitlines() if "succeeded" in line)]
+
+
+def test_a_progress_bar_on_a_terminal(photos, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    job = subprocess.run([sys.executable, "-m", "kakehashi", "batch", str(photos / "sub"), "--out",
+                          str(tmp_path / "out.jsonl")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=follower, timeout=300)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal's other end is closed: all read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert job.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "3/3" in text and "img/s" in text and "100%" in text  # tqdm's bar: done/total, rate, percentage
+
+
+def test_a_failure_of_any_kind_fails_only_its_input(tmp_path):
+    """Whatever a predictor raises, that input gets an error line and the job goes on."""
+    import asyncio
+
+    from kakehashi.batch.journal import Journal
+    from kakehashi.batch.progress import Progress
+    from kakehashi.batch.runner import run_job
+    from kakehashi.batch.sources import items
+
+    class Flaky:
+        async def predict(self, data):
+            if data == b"bad":
+                raise ValueError("an unexpected kind of failure")
+            return {"shape": [1, 1], "results": [], "speed": {}}
+
+    for name, body in (("a.png", b"good"), ("b.png", b"bad"), ("c.png", b"good")):
+        (tmp_path / name).write_bytes(body)
+    journal = tmp_path / "out.jsonl"
+    summary = asyncio.run(run_job(Flaky(), items([str(tmp_path / "*.png")]), Journal(journal, resume=False), 2,
+                                  Progress(3, quiet=True)))
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    errors = {Path(r["source"]).name: r.get("error") for r in lines(journal)}
+    assert errors == {"a.png": None, "b.png": "ValueError: an unexpected kind of failure", "c.png": None}
+
+
+def test_a_repository_model_in_process_runs_full_batches(tmp_path):
+    """`--model REPOSITORY --name M`; concurrent inputs reach the batcher together and run in batches."""
+    from click.testing import CliRunner
+    from prometheus_client import REGISTRY
+
+    from conftest import YOLO11
+    from kakehashi.batch.command import batch as batch_command
+
+    for name in ("batched", "other"):
+        (tmp_path / "repo" / name / "1").mkdir(parents=True)
+        (tmp_path / "repo" / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    (tmp_path / "repo" / "batched" / "model.yaml").write_text(
+        "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n")
+    (tmp_path / "in").mkdir()
+    for i in range(12):
+        (tmp_path / "in" / f"{i:02d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(batch_command, [str(tmp_path / "in"), "--model", str(tmp_path / "repo"), "--name",
+                                                "batched", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(lines(out)) == 12
+
+    def executions(size: int) -> float:
+        labels = {"model": "batched", "version": "1", "batch_size": str(size)}
+        return REGISTRY.get_sample_value("kakehashi_batch_executions_total", labels) or 0.0
+
+    assert sum(size * executions(size) for size in range(1, 5)) == 12 and executions(4) >= 2
+
+
+def test_against_a_server_keeps_several_requests_in_flight(serve, tmp_path):
+    # one instance, no batching, ~0.1 s an inference: requests sent together must wait in its queue
+    (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "slow" / "1" / "model.onnx").symlink_to(YOLO11_PATH.resolve())
+    (tmp_path / "repo" / "slow" / "model.yaml").write_text(
+        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\n")
+    server = serve(tmp_path / "repo")
+    (tmp_path / "in").mkdir()
+    for i in range(12):
+        (tmp_path / "in" / f"{i:02d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
+    result = batch(str(tmp_path / "in"), "--url", server.url, "--model", "slow", "--concurrency", "4",
+                   "--out", str(tmp_path / "out.jsonl"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    stats = server.client.get("/v2/models/slow/stats").json()["model_stats"][0]["inference_stats"]
+    assert stats["queue"]["count"] == stats["compute_infer"]["count"] == 12
+    # one at a time, a request would hardly wait; four at a time, each waits for others' inferences
+    assert stats["queue"]["ns"] > stats["compute_infer"]["ns"]

@@ -46,7 +46,8 @@ providers: [CPUExecutionProvider]
 @pytest.mark.parametrize("text, message", [
     ("tsk: detect", "unknown key 'tsk'"),
     ("input: {colour: rgb}", "unknown key 'input.colour'"),
-    ("task: segment-everything", "key 'task': expected one of detect, classify, tensor"),
+    ("task: segment-everything", "key 'task': expected one of detect, segment, pose, obb, classify, tensor"),
+    ("kpt_shape: [17, 4]", "key 'kpt_shape': expected [keypoints, 2 or 3] (e.g. [17, 3]), got [17, 4]"),
     ("head: rcnn", "key 'head': expected one of ultralytics"),
     ("input: {size: [1, 2, 3]}", "key 'input.size': expected an integer or a list [height, width]"),
     ("defaults: {conf: 1.5}", "key 'defaults.conf': expected a number in [0.0, 1.0], got 1.5"),

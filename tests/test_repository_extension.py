@@ -62,6 +62,7 @@ def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(l
         assert server.client.post("/v2/repository/models/det/load").status_code == 200
         switched = [len(answers) for answers in by_thread]
         assert server.client.post("/v2/repository/models/other/unload").status_code == 200
+        assert server.client.get("/v2/health/ready").status_code == 200  # an unload is no outage
         assert score(server.client) == 0.75
         _wait_for(lambda: all(len(answers) >= mark + 3 for answers, mark in zip(by_thread, switched)))
     finally:
@@ -87,6 +88,10 @@ def test_poll_repository_picks_up_new_changed_and_removed_models(serve, tmp_path
         return {(row["name"], row.get("version")): row["state"]
                 for row in server.client.post("/v2/repository/index").json()}
 
+    def reasons() -> dict:
+        return {(row["name"], row.get("version")): row["reason"] or ""
+                for row in server.client.post("/v2/repository/index").json()}
+
     _model(tmp_path / "det" / "2" / "model.onnx", 0.75)  # a new version
     _wait_for(lambda: states().get(("det", "2")) == "READY")
     assert score(server.client) == 0.75 and ("det", "1") not in states()
@@ -100,13 +105,14 @@ def test_poll_repository_picks_up_new_changed_and_removed_models(serve, tmp_path
 
     (tmp_path / "det" / "3").mkdir()  # a broken new version: version 2 keeps serving
     (tmp_path / "det" / "3" / "model.onnx").write_bytes(b"\x08\x01garbage")
-    _wait_for(lambda: "cannot be loaded" in server.log())
+    _wait_for(lambda: "cannot be loaded" in reasons().get(("det", "2"), ""))
     assert states()[("det", "2")] == "READY" and server.client.get("/v2/models/det").json()["versions"] == ["2"]
 
     for path in sorted((tmp_path / "gone").rglob("*"), reverse=True):  # a removed model
         path.unlink() if path.is_file() else path.rmdir()
     (tmp_path / "gone").rmdir()
     _wait_for(lambda: states().get(("gone", None)) == "UNLOADED")
+    assert server.client.get("/v2/health/ready").status_code == 200  # a removed model takes nothing down
     assert "Traceback" not in server.log()
 
 
@@ -127,6 +133,8 @@ def test_corrupt_new_version_keeps_the_old_one_serving(live):
     assert score(server.client) == 0.5
     [row] = server.client.post("/v2/repository/index").json()
     assert row["state"] == "READY" and row["version"] == "1"
+    assert row["reason"].startswith("reload failed, previous versions still serving: ")
+    assert "cannot be loaded as an ONNX model" in row["reason"]
 
 
 def test_unload_then_load(live):

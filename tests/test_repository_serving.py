@@ -89,3 +89,41 @@ def test_single_file_and_missing_path(serve, tmp_path, repository):
     assert single.client.get("/v2/models/fixed").json()["inputs"][0]["shape"] == [1, 3, 640, 640]
     with pytest.raises(RuntimeError, match="does not exist"):
         serve(tmp_path / "nowhere.onnx")
+
+
+def test_the_index_gives_the_reason_of_each_model_that_failed(server, repository):
+    rows = {row["name"]: row for row in server.client.post("/v2/repository/index").json()
+            if row["name"] in ("broken", "notonnx")}
+    assert rows["broken"]["state"] == "UNAVAILABLE" and "unknown key 'colour'" in rows["broken"]["reason"]
+    assert rows["notonnx"]["state"] == "UNAVAILABLE" and "cannot be loaded as an ONNX model" in rows["notonnx"]["reason"]
+
+
+@pytest.mark.parametrize("policy, served", [("{specific: [1, 3]}", ["1", "3"]), ("{all: true}", ["1", "2", "3"])])
+def test_version_policies_and_every_way_to_address_a_version(serve, tmp_path, policy, served):
+    import tritonclient.grpc as triton_grpc
+
+    scores = {1: 0.5, 2: 0.75, 3: 0.9}
+    for version, score in scores.items():
+        constant_model(tmp_path / "det" / str(version) / "model.onnx", {"output0": _e2e_rows(score)},
+                       metadata={"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"})
+    (tmp_path / "det" / "model.yaml").write_text(f"version_policy: {policy}\n")
+    server = serve(tmp_path)
+    assert server.client.get("/v2/models/det").json()["versions"] == served
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}]}
+    with triton_grpc.InferenceServerClient(server.grpc_address) as grpc_client:
+        tensor = triton_grpc.InferInput("images", [1, 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+        for version in served:
+            score = scores[int(version)]
+            answer = server.client.post(f"/v2/models/det/versions/{version}/infer", json=body).json()
+            assert answer["model_version"] == version and answer["outputs"][0]["data"][4] == score
+            over_grpc = grpc_client.infer("det", [tensor], model_version=version)
+            assert over_grpc.get_response().model_version == version
+            assert over_grpc.as_numpy("output0")[0, 0, 4] == pytest.approx(score)
+            config = server.client.get(f"/v2/models/det/versions/{version}/config").json()
+            assert config["name"] == "det" and config["output"][0]["name"] == "output0"
+            [stats] = server.client.get(f"/v2/models/det/versions/{version}/stats").json()["model_stats"]
+            assert stats["version"] == version and stats["inference_count"] == 2  # one HTTP, one gRPC
+        missing = next(v for v in ("2", "4") if v not in served)
+        response = server.client.post(f"/v2/models/det/versions/{missing}/infer", json=body)
+        assert response.status_code == 404 and f"has no version {missing}" in response.json()["error"]

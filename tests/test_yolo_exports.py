@@ -111,3 +111,55 @@ def test_classifier_export():
     assert handle.task.kind == "classify" and len(handle.task.names) == 1000
     results = predict(handle, (IMAGES / "coffee.png").read_bytes(), top_k=3)[0].results
     assert len(results) == 3 and results[0]["confidence"] >= results[1]["confidence"]
+
+
+@pytest.mark.parametrize("file, yaml, kind", [
+    ("yolo11n-pose-random-640-dynamic.onnx", "task: pose\nkpt_shape: [17, 3]\n", "pose"),
+    ("yolo11n-obb-random-640-dynamic.onnx", "task: obb\n", "obb"),
+    ("yolo11n-seg-random-640-dynamic.onnx", "task: segment\n", "segment"),
+])
+def test_model_yaml_names_the_task_of_a_model_without_metadata(tmp_path, file, yaml, kind):
+    """Exports from elsewhere carry no Ultralytics metadata: model.yaml's `task` (and `kpt_shape`) say it."""
+    import onnx
+
+    model = onnx.load(str(MODELS / file))
+    del model.metadata_props[:]
+    folder = tmp_path / "bare"
+    (folder / "1").mkdir(parents=True)
+    onnx.save(model, str(folder / "1" / "model.onnx"))
+    (folder / "model.yaml").write_text(yaml)
+    handle = load(tmp_path, "bare")
+    assert handle.task.kind == kind
+    [result, *_] = predict(handle, (IMAGES / "astronaut.png").read_bytes(), conf=0.0001, max_det=3)[0].results
+    assert result["name"].isdigit()  # no names anywhere: numbered classes
+    if kind == "pose":
+        assert len(result["keypoints"]["visible"]) == 17
+    elif kind == "obb":
+        assert "x4" in result["box"]
+    else:
+        assert len(result["segments"]["x"]) == len(result["segments"]["y"])  # random weights: maybe empty
+
+
+def test_a_pose_model_without_kpt_shape_is_a_clear_load_error(tmp_path):
+    import onnx
+
+    model = onnx.load(str(MODELS / "yolo11n-pose-random-640-dynamic.onnx"))
+    del model.metadata_props[:]
+    (tmp_path / "bare" / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "bare" / "1" / "model.onnx"))
+    (tmp_path / "bare" / "model.yaml").write_text("task: pose\n")
+    handle = load(tmp_path, "bare")
+    assert not handle.ready and "needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml" in handle.reason
+
+
+def test_an_end_to_end_obb_head_is_refused_not_misread(tmp_path):
+    import onnx
+
+    model = onnx.load(str(MODELS / "yolo11n-obb-random-640-dynamic.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "end2end":
+            prop.value = "True"
+    (tmp_path / "obb" / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "obb" / "1" / "model.onnx"))
+    handle = load(tmp_path, "obb")
+    assert not handle.ready and "end-to-end oriented-box heads are not supported yet" in handle.reason

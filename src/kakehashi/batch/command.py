@@ -52,7 +52,8 @@ def batch(sources: tuple[str, ...], out: Path, model: str | None, name: str | No
     """Predict every image and video frame in SOURCES (folders, globs, lists of paths, videos).
 
     Results are appended as they complete, so an interrupted job loses nothing: run it again with --resume.
-    Exit status 0 if every input succeeded, 1 if some failed (each has an error line), 130 if interrupted.
+    Exit status 0 if every input succeeded, 1 if some failed (each has an error line; earlier runs' too),
+    130 if interrupted.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s")
     if out.suffix not in FORMATS:
@@ -77,7 +78,7 @@ def batch(sources: tuple[str, ...], out: Path, model: str | None, name: str | No
     except KakehashiError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(summary.line(), err=True)
-    sys.exit(130 if summary.interrupted else 1 if summary.failed else 0)
+    sys.exit(130 if summary.interrupted else 1 if summary.any_failed else 0)
 
 
 def _local(model: Path | None, name: str | None, values: dict, inputs, journal: Journal, progress: Progress,

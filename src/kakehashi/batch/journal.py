@@ -16,20 +16,21 @@ import orjson
 SYNC_SECONDS = 1.0
 
 
-def completed_keys(path: Path) -> set[str]:
-    """Keys of the complete lines in `path`; a torn last line is cut off the file."""
+def completed(path: Path) -> dict[str, bool]:
+    """Key -> "it failed" for each complete line in `path`; a torn last line is cut off the file."""
     if not path.exists():
-        return set()
+        return {}
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
         with path.open("r+b") as handle:
             handle.truncate(end)
-    keys = set()
+    done = {}
     for line in data[:end].splitlines():
         if line.strip():
-            keys.add(orjson.loads(line)["key"])
-    return keys
+            record = orjson.loads(line)
+            done[record["key"]] = "error" in record
+    return done
 
 
 class Journal:
@@ -37,7 +38,7 @@ class Journal:
 
     def __init__(self, path: Path, resume: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.done = completed_keys(path) if resume else set()
+        self.done = completed(path) if resume else {}
         self._file = path.open("ab" if resume else "wb")
         self._synced = time.monotonic()
 

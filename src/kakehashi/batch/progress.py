@@ -33,6 +33,14 @@ class Progress:
             self._logged = time.monotonic()
             log.info("%s", self.line())
 
+    def skip(self) -> None:
+        """An input done by an earlier run: it leaves the total (and the ETA)."""
+        if self.total:
+            self.total -= 1
+            if self._bar is not None:
+                self._bar.total = self.total
+                self._bar.refresh()
+
     @property
     def rate(self) -> float:
         return self.done / max(time.monotonic() - self._started, 1e-9)

@@ -7,6 +7,7 @@ comments, relative to the list's folder), a video file (every frame, or every Nt
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -38,8 +39,13 @@ class Item:
         return fields
 
 
+def _key(path: Path) -> str:
+    """The input's identity across runs: its absolute path (symlinks not followed), however it was typed."""
+    return os.path.abspath(path)
+
+
 def _image(path: Path) -> Item:
-    return Item(str(path), str(path), path.read_bytes)
+    return Item(_key(path), str(path), path.read_bytes)
 
 
 def _listed(path: Path) -> Iterator[Path]:
@@ -76,7 +82,7 @@ def video_frames(path: Path, every: int) -> Iterator[Item]:
         for index, frame in enumerate(container.decode(stream)):
             if index % every == 0:
                 image = frame.to_image()
-                yield Item(f"{path}#frame={index}", str(path), lambda image=image: image, index, float(frame.time or 0.0))
+                yield Item(f"{_key(path)}#frame={index}", str(path), lambda image=image: image, index, float(frame.time or 0.0))
 
 
 def check_sources(sources: list[str]) -> None:
@@ -130,4 +136,4 @@ def items(sources: list[str], every: int = 1) -> Iterator[Item]:
             except InvalidInput:
                 raise
             except Exception as exc:  # PyAV's errors for a missing, corrupt or truncated video
-                yield _failed(f"{path}#error-after={last}", str(path), exc)
+                yield _failed(f"{_key(path)}#error-after={last}", str(path), exc)

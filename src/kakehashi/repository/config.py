@@ -10,7 +10,7 @@ import yaml
 
 from kakehashi.errors import ModelLoadError
 
-TASKS = ("detect", "classify", "tensor")
+TASKS = ("detect", "segment", "pose", "obb", "classify", "tensor")
 HEADS = ("ultralytics", "end2end", "yolov5", "yolox", "tf-od")
 
 
@@ -86,6 +86,7 @@ class ModelConfig:
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
     precision: str = "f32"  # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
     providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
+    kpt_shape: tuple[int, int] | None = None  # pose: keypoints per object and values per keypoint (2 or 3)
 
 
 class _Invalid(ValueError):
@@ -225,6 +226,13 @@ def _providers(value: Any) -> tuple[str, ...]:
         raise _Invalid(str(exc)) from None
 
 
+def _kpt_shape(value: Any) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value) and value[0] > 0 and value[1] in (2, 3)):
+        raise _Invalid("[keypoints, 2 or 3] (e.g. [17, 3])")
+    return int(value[0]), int(value[1])
+
+
 def _read_names_file(path: Path, relative: str) -> tuple[str, ...]:
     names_file = path.parent / relative
     if not names_file.is_file():
@@ -247,6 +255,7 @@ _TOP: Schema = {
     "performance_hint": _choice("latency", "throughput"),
     "precision": _choice("f32", "bf16"),
     "providers": _providers,
+    "kpt_shape": _kpt_shape,
 }
 
 

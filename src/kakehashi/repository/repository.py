@@ -212,8 +212,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """True when every model has at least one ready version."""
-        return all(any(h.ready for h in e.handles.values()) for e in self.entries.values())
+        """True when every model has at least one ready version; a model unloaded on purpose (through the API,
+        or removed from disk) does not count, as in Triton, so an unload never takes the server out of service."""
+        return all(any(h.ready for h in e.handles.values()) for e in self.entries.values() if e.error != "unloaded")
 
     def _entry(self, name: str) -> ModelEntry:
         entry = self.entries.get(checked_name(name))
@@ -247,7 +248,8 @@ class ModelRepository:
         return list(self._entry(name).handles.values())
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        """Every model and version (or only the ready ones) with its state and, if not ready, the reason."""
+        """Every model and version (or only the ready ones) with its state and, if not ready, the reason; a
+        reload that failed while older versions keep serving is the reason on their rows."""
         rows = []
         for entry in self.entries.values():
             if not entry.handles:
@@ -255,5 +257,5 @@ class ModelRepository:
                 rows.append({"name": entry.name, "state": state, "reason": entry.error})
             for version, handle in sorted(entry.handles.items()):
                 rows.append({"name": entry.name, "version": str(version), "state": handle.state.value,
-                             "reason": handle.reason})
+                             "reason": handle.reason or entry.error})
         return [row for row in rows if row["state"] == "READY"] if ready_only else rows

@@ -127,6 +127,9 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
         return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
     probe = functools.cache(lambda: _probe(backend, image_input))  # runs the model at most once
     if task == "obb":
+        if meta.get("end2end") is True or config.head == "end2end":
+            raise ModelLoadError(f"{path}: end-to-end oriented-box heads are not supported yet; export with "
+                                 f"end2end=False (the raw head [N, 4 + classes + 1, anchors], rotated NMS here)")
         if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
             raise ModelLoadError(f"{path}: task 'obb' needs one output [N, 4 + classes + 1, anchors]")
         output = backend.outputs[0].name
@@ -135,7 +138,7 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "segment" and protos is None:
         raise ModelLoadError(f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
                              f"are {[s.to_json() for s in backend.outputs]}")
-    extra = _extra_columns(task, meta, protos, probe, path)
+    extra = _extra_columns(task, config, meta, protos, probe, path)
     dims = functools.cache(lambda: _output_dims(backend, probe))
     head = _resolve_head(backend, config, meta, tf_od, image_input, dims, extra, protos, path)
     if not names:
@@ -143,25 +146,28 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "segment":
         return SegmentTask(image_input, head, names, protos)
     if task == "pose":
-        return PoseTask(image_input, head, names, _kpt_shape(meta, path))
+        return PoseTask(image_input, head, names, _kpt_shape(config, meta, path))
     return DetectTask(image_input, head, names)
 
 
-def _kpt_shape(meta: dict, path: Path) -> tuple[int, int]:
+def _kpt_shape(config: ModelConfig, meta: dict, path: Path) -> tuple[int, int]:
+    if config.kpt_shape:
+        return config.kpt_shape
     shape = meta.get("kpt_shape")
     if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] in (2, 3)
             and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise ModelLoadError(f"{path}: task 'pose' needs the metadata 'kpt_shape' [keypoints, 2 or 3]; "
-                             f"got {shape!r}")
+        raise ModelLoadError(f"{path}: task 'pose' needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the "
+                             f"model's metadata; got {shape!r}")
     return int(shape[0]), int(shape[1])
 
 
-def _extra_columns(task: str, meta: dict, protos: str | None, probe: Callable, path: Path) -> int:
+def _extra_columns(task: str, config: ModelConfig, meta: dict, protos: str | None, probe: Callable,
+                   path: Path) -> int:
     """How many columns after the class scores each detection has: mask coefficients or keypoint values."""
     if task == "segment":
         return int(probe()[protos].shape[1])
     if task == "pose":
-        count, dims = _kpt_shape(meta, path)
+        count, dims = _kpt_shape(config, meta, path)
         return count * dims
     return 0
 

@@ -78,17 +78,23 @@ async function predictOne(file, card) {
   const title = document.createElement("h3");
   title.textContent = file.name;
   card.append(title);
-  const response = await api(predictPath(), {
-    method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
-  });
-  if (!response.ok) {
+  const fail = (text) => {
     const error = document.createElement("p");
     error.className = "error";
     error.setAttribute("role", "alert");
-    error.textContent = `Could not predict ${file.name}: ${await errorText(response)}`;
+    error.textContent = `Could not predict ${file.name}: ${text}`;
     card.append(error);
+  };
+  let response;
+  try {
+    response = await api(predictPath(), {
+      method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
+    });
+  } catch (_) { // the connection itself failed: e.g. the server refused a large upload and closed it
+    fail("the server closed the connection before answering (is the file larger than it accepts?).");
     return;
   }
+  if (!response.ok) { fail(await errorText(response)); return; }
   const image = (await response.json()).images[0];
   card.append(figure(file, image), detectionTable(image.results), timing(image.speed));
 }

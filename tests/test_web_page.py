@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import IMAGES
@@ -149,4 +150,47 @@ def test_masks_and_keypoints_are_drawn(browser, task_server, tmp_path, artifacts
     # keypoints with visibility > 0.5: one of each detection (0.8 and 0.9)
     page.wait_for_function("() => document.querySelectorAll('svg circle.keypoint').length === 2", timeout=15000)
     page.screenshot(path=str(artifacts / "web-page-pose.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def versions_server(serve_module, tmp_path_factory):
+    """Two versions of a raw-head detector whose two boxes overlap with IoU 0.6; bodies over 300 kB refused."""
+    from onnx_builders import constant_model
+
+    root = tmp_path_factory.mktemp("versions")
+    for version, scores in ((1, (0.9, 0.8)), (2, (0.6, 0.5))):
+        rows = np.zeros((1, 6, 2), np.float32)  # [cx, cy, w, h, score class 0, score class 1] x 2 anchors
+        rows[0, :, 0] = (100, 100, 100, 100, scores[0], 0)
+        rows[0, :, 1] = (125, 100, 100, 100, scores[1], 0)  # 75 px of 100 overlap: IoU 0.6
+        constant_model(root / "det" / str(version) / "model.onnx", {"output0": rows},
+                       metadata={"names": "{0: 'widget', 1: 'gadget'}", "task": "detect", "end2end": "False",
+                                 "stride": "32", "imgsz": "[640, 640]"})
+    (root / "det" / "model.yaml").write_text("version_policy: {all: true}\n")
+    return serve_module(root, "--max-body-bytes", "300000")
+
+
+def test_versions_several_images_iou_and_a_file_too_large(browser, versions_server, tmp_path, artifacts):
+    from conftest import image_bytes
+
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(image_bytes(640, 640))
+    second.write_bytes(image_bytes(640, 640, color=(10, 200, 10)))
+    page = _page(browser, versions_server, [])
+    page.wait_for_selector("#version option[value='1']", state="attached")
+    page.set_input_files("#files", [str(first), str(second)])
+    page.wait_for_function("() => document.querySelectorAll('.card .box').length === 4")  # two images, two boxes
+    assert page.locator(".card h3").all_inner_texts() == ["first.png", "second.png"]
+    assert page.locator(".card").first.locator(".box").first.inner_text().startswith("widget 0.6")  # newest: v2
+
+    page.select_option("#version", "1")
+    page.wait_for_function("() => [...document.querySelectorAll('.card .box')].some(b => b.textContent.includes('0.90'))")
+    page.fill("#iou", "0.5")  # below the boxes' overlap: NMS keeps one of the two
+    page.dispatch_event("#iou", "input")
+    page.wait_for_function("() => document.querySelectorAll('.card .box').length === 2")
+    page.screenshot(path=str(artifacts / "web-page-versions.png"), full_page=True)
+
+    page.set_input_files("#files", str(IMAGES / "astronaut.png"))  # 790 kB: over this server's limit
+    error = page.wait_for_selector(".card .error")
+    assert "too large" in error.inner_text() or "larger than it accepts" in error.inner_text(), error.inner_text()
     page.close()

@@ -111,3 +111,12 @@ def lookup_model(path: Path, table: np.ndarray) -> Path:
         [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
         initializer=[numpy_helper.from_array(table.astype(np.float32), "table")])
     return _save(graph, path, None)
+
+
+def half_precision(source: Path, target: Path, keep_io_types: bool = False) -> Path:
+    """An FP16 copy of the FP32 model at `source` (inputs and outputs FP16 too unless `keep_io_types`)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=keep_io_types), str(target))
+    return target

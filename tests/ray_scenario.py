@@ -17,15 +17,28 @@ ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_
 serve.start(http_options={"host": "127.0.0.1", "port": port})
 serve.run(build({"replicas": "2", "cpus": "1"}), name="kakehashi", route_prefix="/")
 url = f"http://127.0.0.1:{port}/v1/models/ssdlite-person/predict"
+infer_url = f"http://127.0.0.1:{port}/v2/models/ssdlite-person/infer"
+
+
+INFER = {"inputs": [{"name": "image_tensor:0", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}]}
+asked = 0
 
 
 def ask() -> tuple[int, str, bool]:
+    """One request through Ray's proxy, alternately `/v1` predict (is the astronaut found?) and OIP v2 infer
+    (are the model's four outputs there?)."""
+    global asked
+    asked += 1
     try:
-        response = httpx.post(url, content=image, headers={"content-type": "image/png"}, timeout=30)
+        if asked % 2:
+            response = httpx.post(url, content=image, headers={"content-type": "image/png"}, timeout=30)
+            right = response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
+        else:
+            response = httpx.post(infer_url, json=INFER, timeout=30)
+            right = response.status_code == 200 and len(response.json()["outputs"]) == 4
     except httpx.TransportError as exc:
         return 0, type(exc).__name__, False
-    person = response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
-    return response.status_code, response.headers.get("x-kakehashi-replica", ""), person
+    return response.status_code, response.headers.get("x-kakehashi-replica", ""), right
 
 
 seen, before = set(), []

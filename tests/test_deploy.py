@@ -102,6 +102,41 @@ def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
     assert runtime["spec"]["containers"][0]["args"][:1] == ["/mnt/models"]
 
 
+@pytest.mark.parametrize("layout", ["file", "folder"])
+def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_name(tmp_path, layout):
+    """What KServe runs: the image's entrypoint + the ServingRuntime's args, {{.Name}} filled in from the
+    InferenceService, over /mnt/models as the storage initializer leaves it (ports moved to free local ones)."""
+    from conftest import YOLO26
+
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
+    service = yaml.safe_load((ROOT / "deploy" / "kserve" / "inference-service.yaml").read_text())
+    name = service["metadata"]["name"]
+    mnt = tmp_path / "mnt" / "models"
+    target = mnt / "model.onnx" if layout == "file" else mnt / "1" / "model.onnx"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(YOLO26.resolve())
+    port = free_port()
+    args = [arg.replace("{{.Name}}", name) for arg in runtime["spec"]["containers"][0]["args"]]
+    args = [str(mnt) if arg == "/mnt/models" else str(port) if arg == "8080" else arg for arg in args]
+    entrypoint = json.loads(_instruction("ENTRYPOINT")[0])
+    env = {**os.environ, "KAKEHASHI_HOST": "127.0.0.1"}
+    server = subprocess.Popen([str(BIN / entrypoint[0]), *entrypoint[1:], *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while status != 200:
+            assert time.monotonic() < deadline and server.poll() is None
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/v2/models/{name}/ready").status_code
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert [m["name"] for m in httpx.post(f"http://127.0.0.1:{port}/v2/repository/index").json()] == [name]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 @pytest.mark.timeout(1500)  # may build the KServe SDK's virtualenv first
 def test_the_kserve_validator_rejects_what_is_wrong(tmp_path, artifacts):
     from conftest import virtualenv

@@ -66,3 +66,31 @@ def test_held_out_images_default_to_every_fourth_and_metadata_is_kept(tmp_path):
 def test_quantize_needs_an_image_model_and_images(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no images" in run("quantize", str(YOLO11), "--calibration", str(tmp_path / "empty")).stderr
+
+
+def test_a_classifier_is_compared_by_its_top_class(tmp_path):
+    from conftest import MODELS
+
+    model = tmp_path / "cls.onnx"
+    shutil.copy(MODELS / "yolo11n-cls-random-224-dynamic.onnx", model)
+    result = run("quantize", str(model), "--calibration", str(_calibration(tmp_path / "cal")))
+    assert result.returncode == 0, result.stderr
+    agreed = re.search(r"held-out images: INT8 gives FP32's top-1 class on (\d+)/2 ", result.stdout)
+    assert agreed, result.stdout
+
+
+def test_agreement_matching():
+    from kakehashi.quantize import compare
+
+    def box(cls, x1, y1, x2, y2, confidence=0.9):
+        return {"class": cls, "confidence": confidence, "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
+
+    rotated = {"class": 0, "confidence": 0.8, "box": {"x1": 10, "y1": 0, "x2": 20, "y2": 10, "x3": 10, "y3": 20,
+                                                      "x4": 0, "y4": 10}}
+    reference = [[box(0, 0, 0, 10, 10), box(1, 50, 50, 60, 60)], [rotated]]
+    candidate = [[box(0, 1, 1, 10, 10, 0.85), box(0, 50, 50, 60, 60)], [dict(rotated, confidence=0.7)]]
+    matched, total, extra, deltas = compare(reference, candidate)
+    assert (matched, total, extra) == (2, 3, 1)  # the second box changed class: not matched, and one extra
+    assert [round(d, 6) for d in deltas] == [-0.05, -0.1]
+    top = [[{"class": 3, "confidence": 0.6}, {"class": 1, "confidence": 0.2}], [{"class": 2, "confidence": 0.5}]]
+    assert compare(top, [[{"class": 3, "confidence": 0.55}], [{"class": 4, "confidence": 0.5}]])[:3] == (1, 2, 0)

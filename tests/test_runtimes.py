@@ -96,3 +96,54 @@ def test_serve_providers_flag_falls_back_and_says_so(serve):
     assert runtime == "onnxruntime CPUExecutionProvider"
     assert "CUDAExecutionProvider are not available" in server.log() and "falling back to CPUExecutionProvider" in \
         server.log()
+
+
+@pytest.mark.parametrize("export", ["yolo11n-coco-random-640-dynamic", "yolo11n-seg-random-640-dynamic",
+                                    "yolo11n-pose-random-640-dynamic"])
+def test_openvino_raw_outputs_match_onnx_runtime_on_yolo_exports(tmp_path, export):
+    """On the same pre-processed photo (0-1 floats, as served), OpenVINO's raw head outputs match ONNX Runtime's:
+    box channels within 1 px, scores and mask/keypoint channels within 1e-3 of their scale. (Decoded detections
+    are not compared: the random weights give every anchor the same score, so which of the tied boxes wins is
+    arbitrary in both runtimes; the real person detector is compared end to end above.)"""
+    import numpy as np
+
+    from conftest import MODELS
+    from kakehashi.tasks.image_task import prepare_image
+    from kakehashi.tasks.params import PredictParams
+
+    outputs = {}
+    for backend in ("onnxruntime", "openvino"):
+        (tmp_path / backend / "m" / "1").mkdir(parents=True)
+        shutil.copy(MODELS / f"{export}.onnx", tmp_path / backend / "m" / "1" / "model.onnx")
+        (tmp_path / backend / "m" / "model.yaml").write_text(f"backend: {backend}\n")
+        handle = load(tmp_path / backend, "m")
+        assert handle.backend.platform.startswith(backend)
+        spec = handle.task.input
+        tensor = prepare_image((IMAGES / "astronaut.png").read_bytes(), spec, PredictParams(), 10**8).tensor
+        outputs[backend] = handle.backend.run({spec.name: tensor[None]})
+    for name, ours in outputs["onnxruntime"].items():
+        theirs = outputs["openvino"][name]
+        assert ours.shape == theirs.shape
+        if ours.ndim == 3:  # the head [1, 4 + classes + extra, anchors]: boxes in input pixels first
+            assert np.abs(ours[:, :4] - theirs[:, :4]).max() <= 1.0
+            rest = np.abs(ours[:, 4:] - theirs[:, 4:]).max()
+            assert rest <= 1e-3 * max(1.0, np.abs(ours[:, 4:]).max())
+        else:  # mask prototypes
+            assert np.abs(ours - theirs).max() <= 1e-3 * max(1.0, np.abs(ours).max())
+
+
+def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
+    import socket
+
+    folder = _copy(tmp_path, "\ninstances: 2\nbackend: openvino\nbatching: {max_batch_size: 8}\n")
+    server = serve(folder.parent, "--edge")
+    config = server.client.get(f"/v2/models/{folder.name}/config").json()
+    assert config["max_batch_size"] == 0 and "dynamic_batching" not in config  # no batching, no waiting
+    assert config["instance_group"][0]["count"] == 1
+    assert config["parameters"]["runtime"]["string_value"] == "onnxruntime CPUExecutionProvider"
+    response = server.client.post(f"/v1/models/{folder.name}/predict", content=(IMAGES / "astronaut.png").read_bytes(),
+                                  headers={"content-type": "image/png"})
+    assert response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
+    grpc_port = int(server.grpc_address.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):  # no gRPC server on a small device
+        socket.create_connection(("127.0.0.1", grpc_port), timeout=5).close()

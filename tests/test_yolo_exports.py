@@ -163,3 +163,31 @@ def test_an_end_to_end_obb_head_is_refused_not_misread(tmp_path):
     onnx.save(model, str(tmp_path / "obb" / "1" / "model.onnx"))
     handle = load(tmp_path, "obb")
     assert not handle.ready and "end-to-end oriented-box heads are not supported yet" in handle.reason
+
+
+@pytest.mark.parametrize("keep_io_types", [False, True], ids=["fp16-inputs", "fp32-inputs"])
+def test_half_precision_models_serve_like_their_fp32_original(tmp_path, keep_io_types):
+    """FP16 graphs (as `kakehashi export --half` or onnxconverter make them) serve through the same path: the
+    input is fed in its type, FP16 outputs are decoded in FP32 (box areas overflow FP16), raw outputs agree."""
+    import warnings
+
+    from kakehashi.tasks.image_task import prepare_image
+    from kakehashi.tasks.params import PredictParams
+    from onnx_builders import half_precision
+
+    half_precision(YOLO11, tmp_path / "half" / "1" / "model.onnx", keep_io_types)
+    (tmp_path / "half" / "model.yaml").write_text("backend: onnxruntime\n")
+    half, full = load(tmp_path, "half"), load(YOLO11)
+    assert half.backend.inputs[0].datatype == ("FP32" if keep_io_types else "FP16")
+    data = (IMAGES / "astronaut.png").read_bytes()
+    raw = {}
+    for handle in (half, full):
+        tensor = prepare_image(data, handle.task.input, PredictParams(), 10**8).tensor[None]
+        assert tensor.dtype == (np.float16 if handle.backend.inputs[0].datatype == "FP16" else np.float32)
+        raw[handle] = handle.backend.run({"images": tensor})["output0"].astype(np.float32)
+    assert np.abs(raw[half][:, :4] - raw[full][:, :4]).max() <= 1.0  # box channels, input pixels
+    assert np.abs(raw[half][:, 4:] - raw[full][:, 4:]).max() <= 1e-3  # class scores
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow anywhere in decoding
+        results = predict(half, data, conf=0.0001, max_det=5)[0].results
+    assert len(results) == 5 and all(np.isfinite(list(r["box"].values())).all() for r in results)

@@ -41,6 +41,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @main.command()
 @click.argument("model", required=False, type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL")
+@_option("--model-name", None, "Serve the single model at MODEL under this name (e.g. KServe's {{.Name}}), whatever "
+         "its file or folder is called.")
 @_option("--host", Settings.host, "Address to bind.")
 @_option("--port", Settings.port, "HTTP port.")
 @_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
@@ -67,8 +69,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
          "pre/post-processing thread, no gRPC (fewer imports, less memory).")
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
-def serve(model: Path | None, threads: int, backend: str, providers: str, poll_repository: float, edge: bool,
-          log_level: str,
+def serve(model: Path | None, model_name: str | None, threads: int, backend: str, providers: str,
+          poll_repository: float, edge: bool, log_level: str,
           access_log: bool,
           max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
@@ -90,7 +92,7 @@ def serve(model: Path | None, threads: int, backend: str, providers: str, poll_r
     settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
                         limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file)
-    repository, compute = load_repository(model, threads, limits, defaults)
+    repository, compute = load_repository(model, threads, limits, defaults, model_name)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
     finally:
@@ -242,7 +244,8 @@ def quantize(model: Path, calibration: Path, held_out: Path | None, out: Path | 
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: beside CHECKPOINT, .onnx.")
 @click.option("--imgsz", default=640, show_default=True, help="Input size the model is exported for.")
-@click.option("--half", is_flag=True, help="FP16 weights (served as FP16 inputs).")
+@click.option("--half", is_flag=True, help="FP16 weights (Ultralytics keeps FP32 inputs and outputs on CPU; either way it "
+              "is served, FP16 outputs decoded in FP32).")
 def export(checkpoint: Path, out: Path | None, imgsz: int, half: bool) -> None:
     """Convert an Ultralytics checkpoint (.pt) to ONNX with a dynamic batch and its metadata, ready to serve
     (needs the `export` extra: ultralytics and PyTorch; AGPL-3.0, never used when serving)."""

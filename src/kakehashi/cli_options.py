@@ -33,12 +33,13 @@ def prediction_values(options: dict) -> dict[str, list[str]]:
     return {name: [str(options[name])] for name in PREDICTION_OPTIONS if options.get(name) is not None}
 
 
-def load_repository(model: Path | None, threads: int, limits: Limits,
-                    defaults: ServerDefaults = ServerDefaults()) -> tuple[ModelRepository, ThreadPoolExecutor]:
-    """The repository at `model` (default: the bundled one) with its compute pool; errors as click errors."""
+def load_repository(model: Path | None, threads: int, limits: Limits, defaults: ServerDefaults = ServerDefaults(),
+                    name: str | None = None) -> tuple[ModelRepository, ThreadPoolExecutor]:
+    """The repository at `model` (default: the bundled one) with its compute pool, its single model served as
+    `name` if given; errors as click errors."""
     compute = ThreadPoolExecutor(threads, thread_name_prefix="compute")
     try:
-        return ModelRepository(model or default_model_path(), compute, limits, defaults), compute
+        return ModelRepository(model or default_model_path(), compute, limits, defaults, name), compute
     except KakehashiError as exc:
         compute.shutdown()
         raise click.ClickException(exc.message) from None

@@ -2,7 +2,8 @@
 calibrated on the user's images, and a report of what it costs and gains on held-out images.
 
 Needs the `quantize` extra (`onnx`). Detection agreement: each FP32 box is matched to an INT8 box of the same
-class at IoU ≥ 0.5 (greedy, by confidence); the report gives the share matched and the confidence deltas.
+class at IoU ≥ 0.5 (greedy, by confidence; rotated boxes by their upright bounds); the report gives the share
+matched and the confidence deltas. For a classifier, agreement is the share of images with the same top-1 class.
 """
 
 from __future__ import annotations
@@ -38,12 +39,18 @@ class Report:
     boxes: int
     extra: int
     confidence_deltas: list[float]
+    classify: bool = False
 
     def lines(self) -> list[str]:
         deltas = np.abs(self.confidence_deltas) if self.confidence_deltas else np.zeros(1)
         share = self.matched / self.boxes if self.boxes else 1.0
-        return [f"inference (batch 1, best of 10): FP32 {self.fp32_ms:.1f} ms, INT8 {self.int8_ms:.1f} ms "
-                f"({self.fp32_ms / self.int8_ms:.2f}x)",
+        speed = (f"inference (batch 1, best of 10): FP32 {self.fp32_ms:.1f} ms, INT8 {self.int8_ms:.1f} ms "
+                 f"({self.fp32_ms / self.int8_ms:.2f}x)")
+        if self.classify:
+            return [speed, f"held-out images: INT8 gives FP32's top-1 class on {self.matched}/{self.boxes} "
+                           f"({share:.1%})",
+                    f"top-1 confidence deltas where they agree: mean {deltas.mean():.4f}, max {deltas.max():.4f}"]
+        return [speed,
                 f"held-out detections: {self.matched}/{self.boxes} FP32 boxes found by INT8 at IoU >= 0.5 with the "
                 f"same class ({share:.1%}); {self.extra} INT8 boxes without an FP32 match",
                 f"confidence deltas of matched boxes: mean {deltas.mean():.4f}, max {deltas.max():.4f}"]
@@ -63,7 +70,7 @@ def quantize(model: Path, config: ModelConfig, calibration: list[Path], out: Pat
     backend = OnnxRuntimeBackend(model)
     task = resolve_task(backend, config, model)
     if task is None:
-        raise InvalidInput(f"{model}: quantize needs an image model (detect or classify)")
+        raise InvalidInput(f"{model}: quantize needs an image model (detect, segment, pose, obb or classify)")
     tensors = [prepare_image(p.read_bytes(), task.input, PredictParams(), Limits().max_pixels).tensor[None]
                for p in calibration]
 
@@ -94,7 +101,16 @@ def _copy_metadata(source: Path, target: Path) -> None:
     onnx.save(quantized, str(target))
 
 
+def _upright(box: dict) -> dict:
+    """A box's upright bounds (a rotated box's four corners give theirs)."""
+    if "x3" not in box:
+        return box
+    xs, ys = [box[f"x{i}"] for i in range(1, 5)], [box[f"y{i}"] for i in range(1, 5)]
+    return {"x1": min(xs), "y1": min(ys), "x2": max(xs), "y2": max(ys)}
+
+
 def _iou(a: dict, b: dict) -> float:
+    a, b = _upright(a), _upright(b)
     x1, y1 = max(a["x1"], b["x1"]), max(a["y1"], b["y1"])
     x2, y2 = min(a["x2"], b["x2"]), min(a["y2"], b["y2"])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
@@ -103,10 +119,17 @@ def _iou(a: dict, b: dict) -> float:
 
 
 def compare(reference: list[list[dict]], candidate: list[list[dict]]) -> tuple[int, int, int, list[float]]:
-    """(matched, reference boxes, unmatched candidate boxes, confidence deltas of the matched)."""
+    """(matched, reference boxes, unmatched candidate boxes, confidence deltas of the matched); for classifier
+    results (no boxes): (images with the same top-1 class, images, 0, their top-1 confidence deltas)."""
     matched = total = extra = 0
     deltas: list[float] = []
     for ours, theirs in zip(reference, candidate):
+        if ours and "box" not in ours[0]:  # a classifier's top-k, best first
+            total += 1
+            if theirs and theirs[0]["class"] == ours[0]["class"]:
+                matched += 1
+                deltas.append(theirs[0]["confidence"] - ours[0]["confidence"])
+            continue
         free = list(theirs)
         for box in sorted(ours, key=lambda r: -r["confidence"]):
             total += 1
@@ -159,7 +182,8 @@ def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Pa
             asyncio.run(handle.close())
             pool.shutdown()
     matched, total, extra, deltas = compare(*answers)
-    return Report(speed[0], speed[1], matched, total, extra, deltas)
+    classify = any(results and "box" not in results[0] for results in answers[0])
+    return Report(speed[0], speed[1], matched, total, extra, deltas, classify)
 
 
 def model_config_for(model: Path) -> tuple[ModelConfig, Path | None]:

@@ -305,12 +305,18 @@ class ModelHandle:
             raise
         self._preprocess_seconds.observe(pre)
         result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
-        outputs = {name: value[0] for name, value in result.outputs.items()}
+        outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
         found, post = await loop.run_in_executor(self._compute, _timed, task.postprocess, outputs, prepared, params)
         self._postprocess_seconds.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
                  "postprocess": _ms(post)}
         return ImagePrediction(prepared.original_shape, found, speed)
+
+
+def _decodable(output: np.ndarray) -> np.ndarray:
+    """An output as the tasks decode it: FP16 (a half-precision model's) widened to FP32, whose range holds box
+    areas and whose precision holds IoUs."""
+    return output.astype(np.float32) if output.dtype == np.float16 else output
 
 
 def _fastest_batch_size(backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 2) -> int:

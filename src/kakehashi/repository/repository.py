@@ -100,14 +100,27 @@ class ModelRepository:
     """The served models by name and version; loading is blocking and done off the event loop."""
 
     def __init__(self, path: Path, compute: Executor, limits: Limits,
-                 defaults: ServerDefaults = ServerDefaults()) -> None:
+                 defaults: ServerDefaults = ServerDefaults(), name: str | None = None) -> None:
+        """`name` serves the single model at `path` under that name (e.g. KServe's InferenceService name,
+        whatever the folder is called)."""
         self.path = path
         self.compute = compute
         self._limits = limits
         self._defaults = defaults
-        self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in discover(path)}
+        self._name = checked_name(name) if name else None
+        self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in self._discover()}
         self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
         self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
+
+    def _discover(self) -> list[ModelEntry]:
+        entries = discover(self.path)
+        if self._name is None:
+            return entries
+        if len(entries) != 1:
+            raise ModelLoadError(f"{self.path} holds {len(entries)} models ({', '.join(e.name for e in entries)}); "
+                                 f"a model name ('{self._name}') can only be given to a single model")
+        entries[0].name = self._name
+        return entries
 
     def load_all(self) -> None:
         """Load every model's selected versions; failures are recorded, never raised."""
@@ -147,7 +160,7 @@ class ModelRepository:
             await self._reload(name)
 
     async def _reload(self, name: str) -> None:
-        fresh = {entry.name: entry for entry in discover(self.path)}.get(name)
+        fresh = {entry.name: entry for entry in self._discover()}.get(name)
         if fresh is None:
             raise NotFound(f"no model '{name}' in the repository {self.path}")
         self._on_disk[name] = fingerprint(fresh)
@@ -181,7 +194,7 @@ class ModelRepository:
 
         A failing load is logged and shown in the index; it is retried only after the files change again.
         """
-        on_disk = {entry.name: fingerprint(entry) for entry in await asyncio.to_thread(discover, self.path)}
+        on_disk = {entry.name: fingerprint(entry) for entry in await asyncio.to_thread(self._discover)}
         for name, current in on_disk.items():
             if self._on_disk.get(name) != current:
                 log.info("model %s changed on disk: loading", name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGES, YOLO11, YOLO26, virtualenv
+from onnx_builders import half_precision
 
 # the first test also builds the tool's virtualenv (pip, minutes on a cold cache): a longer hang guard
 pytestmark = pytest.mark.timeout(1500)
@@ -37,6 +38,7 @@ def server(serve_module, tmp_path_factory):
     for name, path in [("yolo26", YOLO26), ("yolo11", YOLO11)]:
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(path.resolve())
+    half_precision(YOLO11, root / "yolo11-fp16" / "1" / "model.onnx")  # config says TYPE_FP16: Ultralytics sends FP16
     return serve_module(root)
 
 
@@ -44,7 +46,7 @@ def _detections(boxes, classes, confidences) -> list[tuple]:
     return sorted((c, tuple(round(v) for v in box), round(s, 4)) for box, c, s in zip(boxes, classes, confidences))
 
 
-@pytest.mark.parametrize("model", ["yolo26", "yolo11"])
+@pytest.mark.parametrize("model", ["yolo26", "yolo11", "yolo11-fp16"])
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
 def test_ultralytics_remote_model_finds_what_kakehashi_finds(ultralytics_python, server, tmp_path, model, scheme):
     address = server.url.removeprefix("http://") if scheme == "http" else server.grpc_address
@@ -60,6 +62,8 @@ def test_ultralytics_remote_model_finds_what_kakehashi_finds(ultralytics_python,
     assert theirs["names"]["0"] == "person" and len(theirs["boxes"]) == len(ours) > 0
     assert _detections(theirs["boxes"], theirs["class"], theirs["confidence"]) == _detections(
         [list(r["box"].values()) for r in ours], [r["class"] for r in ours], [r["confidence"] for r in ours])
+    datatype = server.client.get(f"/v2/models/{model}/config").json()["input"][0]["data_type"]
+    assert datatype == ("TYPE_FP16" if model.endswith("fp16") else "TYPE_FP32")  # and FP16 is what must be sent
     requests = server.client.get("/metrics").text
     assert f'kakehashi_requests_total{{model="{model}",outcome="success",protocol="{scheme}",version="1"}}' in requests
 

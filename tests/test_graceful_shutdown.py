@@ -100,3 +100,40 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
     assert len(answered) + len(grpc_answered) >= accepted  # every request in flight at the signal was answered
     log = server.log()
     assert "draining" in log and "Traceback" not in log
+
+
+def test_when_the_grace_period_runs_out_the_rest_is_cancelled_and_the_process_exits(serve, tmp_path):
+    (tmp_path / "yolo" / "1").mkdir(parents=True)
+    (tmp_path / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
+    (tmp_path / "yolo" / "model.yaml").write_text("batching: {max_batch_size: 1}\n")
+    server = serve(tmp_path, "--grace-seconds", "1")
+    requests = 30  # ~0.1-0.2 s each at 1280 px, one at a time: several seconds of work, far past the grace
+
+    async def calls() -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=requests)) as client:
+            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
+                                                      headers={"content-type": "image/png"})
+                                          for _ in range(requests)), return_exceptions=True)
+
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.extend(asyncio.run(calls())))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while _in_flight(server) < 10:
+        assert time.monotonic() < deadline, "requests never got in flight"
+        time.sleep(0.01)
+    server.client.close()
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    status = server.process.wait(30)
+    took = time.monotonic() - signalled
+    thread.join(60)
+    answered = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
+    refused = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 503]
+    assert len(answered) + len(refused) == requests, [a for a in answers if a not in answered + refused]
+    assert answered and refused  # some finished within the grace; each of the rest got a 503, not a cut connection
+    assert all("grace period ran out" in a.json()["error"] for a in refused)
+    assert took < 10, took  # the grace (1 s) plus the batch running at that moment, not the whole queue
+    assert all(a.json()["images"][0]["shape"] == [512, 512] for a in answered)  # what was answered is whole
+    assert status == 0 and "Traceback" not in server.log()

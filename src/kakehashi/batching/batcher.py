@@ -226,6 +226,14 @@ class DynamicBatcher:
             else:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
 
+    def abandon(self, error: Exception) -> int:
+        """Answer every request still waiting in the queue with `error` (running batches go on); how many."""
+        waiting = [pending for pending in self._queue if not pending.future.done()]
+        for pending in waiting:
+            pending.future.set_exception(error)
+        self._queue.clear()
+        return len(waiting)
+
     async def close(self) -> None:
         """Answer what is queued and running (up to `DRAIN_SECONDS`), then stop the workers."""
         if self._dispatcher is not None and self._loop is asyncio.get_running_loop():

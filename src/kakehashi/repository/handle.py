@@ -156,6 +156,11 @@ class ModelHandle:
         finally:
             self._admitted -= count
 
+    def abandon_queued(self, reason: str) -> int:
+        """Answer the requests still queued for this version 503 with `reason` (at shutdown, when the grace period
+        runs out); those running finish. How many were answered."""
+        return self._batcher.abandon(Unavailable(reason)) if self._batcher is not None else 0
+
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
         deadline = time.perf_counter() + grace_seconds

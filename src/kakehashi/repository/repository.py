@@ -217,6 +217,10 @@ class ModelRepository:
             except KakehashiError as exc:
                 log.error("repository poll: %s", exc.message)
 
+    def abandon_queued(self, reason: str) -> int:
+        """Answer every request still queued, in every model, 503 with `reason`; how many."""
+        return sum(handle.abandon_queued(reason) for handle in self.versions_of())
+
     async def close_all(self) -> None:
         """Stop every loaded version (running batches finish first)."""
         for entry in self.entries.values():

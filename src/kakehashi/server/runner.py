@@ -3,8 +3,9 @@
 On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, gRPC stops taking calls
 (UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered.
 The HTTP port keeps accepting connections for `ACCEPT_LINGER_SECONDS` (answering 503), so connections that
-were already queued in the kernel or under way are answered rather than reset; then it closes. After
-`grace_seconds` whatever is left is cancelled and the process exits (status 0 after a clean drain).
+were already queued in the kernel or under way are answered rather than reset; then it closes. When
+`grace_seconds` run out, requests still queued are answered 503 (running batches finish); uvicorn cuts whatever
+still hangs `BACKSTOP_SECONDS` later, and the process exits (status 0).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kakehashi.server.state import ServerState
 
 log = logging.getLogger(__name__)
 ACCEPT_LINGER_SECONDS = 1.0
+BACKSTOP_SECONDS = 5
 
 
 class DrainingServer(uvicorn.Server):
@@ -40,7 +42,7 @@ class DrainingServer(uvicorn.Server):
             self.state.draining = True
             loop = self.state.loop
             if loop is not None:
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.state.stop_grpc()))
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.state.drain()))
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -59,7 +61,8 @@ def run(state: ServerState, log_level: str, access_log: bool) -> None:
     config = uvicorn.Config(
         create_app(state), host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
         http=limited_protocol(settings.max_header_bytes),
-        timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
+        # a backstop: the drain answers what is still queued when the grace runs out; this cuts what then hangs
+        timeout_graceful_shutdown=round(settings.grace_seconds) + BACKSTOP_SECONDS,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )

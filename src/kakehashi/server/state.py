@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,8 @@ from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.auth import ApiKeys
 from kakehashi.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +30,16 @@ class ServerState:
     @property
     def ready(self) -> bool:
         return self.loaded and not self.draining and self.repository.ready
+
+    async def drain(self) -> None:
+        """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the
+        grace period; then answer those still queued 503, so each gets an answer rather than a cut connection."""
+        asyncio.ensure_future(self.stop_grpc())
+        await asyncio.sleep(self.settings.grace_seconds)
+        count = self.repository.abandon_queued("the server is shutting down and its grace period ran out before "
+                                               "this request's turn; retry on another replica")
+        if count:
+            log.warning("grace period over: %d queued request(s) answered 503", count)
 
     async def stop_grpc(self) -> None:
         """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period."""

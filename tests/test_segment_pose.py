@@ -94,7 +94,7 @@ def test_pose_end2end_and_missing_kpt_shape(tmp_path):
     del meta["kpt_shape"]
     constant_model(tmp_path / "bad" / "1" / "model.onnx", {"output0": rows}, metadata=meta)
     bad = load(tmp_path / "bad")
-    assert not bad.ready and "needs the metadata 'kpt_shape'" in bad.reason
+    assert not bad.ready and "needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the model's metadata" in bad.reason
 
 
 def _obb_rows() -> np.ndarray:
@@ -138,3 +138,24 @@ def test_triton_config_metadata_for_pose_says_what_ultralytics_needs(tmp_path):
     handle = load(constant_model(tmp_path / "pose.onnx", {"output0": _pose_rows()}, metadata=meta))
     metadata = ast.literal_eval(model_config(handle)["parameters"]["metadata"]["string_value"])
     assert metadata["task"] == "pose" and metadata["kpt_shape"] == [2, 3] and metadata["end2end"] is False
+
+
+def test_a_mask_of_several_regions_gives_one_outline_through_all_of_them():
+    """As Ultralytics' `Masks.xy`: every region's outline is in the one polygon, joined at their closest points."""
+    from kakehashi.tasks.segment import polygon
+
+    mask = np.zeros((40, 60), bool)
+    mask[20:35, 40:55] = True
+    mask[5:15, 5:15] = True
+    mask[2:6, 50:58] = True
+    outline = polygon(mask, 100, 200, 1)
+    points = list(zip(outline["x"], outline["y"]))
+    corners = {(x + 100.0, y + 200.0) for x, y in [(40, 20), (40, 34), (54, 34), (54, 20), (5, 5), (5, 14), (14, 14),
+                                                   (14, 5), (50, 2), (50, 5), (57, 5), (57, 2)]}
+    assert set(points) == corners and points[0] == points[-1]  # each region's corners, one closed path
+    bridges = [(a, b) for a, b in zip(points, points[1:]) if abs(a[0] - b[0]) + abs(a[1] - b[1]) > 15]
+    assert sorted(bridges) == sorted([((140.0, 220.0), (114.0, 214.0)), ((114.0, 205.0), (150.0, 205.0)),
+                                      ((150.0, 205.0), (114.0, 205.0)), ((114.0, 214.0), (140.0, 220.0))])
+    single = np.zeros((10, 10), bool)
+    single[2:5, 3:8] = True
+    assert list(zip(*polygon(single, 0, 0, 1).values())) == [(3.0, 2.0), (3.0, 4.0), (7.0, 4.0), (7.0, 2.0)]

@@ -37,12 +37,41 @@ def _box_mask(logits: np.ndarray, box: tuple[int, int, int, int], transform: Box
 
 
 def polygon(mask: np.ndarray, left: int, top: int, decimals: int) -> dict:
-    """The outline of the mask's largest region as `{x: [...], y: [...]}` in original pixels."""
+    """The mask's outline as `{x: [...], y: [...]}` in original pixels. A mask of several regions gives one
+    outline through all of them, each joined to the next at their closest points (as Ultralytics' `Masks.xy`)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return {"x": [], "y": []}
-    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+    points = joined([c.reshape(-1, 2) for c in contours]).astype(np.float64)
     return {"x": (points[:, 0] + left).round(decimals).tolist(), "y": (points[:, 1] + top).round(decimals).tolist()}
+
+
+def joined(outlines: list[np.ndarray]) -> np.ndarray:
+    """One closed path visiting every outline in order: along each one to the point nearest the next outline,
+    over to that outline and, after all later ones, back the same way to go round the rest of it."""
+    if len(outlines) == 1:
+        return outlines[0]
+    exits, entries = [], [0]  # per outline: where the path leaves for the next one / arrives from the previous
+    for here, after in zip(outlines, outlines[1:]):
+        distances = ((here[:, None, :].astype(np.int64) - after[None, :, :]) ** 2).sum(-1)
+        leave, arrive = np.unravel_index(distances.argmin(), distances.shape)
+        exits.append(int(leave))
+        entries.append(int(arrive))
+
+    def around(outline: np.ndarray, start: int, stop: int, whole_if_same: bool = False) -> np.ndarray:
+        """Points from `start` forward to `stop` (both included), wrapping round the closed outline; the whole
+        way round when they are the same point and `whole_if_same`."""
+        steps = (stop - start) % len(outline) or (len(outline) if whole_if_same else 0)
+        return np.roll(outline, -start, axis=0)[np.arange(steps + 1) % len(outline)]
+
+    path: list[np.ndarray] = []
+    for index, outline in enumerate(outlines[:-1]):  # outward: entry → exit of each, then on to the next
+        path.append(around(outline, entries[index], exits[index]))
+    last = outlines[-1]
+    path.append(around(last, entries[-1], entries[-1], whole_if_same=True))  # the last: all round
+    for index in range(len(outlines) - 2, -1, -1):  # homeward: exit → entry of each, the rest of its outline
+        path.append(around(outlines[index], exits[index], entries[index], whole_if_same=True))
+    return np.concatenate(path)
 
 
 def run_lengths(mask: np.ndarray, left: int, top: int, height: int, width: int) -> dict:

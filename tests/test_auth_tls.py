@@ -50,13 +50,17 @@ def test_keys_from_the_env_and_the_file_are_accepted(keyed, headers):
 
 
 def test_health_and_docs_stay_open(keyed):
-    for path in ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/ssdlite-person/ready",
+                 "/v2/models/ssdlite-person/versions/1/ready", "/docs", "/openapi.json"):
         assert keyed.client.get(path).status_code == 200, path
+    for path in ("/v2/models/ssdlite-person/ready/x", "/v2/models/ssdlite-person/config"):  # only the health API
+        assert keyed.client.get(path).status_code == 401, path
 
 
 def test_grpc_needs_the_key_in_metadata(keyed):
     with triton_grpc.InferenceServerClient(keyed.grpc_address) as client:
         assert client.is_server_live() and client.is_server_ready()  # health stays open
+        assert client.is_model_ready("ssdlite-person")
         with pytest.raises(InferenceServerException) as raised:
             client.get_model_metadata("ssdlite-person")
         assert raised.value.status() == "StatusCode.UNAUTHENTICATED" and raised.value.message() == "unauthorized"

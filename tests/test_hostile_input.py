@@ -59,7 +59,7 @@ CORPUS = [
     ("truncated PNG", _encode(Image.new("RGB", (64, 64)), "PNG")[:60], 400, "truncated or corrupt"),
     ("zero-width PNG", _png(0, 10, zlib.compress(b"\0")), 400, "starts like a PNG"),
     ("decompression bomb: 100000x100000 PNG",
-     _png(100_000, 100_000, zlib.compress(b"\0" * 20_000_000, 9)), 413, "too large"),
+     _png(100_000, 100_000, zlib.compress(b"\0" * 20_000_000, 9)), 413, "the limit is 64000000 pixels"),
     ("huge dimensions within PIL's limit", _png(12_000, 12_000, zlib.compress(b"\0" * 1000)), 413,
      "the limit is 64000000 pixels"),
     ("CMYK JPEG", _encode(Image.new("CMYK", (64, 48), (0, 200, 200, 0)), "JPEG"), 200, [48, 64]),
@@ -190,3 +190,15 @@ def test_binary_bytes_elements_round_trip(values, declared):
         assert list(result.inputs["s"]) == values
     else:
         assert isinstance(result, KakehashiError)
+
+
+def test_the_pixel_limit_is_ours_above_pillows_own():
+    """200 megapixels: refused by the header check under the limit; over a limit raised to 300 MP it passes that
+    check (Pillow's ~179 MP bomb limit does not cap it) and fails only as the empty file it is."""
+    header = _png(20_000, 10_000, zlib.compress(b"\0"))
+    with pytest.raises(KakehashiError) as refused:
+        decode_image(header, max_pixels=100_000_000)
+    assert refused.value.status == 413 and "the limit is 100000000 pixels" in refused.value.message
+    with pytest.raises(KakehashiError) as empty:
+        decode_image(header, max_pixels=300_000_000)
+    assert empty.value.status == 400 and "truncated or corrupt" in empty.value.message

@@ -2,9 +2,9 @@
 
 Keys come from the `KAKEHASHI_API_KEYS` environment variable (comma-separated) and/or a file (one key a line,
 `#` comments). They are compared as SHA-256 digests with `hmac.compare_digest`, against every key without
-stopping early, so neither a key's content nor its length shows in the time taken. Health checks, the API
-docs and the web page's static files stay open (the page asks for a key); a failure is a bare 401 /
-UNAUTHENTICATED.
+stopping early, so neither a key's content nor its length shows in the time taken. The protocol's health API
+(server and model readiness), the API docs and the web page's static files stay open (the page asks for a key);
+a failure is a bare 401 / UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +24,10 @@ from kakehashi.server.responses import error_response
 KEYS_ENV = "KAKEHASHI_API_KEYS"
 OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
 OPEN_PREFIXES = ("/docs/", "/web/")  # the API docs and the web page's static files: no data in them
-OPEN_GRPC_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
+# the protocol's health API (server and model readiness, as probes and load balancers ask it) stays open
+MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready")
+OPEN_GRPC_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
+                     "/inference.GRPCInferenceService/ModelReady")
 
 
 def _digest(key: str) -> bytes:
@@ -71,7 +75,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if (scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+                or MODEL_READY.fullmatch(path)):
             await self.app(scope, receive, send)
             return
         headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}

@@ -104,7 +104,9 @@ def test_glob_and_list_sources_to_csv_and_parquet(photos, tmp_path):
     parquet = tmp_path / "out.parquet"
     assert batch(f"{photos}/**/*.png", "--out", str(parquet)).returncode == 0
     table = pq.read_table(parquet).to_pylist()
-    assert [r["name"] for r in table] == ["person"] and table[0]["confidence"] > 0.5
+    found = [r for r in table if r["name"] is not None]
+    assert [r["name"] for r in found] == ["person"] and found[0]["confidence"] > 0.5
+    assert len(table) == 3 and all(r["error"] is None for r in table)  # the photos with nothing found have a row
 
 
 def test_video_every_nth_frame_with_index_and_timestamp(video, tmp_path):

@@ -54,7 +54,7 @@ class Summary:
         return text + (" — interrupted: run again with --resume to finish" if self.interrupted else "")
 
 
-def annotated_path(save_dir: Path, item: Item) -> Path:
+def _annotated_path(save_dir: Path, item: Item) -> Path:
     """Where the drawn copy of `item` goes: its name, a short hash of its key (two inputs named alike in
     different folders never overwrite each other) and, for a video, the frame index."""
     name = f"{Path(item.source).stem}-{hashlib.sha1(item.key.split('#', 1)[0].encode()).hexdigest()[:8]}"
@@ -91,7 +91,7 @@ async def run_job(predictor: Predictor, inputs: Iterator[Item], journal: Journal
                 answer = await predictor.predict(data)
                 record |= answer
                 if save_dir:
-                    drawn = annotated_path(save_dir, item)
+                    drawn = _annotated_path(save_dir, item)
                     await asyncio.to_thread(_save_annotated, data, answer["results"], drawn)
                     record["annotated"] = str(drawn)
             except KakehashiError as exc:

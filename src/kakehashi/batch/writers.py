@@ -1,4 +1,5 @@
-"""Tables from the journal: CSV (one row per detection, or per failed input) and Parquet (the same rows).
+"""Tables from the journal: CSV (one row per detection; one with only the input's fields for an input where
+nothing was found or that failed) and Parquet (the same rows).
 
 Oriented boxes fill `x3, y3, x4, y4` too; keypoints and mask outlines are JSON text (`{"x": […], "y": […]…}`)."""
 
@@ -17,7 +18,7 @@ COLUMNS = ["source", "frame", "timestamp", "class", "name", "confidence", *BOX, 
 
 
 def rows(journal: Path) -> Iterator[dict]:
-    """One row per detection (classification: per class) and one per input that failed, in journal order."""
+    """One row per detection (classification: per class), one per input with none or that failed; journal order."""
     with journal.open("rb") as handle:
         for line in handle:
             record = orjson.loads(line)
@@ -25,6 +26,8 @@ def rows(journal: Path) -> Iterator[dict]:
             if "error" in record:
                 yield {**dict.fromkeys(COLUMNS), **base, "error": record["error"]}
                 continue
+            if not record["results"]:  # processed, nothing found: still a row, so no input is missing
+                yield {**dict.fromkeys(COLUMNS), **base}
             for result in record["results"]:
                 box = result.get("box") or {}
                 shapes = {key: orjson.dumps(result[key]).decode() for key in ("keypoints", "segments") if key in result}

@@ -28,12 +28,40 @@ def _in_flight(server) -> float:
     return total
 
 
+def _slow_yolo(serve, root, grace: str):
+    """YOLO26 one request at a time; predicts at 1280 px take ~0.1-0.2 s each, so a queue outlasts the signal."""
+    (root / "yolo" / "1").mkdir(parents=True)
+    (root / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
+    (root / "yolo" / "model.yaml").write_text("batching: {max_batch_size: 1}\n")
+    return serve(root, "--grace-seconds", grace)
+
+
+def _predicts_in_background(server, count: int) -> tuple[threading.Thread, list]:
+    """`count` concurrent 1280-px predicts from a thread; their answers (or exceptions) land in the list."""
+    async def calls() -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120,
+                                     limits=httpx.Limits(max_connections=count)) as client:
+            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
+                                                      headers={"content-type": "image/png"})
+                                          for _ in range(count)), return_exceptions=True)
+
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.extend(asyncio.run(calls())))
+    thread.start()
+    return thread, answers
+
+
+def _wait_until_in_flight(server, count: int) -> float:
+    """Wait until at least `count` requests are accepted (most of them queued); how many are."""
+    deadline = time.monotonic() + 60
+    while (accepted := _in_flight(server)) < count:
+        assert time.monotonic() < deadline, "requests never got in flight"
+        time.sleep(0.01)
+    return accepted
+
+
 def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
-    (tmp_path / "yolo" / "1").mkdir(parents=True)
-    (tmp_path / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
-    # one at a time at 1280 px (~0.1-0.2 s each): the queue outlasts the signal
-    (tmp_path / "yolo" / "model.yaml").write_text("batching: {max_batch_size: 1}\n")
-    server = serve(tmp_path, "--grace-seconds", "60")
+    server = _slow_yolo(serve, tmp_path, "60")
     grpc_results: list = []
 
     def grpc_calls() -> None:
@@ -47,22 +75,10 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
                     len(grpc_results) == GRPC_REQUESTS and done.set()))
             done.wait(120)
 
-    async def http_calls() -> list:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120,
-                                     limits=httpx.Limits(max_connections=HTTP_REQUESTS)) as client:
-            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
-                                                      headers={"content-type": "image/png"})
-                                          for _ in range(HTTP_REQUESTS)), return_exceptions=True)
-
     grpc_thread = threading.Thread(target=grpc_calls)
     grpc_thread.start()
-    http_answers: list = []
-    http_thread = threading.Thread(target=lambda: http_answers.extend(asyncio.run(http_calls())))
-    http_thread.start()
-    deadline = time.monotonic() + 60
-    while (accepted := _in_flight(server)) < 8:  # many requests accepted and waiting (most of them queued)
-        assert time.monotonic() < deadline, "requests never got in flight"
-        time.sleep(0.01)
+    http_thread, http_answers = _predicts_in_background(server, HTTP_REQUESTS)
+    accepted = _wait_until_in_flight(server, 8)
 
     server.client.close()
     late = httpx.Client(base_url=server.url, timeout=30)  # made now, connects after the signal
@@ -102,27 +118,11 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
     assert "draining" in log and "Traceback" not in log
 
 
-def test_when_the_grace_period_runs_out_the_rest_is_cancelled_and_the_process_exits(serve, tmp_path):
-    (tmp_path / "yolo" / "1").mkdir(parents=True)
-    (tmp_path / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
-    (tmp_path / "yolo" / "model.yaml").write_text("batching: {max_batch_size: 1}\n")
-    server = serve(tmp_path, "--grace-seconds", "1")
-    requests = 30  # ~0.1-0.2 s each at 1280 px, one at a time: several seconds of work, far past the grace
-
-    async def calls() -> list:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                     limits=httpx.Limits(max_connections=requests)) as client:
-            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
-                                                      headers={"content-type": "image/png"})
-                                          for _ in range(requests)), return_exceptions=True)
-
-    answers: list = []
-    thread = threading.Thread(target=lambda: answers.extend(asyncio.run(calls())))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while _in_flight(server) < 10:
-        assert time.monotonic() < deadline, "requests never got in flight"
-        time.sleep(0.01)
+def test_when_the_grace_period_runs_out_the_queued_rest_gets_503_and_the_process_exits(serve, tmp_path):
+    server = _slow_yolo(serve, tmp_path, "1")
+    requests = 30  # one at a time: several seconds of work, far past the grace
+    thread, answers = _predicts_in_background(server, requests)
+    _wait_until_in_flight(server, 10)
     server.client.close()
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)

@@ -93,4 +93,5 @@ def test_agreement_matching():
     assert (matched, total, extra) == (2, 3, 1)  # the second box changed class: not matched, and one extra
     assert [round(d, 6) for d in deltas] == [-0.05, -0.1]
     top = [[{"class": 3, "confidence": 0.6}, {"class": 1, "confidence": 0.2}], [{"class": 2, "confidence": 0.5}]]
-    assert compare(top, [[{"class": 3, "confidence": 0.55}], [{"class": 4, "confidence": 0.5}]])[:3] == (1, 2, 0)
+    assert compare(top, [[{"class": 3, "confidence": 0.55}], [{"class": 4, "confidence": 0.5}]],
+                   classify=True)[:3] == (1, 2, 0)

@@ -118,15 +118,16 @@ def _iou(a: dict, b: dict) -> float:
     return inter / (area(a) + area(b) - inter) if inter else 0.0
 
 
-def compare(reference: list[list[dict]], candidate: list[list[dict]]) -> tuple[int, int, int, list[float]]:
-    """(matched, reference boxes, unmatched candidate boxes, confidence deltas of the matched); for classifier
-    results (no boxes): (images with the same top-1 class, images, 0, their top-1 confidence deltas)."""
+def compare(reference: list[list[dict]], candidate: list[list[dict]],
+            classify: bool = False) -> tuple[int, int, int, list[float]]:
+    """(matched, reference boxes, unmatched candidate boxes, confidence deltas of the matched); for a classifier
+    (top-k, best first): (images with the same top-1 class, images, 0, their top-1 confidence deltas)."""
     matched = total = extra = 0
     deltas: list[float] = []
     for ours, theirs in zip(reference, candidate):
-        if ours and "box" not in ours[0]:  # a classifier's top-k, best first
+        if classify:
             total += 1
-            if theirs and theirs[0]["class"] == ours[0]["class"]:
+            if ours and theirs and theirs[0]["class"] == ours[0]["class"]:
                 matched += 1
                 deltas.append(theirs[0]["confidence"] - ours[0]["confidence"])
             continue
@@ -170,9 +171,10 @@ def _best_ms(handle: ModelHandle) -> float:
 
 def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Path], conf: float) -> Report:
     """Speed (batch 1) and detection agreement of the two models on `held_out`."""
-    answers, speed = [], []
+    answers, speed, kinds = [], [], set()
     for model in (fp32, int8):
         handle, pool = _handle(model, config_path)
+        kinds.add(handle.task.kind)
         try:
             params = parse_params({"conf": [str(conf)]}, handle.config.defaults)
             predictions = asyncio.run(handle.predict([p.read_bytes() for p in held_out], params))
@@ -181,8 +183,8 @@ def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Pa
         finally:
             asyncio.run(handle.close())
             pool.shutdown()
-    matched, total, extra, deltas = compare(*answers)
-    classify = any(results and "box" not in results[0] for results in answers[0])
+    classify = kinds == {"classify"}
+    matched, total, extra, deltas = compare(*answers, classify=classify)
     return Report(speed[0], speed[1], matched, total, extra, deltas, classify)
 
 

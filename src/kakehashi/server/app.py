@@ -45,6 +45,8 @@ def create_app(state: ServerState) -> Starlette:
             yield
         finally:
             state.draining = True
+            if state.drain_task is not None:
+                state.drain_task.cancel()  # everything finished within the grace: nothing left to cut
             await state.stop_grpc()
             if state.loaded:
                 loading.cancel()  # stops the repository poller; a load in progress is left to finish

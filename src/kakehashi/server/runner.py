@@ -42,8 +42,11 @@ class DrainingServer(uvicorn.Server):
             self.state.draining = True
             loop = self.state.loop
             if loop is not None:
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.state.drain()))
+                loop.call_soon_threadsafe(self._start_drain)
         super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        self.state.drain_task = asyncio.ensure_future(self.state.drain())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, self.state.settings.grace_seconds))

@@ -26,6 +26,7 @@ class ServerState:
     draining: bool = False  # set at the exit signal: accepted requests finish, new ones are refused
     loop: asyncio.AbstractEventLoop | None = None
     grpc_server: Any = None  # grpc.aio.Server when gRPC is on (typed loosely: grpc loads only when used)
+    drain_task: asyncio.Task | None = None  # `drain`, started at the exit signal (held: the loop keeps tasks weakly)
 
     @property
     def ready(self) -> bool:
@@ -34,12 +35,13 @@ class ServerState:
     async def drain(self) -> None:
         """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the
         grace period; then answer those still queued 503, so each gets an answer rather than a cut connection."""
-        asyncio.ensure_future(self.stop_grpc())
+        stopping = asyncio.ensure_future(self.stop_grpc())
         await asyncio.sleep(self.settings.grace_seconds)
         count = self.repository.abandon_queued("the server is shutting down and its grace period ran out before "
                                                "this request's turn; retry on another replica")
         if count:
             log.warning("grace period over: %d queued request(s) answered 503", count)
+        await stopping
 
     async def stop_grpc(self) -> None:
         """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period."""

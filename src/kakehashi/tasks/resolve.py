@@ -138,7 +138,8 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "segment" and protos is None:
         raise ModelLoadError(f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
                              f"are {[s.to_json() for s in backend.outputs]}")
-    extra = _extra_columns(task, config, meta, protos, probe, path)
+    kpt_shape = _kpt_shape(config, meta, path) if task == "pose" else None
+    extra = _extra_columns(protos, probe, kpt_shape)
     dims = functools.cache(lambda: _output_dims(backend, probe))
     head = _resolve_head(backend, config, meta, tf_od, image_input, dims, extra, protos, path)
     if not names:
@@ -146,7 +147,7 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     if task == "segment":
         return SegmentTask(image_input, head, names, protos)
     if task == "pose":
-        return PoseTask(image_input, head, names, _kpt_shape(config, meta, path))
+        return PoseTask(image_input, head, names, kpt_shape)
     return DetectTask(image_input, head, names)
 
 
@@ -161,14 +162,12 @@ def _kpt_shape(config: ModelConfig, meta: dict, path: Path) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _extra_columns(task: str, config: ModelConfig, meta: dict, protos: str | None, probe: Callable,
-                   path: Path) -> int:
+def _extra_columns(protos: str | None, probe: Callable, kpt_shape: tuple[int, int] | None) -> int:
     """How many columns after the class scores each detection has: mask coefficients or keypoint values."""
-    if task == "segment":
+    if protos is not None:
         return int(probe()[protos].shape[1])
-    if task == "pose":
-        count, dims = _kpt_shape(config, meta, path)
-        return count * dims
+    if kpt_shape is not None:
+        return kpt_shape[0] * kpt_shape[1]
     return 0
 
 

@@ -53,7 +53,8 @@ def joined(outlines: list[np.ndarray]) -> np.ndarray:
         return outlines[0]
     exits, entries = [], [0]  # per outline: where the path leaves for the next one / arrives from the previous
     for here, after in zip(outlines, outlines[1:]):
-        distances = ((here[:, None, :].astype(np.int64) - after[None, :, :]) ** 2).sum(-1)
+        a, b = here.astype(np.float32), after.astype(np.float32)  # only the nearest pair matters
+        distances = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
         leave, arrive = np.unravel_index(distances.argmin(), distances.shape)
         exits.append(int(leave))
         entries.append(int(arrive))

@@ -87,6 +87,7 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)  # may build the KServe SDK's virtualenv first
 def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
     from conftest import virtualenv
@@ -137,6 +138,7 @@ def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_
         server.wait(30)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)  # may build the KServe SDK's virtualenv first
 def test_the_kserve_validator_rejects_what_is_wrong(tmp_path, artifacts):
     from conftest import virtualenv

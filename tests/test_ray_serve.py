@@ -14,7 +14,7 @@ from conftest import IMAGES, free_port, virtualenv
 
 ROOT = Path(__file__).parent.parent
 # the first test also builds the tool's virtualenv (pip, minutes on a cold cache): a longer hang guard
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]
 REQUIREMENTS = ["ray[serve]==2.60.0", "httpx>=0.27", f"-e {ROOT}[ray]"]
 
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SOAK = Path(__file__).parent.parent / "benchmarks" / "soak.py"
+
+pytestmark = pytest.mark.slow  # a minute of load and its setup
 
 
 def test_a_minute_at_twice_capacity(tmp_path, artifacts):

@@ -17,7 +17,7 @@ from conftest import IMAGES, YOLO11, YOLO26, virtualenv
 from onnx_builders import half_precision
 
 # the first test also builds the tool's virtualenv (pip, minutes on a cold cache): a longer hang guard
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]
 # the CPU torch pair that installs from this machine's registry; ultralytics pulls torchvision otherwise
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics>=8.3", "tritonclient[http,grpc]>=2.41",
                 f"-e {Path(__file__).parent.parent}[export]"]

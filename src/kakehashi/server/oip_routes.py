@@ -53,10 +53,10 @@ async def infer(request: Request) -> Response:
 
 
 async def _infer(request: Request, handle: ModelHandle) -> Response:
-    body = decompress(await request.body(), request.headers.get("content-encoding"),
-                      server_state(request).settings.max_body_bytes)
-    header_length = request.headers.get("inference-header-content-length")
     pool = server_state(request).repository.compute
+    body = await decompress(await request.body(), request.headers.get("content-encoding"),
+                            server_state(request).settings.max_body_bytes, pool)
+    header_length = request.headers.get("inference-header-content-length")
     parsed = await off_loop(pool, len(body), parse_infer_request, body, header_length)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)

@@ -15,17 +15,21 @@ from tritonclient.utils import InferenceServerException
 from conftest import IMAGES
 
 KEY, OTHER_KEY = "s3cret-key-1", "another-key-2"
+ADMIN_KEY, OTHER_ADMIN_KEY = "admin-key-3", "admin-key-4"
 PREDICT = "/v1/models/ssdlite-person/predict"
 ASTRONAUT = (IMAGES / "astronaut.png").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def keyed(serve_module, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text(f"# rotated monthly\n{OTHER_KEY}\n")
+    folder = tmp_path_factory.mktemp("keys")
+    (folder / "keys.txt").write_text(f"# rotated monthly\n{OTHER_KEY}\n")
+    (folder / "admin.txt").write_text(f"{OTHER_ADMIN_KEY}  # ops\n")
     with pytest.MonkeyPatch.context() as patch:  # the server process inherits the environment
         patch.setenv("KAKEHASHI_API_KEYS", KEY)
-        return serve_module(None, "--api-keys-file", str(keys))
+        patch.setenv("KAKEHASHI_ADMIN_KEYS", ADMIN_KEY)
+        return serve_module(None, "--api-keys-file", str(folder / "keys.txt"), "--admin-keys-file",
+                            str(folder / "admin.txt"), "--model-control", "explicit")
 
 
 def _predict(server, **headers) -> httpx.Response:
@@ -43,7 +47,8 @@ def test_requests_without_a_valid_key_get_a_bare_401(keyed, headers):
 
 
 @pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {OTHER_KEY}"},
-                                     {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}])
+                                     {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY},
+                                     {"Authorization": f"Bearer {OTHER_ADMIN_KEY}"}])
 def test_keys_from_the_env_and_the_file_are_accepted(keyed, headers):
     response = _predict(keyed, **headers)
     assert response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
@@ -55,6 +60,47 @@ def test_health_and_docs_stay_open(keyed):
         assert keyed.client.get(path).status_code == 200, path
     for path in ("/v2/models/ssdlite-person/ready/x", "/v2/models/ssdlite-person/config"):  # only the health API
         assert keyed.client.get(path).status_code == 401, path
+
+
+def test_load_and_unload_need_an_admin_key(keyed):
+    for action in ("unload", "load"):
+        path = f"/v2/repository/models/ssdlite-person/{action}"
+        assert keyed.client.post(path).status_code == 401
+        for key in (KEY, OTHER_KEY):
+            response = keyed.client.post(path, headers={"X-API-Key": key})
+            assert response.status_code == 403 and "admin key" in response.json()["error"]
+        assert keyed.client.get("/v2/models/ssdlite-person/ready").status_code == 200  # refused: nothing changed
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert keyed.client.post("/v2/repository/models/ssdlite-person/unload", headers=admin).status_code == 200
+    assert keyed.client.get("/v2/models/ssdlite-person/ready").status_code == 503
+    assert keyed.client.post("/v2/repository/models/ssdlite-person/load",
+                             headers={"X-API-Key": OTHER_ADMIN_KEY}).status_code == 200
+    assert keyed.client.get("/v2/models/ssdlite-person/ready").status_code == 200
+
+
+def test_grpc_load_and_unload_need_an_admin_key(keyed):
+    with triton_grpc.InferenceServerClient(keyed.grpc_address) as client:
+        for call in (client.unload_model, client.load_model):
+            with pytest.raises(InferenceServerException) as raised:
+                call("ssdlite-person")
+            assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
+            with pytest.raises(InferenceServerException) as raised:
+                call("ssdlite-person", headers={"x-api-key": KEY})
+            assert raised.value.status() == "StatusCode.PERMISSION_DENIED" and "admin key" in raised.value.message()
+        assert client.is_model_ready("ssdlite-person")
+        client.unload_model("ssdlite-person", headers={"authorization": f"Bearer {OTHER_ADMIN_KEY}"})
+        assert not client.is_model_ready("ssdlite-person")
+        client.load_model("ssdlite-person", headers={"x-api-key": ADMIN_KEY})
+        assert client.is_model_ready("ssdlite-person")
+
+
+def test_an_unknown_model_names_no_served_model_without_a_key(keyed):
+    response = keyed.client.get("/v2/models/zzz/ready")  # open, as the health API
+    assert response.status_code == 404 and "ssdlite-person" not in response.text
+    with triton_grpc.InferenceServerClient(keyed.grpc_address) as client:
+        with pytest.raises(InferenceServerException) as raised:
+            client.is_model_ready("zzz")
+        assert raised.value.status() == "StatusCode.NOT_FOUND" and "ssdlite-person" not in raised.value.message()
 
 
 def test_grpc_needs_the_key_in_metadata(keyed):

@@ -25,7 +25,7 @@ def _model(path, score: float):
 @pytest.fixture
 def live(serve, tmp_path):
     _model(tmp_path / "det" / "1" / "model.onnx", 0.5)
-    return serve(tmp_path), tmp_path
+    return serve(tmp_path, "--model-control", "explicit"), tmp_path
 
 
 def score(client) -> float:
@@ -82,7 +82,7 @@ def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(l
 def test_poll_repository_picks_up_new_changed_and_removed_models(serve, tmp_path):
     _model(tmp_path / "det" / "1" / "model.onnx", 0.5)
     _model(tmp_path / "gone" / "1" / "model.onnx", 0.5)
-    server = serve(tmp_path, "--poll-repository", "0.2")
+    server = serve(tmp_path, "--model-control", "poll", "--poll-seconds", "0.2")
 
     def states() -> dict:
         return {(row["name"], row.get("version")): row["state"]

@@ -32,7 +32,7 @@ def server(serve_module, tmp_path_factory):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(YOLO26.resolve())
         (root / name / "model.yaml").write_text(yaml)
-    return serve_module(root, "--max-body-bytes", "8000000")
+    return serve_module(root, "--max-body-bytes", "8000000", "--model-control", "explicit")
 
 
 @pytest.fixture(scope="module")

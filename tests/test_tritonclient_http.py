@@ -17,7 +17,7 @@ def client(serve_module, tmp_path_factory):
     (root / "yolo26" / "1").mkdir()
     (root / "yolo26" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
     (root / "yolo26" / "model.yaml").write_text("batching: {max_batch_size: 2}\n")
-    server = serve_module(root)
+    server = serve_module(root, "--model-control", "explicit")
     return triton.InferenceServerClient(server.url.removeprefix("http://"))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import click
+from click.core import ParameterSource
 
 from kakehashi import __version__
 from kakehashi.errors import KakehashiError
@@ -52,11 +53,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
          type=click.Choice(["auto", "onnxruntime", "openvino"]))
 @_option("--providers", "cpu", "ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models "
          "whose model.yaml lists none); unavailable ones are skipped with a warning.")
-@_option("--poll-repository", Settings.poll_repository_seconds, "Every SECONDS, load added models, reload changed "
-         "ones and unload removed ones (0: off).", metavar="SECONDS")
+@_option("--model-control", Settings.model_control, "Loading and unloading models while serving: none (the load and "
+         "unload API answers 403), explicit (through the API) or poll (the API, and every --poll-seconds the "
+         "repository is scanned: added models load, changed ones reload, removed ones unload).",
+         type=click.Choice(["none", "explicit", "poll"]))
+@_option("--poll-seconds", Settings.poll_seconds, "With --model-control poll: seconds between scans.",
+         type=click.FloatRange(min=0, min_open=True))
 @_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")
 @_option("--api-keys-file", None, "File of API keys, one a line; keys also come from KAKEHASHI_API_KEYS "
          "(comma-separated). With keys, every request but health checks needs one.", type=_FILE)
+@_option("--admin-keys-file", None, "File of admin keys, one a line; also KAKEHASHI_ADMIN_KEYS (comma-separated). "
+         "With keys, load and unload need an admin key; an admin key also works as an API key.", type=_FILE)
 @_option("--tls-cert", None, "PEM certificate (chain): serve HTTPS and gRPC over TLS.", type=_FILE)
 @_option("--tls-key", None, "PEM private key for --tls-cert.", type=_FILE)
 @_option("--max-body-bytes", Settings.max_body_bytes, "Largest HTTP body or gRPC message (413 above).")
@@ -70,7 +77,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
 def serve(model: Path | None, model_name: str | None, threads: int, backend: str, providers: str,
-          poll_repository: float, edge: bool, log_level: str,
+          edge: bool, log_level: str,
           access_log: bool,
           max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
@@ -81,6 +88,9 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(options["tls_cert"]) != bool(options["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if (options["model_control"] != "poll"
+            and click.get_current_context().get_parameter_source("poll_seconds") != ParameterSource.DEFAULT):
+        raise click.UsageError("--poll-seconds needs --model-control poll")
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
         threads, options["grpc_port"] = 1, 0
@@ -89,9 +99,8 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
     except ValueError as exc:
         raise click.BadParameter(f"expected {exc}", param_hint="--providers") from None
     defaults = ServerDefaults(backend, chosen or ServerDefaults.providers, edge)
-    settings = Settings(model or default_model_path(), compute_threads=threads, poll_repository_seconds=poll_repository,
-                        limits=limits, **options)
-    keys = ApiKeys.load(settings.api_keys_file)
+    settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
+    keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
     repository, compute = load_repository(model, threads, limits, defaults, model_name)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)

@@ -35,8 +35,10 @@ class Settings:
     max_header_bytes: int = 64 * 1024  # HTTP request line + headers (431)
     compute_threads: int = max(2, os.cpu_count() or 2)
     grace_seconds: float = 30.0  # on SIGTERM, how long accepted requests may take to finish
-    poll_repository_seconds: float = 0.0  # 0: pick up changes on disk only through the load API
+    model_control: str = "none"  # none: no load/unload API (403); explicit: the API; poll: the API and polling
+    poll_seconds: float = 10.0  # with model_control "poll": how often the repository is scanned for changes
     api_keys_file: Path | None = None  # keys also come from KAKEHASHI_API_KEYS
+    admin_keys_file: Path | None = None  # keys for load/unload (and everything else); also KAKEHASHI_ADMIN_KEYS
     tls_cert: Path | None = None  # PEM certificate (chain) and key: HTTPS and gRPC over TLS
     tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)

@@ -110,7 +110,9 @@ class ModelRepository:
         self._name = checked_name(name) if name else None
         self.entries: dict[str, ModelEntry] = {entry.name: entry for entry in self._discover()}
         self._on_disk = {name: fingerprint(entry) for name, entry in self.entries.items()}
-        self._changing = asyncio.Lock()  # one load or unload at a time, from the API or the poller
+        self._expected = set(self.entries)  # the models that must be READY for the server to be ready
+        # one change at a time: the startup load, a load or reload, an unload, a poll pass, the final close
+        self._changing = asyncio.Lock()
 
     def _discover(self) -> list[ModelEntry]:
         entries = discover(self.path)
@@ -123,9 +125,15 @@ class ModelRepository:
         return entries
 
     def load_all(self) -> None:
-        """Load every model's selected versions; failures are recorded, never raised."""
+        """Load every model's selected versions; failures are recorded, never raised. Blocking: for a caller
+        with no event loop running yet; a server uses `load_at_start`."""
         for entry in self.entries.values():
             self._load(entry)
+
+    async def load_at_start(self) -> None:
+        """`load_all` off the event loop, holding the lock, so a load or unload sent meanwhile waits for it."""
+        async with self._changing:
+            await asyncio.to_thread(self.load_all)
 
     def _load(self, entry: ModelEntry) -> None:
         try:
@@ -177,17 +185,24 @@ class ModelRepository:
             self.entries[name] = fresh
             raise ModelLoadError(f"model '{name}' failed to load: {reason}")
         self.entries[name] = fresh
+        self._expected.add(name)
         if old is not None:
             for handle in old.handles.values():
                 await handle.close()  # drains what it already queued
+        log.info("model %s loaded: version(s) %s", name, ", ".join(str(v) for v in sorted(fresh.handles)))
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests get 503; queued and running ones are answered first."""
-        entry = self._entry(name)
         async with self._changing:
-            handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
-            for handle in handles.values():
-                await handle.close()
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
+        entry = self._entry(name)  # under the lock: the entry a reload just installed, not the one it replaced
+        self._expected.discard(name)
+        handles, entry.handles, entry.error = entry.handles, {}, "unloaded"
+        for handle in handles.values():
+            await handle.close()
+        log.info("model %s unloaded", name)
 
     async def poll(self) -> None:
         """Load models added on disk, reload changed ones (new version, new `model.yaml`), unload removed ones.
@@ -195,18 +210,19 @@ class ModelRepository:
         A failing load is logged and shown in the index; it is retried only after the files change again.
         """
         on_disk = {entry.name: fingerprint(entry) for entry in await asyncio.to_thread(self._discover)}
-        for name, current in on_disk.items():
-            if self._on_disk.get(name) != current:
-                log.info("model %s changed on disk: loading", name)
-                try:
-                    await self.load(name)
-                except KakehashiError as exc:
-                    log.error("model %s: %s", name, exc.message)
-        for name in set(self._on_disk) - set(on_disk):
-            del self._on_disk[name]
-            if name in self.entries:
-                log.info("model %s removed from disk: unloading", name)
-                await self.unload(name)
+        async with self._changing:
+            for name, current in on_disk.items():
+                if self._on_disk.get(name) != current:
+                    log.info("model %s changed on disk: loading", name)
+                    try:
+                        await self._reload(name)
+                    except KakehashiError as exc:
+                        log.error("model %s: %s", name, exc.message)
+            for name in set(self._on_disk) - set(on_disk):
+                del self._on_disk[name]
+                if name in self.entries:
+                    log.info("model %s removed from disk: unloading", name)
+                    await self._unload(name)
 
     async def watch(self, seconds: float) -> None:
         """`poll` every `seconds` until cancelled; a failed scan (e.g. the folder is gone) is logged and retried."""
@@ -222,21 +238,25 @@ class ModelRepository:
         return sum(handle.abandon_queued(reason) for handle in self.versions_of())
 
     async def close_all(self) -> None:
-        """Stop every loaded version (running batches finish first)."""
-        for entry in self.entries.values():
-            for handle in entry.handles.values():
-                await handle.close()
+        """Stop every loaded version (running batches finish first), after any load or unload under way."""
+        async with self._changing:
+            for entry in self.entries.values():
+                for handle in entry.handles.values():
+                    await handle.close()
 
     @property
     def ready(self) -> bool:
-        """True when every model has at least one ready version; a model unloaded on purpose (through the API,
-        or removed from disk) does not count, as in Triton, so an unload never takes the server out of service."""
-        return all(any(h.ready for h in e.handles.values()) for e in self.entries.values() if e.error != "unloaded")
+        """True when at least one model is READY (a ready version) and so is every expected model: those found at
+        start, and those loaded since (API or poller). An unload on purpose (API, or removed from disk) takes a
+        model off the expected list, so it never keeps the server unready; a load that fails for a model not
+        expected leaves readiness alone. Zero READY models is never ready."""
+        ready = {name for name, entry in self.entries.items() if any(h.ready for h in entry.handles.values())}
+        return bool(ready) and self._expected <= ready
 
     def _entry(self, name: str) -> ModelEntry:
         entry = self.entries.get(checked_name(name))
         if entry is None:
-            raise NotFound(f"unknown model '{name}'; served models: {', '.join(sorted(self.entries))}")
+            raise NotFound(f"unknown model '{name}'")  # never the served names: this answer may reach anyone
         return entry
 
     def get(self, name: str, version: str | int | None = None) -> ModelHandle:

@@ -29,11 +29,11 @@ def create_app(state: ServerState) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async def load() -> None:
             if not state.loaded:  # an embedder (Ray Serve) may have loaded the models before starting the app
-                await asyncio.to_thread(state.repository.load_all)
+                await state.repository.load_at_start()
                 state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
-            if state.settings.poll_repository_seconds:
-                await state.repository.watch(state.settings.poll_repository_seconds)
+            if state.settings.model_control == "poll":
+                await state.repository.watch(state.settings.poll_seconds)
 
         state.loop = asyncio.get_running_loop()
         if state.settings.grpc_port:
@@ -53,11 +53,12 @@ def create_app(state: ServerState) -> Starlette:
             await asyncio.gather(loading, return_exceptions=True)
             await state.repository.close_all()
 
+    routes = [*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes,
+              *openapi.routes, *web_routes.routes]
     app = Starlette(
-        routes=[*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes,
-                *openapi.routes, *web_routes.routes],
+        routes=routes,
         middleware=[Middleware(DrainGuard, state=state), Middleware(PathGuard),
-                    *([Middleware(ApiKeyMiddleware, keys=state.keys)] if state.keys.enabled else []),
+                    *([Middleware(ApiKeyMiddleware, keys=state.keys, routes=routes)] if state.keys.enabled else []),
                     Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
         exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
                             Exception: on_unexpected_error},

@@ -1,10 +1,15 @@
 """Optional API keys for HTTP and gRPC: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
-Keys come from the `KAKEHASHI_API_KEYS` environment variable (comma-separated) and/or a file (one key a line,
-`#` comments). They are compared as SHA-256 digests with `hmac.compare_digest`, against every key without
-stopping early, so neither a key's content nor its length shows in the time taken. The protocol's health API
-(server and model readiness), the API docs and the web page's static files stay open (the page asks for a key);
-a failure is a bare 401 / UNAUTHENTICATED.
+Ordinary keys come from `KAKEHASHI_API_KEYS` (comma-separated) and/or `--api-keys-file` (one key a line, `#`
+comments); admin keys from `KAKEHASHI_ADMIN_KEYS` and/or `--admin-keys-file`. They are compared as SHA-256
+digests with `hmac.compare_digest`, against every key without stopping early, so neither a key's content nor its
+length shows in the time taken.
+
+Every HTTP route and gRPC method is classified here, explicitly (`HTTP_ACCESS`, `GRPC_ACCESS`): open (the
+protocol's health API — server and model readiness — the API docs and the web page's static files), keyed (any
+key), or control (model load and unload: an admin key; an ordinary key gets 403 / PERMISSION_DENIED). A path that
+matches no route needs a key, so a 404 tells nothing to a client without one. A missing key is a bare
+401 / UNAUTHENTICATED. An app or service with an unclassified route or method refuses to start.
 """
 
 from __future__ import annotations
@@ -12,95 +17,181 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
+from enum import IntEnum
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kakehashi.errors import KakehashiError
 from kakehashi.server.responses import error_response
 
 KEYS_ENV = "KAKEHASHI_API_KEYS"
-OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
-OPEN_PREFIXES = ("/docs/", "/web/")  # the API docs and the web page's static files: no data in them
-# the protocol's health API (server and model readiness, as probes and load balancers ask it) stays open
-MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready")
-OPEN_GRPC_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
-                     "/inference.GRPCInferenceService/ModelReady")
+ADMIN_KEYS_ENV = "KAKEHASHI_ADMIN_KEYS"
+ADMIN_NEEDED = "this call controls the served models and needs an admin key (--admin-keys-file or KAKEHASHI_ADMIN_KEYS)"
+
+
+class Access(IntEnum):
+    """What a caller must present: nothing, any key, or an admin key."""
+
+    OPEN = 0
+    KEY = 1
+    ADMIN = 2
+
+
+OPEN, KEY, ADMIN = Access.OPEN, Access.KEY, Access.ADMIN
+
+HTTP_ACCESS: dict[str, Access] = {  # by route path, as in the app's routes (a Mount by its prefix)
+    "/": OPEN, "/web": OPEN, "/docs": OPEN, "/docs/swagger-init.js": OPEN, "/docs/assets": OPEN,
+    "/openapi.json": OPEN,
+    "/v2/health/live": OPEN, "/v2/health/ready": OPEN,
+    "/v2/models/{model}/ready": OPEN, "/v2/models/{model}/versions/{version}/ready": OPEN,
+    "/v2": KEY, "/v2/models/stats": KEY, "/metrics": KEY, "/v1/status": KEY,
+    "/v2/models/{model}": KEY, "/v2/models/{model}/config": KEY, "/v2/models/{model}/stats": KEY,
+    "/v2/models/{model}/infer": KEY,
+    "/v2/models/{model}/versions/{version}": KEY, "/v2/models/{model}/versions/{version}/config": KEY,
+    "/v2/models/{model}/versions/{version}/stats": KEY, "/v2/models/{model}/versions/{version}/infer": KEY,
+    "/v1/models/{model}/predict": KEY, "/v1/models/{model}/versions/{version}/predict": KEY,
+    "/v2/repository/index": KEY,
+    "/v2/repository/models/{model}/load": ADMIN, "/v2/repository/models/{model}/unload": ADMIN,
+}
+
+GRPC_ACCESS: dict[str, Access] = {  # by method name in `inference.GRPCInferenceService`
+    "ServerLive": OPEN, "ServerReady": OPEN, "ModelReady": OPEN,
+    "ServerMetadata": KEY, "ModelMetadata": KEY, "ModelConfig": KEY, "ModelStatistics": KEY, "ModelInfer": KEY,
+    "RepositoryIndex": KEY,
+    "RepositoryModelLoad": ADMIN, "RepositoryModelUnload": ADMIN,
+}
+
+
+class Forbidden(KakehashiError):
+    """The caller may not do this (HTTP 403 / PERMISSION_DENIED)."""
+
+    status = 403
 
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-class ApiKeys:
-    """The accepted keys (as digests); empty means authentication is off."""
+def _digests(keys: Iterable[str]) -> list[bytes]:
+    return [_digest(key) for key in {k.strip() for k in keys} if key]
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [_digest(key) for key in {k.strip() for k in keys} if key]
+
+def _keys(environ: dict[str, str], variable: str, file: Path | None) -> list[str]:
+    keys = environ.get(variable, "").split(",")
+    if file is not None:
+        keys += [line.split("#", 1)[0] for line in file.read_text().splitlines()]
+    return keys
+
+
+class ApiKeys:
+    """The accepted ordinary and admin keys (as digests); none at all means authentication is off. An admin key
+    is also accepted wherever an ordinary key is."""
+
+    def __init__(self, keys: Iterable[str], admin: Iterable[str] = ()) -> None:
+        self._digests = _digests(keys)
+        self._admin = _digests(admin)
 
     @classmethod
-    def load(cls, file: Path | None, environ: dict[str, str] = os.environ) -> "ApiKeys":
-        """Keys from `KAKEHASHI_API_KEYS` and `file` (unreadable file → `OSError`)."""
-        keys = environ.get(KEYS_ENV, "").split(",")
-        if file is not None:
-            keys += [line.split("#", 1)[0] for line in file.read_text().splitlines()]
-        return cls(keys)
+    def load(cls, file: Path | None, admin_file: Path | None = None,
+             environ: dict[str, str] = os.environ) -> "ApiKeys":
+        """Keys from `KAKEHASHI_API_KEYS` and `file`, admin keys from `KAKEHASHI_ADMIN_KEYS` and `admin_file`
+        (unreadable file → `OSError`)."""
+        return cls(_keys(environ, KEYS_ENV, file), _keys(environ, ADMIN_KEYS_ENV, admin_file))
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._digests or self._admin)
 
-    def accepts(self, authorization: str | None, api_key: str | None) -> bool:
-        """True if the bearer token or the X-API-Key value is one of the keys."""
+    def access(self, authorization: str | None, api_key: str | None) -> Access:
+        """What the bearer token or the X-API-Key value grants: ADMIN, KEY, or OPEN (no valid key)."""
         given = api_key
         if authorization and authorization[:7].lower() == "bearer ":
             given = authorization[7:].strip()
         if not given:
-            return False
+            return OPEN
         digest = _digest(given)
-        matched = False
+        ordinary = admin = False
         for known in self._digests:
-            matched |= hmac.compare_digest(digest, known)
-        return matched
+            ordinary |= hmac.compare_digest(digest, known)
+        for known in self._admin:
+            admin |= hmac.compare_digest(digest, known)
+        return ADMIN if admin else KEY if ordinary else OPEN
+
+
+def _unclassified(names: Iterable[str], table: dict[str, Access]) -> list[str]:
+    return [name for name in names if name not in table]
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: every HTTP request outside the open paths needs a valid key (else 401)."""
+    """ASGI middleware: each HTTP request needs what its route's class asks (401 without a key, 403 with an
+    ordinary key on a control route)."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys, routes: Sequence[BaseRoute]) -> None:
+        missing = _unclassified((getattr(route, "path", "") for route in routes), HTTP_ACCESS)
+        if missing:
+            raise RuntimeError(f"routes without an access class in kakehashi.server.auth.HTTP_ACCESS: {missing}")
         self.app = app
         self.keys = keys
+        self.routes = routes
+
+    def required(self, scope: Scope) -> Access:
+        """The class of the route the router will pick (the first full match, else the first path match: 405);
+        a path no route matches needs a key."""
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return HTTP_ACCESS[getattr(route, "path")]
+            if match is Match.PARTIAL and partial is None:
+                partial = HTTP_ACCESS[getattr(route, "path")]
+        return KEY if partial is None else partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-                or MODEL_READY.fullmatch(path)):
+        required = self.required(scope) if scope["type"] == "http" else OPEN
+        if required is OPEN:
             await self.app(scope, receive, send)
             return
         headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}
-        if self.keys.accepts(headers.get(b"authorization"), headers.get(b"x-api-key")):
+        granted = self.keys.access(headers.get(b"authorization"), headers.get(b"x-api-key"))
+        if granted >= required:
             await self.app(scope, receive, send)
-            return
-        await error_response(401, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        elif granted is OPEN:
+            await error_response(401, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        else:
+            await error_response(403, ADMIN_NEEDED)(scope, receive, send)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """gRPC: every method but ServerLive/ServerReady needs `authorization: Bearer <key>` or `x-api-key`."""
+    """gRPC: each method needs what its class asks (UNAUTHENTICATED without a key, PERMISSION_DENIED with an
+    ordinary key on a control method); `service` is the descriptor of the service, every method classified."""
 
-    def __init__(self, keys: ApiKeys) -> None:
+    def __init__(self, keys: ApiKeys, service: ServiceDescriptor) -> None:
+        missing = _unclassified(service.methods_by_name, GRPC_ACCESS)
+        if missing:
+            raise RuntimeError(f"gRPC methods without an access class in kakehashi.server.auth.GRPC_ACCESS: {missing}")
         self.keys = keys
+        self._service = service.full_name
 
-        async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+        def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+            async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
+                await context.abort(code, message)
+            return grpc.unary_unary_rpc_method_handler(refuse)
 
-        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+        self._unauthenticated = refusal(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+        self._denied = refusal(grpc.StatusCode.PERMISSION_DENIED, ADMIN_NEEDED)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        if details.method in OPEN_GRPC_METHODS:
+        service, _, method = details.method.lstrip("/").partition("/")
+        required = GRPC_ACCESS.get(method, KEY) if service == self._service else KEY
+        if required is OPEN:
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
-        if self.keys.accepts(metadata.get("authorization"), metadata.get("x-api-key")):
+        granted = self.keys.access(metadata.get("authorization"), metadata.get("x-api-key"))
+        if granted >= required:
             return await continuation(details)
-        return self._refusal
+        return self._unauthenticated if granted is OPEN else self._denied

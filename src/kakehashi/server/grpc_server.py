@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,6 +39,8 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 Method = Callable[["InferenceServicer", object, grpc.aio.ServicerContext], Awaitable[object]]
 
@@ -112,11 +115,13 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelLoad(self, request, context):
+        self._state.require_model_control()
         await self._repository.load(request.model_name, list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request, context):
+        self._state.require_model_control()
         await self._repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -151,7 +156,7 @@ async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
     settings = state.settings
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.max_send_message_length", -1)],
-        interceptors=[ApiKeyInterceptor(state.keys)] if state.keys.enabled else None,
+        interceptors=[ApiKeyInterceptor(state.keys, SERVICE)] if state.keys.enabled else None,
     )
     service.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
     address = f"{settings.host}:{settings.grpc_port}"

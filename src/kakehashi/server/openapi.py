@@ -154,7 +154,7 @@ SPEC = {
                             "Ultralytics-style image predict endpoint."},
     "paths": _with_common_errors({
         "/v2/health/live": {"get": {"summary": "Server liveness", "responses": {"200": {"description": "Live"}}}},
-        "/v2/health/ready": {"get": {"summary": "Server readiness (all models loaded)",
+        "/v2/health/ready": {"get": {"summary": "Server readiness (a model READY, and every expected one)",
                                      "responses": {"200": {"description": "Ready"},
                                                    "503": {"description": "Not ready"}}}},
         "/v2": {"get": {"summary": "Server metadata", "responses": {"200": {"description": "OK"}}}},
@@ -165,11 +165,13 @@ SPEC = {
         "/v2/repository/index": {"post": {"summary": "Every model and version with its state",
                                           "responses": {"200": {"description": "OK"}, "400": _ERROR}}},
         "/v2/repository/models/{model}/load": {"post": {
-            "summary": "Load or reload a model from disk (no dropped requests)", "parameters": [_MODEL],
-            "responses": {"200": {"description": "Loaded"}, "400": _ERROR, "404": _ERROR}}},
+            "summary": "Load or reload a model from disk (no dropped requests; needs --model-control explicit or "
+                       "poll, and an admin key when keys are on)", "parameters": [_MODEL],
+            "responses": {"200": {"description": "Loaded"}, "400": _ERROR, "403": _ERROR, "404": _ERROR}}},
         "/v2/repository/models/{model}/unload": {"post": {
-            "summary": "Stop serving a model", "parameters": [_MODEL],
-            "responses": {"200": {"description": "Unloaded"}, "404": _ERROR}}},
+            "summary": "Stop serving a model (needs --model-control explicit or poll, and an admin key when keys "
+                       "are on)", "parameters": [_MODEL],
+            "responses": {"200": {"description": "Unloaded"}, "403": _ERROR, "404": _ERROR}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
         "/v1/models/{model}/predict": _PREDICT,
         "/v1/models/{model}/versions/{version}/predict": {"post": {

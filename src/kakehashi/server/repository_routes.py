@@ -1,4 +1,5 @@
-"""The model repository extension: index, load (or reload) and unload models while serving."""
+"""The model repository extension: index, load (or reload) and unload models while serving (with
+`--model-control explicit` or `poll`; else 403)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ async def index(request: Request) -> Response:
 
 
 async def load(request: Request) -> Response:
+    server_state(request).require_model_control()
     parameters = (await _options(request)).get("parameters") or {}
     await server_state(request).repository.load(request.path_params["model"], list(parameters))
     return JSONBytes({})
 
 
 async def unload(request: Request) -> Response:
+    server_state(request).require_model_control()
     await server_state(request).repository.unload(request.path_params["model"])
     return JSONBytes({})
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
-from kakehashi.server.auth import ApiKeys
+from kakehashi.server.auth import ApiKeys, Forbidden
 from kakehashi.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,14 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
+        """Loaded, not draining, and the repository ready (see `ModelRepository.ready`)."""
         return self.loaded and not self.draining and self.repository.ready
+
+    def require_model_control(self) -> None:
+        """Refuse (403) a load or unload unless the server was started with model control on."""
+        if self.settings.model_control == "none":
+            raise Forbidden("loading and unloading models is off on this server; start it with --model-control "
+                            "explicit (or poll) to allow it")
 
     async def drain(self) -> None:
         """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the

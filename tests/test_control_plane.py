@@ -1,0 +1,199 @@
+"""The control plane against live servers: load/unload off by default, readiness that tells the truth, one lock
+for every change (a late unload is never lost, a load/unload storm ends in the state of its last call), and 404s
+that name no served model."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import YOLO11, image_bytes
+from kakehashi.cli import main
+from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
+from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
+from onnx_builders import constant_model
+
+META = {"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"}
+IMAGE = image_bytes(64, 64)
+
+
+def _model(path):
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = (0, 0, 32, 32, 0.5, 1)
+    return constant_model(path, {"output0": rows}, metadata=META)
+
+
+def _stub(server):
+    channel = grpc.insecure_channel(server.grpc_address)
+    return channel, service.GRPCInferenceServiceStub(channel)
+
+
+def _grpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value
+
+
+def _wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.02)
+
+
+def _states(server) -> dict:
+    return {row["name"]: row["state"] for row in server.client.post("/v2/repository/index").json()}
+
+
+@pytest.fixture(scope="module")
+def default(serve_module, tmp_path_factory):
+    """A repository of two models served with no control flag."""
+    root = tmp_path_factory.mktemp("repo")
+    _model(root / "alpha" / "1" / "model.onnx")
+    _model(root / "beta" / "1" / "model.onnx")
+    return serve_module(root)
+
+
+def test_load_and_unload_are_off_by_default_over_http_and_grpc(default):
+    for action in ("load", "unload"):
+        response = default.client.post(f"/v2/repository/models/alpha/{action}")
+        assert response.status_code == 403 and "--model-control explicit" in response.json()["error"], response.text
+    channel, stub = _stub(default)
+    with channel:
+        for call in (lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="alpha")),
+                     lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="alpha"))):
+            error = _grpc_error(call)
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "--model-control" in error.details()
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert _states(default) == {"alpha": "READY", "beta": "READY"}  # the index stays readable; nothing changed
+    assert default.client.get("/v2/health/ready").status_code == 200
+
+
+def test_an_unknown_model_names_no_served_model(default):
+    for path in ("/v2/models/zzz/ready", "/v2/models/zzz", "/v2/models/zzz/versions/1/ready"):
+        response = default.client.get(path)
+        assert response.status_code == 404 and "zzz" in response.text, path
+        assert "alpha" not in response.text and "beta" not in response.text, response.text
+    channel, stub = _stub(default)
+    with channel:
+        for call in (lambda: stub.ModelReady(pb.ModelReadyRequest(name="zzz")),
+                     lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="zzz"))):
+            error = _grpc_error(call)
+            assert error.code() == grpc.StatusCode.NOT_FOUND and "zzz" in error.details()
+            assert "alpha" not in error.details() and "beta" not in error.details()
+
+
+def test_poll_seconds_needs_model_control_poll():
+    result = CliRunner().invoke(main, ["serve", "--poll-seconds", "2"])
+    assert result.exit_code == 2 and "--poll-seconds needs --model-control poll" in result.output
+    result = CliRunner().invoke(main, ["serve", "--model-control", "sometimes"])
+    assert result.exit_code == 2 and "'none', 'explicit', 'poll'" in result.output
+
+
+def _ready(server, stub) -> tuple[int, bool]:
+    return server.client.get("/v2/health/ready").status_code, stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_readiness_tells_the_truth(serve, tmp_path):
+    _model(tmp_path / "alpha" / "1" / "model.onnx")
+    _model(tmp_path / "beta" / "1" / "model.onnx")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"\x08\x01garbage")
+    server = serve(tmp_path, "--model-control", "explicit", wait="/v2/health/live")
+    _wait_for(lambda: _states(server) == {"alpha": "READY", "beta": "READY", "broken": "UNAVAILABLE"})
+    channel, stub = _stub(server)
+    with channel:
+        assert _ready(server, stub) == (503, False)  # a model found at start is not READY
+        assert server.client.post("/v2/repository/models/broken/unload").status_code == 200
+        assert _ready(server, stub) == (200, True)  # unloaded on purpose: no longer expected
+        assert server.client.post("/v2/repository/models/broken/load").status_code == 400
+        assert _ready(server, stub) == (200, True)  # a failed load of a model not expected changes nothing
+        assert server.client.post("/v2/repository/models/alpha/unload").status_code == 200
+        assert _ready(server, stub) == (200, True)
+        assert server.client.post("/v2/repository/models/beta/unload").status_code == 200
+        assert _ready(server, stub) == (503, False)  # no model READY: never ready
+        assert server.client.post("/v2/repository/models/alpha/load").status_code == 200
+        assert _ready(server, stub) == (200, True)
+
+
+def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
+    """The attack: an unload 0.15 s after a (slow) reload answered 200 and left the model READY."""
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    server = serve(tmp_path, "--model-control", "explicit")
+    answered: dict[str, tuple[int, float]] = {}
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            status = client.post("/v2/repository/models/slow/load").status_code
+            answered["load"] = (status, time.monotonic())
+
+    loading = threading.Thread(target=load)
+    loading.start()
+    time.sleep(0.15)  # the attack's timing: the unload is sent while the reload runs
+    unload_sent = time.monotonic()
+    unload = server.client.post("/v2/repository/models/slow/unload")
+    loading.join()
+    assert answered["load"][0] == 200 and unload.status_code == 200, unload.text
+    assert answered["load"][1] > unload_sent, "the load finished before the unload was sent: nothing overlapped"
+    assert _states(server) == {"slow": "UNLOADED"}
+    assert server.client.get("/v2/models/slow/ready").status_code == 503
+
+
+CHANGE = re.compile(r"model storm (loaded|unloaded)\b")
+
+
+def test_a_load_unload_storm_ends_in_the_state_of_its_last_call(serve, tmp_path):
+    """40 calls from four clients at once (two over HTTP, two over gRPC), each sending load, unload, load, ...,
+    unload in turn. Every answer is a success. The lock serialises the calls and the server logs each change under
+    it, so its log is the order they took effect and were answered: one change per call. The last call answered
+    is some client's last, an unload, so the model ends UNLOADED."""
+    _model(tmp_path / "storm" / "1" / "model.onnx")
+    _model(tmp_path / "steady" / "1" / "model.onnx")  # keeps the server ready whatever the storm does
+    server = serve(tmp_path, "--model-control", "explicit")
+    actions = ["load", "unload"] * 5
+    start = threading.Barrier(4)
+    answers: list[tuple[str, object]] = []
+
+    def over_http() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            start.wait()
+            for action in actions:
+                answers.append((action, client.post(f"/v2/repository/models/storm/{action}").status_code))
+
+    def over_grpc() -> None:
+        channel, stub = _stub(server)
+        calls = {"load": lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="storm"), timeout=120),
+                 "unload": lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="storm"),
+                                                              timeout=120)}
+        with channel:
+            start.wait()
+            for action in actions:
+                try:
+                    calls[action]()
+                    answers.append((action, 200))
+                except grpc.RpcError as exc:
+                    answers.append((action, exc.code()))
+
+    clients = [threading.Thread(target=target) for target in (over_http, over_http, over_grpc, over_grpc)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(300)
+    assert len(answers) == 40 and {status for _, status in answers} == {200}, answers
+    changes = CHANGE.findall(server.log())
+    assert changes.count("loaded") == changes.count("unloaded") == 20 and changes[-1] == "unloaded", changes
+    assert _states(server) == {"steady": "READY", "storm": "UNLOADED"}
+    assert server.client.get("/v2/models/storm/ready").status_code == 503
+    channel, stub = _stub(server)
+    with channel:
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="storm")).ready
+    assert server.client.get("/v2/health/ready").status_code == 200
+    assert "Traceback" not in server.log()

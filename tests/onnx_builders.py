@@ -120,3 +120,69 @@ def half_precision(source: Path, target: Path, keep_io_types: bool = False) -> P
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=keep_io_types), str(target))
     return target
+
+
+def size_probe_model(path: Path, box: tuple[float, float, float, float] = (0, 0, 320, 320)) -> Path:
+    """An end-to-end detector ([batch, 1, 6] rows x1, y1, x2, y2, score, class) that proves the input size it
+    ran at: one box at the fixed input pixels `box`, class 0, with score = input width / 1000. At imgsz 320 a
+    640x640 image gives confidence 0.32 and the box (0, 0, 640, 640) in its pixels; at 640, 0.64 and (0, 0,
+    320, 320)."""
+    nodes = [
+        helper.make_node("Cast", ["images"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["as_float"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
+        helper.make_node("Reshape", ["zeros", "batch_shape"], ["batch_zeros"]),  # [batch, 1, 1]
+        helper.make_node("Shape", ["images"], ["shape"]),
+        helper.make_node("Gather", ["shape", "width_index"], ["width"], axis=0),
+        helper.make_node("Cast", ["width"], ["width_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["width_float", "thousand"], ["score"]),
+        helper.make_node("Mul", ["score", "score_slot"], ["score_row"]),  # [1, 1, 6]: the score in column 4
+        helper.make_node("Add", ["score_row", "row"], ["full_row"]),
+        helper.make_node("Add", ["batch_zeros", "full_row"], ["output0"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(np.asarray([-1, 1, 1], np.int64), "batch_shape"),
+        numpy_helper.from_array(np.asarray([3], np.int64), "width_index"),
+        numpy_helper.from_array(np.asarray([1000], np.float32), "thousand"),
+        numpy_helper.from_array(np.asarray([[[0, 0, 0, 0, 1, 0]]], np.float32), "score_slot"),
+        numpy_helper.from_array(np.asarray([[[*box, 0, 0]]], np.float32), "row"),
+    ]
+    graph = helper.make_graph(
+        nodes, "size_probe", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 1, 6])], initializers)
+    return _save(graph, path, {"end2end": "True", "names": "{0: 'probe'}", "stride": "32", "task": "detect"})
+
+
+def colour_classifier(path: Path, order: tuple[int, int, int] = (0, 1, 2)) -> Path:
+    """A classifier of an image's dominant colour: softmax over 20 × the mean of each channel; class k is
+    channel `order[k]` (names red, green, blue in that order), so a clearly tinted image has a clear top-1."""
+    weights = np.zeros((3, 3), np.float32)
+    for cls, channel in enumerate(order):
+        weights[channel, cls] = 20.0
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["means"], axis=1),
+        helper.make_node("MatMul", ["means", "weights"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["output0"], axis=1),
+    ]
+    names = "{" + ", ".join(f"{cls}: '{('red', 'green', 'blue')[channel]}'" for cls, channel in enumerate(order)) + "}"
+    graph = helper.make_graph(
+        nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weights, "weights")])
+    return _save(graph, path, {"task": "classify", "names": names, "imgsz": "[64, 64]", "stride": "1"})
+
+
+def offset_output(source: Path, target: Path, output: str, offset: float) -> Path:
+    """A copy of the model at `source` with `offset` added to its output `output` (metadata kept). On a
+    random-weight segmentation export, prototypes + 1 make every mask logit the sum of the box's coefficients,
+    which is positive there: masks that fill their boxes instead of (correctly) empty ones."""
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        node.output[:] = [f"{output}_before_offset" if name == output else name for name in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(offset, np.float32), f"{output}_offset"))
+    model.graph.node.append(helper.make_node("Add", [f"{output}_before_offset", f"{output}_offset"], [output]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target

@@ -83,9 +83,28 @@ def test_chunked_body_over_the_limit(server):
     assert response.status_code == 413
 
 
-def test_imgsz_on_a_dynamic_shape_model(server):
-    response = post_file(server, (IMAGES / "astronaut.png").read_bytes(), imgsz="320")
-    assert response.status_code == 200
+def test_imgsz_on_a_dynamic_shape_model(server, tmp_path):
+    """The bundled detector (300x300 by default, stretched) run at 320x320: the server's answer is the model's
+    at 320 (as run in-process), not its answer at 300, and the box is still in the 512x512 photo's pixels."""
+    import shutil
+
+    from conftest import same_detections
+    from inprocess import load, predict
+    from kakehashi.settings import default_model_path
+
+    data = (IMAGES / "astronaut.png").read_bytes()
+    response = post_file(server, data, imgsz="320")
+    assert response.status_code == 200, response.text
+    [image] = response.json()["images"]
+    [person] = image["results"]
+    assert image["shape"] == [512, 512] and person["name"] == "person"
+    assert person["box"]["x2"] > 350 and person["box"]["y2"] > 500  # original pixels, not the model's 320
+    bundled = shutil.copytree(default_model_path() / "ssdlite-person", tmp_path / "ssdlite-person")
+    (bundled / "model.yaml").write_text((bundled / "model.yaml").read_text() + "\nbackend: onnxruntime\n")
+    handle = load(bundled)  # one runtime: no measuring at load (the server's may differ by < 1e-3)
+    at_320, at_300 = predict(handle, data, imgsz=320)[0].results, predict(handle, data)[0].results
+    assert not same_detections(at_320, at_300)  # the two sizes are told apart (box edges ~3 px apart) ...
+    assert same_detections(image["results"], at_320)  # ... and the server ran at 320
 
 
 @pytest.mark.parametrize("path, message", [

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 from PIL import Image, ImageOps
 
@@ -68,15 +69,43 @@ def test_quantize_needs_an_image_model_and_images(tmp_path):
     assert "no images" in run("quantize", str(YOLO11), "--calibration", str(tmp_path / "empty")).stderr
 
 
-def test_a_classifier_is_compared_by_its_top_class(tmp_path):
-    from conftest import MODELS
+def _tinted(folder, photos, tints):
+    """Each photo tinted each way (the other channels dimmed to 30%): images with a clear dominant colour."""
+    folder.mkdir()
+    for photo in photos:
+        pixels = np.asarray(Image.open(photo).convert("RGB"), np.float32)
+        for tint in tints:
+            dimmed = pixels * np.where(np.arange(3) == "rgb".index(tint), 1.0, 0.3)
+            Image.fromarray(dimmed.astype(np.uint8)).save(folder / f"{photo.stem}-{tint}.jpg", quality=92)
+    return sorted(folder.iterdir())
 
-    model = tmp_path / "cls.onnx"
-    shutil.copy(MODELS / "yolo11n-cls-random-224-dynamic.onnx", model)
-    result = run("quantize", str(model), "--calibration", str(_calibration(tmp_path / "cal")))
+
+def test_a_classifier_is_compared_by_its_top_class(tmp_path):
+    """A classifier of the dominant colour gives each tinted held-out photo a clear top-1 (red, green and blue
+    all occur): the INT8 model must give the same one on every image, and the comparison must tell a model that
+    disagrees (the classes permuted) from one that agrees."""
+    from kakehashi.quantize import evaluate
+    from onnx_builders import colour_classifier
+
+    model = colour_classifier(tmp_path / "colour.onnx")
+    calibration = _tinted(tmp_path / "cal", sorted(IMAGES.glob("*.png")), "rgb")
+    held = _tinted(tmp_path / "held", [IMAGES / "coffee.png"], "rgb")
+    for path in held:  # never calibrated on: mirrored
+        ImageOps.mirror(Image.open(path)).save(path)
+    result = run("quantize", str(model), "--calibration", str(calibration[0].parent), "--held-out",
+                 str(held[0].parent))
     assert result.returncode == 0, result.stderr
-    agreed = re.search(r"held-out images: INT8 gives FP32's top-1 class on (\d+)/2 ", result.stdout)
-    assert agreed, result.stdout
+    assert "calibrated on 9 images, report on 3 held-out images" in result.stdout
+    assert "held-out images: INT8 gives FP32's top-1 class on 3/3 (100.0%)" in result.stdout, result.stdout
+    int8 = tmp_path / "colour.int8.onnx"
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(int8)).graph.node)
+    tops = [json.loads(run("predict", str(path), "--model", str(int8)).stdout)["images"][0]["results"][0]["name"]
+            for path in held]
+    assert tops == ["blue", "green", "red"]  # coffee-b, coffee-g, coffee-r: three different answers
+    permuted = colour_classifier(tmp_path / "permuted.onnx", order=(1, 2, 0))
+    report = evaluate(model, permuted, None, held, 0.25)
+    assert report.classify and (report.matched, report.boxes) == (0, 3)  # every top-1 differs: none agree
+    assert (evaluate(model, int8, None, held, 0.25).matched, report.boxes) == (3, 3)
 
 
 def test_agreement_matching():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes
-from onnx_builders import constant_model
+from onnx_builders import constant_model, size_probe_model
 
 
 def _e2e_rows(score: float) -> np.ndarray:
@@ -27,6 +27,7 @@ def repository(tmp_path_factory):
     (root / "notonnx").mkdir()
     (root / "notonnx" / "model.onnx").write_bytes(b"this is not a protobuf at all")
     constant_model(root / "fixed.onnx", {"output0": _e2e_rows(0.5)}, metadata=meta, input_shape=[1, 3, 640, 640])
+    size_probe_model(root / "probe.onnx")
     return root
 
 
@@ -34,6 +35,7 @@ def repository(tmp_path_factory):
 def server(serve_module, repository):
     server = serve_module(repository, wait="/v2/models/det/ready")
     server.wait_until("/v2/models/fixed/ready")
+    server.wait_until("/v2/models/probe/ready")
     return server
 
 
@@ -81,7 +83,29 @@ def test_fixed_input_size_refuses_other_imgsz(server):
     files = [("file", ("a.png", image_bytes(100, 100)))]
     response = server.client.post("/v1/models/fixed/predict", files=files, params={"imgsz": 320})
     assert response.status_code == 400 and "fixed input size 640x640" in response.json()["error"]
-    assert server.client.post("/v1/models/fixed/predict", files=files, params={"imgsz": 640}).status_code == 200
+    response = server.client.post("/v1/models/fixed/predict", files=files, params={"imgsz": 640})
+    assert response.status_code == 200, response.text
+    [result] = response.json()["images"][0]["results"]  # the box 0..320 of the 640 input: half of 100 px
+    assert result["box"] == {"x1": 0.0, "y1": 0.0, "x2": 50.0, "y2": 50.0} and result["confidence"] == 0.5
+
+
+@pytest.mark.parametrize("imgsz, confidence, box", [
+    (None, 0.64, (0, 0, 320, 320)),           # the model's 640: input pixels are image pixels
+    ("320", 0.32, (0, 0, 640, 640)),          # scale 0.5: the box covers the whole input
+    ("420", 0.448, (0, 0, 457.14285, 457.14285)),  # rounded up to 448: 320 * 640 / 448
+    ("300,500", 0.512, (0, 0, 448, 640)),     # 320x512: scale 0.5, padded 96 px left and right
+])
+def test_imgsz_sets_the_size_the_model_runs_at(server, imgsz, confidence, box):
+    """The probe's score is its input width / 1000 and its box covers input pixels 0..320: the score says the
+    width the model ran at (imgsz rounded up to the stride, 32), the box that the answer is mapped back from
+    that size to the 640x640 image's pixels (through the letterbox, clipped)."""
+    files = [("file", ("a.png", image_bytes(640, 640)))]
+    response = server.client.post("/v1/models/probe/predict", files=files,
+                                  params={"conf": 0.1} | ({"imgsz": imgsz} if imgsz else {}))
+    assert response.status_code == 200, response.text
+    [result] = response.json()["images"][0]["results"]
+    assert result["confidence"] == pytest.approx(confidence, abs=1e-4)
+    assert result["box"] == pytest.approx(dict(zip(("x1", "y1", "x2", "y2"), box)), abs=1e-3)
 
 
 def test_single_file_and_missing_path(serve, tmp_path, repository):

@@ -61,3 +61,10 @@ class DeadlineExceeded(KakehashiError):
     """The request's deadline passed before it could be answered (HTTP 504)."""
 
     status = 504
+
+
+class InferenceFailed(KakehashiError):
+    """The model's runtime failed on a request that passed every check: our fault, not the client's (HTTP 500);
+    the traceback is logged where it happened."""
+
+    status = 500

@@ -5,6 +5,10 @@ default: on CPUs with bf16 support OpenVINO would otherwise compute in bf16, whi
 differently from ONNX Runtime (boxes moved by a pixel or more, detections near the threshold lost); `bf16`
 is there for those who measured that it suits their model.
 `run` is thread-safe: each call takes an idle infer request, so the batcher's instances map onto them.
+
+A failed inference leaves OpenVINO's CPU plugin unable to run the shapes of the last successful one (every later
+inference with them fails, on any infer request, until one of other shapes succeeds), so after a failure one
+inference of zeros at other valid shapes is run to put the compiled model back in order.
 """
 
 from __future__ import annotations
@@ -68,15 +72,44 @@ class OpenVinoBackend:
         self.requests = requests
         self.providers = [f"CPU ({hint}, {precision})"]
         self._outputs = [(port, spec.name) for port, spec in zip(compiled.outputs, self.outputs)]
+        self._last_good: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference on an idle infer request; every output by name (copied out of OpenVINO's buffers)."""
         request = self._idle.get()
         try:
             request.infer({name: np.ascontiguousarray(array) for name, array in feeds.items()})
-            return {name: request.get_tensor(port).data.copy() for port, name in self._outputs}
+            outputs = {name: request.get_tensor(port).data.copy() for port, name in self._outputs}
+        except Exception:
+            self._recover(request)
+            raise
+        else:
+            self._last_good = {name: (array.shape, array.dtype) for name, array in feeds.items()}
+            return outputs
         finally:
             self._idle.put(request)
+
+    def _recover(self, request) -> None:
+        """After a failed inference, run zeros shaped like the last successful feeds with the first dynamic
+        dimension changed (one more row for the batch dimension, doubled otherwise), so the shapes that worked
+        work again."""
+        if not self._last_good:
+            return
+        dynamic = [i for i, d in enumerate(self.inputs[0].shape) if d == -1]
+        if not dynamic:
+            return  # fixed shapes: a failed inference cannot have changed them
+        axis = dynamic[0]
+        feeds = {}
+        for spec in self.inputs:
+            shape, dtype = self._last_good[spec.name]
+            if axis < len(spec.shape) and spec.shape[axis] == -1:
+                shape = (*shape[:axis], shape[axis] + 1 if axis == 0 else shape[axis] * 2, *shape[axis + 1:])
+            feeds[spec.name] = np.zeros(shape, dtype)
+        try:
+            request.infer(feeds)
+        except Exception as exc:
+            log.warning("OpenVINO could not recover from a failed inference (%s); requests with the shapes of "
+                        "the last successful one may fail until others succeed", str(exc).splitlines()[-1:])
 
 
 def _metadata(model) -> dict[str, str]:

@@ -111,9 +111,18 @@ class DynamicBatcher:
         finally:
             if not future.done():
                 future.cancel()  # caller cancelled (client gone) or deadline passed: never run it
+                if not pending.dispatched:
+                    self._forget(pending)
         if not done:
             raise self._expired(pending.dispatched)
         return future.result()
+
+    def _forget(self, pending: _Pending) -> None:
+        """Take a request that will never run out of the queue at once, so the depth counts only live ones."""
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            pass
 
     def overloaded(self, waiting: int) -> Overloaded:
         """The 429 for a model with `waiting` requests ahead; Retry-After is the time to work through them."""

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
+from kakehashi.protocols.tensor_shape import checked_shape
 from kakehashi.errors import InvalidInput
 from kakehashi.protocols.oip_binary import tensor_from_bytes, tensor_to_bytes
 from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
@@ -72,9 +73,7 @@ def parse_grpc_infer_request(request: pb.ModelInferRequest) -> InferRequest:
             raise InvalidInput(f"input '{name}' is given twice")
         if datatype not in OIP_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(OIP_TO_NUMPY)}")
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        shape = checked_shape(name, tensor.shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input '{name}' has both contents and raw_input_contents")

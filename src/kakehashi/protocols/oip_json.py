@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
+from kakehashi.protocols.tensor_shape import checked_shape
 from kakehashi.errors import InvalidInput
 from kakehashi.protocols.oip_binary import split_body, tensor_from_bytes, tensor_to_bytes
 
@@ -52,9 +53,9 @@ def _loads(body: bytes) -> dict:
 
 
 def _shape(name: str, raw: object) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+    if not isinstance(raw, list):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
-    return tuple(raw)
+    return checked_shape(name, raw)
 
 
 def _whole(data: list, parsed: np.ndarray, dtype: np.dtype) -> np.ndarray:

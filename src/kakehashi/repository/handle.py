@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends import create_instances, create_scratch, faster_runtime
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
-from kakehashi.errors import InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
+from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
 from kakehashi.repository.config import ModelConfig
 from kakehashi.settings import Limits
 from kakehashi.tasks.image_task import prepare_image
@@ -29,6 +29,7 @@ from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ModelState(str, Enum):
@@ -72,6 +73,7 @@ class ModelHandle:
         self.backend: Backend | None = None
         self.task: ImageTask | None = None
         self.max_batch_size = 1
+        self._batchable = False
         self.preferred_batch_size = 1
         self.load_seconds = 0.0
         self.last_inference_ms = 0
@@ -112,15 +114,19 @@ class ModelHandle:
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
-            self.max_batch_size = config.batching.max_batch_size if _batchable(backend) else 1
+            self._batchable = _batchable(backend)
+            self.max_batch_size = config.batching.max_batch_size if self._batchable else 1
             self.preferred_batch_size = min(config.batching.preferred_batch_size or self.max_batch_size,
                                             self.max_batch_size)
             if config.warmup:
                 self._warm_up()
         except KakehashiError as exc:
-            self._instances, self.reason = [], exc.message
-            self._set_state(ModelState.FAILED)
             log.error("model %s version %s failed to load: %s", self.name, self.version, exc.message)
+            self._fail(exc.message)
+            return
+        except Exception as exc:  # the runtime or our code failed (e.g. the warm-up inference): ours to report
+            log.exception("model %s version %s failed to load", self.name, self.version)
+            self._fail(f"loading failed: {runtime_message(exc)}")
             return
         self._batcher = DynamicBatcher(
             self._run_on, len(self._instances), self.preferred_batch_size, config.batching.max_queue_delay_ms,
@@ -129,9 +135,13 @@ class ModelHandle:
         metrics.LOAD_SECONDS.labels(**self._labels).set(self.load_seconds)
         self._set_state(ModelState.READY)
         batching = f"batches of up to {self.preferred_batch_size}" if self.max_batch_size > 1 else (
-            "batching off" if _batchable(backend) else "batching off: the graph's batch dimension is fixed")
+            "batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
         log.info("model %s version %s ready in %.2f s: task %s, runtime %s, %d instance(s), %s", self.name,
                  self.version, self.load_seconds, self.kind, self.runtime, len(self._instances), batching)
+
+    def _fail(self, reason: str) -> None:
+        self._instances, self.backend, self.reason = [], None, reason
+        self._set_state(ModelState.FAILED)
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -144,9 +154,10 @@ class ModelHandle:
 
     @contextmanager
     def _admission(self, count: int) -> Iterator[None]:
-        """Hold `count` places from arrival to answer. Past the queue limit (plus what the instances are
-        running) a request is refused with 429 before any decoding, so memory and waiting stay bounded under
-        overload; a request larger than the limit is still taken when nothing else is waiting."""
+        """Hold `count` places (rows: images or tensor rows) from arrival until the request's last piece of work
+        is gone. Past the queue limit (plus what the instances are running) a request is refused with 429 before
+        any decoding, so memory and waiting stay bounded under overload; a request larger than the limit is still
+        taken when nothing else is waiting."""
         limit = self.config.batching.max_queue_size + self.max_batch_size * len(self._instances)
         if self._admitted and self._admitted + count > limit and self._batcher is not None:
             raise self._batcher.overloaded(self._admitted)
@@ -241,15 +252,24 @@ class ModelHandle:
         return time.perf_counter() + min(limits) / 1000 if limits else None
 
     async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:
+        """Run `feeds` through the batcher; a runtime failure on input that passed every check is ours (500)."""
         self.require_ready()
-        result = await self._batcher.submit(feeds, rows, deadline)
+        try:
+            result = await self._batcher.submit(feeds, rows, deadline)
+        except KakehashiError:
+            raise
+        except Exception as exc:
+            log.error("model %s version %s failed to run a request", self.name, self.version, exc_info=exc)
+            raise InferenceFailed(f"model '{self.name}' version {self.version} failed to run this request: "
+                                  f"{runtime_message(exc)}") from None
         self._queue_seconds.observe(result.queue)
         return result
 
     # -- raw tensors (OIP v2) ----------------------------------------------------------------------
 
-    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
-        """Check names, datatypes and shapes of request tensors against the model's inputs."""
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> int:
+        """Check names, datatypes and shapes of request tensors against the model's inputs; the rows (batch size)
+        the request counts for (1 for a model whose graph does not batch)."""
         backend = self.require_ready()
         expected = {spec.name: spec for spec in backend.inputs}
         unknown = sorted(set(feeds) - set(expected))
@@ -263,20 +283,22 @@ class ModelHandle:
                 raise PayloadTooLarge(f"input '{name}' has {array.size} elements; the limit is "
                                       f"{self._limits.max_tensor_elements}")
             _check_tensor(expected[name], oip_datatype(array.dtype), array.shape)
-        if self.max_batch_size > 1 and len({array.shape[0] for array in feeds.values()}) > 1:
+        if not self._batchable:
+            return 1
+        rows = {array.shape[0] for array in feeds.values()}
+        if len(rows) > 1:
             raise InvalidInput(f"inputs of model '{self.name}' must share the batch (first) dimension")
+        count = rows.pop()
+        if count > self.max_batch_size:
+            raise InvalidInput(f"the request has {count} rows (batch dimension); model '{self.name}' takes at most "
+                               f"{self.max_batch_size} per request (its max_batch_size): split it")
+        return count
 
     async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
         """Check raw tensors against the model's inputs, run them through the batcher; every output by name."""
-        self._check_feeds(feeds)
-        rows = next(iter(feeds.values())).shape[0] if self.max_batch_size > 1 else 1
-        try:
-            with self._admission(1):
-                return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
-        except KakehashiError:
-            raise
-        except Exception as exc:  # the runtime rejected values the shape checks could not see
-            raise InvalidInput(f"model '{self.name}' could not run this input: {_first_line(exc)}") from None
+        rows = self._check_feeds(feeds)
+        with self._admission(rows):
+            return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
 
     # -- images -------------------------------------------------------------------------------------
 
@@ -294,16 +316,19 @@ class ModelHandle:
         deadline = self.deadline(timeout_ms)
         numbered = len(images) > 1
         with self._admission(len(images)):
-            return list(await asyncio.gather(*(
-                self._predict_one(task, index, data, params, deadline, numbered) for index, data in enumerate(images)
-            )))
+            try:
+                # the first failure cancels its siblings, and admission is held until every one of them is gone
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._predict_one(task, index, data, params, deadline, numbered))
+                             for index, data in enumerate(images)]
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
     async def _predict_one(self, task: ImageTask, index: int, data: bytes | Image.Image, params: PredictParams,
                            deadline: float | None, numbered: bool) -> ImagePrediction:
-        loop = asyncio.get_running_loop()
         try:
-            prepared, pre = await loop.run_in_executor(self._compute, _timed, prepare_image, data, task.input,
-                                                       params, self._limits.max_pixels)
+            prepared, pre = await self._in_pool(prepare_image, data, task.input, params, self._limits.max_pixels)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
@@ -311,11 +336,22 @@ class ModelHandle:
         self._preprocess_seconds.observe(pre)
         result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
         outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
-        found, post = await loop.run_in_executor(self._compute, _timed, task.postprocess, outputs, prepared, params)
+        found, post = await self._in_pool(task.postprocess, outputs, prepared, params)
         self._postprocess_seconds.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
                  "postprocess": _ms(post)}
         return ImagePrediction(prepared.original_shape, found, speed)
+
+    async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
+        """`function(*args)` and its duration, in the compute pool. If the caller is cancelled, work not yet
+        started is dropped and work already running is waited for, so what a request holds is gone when it ends."""
+        future = self._compute.submit(_timed, function, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                await asyncio.wait({asyncio.wrap_future(future)})
+            raise
 
 
 def _decodable(output: np.ndarray) -> np.ndarray:
@@ -349,9 +385,13 @@ def _timed(function, *args):
     return value, time.perf_counter() - started
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def runtime_message(exc: BaseException) -> str:
+    """The informative part of a runtime's error: its last line that is not a source location (OpenVINO's messages
+    start with lines like `Exception from src/...cpp:224:`), at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("Exception from ")]
+    text = (useful or lines or [type(exc).__name__])[-1]
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
@@ -360,3 +400,5 @@ def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> No
     if len(shape) != len(spec.shape) or any(e not in (-1, s) for e, s in zip(spec.shape, shape)):
         raise InvalidInput(f"input '{spec.name}' has shape {list(shape)}; the model expects "
                            f"{list(spec.shape)} (-1 = any size)")
+    if 0 in shape:
+        raise InvalidInput(f"input '{spec.name}' has shape {list(shape)}: a dimension of size 0 leaves nothing to run")

@@ -9,7 +9,7 @@ Every HTTP route and gRPC method is classified here, explicitly (`HTTP_ACCESS`, 
 protocol's health API — server and model readiness — the API docs and the web page's static files), keyed (any
 key), or control (model load and unload: an admin key; an ordinary key gets 403 / PERMISSION_DENIED). A path that
 matches no route needs a key, so a 404 tells nothing to a client without one. A missing key is a bare
-401 / UNAUTHENTICATED. An app or service with an unclassified route or method refuses to start.
+401 / UNAUTHENTICATED. A server with an unclassified route or method does not start (`require_classified`).
 """
 
 from __future__ import annotations
@@ -123,8 +123,13 @@ class ApiKeys:
         return ADMIN if admin else KEY if ordinary else OPEN
 
 
-def _unclassified(names: Iterable[str], table: dict[str, Access]) -> list[str]:
-    return [name for name in names if name not in table]
+def require_classified(routes: Sequence[BaseRoute], service: ServiceDescriptor | None = None) -> None:
+    """Raise `RuntimeError` (the server does not start) for a route or gRPC method with no access class."""
+    missing = [getattr(route, "path", repr(route)) for route in routes if getattr(route, "path", None) not in HTTP_ACCESS]
+    if service is not None:
+        missing += [f"gRPC {name}" for name in service.methods_by_name if name not in GRPC_ACCESS]
+    if missing:
+        raise RuntimeError(f"no access class in kakehashi.server.auth (HTTP_ACCESS / GRPC_ACCESS) for {missing}")
 
 
 class ApiKeyMiddleware:
@@ -132,9 +137,6 @@ class ApiKeyMiddleware:
     ordinary key on a control route)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, routes: Sequence[BaseRoute]) -> None:
-        missing = _unclassified((getattr(route, "path", "") for route in routes), HTTP_ACCESS)
-        if missing:
-            raise RuntimeError(f"routes without an access class in kakehashi.server.auth.HTTP_ACCESS: {missing}")
         self.app = app
         self.keys = keys
         self.routes = routes
@@ -168,14 +170,11 @@ class ApiKeyMiddleware:
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """gRPC: each method needs what its class asks (UNAUTHENTICATED without a key, PERMISSION_DENIED with an
-    ordinary key on a control method); `service` is the descriptor of the service, every method classified."""
+    ordinary key on a control method) of `service` (its full name); other services' methods need a key."""
 
-    def __init__(self, keys: ApiKeys, service: ServiceDescriptor) -> None:
-        missing = _unclassified(service.methods_by_name, GRPC_ACCESS)
-        if missing:
-            raise RuntimeError(f"gRPC methods without an access class in kakehashi.server.auth.GRPC_ACCESS: {missing}")
+    def __init__(self, keys: ApiKeys, service: str) -> None:
         self.keys = keys
-        self._service = service.full_name
+        self._service = service
 
         def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
             async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:

@@ -20,7 +20,7 @@ from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
 from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
 from kakehashi.protocols.oip_json import select_outputs
 from kakehashi.protocols.triton_config import model_config
-from kakehashi.server.auth import ApiKeyInterceptor
+from kakehashi.server.auth import ApiKeyInterceptor, require_classified
 from kakehashi.server.offload import off_loop
 from kakehashi.server.state import ServerState
 from kakehashi.server.tracking import RequestTracker
@@ -154,9 +154,10 @@ async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
     """Start serving gRPC on `state.settings.host:grpc_port` (TLS and API keys as for HTTP); messages up to the
     HTTP body limit are accepted."""
     settings = state.settings
+    require_classified((), SERVICE)
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.max_send_message_length", -1)],
-        interceptors=[ApiKeyInterceptor(state.keys, SERVICE)] if state.keys.enabled else None,
+        interceptors=[ApiKeyInterceptor(state.keys, SERVICE.full_name)] if state.keys.enabled else None,
     )
     service.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
     address = f"{settings.host}:{settings.grpc_port}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+import weakref
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 disable_created_metrics()  # no `_created` series: they double the exposition for no use here
 
@@ -33,18 +35,78 @@ MODEL_STATE = Gauge("kakehashi_model_state", "1 for the model version's current 
                     (*_MODEL, "state"))
 
 
-class Snapshot:
-    """Every Kakehashi sample of one model version, read from the registry once."""
+class RequestSeries:
+    """The request counter and latency series of one model version, per protocol and outcome, each resolved once."""
 
     def __init__(self, model: str, version: str) -> None:
-        self.samples = [sample for family in REGISTRY.collect() if family.name.startswith("kakehashi_")
-                        for sample in family.samples
-                        if sample.labels.get("model") == model and sample.labels.get("version") == version]
+        self._labels = {"model": model, "version": version}
+        self.by_outcome: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
-    def total(self, sample_name: str, **labels: str) -> float:
-        """Sum of a sample (e.g. `kakehashi_queue_duration_seconds_sum`) over series matching `labels`."""
-        return sum(s.value for s in self.samples
-                   if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
+    def record(self, protocol: str, outcome: str, seconds: float) -> None:
+        series = self.by_outcome.get((protocol, outcome))
+        if series is None:
+            labels = {**self._labels, "protocol": protocol, "outcome": outcome}
+            series = self.by_outcome[(protocol, outcome)] = (REQUESTS.labels(**labels), REQUEST_SECONDS.labels(**labels))
+        series[0].inc()
+        series[1].observe(seconds)
 
-    def label_values(self, sample_name: str, label: str) -> set[str]:
-        return {s.labels[label] for s in self.samples if s.name == sample_name}
+
+UNATTRIBUTED = RequestSeries("", "")  # requests answered before a model was resolved (unknown name, bad path)
+
+
+class VersionSeries:
+    """Every series of one model version, resolved once when it loads; per-request code and the statistics use
+    these objects and never look labels up or scan the registry. `of` shares one object among the handles of a
+    version (a reload's new handle and the old one it replaces) and lets it go with the last of them."""
+
+    _live: weakref.WeakValueDictionary[tuple[str, str], VersionSeries] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def of(cls, model: str, version: str) -> VersionSeries:
+        series = cls._live.get((model, version))
+        if series is None:
+            series = cls._live[(model, version)] = cls(model, version)
+        return series
+
+    def __init__(self, model: str, version: str) -> None:
+        labels = {"model": model, "version": version}
+        self._labels = labels
+        self.requests = RequestSeries(model, version)
+        self.queue = QUEUE_SECONDS.labels(**labels)
+        self.preprocess = PREPROCESS_SECONDS.labels(**labels)
+        self.postprocess = POSTPROCESS_SECONDS.labels(**labels)
+        self.inference = INFERENCE_SECONDS.labels(**labels)
+        self.batch_size = BATCH_SIZE.labels(**labels)
+        self.queue_depth = QUEUE_DEPTH.labels(**labels)
+        self.load_seconds = LOAD_SECONDS.labels(**labels)
+        self.states: dict[str, Gauge] = {}
+        self.batches: dict[int, tuple[Counter, Counter]] = {}
+
+    def state(self, current: str, every: list[str]) -> None:
+        """1 for the `current` state, 0 for the others."""
+        for state in every:
+            gauge = self.states.get(state)
+            if gauge is None:
+                gauge = self.states[state] = MODEL_STATE.labels(**self._labels, state=state)
+            gauge.set(1 if state == current else 0)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.inference.observe(seconds)
+        series = self.batches.get(rows)
+        if series is None:
+            labels = {**self._labels, "batch_size": str(rows)}
+            series = self.batches[rows] = (BATCH_EXECUTIONS.labels(**labels), BATCH_EXECUTION_SECONDS.labels(**labels))
+        series[0].inc()
+        series[1].inc(seconds)
+
+
+def samples(series: Counter | Gauge | Histogram) -> dict[str, float]:
+    """The current samples of one resolved series by suffix (`_total`, `_count`, `_sum`, `_bucket:0.005`...)."""
+    values: dict[str, float] = {}
+    for family in series.collect():
+        for sample in family.samples:
+            suffix = sample.name[len(family.name):]
+            key = f"{suffix}:{sample.labels['le']}" if "le" in sample.labels else suffix
+            values[key] = values.get(key, 0.0) + sample.value
+    return values

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi import metrics
+from kakehashi.metrics import VersionSeries
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends import create_instances, create_scratch, faster_runtime
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
@@ -87,22 +88,17 @@ class ModelHandle:
         # the model's and server's own limits are fixed: only the client's timeout varies per request
         self._fixed_timeout_ms = min((t for t in (config.batching.timeout_ms, limits.request_timeout_ms) if t),
                                      default=None)
-        self._labels = {"model": name, "version": str(version)}
-        # per-request series resolved once, not looked up by label on every request
-        self._queue_seconds = metrics.QUEUE_SECONDS.labels(**self._labels)
-        self._preprocess_seconds = metrics.PREPROCESS_SECONDS.labels(**self._labels)
-        self._postprocess_seconds = metrics.POSTPROCESS_SECONDS.labels(**self._labels)
-        self._batch_size = metrics.BATCH_SIZE.labels(**self._labels)
-        self._inference_seconds = metrics.INFERENCE_SECONDS.labels(**self._labels)
-        metrics.QUEUE_DEPTH.labels(**self._labels).set_function(lambda: self.queue_depth)
+        self.series = VersionSeries.of(name, str(version))
+        # the gauge holds the handle weakly, so an unloaded version can be garbage-collected
+        this = weakref.ref(self)
+        self.series.queue_depth.set_function(lambda: handle.queue_depth if (handle := this()) is not None else 0)
         self._set_state(ModelState.LOADING)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def _set_state(self, state: ModelState) -> None:
         self.state = state
-        for each in ModelState:
-            metrics.MODEL_STATE.labels(**self._labels, state=each.value).set(1 if each is state else 0)
+        self.series.state(state.value, [each.value for each in ModelState])
 
     def load(self) -> None:
         """Load the instances, resolve the task and warm up; on failure the state says why."""
@@ -132,7 +128,7 @@ class ModelHandle:
             self._run_on, len(self._instances), self.preferred_batch_size, config.batching.max_queue_delay_ms,
             config.batching.max_queue_size, f"{self.name}:{self.version}", self._record_batch)
         self.load_seconds = time.perf_counter() - started
-        metrics.LOAD_SECONDS.labels(**self._labels).set(self.load_seconds)
+        self.series.load_seconds.set(self.load_seconds)
         self._set_state(ModelState.READY)
         batching = f"batches of up to {self.preferred_batch_size}" if self.max_batch_size > 1 else (
             "batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
@@ -241,10 +237,7 @@ class ModelHandle:
 
     def _record_batch(self, rows: int, seconds: float) -> None:
         self.last_inference_ms = int(time.time() * 1000)
-        self._batch_size.observe(rows)
-        self._inference_seconds.observe(seconds)
-        metrics.BATCH_EXECUTIONS.labels(**self._labels, batch_size=str(rows)).inc()
-        metrics.BATCH_EXECUTION_SECONDS.labels(**self._labels, batch_size=str(rows)).inc(seconds)
+        self.series.batch(rows, seconds)
 
     def deadline(self, timeout_ms: float | None) -> float | None:
         """The `time.perf_counter()` by which a request must be answered (the tightest of client, model, server)."""
@@ -262,7 +255,7 @@ class ModelHandle:
             log.error("model %s version %s failed to run a request", self.name, self.version, exc_info=exc)
             raise InferenceFailed(f"model '{self.name}' version {self.version} failed to run this request: "
                                   f"{runtime_message(exc)}") from None
-        self._queue_seconds.observe(result.queue)
+        self.series.queue.observe(result.queue)
         return result
 
     # -- raw tensors (OIP v2) ----------------------------------------------------------------------
@@ -333,11 +326,11 @@ class ModelHandle:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
-        self._preprocess_seconds.observe(pre)
+        self.series.preprocess.observe(pre)
         result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
         outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
         found, post = await self._in_pool(task.postprocess, outputs, prepared, params)
-        self._postprocess_seconds.observe(post)
+        self.series.postprocess.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
                  "postprocess": _ms(post)}
         return ImagePrediction(prepared.original_shape, found, speed)

@@ -129,7 +129,7 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         with RequestTracker("grpc") as tracker:
             handle = self._repository.get(request.model_name, request.model_version)
-            tracker.labels = {"model": handle.name, "version": str(handle.version)}
+            tracker.series = handle.series.requests
             with handle.serving():
                 pool = self._repository.compute
                 size = sum(len(raw) for raw in request.raw_input_contents)  # ByteSize() would re-walk the message

@@ -67,5 +67,5 @@ def model_handle(request: Request) -> ModelHandle:
     handle = server_state(request).repository.get(params["model"], params.get("version"))
     tracker = getattr(request.state, "tracker", None)
     if tracker is not None:
-        tracker.labels = {"model": handle.name, "version": str(handle.version)}
+        tracker.series = handle.series.requests
     return handle

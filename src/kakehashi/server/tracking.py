@@ -40,11 +40,12 @@ def _in_flight(protocol: str):
 
 class RequestTracker:
     """One request's metrics, for any transport: in flight while open, then counted and timed by model,
-    version and outcome. The transport sets `labels` once it knows the model and `status` from its answer."""
+    version and outcome. The transport sets `series` once it knows the model version (its `VersionSeries`'
+    requests) and `status` from its answer."""
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
-        self.labels = {"model": "", "version": ""}
+        self.series: metrics.RequestSeries = metrics.UNATTRIBUTED
         self.status = 500
         self._in_flight = _in_flight(protocol)
 
@@ -61,10 +62,7 @@ class RequestTracker:
         elif isinstance(error, asyncio.CancelledError):
             self.status = ClientDisconnected.status
         self._in_flight.dec()
-        result = outcome(self.status)
-        metrics.REQUESTS.labels(**self.labels, protocol=self.protocol, outcome=result).inc()
-        metrics.REQUEST_SECONDS.labels(**self.labels, protocol=self.protocol, outcome=result).observe(
-            time.perf_counter() - self._started)
+        self.series.record(self.protocol, outcome(self.status), time.perf_counter() - self._started)
 
 
 def tracked(protocol: str) -> Callable[[Endpoint], Endpoint]:

@@ -4,13 +4,16 @@ key gets 403 / PERMISSION_DENIED), and a route or method nobody classified fails
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 from starlette.routing import Mount, Route
+from tritonclient.grpc import service_pb2 as pb
 
-from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server import auth
 from kakehashi.server.app import create_app
@@ -20,8 +23,29 @@ from kakehashi.settings import Limits, Settings, default_model_path
 
 KEY_VALUE, ADMIN_VALUE = "ordinary-key", "admin-key"
 MODEL = "ssdlite-person"
-SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _service() -> dict:
+    """Kakehashi's service descriptor (`grpc_service_pb2`), read in a subprocess: its generated module and
+    tritonclient's register the same proto names in protobuf's default pool, so one process cannot import both.
+    Its methods' messages are built from tritonclient's module (the same messages on the wire)."""
+    script = ("import json; from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb; "
+              "s = pb.DESCRIPTOR.services_by_name['GRPCInferenceService']; "
+              "print(json.dumps({'name': s.full_name, 'methods': {m.name: [m.input_type.name, m.output_type.name, "
+              "list(m.input_type.fields_by_name)] for m in s.methods}}))")
+    return json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
+
+
+SERVICE = _service()
+METHODS = sorted(SERVICE["methods"])
+
+
+class Descriptor:
+    """What `require_classified` reads of a service descriptor."""
+
+    def __init__(self, names) -> None:
+        self.methods_by_name = dict.fromkeys(names)
 
 
 def _app_routes() -> list:
@@ -47,7 +71,6 @@ def _requests() -> list[tuple[str, str, str]]:
 
 
 REQUESTS = _requests()
-METHODS = list(SERVICE.methods)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +85,7 @@ def server(serve_module, tmp_path_factory):
 def test_every_route_and_method_is_classified_and_the_policy_holds():
     unclassified = sorted({path for _, path, _ in REQUESTS} - set(auth.HTTP_ACCESS))
     assert not unclassified, f"classify these routes in kakehashi.server.auth.HTTP_ACCESS: {unclassified}"
-    methods = [method.name for method in SERVICE.methods]
-    missing = sorted(set(methods) - set(auth.GRPC_ACCESS))
+    missing = sorted(set(METHODS) - set(auth.GRPC_ACCESS))
     assert not missing, f"classify these gRPC methods in kakehashi.server.auth.GRPC_ACCESS: {missing}"
     # the policy, stated apart from the tables: only reads are open, and model control is admin-only
     for method, path, _ in REQUESTS:
@@ -72,19 +94,15 @@ def test_every_route_and_method_is_classified_and_the_policy_holds():
         if path.startswith("/v2/repository/models/"):
             assert auth.HTTP_ACCESS[path] is ADMIN, path
     assert auth.GRPC_ACCESS["RepositoryModelLoad"] is auth.GRPC_ACCESS["RepositoryModelUnload"] is ADMIN
-    assert {m for m in methods if auth.GRPC_ACCESS[m] is OPEN} <= {"ServerLive", "ServerReady", "ModelReady"}
+    assert {m for m in METHODS if auth.GRPC_ACCESS[m] is OPEN} <= {"ServerLive", "ServerReady", "ModelReady"}
 
 
 def test_an_unclassified_route_or_method_stops_the_server_from_starting():
-    require_classified(ROUTES, SERVICE)
+    require_classified(ROUTES, Descriptor(METHODS))
     with pytest.raises(RuntimeError, match="/v2/new"):
         require_classified([*ROUTES, Route("/v2/new", lambda request: None)])
-
-    class Service:
-        methods_by_name = {**SERVICE.methods_by_name, "NewMethod": None}
-
     with pytest.raises(RuntimeError, match="NewMethod"):
-        require_classified(ROUTES, Service)
+        require_classified(ROUTES, Descriptor([*METHODS, "NewMethod"]))
 
 
 def _target(path: str, access: auth.Access) -> str:
@@ -119,21 +137,22 @@ def test_a_path_no_route_matches_needs_a_key(server):
     assert server.client.get("/v2/nothing/here", headers={"X-API-Key": KEY_VALUE}).status_code == 404
 
 
-def _request(method) -> object:
+def _request(method: str) -> object:
     """A request message for `method`, naming the served model (or, for control, a model that does not exist)."""
-    message = getattr(pb, method.input_type.name)()
+    input_type, _, fields = SERVICE["methods"][method]
+    message = getattr(pb, input_type)()
     for field in ("name", "model_name"):
-        if field in method.input_type.fields_by_name:
-            setattr(message, field, "nope" if auth.GRPC_ACCESS[method.name] is ADMIN else MODEL)
+        if field in fields:
+            setattr(message, field, "nope" if auth.GRPC_ACCESS[method] is ADMIN else MODEL)
     return message
 
 
-@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+@pytest.mark.parametrize("method", METHODS)
 def test_grpc_method(server, method):
-    access = auth.GRPC_ACCESS[method.name]
-    output = getattr(pb, method.output_type.name)
+    access = auth.GRPC_ACCESS[method]
+    output = getattr(pb, SERVICE["methods"][method][1])
     with grpc.insecure_channel(server.grpc_address) as channel:
-        call = channel.unary_unary(f"/{SERVICE.full_name}/{method.name}", request_serializer=lambda m: m.SerializeToString(),
+        call = channel.unary_unary(f"/{SERVICE['name']}/{method}", request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=output.FromString)
 
         def code(key: str | None) -> grpc.StatusCode:
@@ -157,7 +176,7 @@ def test_grpc_method(server, method):
 
 def test_a_method_the_service_lacks_needs_a_key(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
-        call = channel.unary_unary(f"/{SERVICE.full_name}/ModelStreamInfer")
+        call = channel.unary_unary(f"/{SERVICE['name']}/ModelStreamInfer")
         for metadata, expected in ((None, grpc.StatusCode.UNAUTHENTICATED),
                                    ([("x-api-key", KEY_VALUE)], grpc.StatusCode.UNIMPLEMENTED)):
             with pytest.raises(grpc.RpcError) as raised:

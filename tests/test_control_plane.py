@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from conftest import YOLO11, image_bytes
 from kakehashi.cli import main
-from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
-from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
 from onnx_builders import constant_model
+from tritonclient.grpc import service_pb2 as pb  # the same wire messages as Kakehashi's; one process cannot import both
+from tritonclient.grpc import service_pb2_grpc as service
 
 META = {"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"}
 IMAGE = image_bytes(64, 64)
@@ -145,6 +145,21 @@ def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
     assert answered["load"][1] > unload_sent, "the load finished before the unload was sent: nothing overlapped"
     assert _states(server) == {"slow": "UNLOADED"}
     assert server.client.get("/v2/models/slow/ready").status_code == 503
+
+
+def test_an_unload_during_the_startup_load_waits_for_it(serve, tmp_path):
+    """The startup load holds the lock: an unload sent while it runs is answered after it, and the model ends
+    unloaded everywhere, its state metric included (not READY in a handle the index no longer shows)."""
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    server = serve(tmp_path, "--model-control", "explicit", wait="/v2/health/live")
+    assert "models loaded" not in server.log(), "the startup load was over before the unload: nothing overlapped"
+    assert server.client.post("/v2/repository/models/slow/unload").status_code == 200
+    _wait_for(lambda: "models loaded" in server.log())
+    assert _states(server) == {"slow": "UNLOADED"}
+    metric = re.compile(r'kakehashi_model_state\{model="slow",state="(\w+)",version="1"\} 1\.0')
+    assert metric.findall(server.client.get("/metrics").text) == ["UNLOADED"]
+    assert server.client.get("/v2/health/ready").status_code == 503  # nothing READY
 
 
 CHANGE = re.compile(r"model storm (loaded|unloaded)\b")

@@ -51,13 +51,26 @@ def _predicts_in_background(server, count: int) -> tuple[threading.Thread, list]
     return thread, answers
 
 
+def _wait_for(condition, what: str, timeout: float = 30):
+    """Poll `condition` until it returns something true (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
+        time.sleep(0.01)
+    return result
+
+
 def _wait_until_in_flight(server, count: int) -> float:
     """Wait until at least `count` requests are accepted (most of them queued); how many are."""
-    deadline = time.monotonic() + 60
-    while (accepted := _in_flight(server)) < count:
-        assert time.monotonic() < deadline, "requests never got in flight"
-        time.sleep(0.01)
-    return accepted
+    return _wait_for(lambda: (accepted := _in_flight(server)) >= count and accepted, "requests in flight", 60)
+
+
+def _refuses_connections(url: str) -> bool:
+    try:
+        httpx.get(url + "/v2/health/live", timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
@@ -82,16 +95,13 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
 
     server.client.close()
     late = httpx.Client(base_url=server.url, timeout=30)  # made now, connects after the signal
-    signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    while late.get("/v2/health/ready").status_code == 200:  # the signal is handled: readiness is 503 at once
-        assert time.monotonic() - signalled < 5
+    # the signal is handled: readiness turns 503 while the accepted requests are still in flight
+    _wait_for(lambda: late.get("/v2/health/ready").status_code == 503, "readiness 503")
+    assert http_thread.is_alive()  # its requests are not all answered yet
     late_http = late.post("/v1/models/yolo/predict", content=ASTRONAUT[:4096], headers={"content-type": "image/png"})
     assert late_http.status_code == 503 and "shutting down" in late_http.json()["error"]
     late.close()
-    time.sleep(1.5)
-    with pytest.raises(httpx.ConnectError):  # then the listening socket closes
-        httpx.get(server.url + "/v2/health/live", timeout=5)
     with triton_grpc.InferenceServerClient(server.grpc_address) as late:
         tensor = triton_grpc.InferInput("images", [1, 3, 64, 64], "FP32")
         tensor.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
@@ -101,7 +111,8 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
 
     http_thread.join(120)
     grpc_thread.join(120)
-    assert server.process.wait(60) == 0 and time.monotonic() - signalled < 60
+    _wait_for(lambda: _refuses_connections(server.url), "the listening socket closed")  # once all are answered
+    assert server.process.wait(60) == 0
     assert len(http_answers) == HTTP_REQUESTS and len(grpc_results) == GRPC_REQUESTS
     answered = [a for a in http_answers if isinstance(a, httpx.Response) and a.status_code == 200]
     refused = [a for a in http_answers if isinstance(a, httpx.ConnectError) or
@@ -124,16 +135,14 @@ def test_when_the_grace_period_runs_out_the_queued_rest_gets_503_and_the_process
     thread, answers = _predicts_in_background(server, requests)
     _wait_until_in_flight(server, 10)
     server.client.close()
-    signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    status = server.process.wait(30)
-    took = time.monotonic() - signalled
+    status = server.process.wait(60)
     thread.join(60)
     answered = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
     refused = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 503]
     assert len(answered) + len(refused) == requests, [a for a in answers if a not in answered + refused]
     assert answered and refused  # some finished within the grace; each of the rest got a 503, not a cut connection
     assert all("grace period ran out" in a.json()["error"] for a in refused)
-    assert took < 10, took  # the grace (1 s) plus the batch running at that moment, not the whole queue
+    assert len(refused) > len(answered)  # the grace (1 s) allowed a few at most, not the whole queue
     assert all(a.json()["images"][0]["shape"] == [512, 512] for a in answered)  # what was answered is whole
     assert status == 0 and "Traceback" not in server.log()

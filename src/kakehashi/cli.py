@@ -68,6 +68,13 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--tls-key", None, "PEM private key for --tls-cert.", type=_FILE)
 @_option("--max-body-bytes", Settings.max_body_bytes, "Largest HTTP body or gRPC message (413 above).")
 @_option("--max-header-bytes", Settings.max_header_bytes, "Largest HTTP request line + headers (431 above).")
+@_option("--header-timeout-seconds", Settings.header_timeout_seconds, "The request line and headers must arrive "
+         "within this from a connection's first byte or its previous answer (idle keep-alive closes then too).",
+         type=click.FloatRange(min=0.001))
+@_option("--body-timeout-seconds", Settings.body_timeout_seconds, "Each part of a request body must arrive within "
+         "this (408 otherwise; 0: no limit).", type=click.FloatRange(min=0))
+@_option("--max-connections", Settings.max_connections, "HTTP connections served at once; more wait in the "
+         "listen backlog until one closes.", type=click.IntRange(min=1))
 @_option("--max-pixels", Limits.max_pixels, "Largest image (width x height) decoded (413 above).")
 @_option("--max-images", Limits.max_images, "Most images in one predict request (413 above).")
 @_option("--max-tensor-elements", Limits.max_tensor_elements, "Most elements in one input tensor (413 above).")

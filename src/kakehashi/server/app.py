@@ -15,7 +15,9 @@ from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
 from kakehashi.server.auth import ApiKeyMiddleware
 from kakehashi.server.body_limit import BodyLimit
+from kakehashi.server.header_limit import HeaderLimit
 from kakehashi.server.path_guard import DrainGuard, PathGuard
+from kakehashi.server.read_timeout import BodyReadTimeout
 from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
 from kakehashi.server.state import ServerState
 
@@ -57,9 +59,11 @@ def create_app(state: ServerState) -> Starlette:
               *openapi.routes, *web_routes.routes]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(DrainGuard, state=state), Middleware(PathGuard),
+        middleware=[Middleware(HeaderLimit, limit=state.settings.max_header_bytes),
+                    Middleware(DrainGuard, state=state), Middleware(PathGuard),
                     *([Middleware(ApiKeyMiddleware, keys=state.keys, routes=routes)] if state.keys.enabled else []),
-                    Middleware(BodyLimit, limit=state.settings.max_body_bytes)],
+                    Middleware(BodyLimit, limit=state.settings.max_body_bytes),
+                    Middleware(BodyReadTimeout, seconds=state.settings.body_timeout_seconds)],
         exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
                             Exception: on_unexpected_error},
         lifespan=lifespan,

@@ -1,72 +1,102 @@
-"""Run the HTTP (and gRPC) server: uvicorn with Kakehashi's limits, TLS, and a graceful drain on SIGTERM.
+"""Run the HTTP (and gRPC) server: Granian (Rust HTTP/1.1, embedded in this process's event loop) with Kakehashi's
+limits, TLS, and a graceful drain on SIGTERM.
+
+Limits, through Granian's public settings: the request line and headers must fit `max_header_bytes` (431 above,
+made exact by `header_limit.HeaderLimit`) and arrive within `header_timeout_seconds` of the connection's first
+byte — or of its previous answer, which also closes idle keep-alive connections; at most `max_connections`
+connections are served at once (more wait in the listen backlog until one closes). A stalled body is cut by
+`read_timeout.BodyReadTimeout`.
 
 On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, gRPC stops taking calls
 (UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered.
-The HTTP port keeps accepting connections for `ACCEPT_LINGER_SECONDS` (answering 503), so connections that
-were already queued in the kernel or under way are answered rather than reset; then it closes. When
-`grace_seconds` run out, requests still queued are answered 503 (running batches finish); uvicorn cuts whatever
-still hangs `BACKSTOP_SECONDS` later, and the process exits (status 0).
+The HTTP port keeps accepting (answering 503) for at least `ACCEPT_LINGER_SECONDS` and until every request
+in flight is answered, so neither a connection queued in the kernel nor a request still arriving is reset; then
+the port closes. When `grace_seconds` run out, requests still queued, or queued later, are answered 503 (running
+batches finish); what still hangs `BACKSTOP_SECONDS` later is cut. The process exits with status 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from types import FrameType
-from typing import Iterator
+import signal
 
-import uvicorn
+import uvloop
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
+from granian.server.embed import Server
 
 from kakehashi.server.app import create_app
-from kakehashi.server.http_protocol import limited_protocol
+from kakehashi.server.in_flight import InFlight
 from kakehashi.server.state import ServerState
 
 log = logging.getLogger(__name__)
 ACCEPT_LINGER_SECONDS = 1.0
-BACKSTOP_SECONDS = 5
+BACKSTOP_SECONDS = 5.0
+LATE_REASON = ("the server is shutting down and its grace period ran out before this request's turn; retry on "
+               "another replica")
+MIN_BUFFER_BYTES = 8192  # the smallest read buffer Granian's HTTP parser (hyper) accepts
 
 
-class DrainingServer(uvicorn.Server):
-    """A uvicorn server that tells the application to drain as soon as the exit signal arrives."""
+def _granian(app: InFlight, state: ServerState, log_level: str, access_log: bool) -> Server:
+    settings = state.settings
+    return Server(
+        app, address=settings.host, port=settings.port, interface=Interfaces.ASGI,
+        http=HTTPModes.http1,  # no HTTP/2 sniffing: the header timeout then runs from the first byte
+        backlog=max(1024, settings.max_connections), backpressure=settings.max_connections,
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout_seconds * 1000),
+                                     max_buffer_size=max(MIN_BUFFER_BYTES, settings.max_header_bytes)),
+        # Granian's records go to the root logger, formatted like ours
+        log_level=LogLevels(log_level), log_access=access_log,
+        log_dictconfig={"loggers": {name: {"level": log_level.upper(), "propagate": True}
+                                    for name in ("_granian", "granian.access")}},
+        ssl_cert=settings.tls_cert, ssl_key=settings.tls_key, ssl_protocol_min=SSLProtocols.tls12,
+    )
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
-        super().__init__(config)
-        self.state = state
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.state.draining:
-            log.info("signal %d: draining (finishing accepted requests, up to %.0f s)", sig,
-                     self.state.settings.grace_seconds)
-            self.state.draining = True
-            loop = self.state.loop
-            if loop is not None:
-                loop.call_soon_threadsafe(self._start_drain)
-        super().handle_exit(sig, frame)
+async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (see the module's docstring)."""
+    app = InFlight(create_app(state))
+    server = _granian(app, state, log_level, access_log)
+    exit_signal = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, exit_signal.set)
+    serving = asyncio.create_task(server.serve())
+    signalled = asyncio.create_task(exit_signal.wait())
+    await asyncio.wait({serving, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        signalled.cancel()
+        serving.result()  # a failure to start is raised here
+        raise RuntimeError("the HTTP server stopped without being asked to")
+    settings = state.settings
+    log.info("exit signal: draining (finishing accepted requests, up to %.0f s)", settings.grace_seconds)
+    state.draining = True
+    state.drain_task = asyncio.create_task(state.drain())
+    late = asyncio.create_task(_refuse_late_arrivals(state))
+    try:
+        await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, settings.grace_seconds))
+        await asyncio.wait_for(app.idle.wait(), settings.grace_seconds + BACKSTOP_SECONDS)
+    except TimeoutError:
+        log.warning("%d request(s) still unanswered %.0f s after the grace period: cut", app.count, BACKSTOP_SECONDS)
+    finally:
+        late.cancel()
+    server.stop()
+    try:
+        await asyncio.wait_for(serving, BACKSTOP_SECONDS)
+    except TimeoutError:
+        log.warning("the HTTP server did not stop within %.0f s: cut", BACKSTOP_SECONDS)
 
-    def _start_drain(self) -> None:
-        self.state.drain_task = asyncio.ensure_future(self.state.drain())
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, self.state.settings.grace_seconds))
-        await super().shutdown(sockets)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()  # drained cleanly: exit 0 instead of re-raising the signal
+async def _refuse_late_arrivals(state: ServerState) -> None:
+    """After the grace period, answer 503 what reaches a model's queue late (requests still being decoded or
+    pre-processed when it ran out), as `ServerState.drain` did for those queued then."""
+    await asyncio.sleep(state.settings.grace_seconds)
+    while True:
+        state.repository.abandon_queued(LATE_REASON)
+        await asyncio.sleep(0.05)
 
 
 def run(state: ServerState, log_level: str, access_log: bool) -> None:
-    settings = state.settings
-    config = uvicorn.Config(
-        create_app(state), host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
-        http=limited_protocol(settings.max_header_bytes),
-        # a backstop: the drain answers what is still queued when the grace runs out; this cuts what then hangs
-        timeout_graceful_shutdown=round(settings.grace_seconds) + BACKSTOP_SECONDS,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-    )
-    DrainingServer(config, state).run()
+    uvloop.run(serve(state, log_level, access_log))

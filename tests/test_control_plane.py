@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -166,49 +167,49 @@ CHANGE = re.compile(r"model storm (loaded|unloaded)\b")
 
 
 def test_a_load_unload_storm_ends_in_the_state_of_its_last_call(serve, tmp_path):
-    """40 calls from four clients at once (two over HTTP, two over gRPC), each sending load, unload, load, ...,
-    unload in turn. Every answer is a success. The lock serialises the calls and the server logs each change under
-    it, so its log is the order they took effect and were answered: one change per call. The last call answered
-    is some client's last, an unload, so the model ends UNLOADED."""
+    """40 calls in 10 rounds from four clients (two over HTTP, two over gRPC); in each round the four are sent
+    together, two loads and two unloads (each client alternating). Every answer is a success. The lock serialises
+    the calls and the server logs each change under it, so the log is the order they took effect and were
+    answered; after every round the model is in the state of that round's last call."""
     _model(tmp_path / "storm" / "1" / "model.onnx")
     _model(tmp_path / "steady" / "1" / "model.onnx")  # keeps the server ready whatever the storm does
     server = serve(tmp_path, "--model-control", "explicit")
-    actions = ["load", "unload"] * 5
-    start = threading.Barrier(4)
-    answers: list[tuple[str, object]] = []
+    http = [httpx.Client(base_url=server.url, timeout=120) for _ in range(2)]
+    channels = [_stub(server) for _ in range(2)]
+    together = threading.Barrier(4)
 
-    def over_http() -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            start.wait()
-            for action in actions:
-                answers.append((action, client.post(f"/v2/repository/models/storm/{action}").status_code))
+    def over_http(client: httpx.Client, action: str) -> object:
+        together.wait()
+        return client.post(f"/v2/repository/models/storm/{action}").status_code
 
-    def over_grpc() -> None:
-        channel, stub = _stub(server)
-        calls = {"load": lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="storm"), timeout=120),
-                 "unload": lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="storm"),
-                                                              timeout=120)}
-        with channel:
-            start.wait()
-            for action in actions:
-                try:
-                    calls[action]()
-                    answers.append((action, 200))
-                except grpc.RpcError as exc:
-                    answers.append((action, exc.code()))
+    def over_grpc(stub, action: str) -> object:
+        request = (pb.RepositoryModelLoadRequest if action == "load" else pb.RepositoryModelUnloadRequest)(
+            model_name="storm")
+        together.wait()
+        try:
+            getattr(stub, "RepositoryModelLoad" if action == "load" else "RepositoryModelUnload")(request, timeout=120)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return 200
 
-    clients = [threading.Thread(target=target) for target in (over_http, over_http, over_grpc, over_grpc)]
-    for client in clients:
-        client.start()
-    for client in clients:
-        client.join(300)
-    assert len(answers) == 40 and {status for _, status in answers} == {200}, answers
-    changes = CHANGE.findall(server.log())
-    assert changes.count("loaded") == changes.count("unloaded") == 20 and changes[-1] == "unloaded", changes
-    assert _states(server) == {"steady": "READY", "storm": "UNLOADED"}
-    assert server.client.get("/v2/models/storm/ready").status_code == 503
-    channel, stub = _stub(server)
-    with channel:
-        assert not stub.ModelReady(pb.ModelReadyRequest(name="storm")).ready
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for round_ in range(10):
+                actions = [("load", "unload")[(round_ + client) % 2] for client in range(4)]
+                calls = [pool.submit(over_http, http[0], actions[0]), pool.submit(over_http, http[1], actions[1]),
+                         pool.submit(over_grpc, channels[0][1], actions[2]),
+                         pool.submit(over_grpc, channels[1][1], actions[3])]
+                assert [call.result(300) for call in calls] == [200] * 4, (round_, actions)
+                changes = CHANGE.findall(server.log())
+                assert len(changes) == 4 * (round_ + 1), changes
+                expected = {"loaded": "READY", "unloaded": "UNLOADED"}[changes[-1]]
+                assert _states(server) == {"steady": "READY", "storm": expected}, (round_, changes[-4:])
+                assert server.client.get("/v2/models/storm/ready").status_code == (200 if expected == "READY" else 503)
+                assert channels[0][1].ModelReady(pb.ModelReadyRequest(name="storm")).ready == (expected == "READY")
+    finally:
+        for client in http:
+            client.close()
+        for channel, _ in channels:
+            channel.close()
     assert server.client.get("/v2/health/ready").status_code == 200
     assert "Traceback" not in server.log()

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
-from kakehashi.server.auth import ApiKeyMiddleware
+from kakehashi.server.auth import ApiKeyMiddleware, require_classified
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.header_limit import HeaderLimit
 from kakehashi.server.path_guard import DrainGuard, PathGuard
@@ -57,6 +57,7 @@ def create_app(state: ServerState) -> Starlette:
 
     routes = [*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes,
               *openapi.routes, *web_routes.routes]
+    require_classified(routes)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(HeaderLimit, limit=state.settings.max_header_bytes),

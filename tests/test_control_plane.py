@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import YOLO11, image_bytes
-from kakehashi.cli import main
 from onnx_builders import constant_model
 from tritonclient.grpc import service_pb2 as pb  # the same wire messages as Kakehashi's; one process cannot import both
 from tritonclient.grpc import service_pb2_grpc as service
+
+from kakehashi.cli import main
 
 META = {"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"}
 IMAGE = image_bytes(64, 64)

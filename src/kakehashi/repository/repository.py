@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection
 
 from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
 from kakehashi.repository.config import ModelConfig, ServerDefaults, load_model_config

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -81,7 +81,7 @@ def _digests(keys: Iterable[str]) -> list[bytes]:
     return [_digest(key) for key in {k.strip() for k in keys} if key]
 
 
-def _keys(environ: dict[str, str], variable: str, file: Path | None) -> list[str]:
+def _keys(environ: Mapping[str, str], variable: str, file: Path | None) -> list[str]:
     keys = environ.get(variable, "").split(",")
     if file is not None:
         keys += [line.split("#", 1)[0] for line in file.read_text().splitlines()]
@@ -98,7 +98,7 @@ class ApiKeys:
 
     @classmethod
     def load(cls, file: Path | None, admin_file: Path | None = None,
-             environ: dict[str, str] = os.environ) -> "ApiKeys":
+             environ: Mapping[str, str] = os.environ) -> ApiKeys:
         """Keys from `KAKEHASHI_API_KEYS` and `file`, admin keys from `KAKEHASHI_ADMIN_KEYS` and `admin_file`
         (unreadable file → `OSError`)."""
         return cls(_keys(environ, KEYS_ENV, file), _keys(environ, ADMIN_KEYS_ENV, admin_file))
@@ -123,9 +123,14 @@ class ApiKeys:
         return ADMIN if admin else KEY if ordinary else OPEN
 
 
+def _path(route: BaseRoute) -> str | None:
+    """A route's path template (a Mount's prefix); `BaseRoute` itself declares none."""
+    return getattr(route, "path", None)
+
+
 def require_classified(routes: Sequence[BaseRoute], service: ServiceDescriptor | None = None) -> None:
     """Raise `RuntimeError` (the server does not start) for a route or gRPC method with no access class."""
-    missing = [getattr(route, "path", repr(route)) for route in routes if getattr(route, "path", None) not in HTTP_ACCESS]
+    missing = [str(_path(route) or route) for route in routes if _path(route) not in HTTP_ACCESS]
     if service is not None:
         missing += [f"gRPC {name}" for name in service.methods_by_name if name not in GRPC_ACCESS]
     if missing:
@@ -148,9 +153,9 @@ class ApiKeyMiddleware:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return HTTP_ACCESS[getattr(route, "path")]
+                return HTTP_ACCESS[str(_path(route))]
             if match is Match.PARTIAL and partial is None:
-                partial = HTTP_ACCESS[getattr(route, "path")]
+                partial = HTTP_ACCESS[str(_path(route))]
         return KEY if partial is None else partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -71,12 +71,13 @@ def quantize(model: Path, config: ModelConfig, calibration: list[Path], out: Pat
     task = resolve_task(backend, config, model)
     if task is None:
         raise InvalidInput(f"{model}: quantize needs an image model (detect, segment, pose, obb or classify)")
-    tensors = [prepare_image(p.read_bytes(), task.input, PredictParams(), Limits().max_pixels).tensor[None]
+    image_input = task.input
+    tensors = [prepare_image(p.read_bytes(), image_input, PredictParams(), Limits().max_pixels).tensor[None]
                for p in calibration]
 
     class Images(CalibrationDataReader):
         def __init__(self) -> None:
-            self._feeds = iter({task.input.name: tensor} for tensor in tensors)
+            self._feeds = iter({image_input.name: tensor} for tensor in tensors)
 
         def get_next(self) -> dict | None:
             return next(self._feeds, None)
@@ -157,9 +158,10 @@ def _handle(model: Path, config_path: Path | None) -> tuple[ModelHandle, ThreadP
 
 
 def _best_ms(handle: ModelHandle) -> float:
+    backend = handle.require_ready()
+    assert handle.task is not None, "quantize serves image models only"
     spec = handle.task.input
     feeds = {spec.name: np.zeros(spec.tensor_shape(spec.size), spec.dtype)[None]}
-    backend = handle.backend
     backend.run(feeds)
     best = float("inf")
     for _ in range(10):
@@ -174,7 +176,7 @@ def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Pa
     answers, speed, kinds = [], [], set()
     for model in (fp32, int8):
         handle, pool = _handle(model, config_path)
-        kinds.add(handle.task.kind)
+        kinds.add(handle.kind)
         try:
             params = parse_params({"conf": [str(conf)]}, handle.config.defaults)
             predictions = asyncio.run(handle.predict([p.read_bytes() for p in held_out], params))
@@ -184,7 +186,7 @@ def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Pa
             asyncio.run(handle.close())
             pool.shutdown()
     classify = kinds == {"classify"}
-    matched, total, extra, deltas = compare(*answers, classify=classify)
+    matched, total, extra, deltas = compare(answers[0], answers[1], classify=classify)
     return Report(speed[0], speed[1], matched, total, extra, deltas, classify)
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ray import serve
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.app import create_app
@@ -35,7 +35,7 @@ class ReplicaHeader:
         self.replica = serve.get_replica_context().replica_id.unique_id.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def tagged(message: dict) -> None:
+        async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-kakehashi-replica", self.replica)]
             await send(message)

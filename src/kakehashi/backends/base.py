@@ -24,6 +24,7 @@ class Backend(Protocol):
     """A loaded model that runs feeds to outputs; `run` is thread-safe and blocking."""
 
     platform: str
+    providers: list[str]  # what runs it, best first (e.g. ONNX Runtime's execution providers)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metadata: dict[str, str]

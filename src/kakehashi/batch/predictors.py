@@ -54,7 +54,8 @@ class RemotePredictor:
                 if last:
                     raise KakehashiError(f"server unreachable: {exc}") from None
                 delay = 0.5 * attempt
-            await asyncio.sleep(delay)  # the last attempt always returns or raises
+            await asyncio.sleep(delay)
+        raise AssertionError("the last attempt returns or raises")
 
 
 async def remote_model(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:

@@ -6,6 +6,7 @@ comments, relative to the list's folder), a video file (every frame, or every Nt
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class Item:
         if self.frame is not None:
             fields |= {"frame": self.frame, "timestamp": round(self.timestamp or 0.0, 6)}
         return fields
+
+
+def _same(image: Image.Image) -> Image.Image:
+    return image
 
 
 def _key(path: Path) -> str:
@@ -81,8 +86,8 @@ def video_frames(path: Path, every: int) -> Iterator[Item]:
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
             if index % every == 0:
-                image = frame.to_image()
-                yield Item(f"{_key(path)}#frame={index}", str(path), lambda image=image: image, index, float(frame.time or 0.0))
+                yield Item(f"{_key(path)}#frame={index}", str(path), functools.partial(_same, frame.to_image()), index,
+                           float(frame.time or 0.0))
 
 
 def check_sources(sources: list[str]) -> None:
@@ -131,7 +136,7 @@ def items(sources: list[str], every: int = 1) -> Iterator[Item]:
             last = -1
             try:
                 for item in video_frames(path, every):
-                    last = item.frame
+                    last = item.frame if item.frame is not None else last
                     yield item
             except InvalidInput:
                 raise

@@ -68,8 +68,9 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: collections.deque[_Pending] = collections.deque()
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-instance{i}") for i in range(instances)]
-        self._idle: asyncio.Queue[int] | None = None
-        self._arrived: asyncio.Event | None = None
+        # made anew by `_start` in the loop that uses them (asyncio primitives bind to their first loop)
+        self._idle: asyncio.Queue[int] = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Task] = set()
@@ -146,7 +147,7 @@ class DynamicBatcher:
     def _drop_dead(self) -> None:
         """Remove cancelled requests and answer expired ones (504) from the head of the queue onwards."""
         now = time.perf_counter()
-        alive = collections.deque()
+        alive: collections.deque[_Pending] = collections.deque()
         for pending in self._queue:
             if pending.future.done():
                 continue
@@ -209,7 +210,7 @@ class DynamicBatcher:
 
     def _run_alone(self, instance: int, pending: _Pending) -> Feeds | Exception:
         if pending.future.done():  # cancelled meanwhile: do not spend the instance on it
-            return asyncio.CancelledError()
+            return RuntimeError("cancelled before it ran")
         try:
             return self._run(instance, pending.feeds)
         except Exception as exc:

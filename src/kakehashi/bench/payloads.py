@@ -59,7 +59,7 @@ INFER_ENCODINGS = ("json", "binary", "grpc")
 
 def _random_inputs(inputs: list[dict], shapes: dict[str, list[int]], seed: int) -> dict[str, tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    arrays = {}
+    arrays: dict[str, tuple[str, np.ndarray]] = {}
     for spec in inputs:
         shape = shapes.get(spec["name"]) or [1 if d == -1 else d for d in spec["shape"]]
         if any(d < 0 for d in shape):
@@ -80,7 +80,7 @@ def infer_payload(model: str, inputs: list[dict], shapes: dict[str, list[int]], 
     binary = encoding == "binary"
     tensors = []
     for name, (datatype, array) in arrays.items():
-        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        tensor: dict[str, object] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
             tensor["parameters"] = {"binary_data_size": array.nbytes}
         else:

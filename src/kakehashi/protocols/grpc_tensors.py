@@ -50,7 +50,7 @@ def _typed(name: str, datatype: str, shape: tuple[int, ...], contents) -> np.nda
         array = np.empty(expected, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.fromiter(values, dtype=FIELD_DTYPE[field], count=expected)
+    wide: np.ndarray = np.fromiter(values, dtype=FIELD_DTYPE[field], count=expected)
     if dtype.kind in "iu" and wide.size:
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:

@@ -174,9 +174,10 @@ def encode_infer_response(model: str, version: int, outputs: dict[str, np.ndarra
     response: dict = {"model_name": model, "model_version": str(version)}
     if request.id is not None:
         response["id"] = request.id
-    encoded, blobs = [], []
+    encoded: list[dict] = []
+    blobs: list[bytes] = []
     for name, array in outputs.items():
-        entry = {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape)}
+        entry: dict[str, object] = {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape)}
         if request.wants_binary(name):
             blobs.append(tensor_to_bytes(array))
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}

@@ -15,9 +15,10 @@ MAX_ELEMENTS_IGNORING_ZEROS = 2**40
 
 def checked_shape(name: str, dims: Iterable[object]) -> tuple[int, ...]:
     """`dims` as a shape, or `InvalidInput` if it is not a list of non-negative integers a tensor can have."""
-    shape = tuple(dims)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {list(shape)!r}")
+    raw = list(dims)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
+    shape = tuple(int(d) for d in raw)  # type: ignore[call-overload]  # every item was checked to be an int
     if len(shape) > MAX_DIMENSIONS or any(d > MAX_DIMENSION for d in shape) or \
             math.prod(d for d in shape if d) > MAX_ELEMENTS_IGNORING_ZEROS:
         raise InvalidInput(f"input '{name}': shape {list(shape)[:MAX_DIMENSIONS + 1]} is impossible (at most "

@@ -36,7 +36,7 @@ def model_config(handle: ModelHandle) -> dict:
     def tensor(spec) -> dict:
         return {"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[skip:])}
 
-    config = {
+    config: dict[str, object] = {
         "name": handle.name,
         "platform": backend.platform,
         "backend": "openvino" if backend.platform == "openvino" else "onnxruntime",

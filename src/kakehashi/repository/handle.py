@@ -186,7 +186,7 @@ class ModelHandle:
             row_shapes = {spec.name: spec.tensor_shape(spec.size)}
             dtypes = {spec.name: np.dtype(spec.dtype)}
         else:
-            inputs = self.backend.inputs
+            inputs = self._instances[0].inputs
             if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
                 log.info("model %s: input shapes are not fixed; no warm-up", self.name)
                 return
@@ -199,7 +199,7 @@ class ModelHandle:
             self.backend = self._instances[0]
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_scratch(self.path, self.config, self.backend, self._threads)
+            scratch = create_scratch(self.path, self.config, self._instances[0], self._threads)
             self.preferred_batch_size = _fastest_batch_size(scratch, feeds)
             del scratch
         for instance in self._instances:
@@ -247,6 +247,7 @@ class ModelHandle:
     async def _submit(self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None) -> BatchResult:
         """Run `feeds` through the batcher; a runtime failure on input that passed every check is ours (500)."""
         self.require_ready()
+        assert self._batcher is not None, "a READY version has its batcher"
         try:
             result = await self._batcher.submit(feeds, rows, deadline)
         except KakehashiError:

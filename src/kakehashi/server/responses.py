@@ -35,7 +35,7 @@ async def on_kakehashi_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
 
 
 async def on_unexpected_error(request: Request, exc: Exception) -> Response:

@@ -27,12 +27,12 @@ async def _images_and_params(request: Request) -> tuple[list[bytes], dict[str, l
     if content_type.startswith("multipart/form-data"):
         images = []
         async with request.form(max_files=MAX_FILES, max_fields=1000) as form:
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
+            for key, item in form.multi_items():
+                if isinstance(item, UploadFile):
                     if key == FILE_FIELD:
-                        images.append(await value.read())
+                        images.append(await item.read())
                 else:
-                    values.setdefault(key, []).append(value)
+                    values.setdefault(key, []).append(item)
         if not images:
             raise InvalidInput(f"no image: send one or more files in the multipart form field '{FILE_FIELD}'")
         return images, values

@@ -27,7 +27,8 @@ class Detections:
 
 
 class Head(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         """`outputs` are one image's tensors (batch dimension removed); `size` is the input (h, w)."""

@@ -29,6 +29,7 @@ class PoseTask:
         found = self.head.decode(outputs, prepared.size, params)
         results = box_results(found, prepared, params, self.names)
         count, dims = self.kpt_shape
+        assert found.extra is not None, "a pose head always decodes its keypoint columns"
         points = found.extra.reshape(len(results), count, dims)
         xy = prepared.transform.points_to_original(points[..., :2]).astype(np.float64).round(params.decimals)
         visible = points[..., 2].astype(np.float64).round(params.decimals) if dims == 3 else np.ones((len(results), count))

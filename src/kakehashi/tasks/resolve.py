@@ -144,9 +144,9 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     head = _resolve_head(backend, config, meta, tf_od, image_input, dims, extra, protos, path)
     if not names:
         names = _numbered(_class_count(head, dims, extra))
-    if task == "segment":
+    if task == "segment" and protos is not None:
         return SegmentTask(image_input, head, names, protos)
-    if task == "pose":
+    if task == "pose" and kpt_shape is not None:
         return PoseTask(image_input, head, names, kpt_shape)
     return DetectTask(image_input, head, names)
 

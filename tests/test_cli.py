@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import tritonclient.grpc as triton_grpc
 
 from conftest import IMAGES, YOLO26, free_ports
 
@@ -79,8 +79,12 @@ def test_serve_reads_kakehashi_env_vars():
                 pass
             time.sleep(0.1)
         assert status == 200
-        with socket.create_connection(("127.0.0.1", grpc_port), timeout=5):
-            pass  # and gRPC listens where KAKEHASHI_GRPC_PORT says
+        # and gRPC serves the same model where KAKEHASHI_GRPC_PORT says
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.is_model_ready(YOLO26.stem, client_timeout=30)
+            metadata = client.get_model_metadata(YOLO26.stem, client_timeout=30)
+            assert metadata.name == YOLO26.stem and [t.name for t in metadata.inputs] == ["images"]
+            assert [(t.name, list(t.shape)) for t in metadata.outputs] == [("output0", [-1, 300, 6])]
     finally:
         process.terminate()
         process.wait(15)

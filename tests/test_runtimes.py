@@ -24,16 +24,19 @@ def _copy(tmp_path: Path, yaml: str, source: Path = BUNDLED) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("image", ["astronaut.png", "coffee.png", "chelsea.png"])
-def test_openvino_answers_like_onnx_runtime(tmp_path, image):
+# a threshold per photo under which the person detector finds something (the cat and the coffee cup only with
+# tiny scores), clear of the nearest score, and how many it finds: comparing two empty answers proves nothing
+@pytest.mark.parametrize("image, conf, found", [("astronaut.png", 0.05, 4), ("coffee.png", 0.0044, 1),
+                                                ("chelsea.png", 0.012, 2)])
+def test_openvino_answers_like_onnx_runtime(tmp_path, image, conf, found):
     data = (IMAGES / image).read_bytes()
     answers = {}
     for backend in ("onnxruntime", "openvino"):
         handle = load(_copy(tmp_path / backend, f"\nbackend: {backend}\n"))
         assert handle.backend.platform == ("openvino" if backend == "openvino" else "onnxruntime_onnx")
-        answers[backend] = predict(handle, data, conf=0.05)[0].results
+        answers[backend] = predict(handle, data, conf=conf)[0].results
     ours, theirs = answers["onnxruntime"], answers["openvino"]
-    assert len(ours) == len(theirs)
+    assert len(ours) == len(theirs) == found
     for a, b in zip(ours, theirs):
         assert a["class"] == b["class"] and abs(a["confidence"] - b["confidence"]) < 1e-3
         assert max(abs(a["box"][k] - b["box"][k]) for k in a["box"]) <= 1.0
@@ -133,7 +136,8 @@ def test_openvino_raw_outputs_match_onnx_runtime_on_yolo_exports(tmp_path, expor
 
 
 def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
-    import socket
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
 
     folder = _copy(tmp_path, "\ninstances: 2\nbackend: openvino\nbatching: {max_batch_size: 8}\n")
     server = serve(folder.parent, "--edge")
@@ -144,6 +148,7 @@ def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
     response = server.client.post(f"/v1/models/{folder.name}/predict", content=(IMAGES / "astronaut.png").read_bytes(),
                                   headers={"content-type": "image/png"})
     assert response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
-    grpc_port = int(server.grpc_address.rsplit(":", 1)[1])
-    with pytest.raises(ConnectionRefusedError):  # no gRPC server on a small device
-        socket.create_connection(("127.0.0.1", grpc_port), timeout=5).close()
+    with triton_grpc.InferenceServerClient(server.grpc_address) as client:  # no gRPC server on a small device
+        with pytest.raises(InferenceServerException) as refused:
+            client.is_server_live(client_timeout=10)
+    assert refused.value.status() == "StatusCode.UNAVAILABLE", refused.value

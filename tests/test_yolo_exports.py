@@ -26,14 +26,19 @@ def test_metadata_from_the_graph(server, name):
     assert meta["outputs"][0]["shape"] == CASES[name][2]
 
 
+def _predict(server, name: str, **params) -> dict:
+    files = [("file", ("coffee.png", (IMAGES / "coffee.png").read_bytes()))]
+    response = server.client.post(f"/v1/models/{name}/predict", files=files,
+                                  params={"conf": 0.0001, "max_det": 50} | params)
+    assert response.status_code == 200, response.text
+    [image] = response.json()["images"]
+    return image
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("imgsz", [None, 320])
 def test_predict_contract(server, name, imgsz):
-    params = {"conf": 0.0001, "max_det": 50} | ({"imgsz": imgsz} if imgsz else {})
-    files = [("file", ("coffee.png", (IMAGES / "coffee.png").read_bytes()))]
-    response = server.client.post(f"/v1/models/{name}/predict", files=files, params=params)
-    assert response.status_code == 200, response.text
-    [image] = response.json()["images"]
+    image = _predict(server, name, **({"imgsz": imgsz} if imgsz else {}))
     assert image["shape"] == [400, 600]
     results = image["results"]
     assert 0 < len(results) <= 50
@@ -43,6 +48,23 @@ def test_predict_contract(server, name, imgsz):
     for r in results:
         box = r["box"]
         assert 0 <= box["x1"] <= box["x2"] <= 600 and 0 <= box["y1"] <= box["y2"] <= 400
+
+
+# random weights give the heads' boxes fixed sizes in input pixels: YOLO26's are all 128 px squares (some cut
+# at the photo's edges, so the widest shows it), YOLO11's 256 to 480 px wide (the wide ones cut, so the narrowest)
+BOX_SIZE_IN_INPUT_PIXELS = {"yolo26": (max, 128), "yolo11": (min, 256)}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_imgsz_320_runs_the_model_at_320(server, name):
+    """Mapped back to the 600x400 photo, boxes of a fixed size in input pixels are 600/640 of it at the default
+    size and 600/320 at imgsz 320: twice as wide, which they are only if the model really ran at 320."""
+    pick, size = BOX_SIZE_IN_INPUT_PIXELS[name]
+    for imgsz, scale in ((None, 640 / 600), (320, 320 / 600)):
+        image = _predict(server, name, **({"imgsz": imgsz} if imgsz else {}))
+        assert image["shape"] == [400, 600] and image["results"]
+        widths = [r["box"]["x2"] - r["box"]["x1"] for r in image["results"]]
+        assert pick(widths) == pytest.approx(size / scale, abs=1), (imgsz, sorted(widths))
 
 
 def test_coco_names_from_metadata(server):
@@ -78,6 +100,16 @@ def test_runtime_refusal_is_a_clear_400(server):
     assert server.client.get("/v2/models/yolo26/ready").status_code == 200
 
 
+def _filled_masks(file: str, folder) -> "Path":
+    """A random-weight YOLO11 segmenter's masks are (correctly) empty: its mask logits are all slightly below 0.
+    Its prototypes + 1 make every logit the sum of the box's coefficients, positive here: masks fill the boxes."""
+    from onnx_builders import offset_output
+
+    if not file.startswith("yolo11n-seg"):
+        return MODELS / file
+    return offset_output(MODELS / file, folder / file, "output1", 1.0)
+
+
 @pytest.mark.parametrize("file, kind, head, extra_key", [
     ("yolo11n-seg-random-640-dynamic.onnx", "segment", "ultralytics", "segments"),
     ("yolo26n-seg-random-640-e2e-dynamic.onnx", "segment", "end2end", "segments"),
@@ -85,9 +117,10 @@ def test_runtime_refusal_is_a_clear_400(server):
     ("yolo26n-pose-random-640-e2e-dynamic.onnx", "pose", "end2end", "keypoints"),
     ("yolo11n-obb-random-640-dynamic.onnx", "obb", None, None),
 ])
-def test_every_ultralytics_task_export_serves(file, kind, head, extra_key):
-    """The real exports' shapes and metadata: the task, head and names are found, and answers have their fields."""
-    handle = load(MODELS / file)
+def test_every_ultralytics_task_export_serves(file, kind, head, extra_key, tmp_path):
+    """The real exports' shapes and metadata: the task, head and names are found, and answers have their fields;
+    each outline is non-empty and runs along its box's edges (the masks fill their boxes)."""
+    handle = load(_filled_masks(file, tmp_path))
     task = handle.task
     assert task.kind == kind and len(task.names) > 0
     if head:
@@ -101,9 +134,12 @@ def test_every_ultralytics_task_export_serves(file, kind, head, extra_key):
             assert task.kpt_shape == (17, 3) and len(result["keypoints"]["x"]) == 17
             assert all(0 <= x <= 512 for x in result["keypoints"]["x"])
         else:
-            outline = result[extra_key]
-            assert len(outline["x"]) == len(outline["y"])
-            assert all(result["box"]["x1"] - 1 <= x <= result["box"]["x2"] + 1 for x in outline["x"])
+            outline, box = result[extra_key], result["box"]
+            assert len(outline["x"]) == len(outline["y"]) >= 3, outline  # an empty outline fails here
+            assert min(outline["x"]) == pytest.approx(box["x1"], abs=1.5)
+            assert max(outline["x"]) == pytest.approx(box["x2"], abs=1.5)
+            assert min(outline["y"]) == pytest.approx(box["y1"], abs=1.5)
+            assert max(outline["y"]) == pytest.approx(box["y2"], abs=1.5)
 
 
 def test_classifier_export():
@@ -122,7 +158,7 @@ def test_model_yaml_names_the_task_of_a_model_without_metadata(tmp_path, file, y
     """Exports from elsewhere carry no Ultralytics metadata: model.yaml's `task` (and `kpt_shape`) say it."""
     import onnx
 
-    model = onnx.load(str(MODELS / file))
+    model = onnx.load(str(_filled_masks(file, tmp_path)))
     del model.metadata_props[:]
     folder = tmp_path / "bare"
     (folder / "1").mkdir(parents=True)
@@ -137,7 +173,7 @@ def test_model_yaml_names_the_task_of_a_model_without_metadata(tmp_path, file, y
     elif kind == "obb":
         assert "x4" in result["box"]
     else:
-        assert len(result["segments"]["x"]) == len(result["segments"]["y"])  # random weights: maybe empty
+        assert len(result["segments"]["x"]) == len(result["segments"]["y"]) >= 3  # the mask fills the box
 
 
 def test_a_pose_model_without_kpt_shape_is_a_clear_load_error(tmp_path):

@@ -4,22 +4,37 @@ the answer is a clear 4xx error or a correct result — never another exception,
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gzip
 import io
 import json
-import resource
+import statistics
 import struct
+import threading
+import time
+import tracemalloc
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 from conftest import IMAGES
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.oip_json import parse_infer_request
+from kakehashi.repository.repository import ModelRepository
+from kakehashi.server import compression
+from kakehashi.server.app import create_app
+from kakehashi.server.state import ServerState
+from kakehashi.settings import Limits, Settings
 from kakehashi.tasks.images import decode_image
+from onnx_builders import tiny_model
 
 PREDICT = "/v1/models/ssdlite-person/predict"
 PROPERTY = settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
@@ -97,12 +112,109 @@ def test_sixteen_bit_images_are_scaled_not_clipped():
     assert image.getpixel((0, 0)) == (155, 155, 155)  # 40000 / 257
 
 
-def test_the_bomb_is_refused_before_decoding():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def test_the_bomb_is_refused_before_decoding(monkeypatch):
+    decoded, load = [], ImageFile.ImageFile.load
+
+    def spy(image):  # where the pixel data is inflated
+        decoded.append(image)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     with pytest.raises(KakehashiError) as raised:
         decode_image(_png(100_000, 100_000, zlib.compress(b"\0" * 20_000_000, 9)))
-    assert raised.value.status == 413
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing was inflated
+    assert raised.value.status == 413 and "the limit is" in raised.value.message
+    assert not decoded  # refused from the header: the pixel data was never inflated
+    decode_image(_encode(Image.new("RGB", (8, 8)), "PNG"))
+    assert decoded  # (the spy sees an image that is decoded)
+
+
+# -- compression bombs (Content-Encoding: gzip) ---------------------------------------------------------------
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """~200 KB of gzip that inflates to 200 MB of zeros."""
+    return gzip.compress(b"\0" * 200_000_000, 9)
+
+
+def test_a_gzip_bomb_stops_inflating_at_the_limit():
+    bomb = _gzip_bomb()
+    tracemalloc.start()
+    try:
+        with pytest.raises(KakehashiError) as raised:
+            compression.inflate(bomb, "gzip", 8_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raised.value.status == 413 and "larger than the limit of 8000000 bytes" in raised.value.message
+    assert peak < 8_000_000 + 4 * compression.CHUNK_BYTES, peak  # not the 200 MB it would inflate to
+
+
+def test_infer_inflates_gzip_bodies_off_the_event_loop(monkeypatch, tmp_path):
+    """Through the real app and route: the body is inflated, and refused, in a worker thread."""
+    threads = []
+
+    def spy(*args):
+        threads.append(threading.current_thread())
+        return inflate(*args)
+
+    inflate = compression.inflate
+    monkeypatch.setattr(compression, "inflate", spy)
+    tiny_model(tmp_path / "tiny.onnx")
+    pool = ThreadPoolExecutor(2)
+    repository = ModelRepository(tmp_path, pool, Limits())
+    repository.load_all()
+    app = create_app(ServerState(Settings(tmp_path, max_body_bytes=8_000_000), repository))
+
+    async def post() -> tuple[threading.Thread, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+            return threading.current_thread(), await client.post(
+                "/v2/models/tiny/infer", content=_gzip_bomb(), headers={"Content-Encoding": "gzip"})
+
+    try:
+        loop_thread, response = asyncio.run(post())
+    finally:
+        asyncio.run(repository.close_all())
+        pool.shutdown()
+    assert response.status_code == 413 and "larger than the limit of 8000000 bytes" in response.json()["error"]
+    assert threads and all(thread is not loop_thread for thread in threads)
+
+
+def test_concurrent_gzip_bombs_get_413_while_liveness_keeps_answering(default_server):
+    """Attack 3: four clients posting bombs; health checks sent meanwhile are answered quickly, not after the
+    inflation (which would take the event loop for the whole of each bomb)."""
+    async def attack() -> tuple[list[httpx.Response], list[float], list[float]]:
+        async with httpx.AsyncClient(base_url=default_server.url, timeout=120) as client:
+            bombing = True
+            bomb_seconds: list[float] = []
+            live_seconds: list[float] = []
+
+            async def bomb() -> list[httpx.Response]:
+                answers = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    answers.append(await client.post("/v2/models/ssdlite-person/infer", content=_gzip_bomb(),
+                                                     headers={"Content-Encoding": "gzip"}))
+                    bomb_seconds.append(time.perf_counter() - started)
+                return answers
+
+            async def live() -> None:
+                while bombing:
+                    started = time.perf_counter()
+                    assert (await client.get("/v2/health/live")).status_code == 200
+                    live_seconds.append(time.perf_counter() - started)
+
+            watcher = asyncio.create_task(live())
+            answers = [a for batch in await asyncio.gather(*(bomb() for _ in range(4))) for a in batch]
+            bombing = False
+            await watcher
+            return answers, bomb_seconds, live_seconds
+
+    answers, bomb_seconds, live_seconds = asyncio.run(attack())
+    assert all(a.status_code == 413 and "decompressed body is larger" in a.json()["error"] for a in answers)
+    # inflated on the loop, about one health check gets through per bomb, and most wait for an inflation
+    assert len(live_seconds) >= 5 * len(answers), (live_seconds, bomb_seconds)
+    slow = statistics.quantiles(live_seconds, n=10)[-1]
+    assert slow < statistics.median(bomb_seconds) / 5, (live_seconds, bomb_seconds)
 
 
 # -- property-based -------------------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ class Recorder:
         self.batches: list[list[float]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set when a batch reaches the model (before it waits at the gate)
         self.fail = False
         self.poison: float | None = None  # a row with this value makes its whole batch fail
 
     def __call__(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
         self.gate.wait(10)
         x = feeds["x"]
         self.batches.append(x[:, 0].tolist())
@@ -40,13 +42,22 @@ def batcher(run, *, max_batch=4, delay_ms=0.0, queue=64, instances=1) -> Dynamic
     return DynamicBatcher(run, instances, max_batch, delay_ms, queue, "test")
 
 
+async def until(condition, what: str, timeout: float = 10) -> None:
+    """Wait (yielding to the loop) until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.001)
+
+
 async def _busy_then(recorder: Recorder, b: DynamicBatcher, submits: list) -> list:
     """Hold the instance with a first request, queue `submits`, then release; returns all results."""
     recorder.gate.clear()
+    recorder.entered.clear()
     first = asyncio.ensure_future(b.submit(row(0), 1))
-    await asyncio.sleep(0.05)
+    await until(recorder.entered.is_set, "the first request holds the instance")
     rest = [asyncio.ensure_future(b.submit(feeds, rows)) for feeds, rows in submits]
-    await asyncio.sleep(0.05)
+    await until(lambda: b.depth + sum(f.done() for f in rest) == len(rest), "every request queued or refused")
     recorder.gate.set()
     return await asyncio.gather(first, *rest, return_exceptions=True)
 
@@ -101,7 +112,7 @@ def test_idle_instance_waits_up_to_the_delay_for_company():
     async def scenario():
         b = batcher(recorder, max_batch=8, delay_ms=300)
         first = asyncio.ensure_future(b.submit(row(1), 1))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.depth == 1, "the first request queued")  # and waiting there for company
         second = asyncio.ensure_future(b.submit(row(2), 1))
         results = await asyncio.gather(first, second)
         await b.close()
@@ -135,16 +146,17 @@ def test_requests_that_leave_the_queue_never_reach_the_model(leaves_by):
         b = batcher(recorder, max_batch=1)
         recorder.gate.clear()
         first = asyncio.ensure_future(b.submit(row(0), 1))
-        await asyncio.sleep(0.02)
+        await until(recorder.entered.is_set, "the first request holds the instance")
         deadline = time.perf_counter() + 0.05 if leaves_by == "deadline" else None
         leaver = asyncio.ensure_future(b.submit(row(1), 1, deadline=deadline))
         kept = asyncio.ensure_future(b.submit(row(2), 1))
+        await until(lambda: b.depth == 2 or leaver.done(), "both queued behind it")
         if leaves_by == "deadline":
             with pytest.raises(DeadlineExceeded):
                 await leaver  # answered at its deadline, while the instance is still busy
         else:
-            await asyncio.sleep(0.02)
             leaver.cancel()
+        await until(lambda: b.depth == 1, "the leaver gone from the queue")  # only `kept` waits
         recorder.gate.set()
         await asyncio.gather(first, kept)
         await b.close()

@@ -124,10 +124,17 @@ def test_readiness_tells_the_truth(serve, tmp_path):
         assert _ready(server, stub) == (200, True)
 
 
+def _slow_model(root, batch: int = 1) -> None:
+    """A model whose load takes a while, not minutes: two ONNX Runtime sessions of YOLO11n, warmed up (with a
+    `batch` above 1, every batch size up to it is timed first)."""
+    (root / "slow" / "1").mkdir(parents=True)
+    (root / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    (root / "slow" / "model.yaml").write_text(f"backend: onnxruntime\ninstances: 2\nbatching: {{max_batch_size: {batch}}}\n")
+
+
 def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
     """The attack: an unload 0.15 s after a (slow) reload answered 200 and left the model READY."""
-    (tmp_path / "slow" / "1").mkdir(parents=True)
-    (tmp_path / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    _slow_model(tmp_path)
     server = serve(tmp_path, "--model-control", "explicit")
     answered: dict[str, tuple[int, float]] = {}
 
@@ -151,8 +158,7 @@ def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
 def test_an_unload_during_the_startup_load_waits_for_it(serve, tmp_path):
     """The startup load holds the lock: an unload sent while it runs is answered after it, and the model ends
     unloaded everywhere, its state metric included (not READY in a handle the index no longer shows)."""
-    (tmp_path / "slow" / "1").mkdir(parents=True)
-    (tmp_path / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    _slow_model(tmp_path, batch=4)  # slower still: the unload must be sent before the startup load is over
     server = serve(tmp_path, "--model-control", "explicit", wait="/v2/health/live")
     assert "models loaded" not in server.log(), "the startup load was over before the unload: nothing overlapped"
     assert server.client.post("/v2/repository/models/slow/unload").status_code == 200

@@ -51,7 +51,9 @@ class Server:
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
-    def wait_until(self, path: str = "/v2/health/ready", timeout: float = 60) -> None:
+    def wait_until(self, path: str = "/v2/health/ready", timeout: float = 120) -> None:
+        """Poll `path` until it answers 200; fail if the server exits or after `timeout` seconds (a model's load
+        times both runtimes and its batch sizes: tens of seconds on a busy 2-core machine)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -155,3 +157,18 @@ def virtualenv(name: str, requirements: list[str], log: Path) -> Path:
                            stderr=output, timeout=1200)
         stamp.write_text("\n".join(requirements))
     return python
+
+
+# for in-process tests that are about neither the runtime choice nor batching: `backend: auto` times both
+# runtimes and batching times every batch size at load (20+ s for a YOLO model here), this loads in under 1 s
+QUICK_YAML = "backend: onnxruntime\nbatching: {max_batch_size: 1}\n"
+
+
+def quick_model(model: Path, root: Path, yaml: str = "") -> Path:
+    """A repository at `root` serving `model` (linked) as its only model, named after the file, with
+    `QUICK_YAML` and `yaml` as its model.yaml; returns the model's folder (for `inprocess.load`)."""
+    folder = root / model.stem
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.onnx").symlink_to(model.resolve())
+    (folder / "model.yaml").write_text(QUICK_YAML + yaml)
+    return folder

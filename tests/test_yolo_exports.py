@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import IMAGES, MODELS, YOLO11, YOLO26
+from conftest import IMAGES, MODELS, QUICK_YAML, YOLO11, YOLO26, quick_model
 from inprocess import load, predict
 
 CASES = {"yolo11": (YOLO11, "ultralytics", [-1, 84, -1]), "yolo26": (YOLO26, "end2end", [-1, 300, 6])}
@@ -120,7 +120,7 @@ def _filled_masks(file: str, folder) -> "Path":
 def test_every_ultralytics_task_export_serves(file, kind, head, extra_key, tmp_path):
     """The real exports' shapes and metadata: the task, head and names are found, and answers have their fields;
     each outline is non-empty and runs along its box's edges (the masks fill their boxes)."""
-    handle = load(_filled_masks(file, tmp_path))
+    handle = load(quick_model(_filled_masks(file, tmp_path), tmp_path / "repo"))
     task = handle.task
     assert task.kind == kind and len(task.names) > 0
     if head:
@@ -142,8 +142,8 @@ def test_every_ultralytics_task_export_serves(file, kind, head, extra_key, tmp_p
             assert max(outline["y"]) == pytest.approx(box["y2"], abs=1.5)
 
 
-def test_classifier_export():
-    handle = load(MODELS / "yolo11n-cls-random-224-dynamic.onnx")
+def test_classifier_export(tmp_path):
+    handle = load(quick_model(MODELS / "yolo11n-cls-random-224-dynamic.onnx", tmp_path))
     assert handle.task.kind == "classify" and len(handle.task.names) == 1000
     results = predict(handle, (IMAGES / "coffee.png").read_bytes(), top_k=3)[0].results
     assert len(results) == 3 and results[0]["confidence"] >= results[1]["confidence"]
@@ -160,11 +160,11 @@ def test_model_yaml_names_the_task_of_a_model_without_metadata(tmp_path, file, y
 
     model = onnx.load(str(_filled_masks(file, tmp_path)))
     del model.metadata_props[:]
-    folder = tmp_path / "bare"
+    folder = tmp_path / "repo" / "bare"
     (folder / "1").mkdir(parents=True)
     onnx.save(model, str(folder / "1" / "model.onnx"))
-    (folder / "model.yaml").write_text(yaml)
-    handle = load(tmp_path, "bare")
+    (folder / "model.yaml").write_text(QUICK_YAML + yaml)
+    handle = load(tmp_path / "repo", "bare")
     assert handle.task.kind == kind
     [result, *_] = predict(handle, (IMAGES / "astronaut.png").read_bytes(), conf=0.0001, max_det=3)[0].results
     assert result["name"].isdigit()  # no names anywhere: numbered classes
@@ -183,7 +183,7 @@ def test_a_pose_model_without_kpt_shape_is_a_clear_load_error(tmp_path):
     del model.metadata_props[:]
     (tmp_path / "bare" / "1").mkdir(parents=True)
     onnx.save(model, str(tmp_path / "bare" / "1" / "model.onnx"))
-    (tmp_path / "bare" / "model.yaml").write_text("task: pose\n")
+    (tmp_path / "bare" / "model.yaml").write_text(QUICK_YAML + "task: pose\n")
     handle = load(tmp_path, "bare")
     assert not handle.ready and "needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml" in handle.reason
 
@@ -197,6 +197,7 @@ def test_an_end_to_end_obb_head_is_refused_not_misread(tmp_path):
             prop.value = "True"
     (tmp_path / "obb" / "1").mkdir(parents=True)
     onnx.save(model, str(tmp_path / "obb" / "1" / "model.onnx"))
+    (tmp_path / "obb" / "model.yaml").write_text(QUICK_YAML)
     handle = load(tmp_path, "obb")
     assert not handle.ready and "end-to-end oriented-box heads are not supported yet" in handle.reason
 
@@ -212,8 +213,8 @@ def test_half_precision_models_serve_like_their_fp32_original(tmp_path, keep_io_
     from onnx_builders import half_precision
 
     half_precision(YOLO11, tmp_path / "half" / "1" / "model.onnx", keep_io_types)
-    (tmp_path / "half" / "model.yaml").write_text("backend: onnxruntime\n")
-    half, full = load(tmp_path, "half"), load(YOLO11)
+    (tmp_path / "half" / "model.yaml").write_text(QUICK_YAML)
+    half, full = load(tmp_path / "half"), load(quick_model(YOLO11, tmp_path / "full"))
     assert half.backend.inputs[0].datatype == ("FP32" if keep_io_types else "FP16")
     data = (IMAGES / "astronaut.png").read_bytes()
     raw = {}

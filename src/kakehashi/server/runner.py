@@ -66,11 +66,11 @@ async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
     serving = asyncio.create_task(server.serve())
     signalled = asyncio.create_task(exit_signal.wait())
     await asyncio.wait({serving, signalled}, return_when=asyncio.FIRST_COMPLETED)
-    if serving.done():
-        signalled.cancel()
-        serving.result()  # a failure to start is raised here
-        raise RuntimeError("the HTTP server stopped without being asked to")
     settings = state.settings
+    if serving.done():  # it failed to start (e.g. the port is taken), or its worker stopped
+        signalled.cancel()
+        reason = serving.exception() or "the server stopped (see the log above)"
+        raise SystemExit(f"cannot serve HTTP on {settings.host}:{settings.port}: {reason}")
     log.info("exit signal: draining (finishing accepted requests, up to %.0f s)", settings.grace_seconds)
     state.draining = True
     state.drain_task = asyncio.create_task(state.drain())

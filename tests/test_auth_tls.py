@@ -46,6 +46,14 @@ def test_requests_without_a_valid_key_get_a_bare_401(keyed, headers):
         assert keyed.client.get(path, headers=headers).status_code == 401
 
 
+def test_a_refused_upload_leaves_the_client_a_working_connection(keyed):
+    """A 401 is sent without reading the body (the image): the connection closes with it, so the client's next
+    request goes on a fresh connection and is answered, instead of failing on one the server dropped."""
+    for _ in range(20):
+        assert _predict(keyed).status_code == 401
+        assert keyed.client.get("/v2", headers={"X-API-Key": KEY}).status_code == 200
+
+
 @pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {OTHER_KEY}"},
                                      {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY},
                                      {"Authorization": f"Bearer {OTHER_ADMIN_KEY}"}])

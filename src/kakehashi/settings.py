@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 
 def default_model_path() -> Path:
@@ -38,7 +39,8 @@ class Settings:
     max_connections: int = 1000  # HTTP connections served at once (more wait in the listen backlog)
     compute_threads: int = max(2, os.cpu_count() or 2)
     grace_seconds: float = 30.0  # on SIGTERM, how long accepted requests may take to finish
-    model_control: str = "none"  # none: no load/unload API (403); explicit: the API; poll: the API and polling
+    # none: load/unload answer 403; explicit: through the API; poll: the API, and the repository scanned for changes
+    model_control: Literal["none", "explicit", "poll"] = "none"
     poll_seconds: float = 10.0  # with model_control "poll": how often the repository is scanned for changes
     api_keys_file: Path | None = None  # keys also come from KAKEHASHI_API_KEYS
     admin_keys_file: Path | None = None  # keys for load/unload (and everything else); also KAKEHASHI_ADMIN_KEYS

@@ -225,13 +225,16 @@ class ModelRepository:
                     await self._unload(name)
 
     async def watch(self, seconds: float) -> None:
-        """`poll` every `seconds` until cancelled; a failed scan (e.g. the folder is gone) is logged and retried."""
+        """`poll` every `seconds` until cancelled; a failed scan (e.g. the folder is gone) is logged and retried,
+        an unexpected error with its traceback."""
         while True:
             await asyncio.sleep(seconds)
             try:
                 await self.poll()
             except KakehashiError as exc:
                 log.error("repository poll: %s", exc.message)
+            except Exception:
+                log.exception("repository poll failed; retrying in %s s", seconds)
 
     def abandon_queued(self, reason: str) -> int:
         """Answer every request still queued, in every model, 503 with `reason`; how many."""

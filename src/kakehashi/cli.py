@@ -108,6 +108,9 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
     defaults = ServerDefaults(backend, chosen or ServerDefaults.providers, edge)
     settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
+    if settings.model_control != "none" and not keys.enabled:
+        logging.getLogger(__name__).warning("--model-control %s without keys: anyone who reaches the server can load "
+                                            "and unload models (set --admin-keys-file)", settings.model_control)
     repository, compute = load_repository(model, threads, limits, defaults, model_name)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)

@@ -88,7 +88,7 @@ def test_imgsz_on_a_dynamic_shape_model(server, tmp_path):
     at 320 (as run in-process), not its answer at 300, and the box is still in the 512x512 photo's pixels."""
     import shutil
 
-    from conftest import same_detections
+    from conftest import QUICK_YAML, same_detections
     from inprocess import load, predict
     from kakehashi.settings import default_model_path
 
@@ -100,8 +100,8 @@ def test_imgsz_on_a_dynamic_shape_model(server, tmp_path):
     assert image["shape"] == [512, 512] and person["name"] == "person"
     assert person["box"]["x2"] > 350 and person["box"]["y2"] > 500  # original pixels, not the model's 320
     bundled = shutil.copytree(default_model_path() / "ssdlite-person", tmp_path / "ssdlite-person")
-    (bundled / "model.yaml").write_text((bundled / "model.yaml").read_text() + "\nbackend: onnxruntime\n")
-    handle = load(bundled)  # one runtime: no measuring at load (the server's may differ by < 1e-3)
+    (bundled / "model.yaml").write_text((bundled / "model.yaml").read_text() + "\n" + QUICK_YAML)
+    handle = load(bundled)  # one runtime, no batching: nothing timed at load (the server's runtime agrees to 1e-3)
     at_320, at_300 = predict(handle, data, imgsz=320)[0].results, predict(handle, data)[0].results
     assert not same_detections(at_320, at_300)  # the two sizes are told apart (box edges ~3 px apart) ...
     assert same_detections(image["results"], at_320)  # ... and the server ran at 320

@@ -114,3 +114,16 @@ def test_connections_over_the_cap_wait_until_others_close(serve, tmp_path):
         for connection in held:
             connection.close()
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
+
+
+@pytest.mark.parametrize("path, content_type, status", [("/v1/models/nothing-here/predict", "image/jpeg", 404),
+                                                        ("/v1/models/{model}/predict", "text/plain", 415)])
+def test_an_answer_before_the_body_is_read_leaves_the_client_a_working_connection(server, path, content_type, status):
+    """Refused before its 790 KB body was read, a request's connection closes with the answer, so the client's next
+    request (on the same keep-alive client) goes on a fresh connection and is answered."""
+    model = next(row["name"] for row in server.client.post("/v2/repository/index").json())
+    body = b"\xff" * 790_000
+    for _ in range(20):
+        refused = server.client.post(path.format(model=model), content=body, headers={"Content-Type": content_type})
+        assert refused.status_code == status, refused.text
+        assert server.client.get("/v2").status_code == 200

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
+from kakehashi.server.unread_body import CloseAfterUnreadBody
 from kakehashi.server.auth import ApiKeyMiddleware, require_classified
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.header_limit import HeaderLimit
@@ -60,7 +61,7 @@ def create_app(state: ServerState) -> Starlette:
     require_classified(routes)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(HeaderLimit, limit=state.settings.max_header_bytes),
+        middleware=[Middleware(CloseAfterUnreadBody), Middleware(HeaderLimit, limit=state.settings.max_header_bytes),
                     Middleware(DrainGuard, state=state), Middleware(PathGuard),
                     *([Middleware(ApiKeyMiddleware, keys=state.keys, routes=routes)] if state.keys.enabled else []),
                     Middleware(BodyLimit, limit=state.settings.max_body_bytes),

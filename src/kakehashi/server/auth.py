@@ -137,9 +137,6 @@ def require_classified(routes: Sequence[BaseRoute], service: ServiceDescriptor |
         raise RuntimeError(f"no access class in kakehashi.server.auth (HTTP_ACCESS / GRPC_ACCESS) for {missing}")
 
 
-# a refusal leaves the body unread: the connection closes, so a client never sends its next request on it
-_CLOSE = {"Connection": "close"}
-
 
 class ApiKeyMiddleware:
     """ASGI middleware: each HTTP request needs what its route's class asks (401 without a key, 403 with an
@@ -172,9 +169,9 @@ class ApiKeyMiddleware:
         if granted >= required:
             await self.app(scope, receive, send)
         elif granted is OPEN:
-            await error_response(401, "unauthorized", {"WWW-Authenticate": "Bearer", **_CLOSE})(scope, receive, send)
+            await error_response(401, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
         else:
-            await error_response(403, ADMIN_NEEDED, _CLOSE)(scope, receive, send)
+            await error_response(403, ADMIN_NEEDED)(scope, receive, send)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):

@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 from click.core import ParameterSource
 
 from kakehashi import __version__
+from kakehashi.backends.onnxruntime import provider_name
+from kakehashi.batch.command import batch
+from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.vision import encode_predictions, parse_params
+from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.handle import ImagePrediction
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.settings import Limits, Settings, default_model_path
 from kakehashi.tasks.annotate import annotate
 from kakehashi.tasks.images import decode_image, image_files
-from kakehashi.batch.command import batch
-from kakehashi.backends.onnxruntime import provider_name
-from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
-from kakehashi.repository.config import ServerDefaults
-from kakehashi.settings import Limits, Settings, default_model_path
 
 
 @click.group()
@@ -42,51 +42,107 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @main.command()
 @click.argument("model", required=False, type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL")
-@_option("--model-name", None, "Serve the single model at MODEL under this name (e.g. KServe's {{.Name}}), whatever "
-         "its file or folder is called.")
+@_option(
+    "--model-name",
+    None,
+    "Serve the single model at MODEL under this name (e.g. KServe's {{.Name}}), whatever its file or folder is called.",
+)
 @_option("--host", Settings.host, "Address to bind.")
 @_option("--port", Settings.port, "HTTP port.")
 @_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
 @_option("--threads", Settings.compute_threads, "Threads for image decoding and pre/post-processing.")
-@_option("--backend", "auto", "Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX "
-         "Runtime and OpenVINO, when installed, and keep the faster).",
-         type=click.Choice(["auto", "onnxruntime", "openvino"]))
-@_option("--providers", "cpu", "ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models "
-         "whose model.yaml lists none); unavailable ones are skipped with a warning.")
-@_option("--model-control", Settings.model_control, "Loading and unloading models while serving: none (the load and "
-         "unload API answers 403), explicit (through the API) or poll (the API, and every --poll-seconds the "
-         "repository is scanned: added models load, changed ones reload, removed ones unload).",
-         type=click.Choice(["none", "explicit", "poll"]))
-@_option("--poll-seconds", Settings.poll_seconds, "With --model-control poll: seconds between scans.",
-         type=click.FloatRange(min=0, min_open=True))
+@_option(
+    "--backend",
+    "auto",
+    "Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX "
+    "Runtime and OpenVINO, when installed, and keep the faster).",
+    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+)
+@_option(
+    "--providers",
+    "cpu",
+    "ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models "
+    "whose model.yaml lists none); unavailable ones are skipped with a warning.",
+)
+@_option(
+    "--model-control",
+    Settings.model_control,
+    "Loading and unloading models while serving: none (the load and "
+    "unload API answers 403), explicit (through the API) or poll (the API, and every --poll-seconds the "
+    "repository is scanned: added models load, changed ones reload, removed ones unload).",
+    type=click.Choice(["none", "explicit", "poll"]),
+)
+@_option(
+    "--poll-seconds",
+    Settings.poll_seconds,
+    "With --model-control poll: seconds between scans.",
+    type=click.FloatRange(min=0, min_open=True),
+)
 @_option("--grace-seconds", Settings.grace_seconds, "On SIGTERM, how long accepted requests may take to finish.")
-@_option("--api-keys-file", None, "File of API keys, one a line; keys also come from KAKEHASHI_API_KEYS "
-         "(comma-separated). With keys, every request but health checks needs one.", type=_FILE)
-@_option("--admin-keys-file", None, "File of admin keys, one a line; also KAKEHASHI_ADMIN_KEYS (comma-separated). "
-         "With keys, load and unload need an admin key; an admin key also works as an API key.", type=_FILE)
+@_option(
+    "--api-keys-file",
+    None,
+    "File of API keys, one a line; keys also come from KAKEHASHI_API_KEYS "
+    "(comma-separated). With keys, every request but health checks needs one.",
+    type=_FILE,
+)
+@_option(
+    "--admin-keys-file",
+    None,
+    "File of admin keys, one a line; also KAKEHASHI_ADMIN_KEYS (comma-separated). "
+    "With keys, load and unload need an admin key; an admin key also works as an API key.",
+    type=_FILE,
+)
 @_option("--tls-cert", None, "PEM certificate (chain): serve HTTPS and gRPC over TLS.", type=_FILE)
 @_option("--tls-key", None, "PEM private key for --tls-cert.", type=_FILE)
 @_option("--max-body-bytes", Settings.max_body_bytes, "Largest HTTP body or gRPC message (413 above).")
 @_option("--max-header-bytes", Settings.max_header_bytes, "Largest HTTP request line + headers (431 above).")
-@_option("--header-timeout-seconds", Settings.header_timeout_seconds, "The request line and headers must arrive "
-         "within this from a connection's first byte or its previous answer (idle keep-alive closes then too).",
-         type=click.FloatRange(min=0.001))
-@_option("--body-timeout-seconds", Settings.body_timeout_seconds, "Each part of a request body must arrive within "
-         "this (408 otherwise; 0: no limit).", type=click.FloatRange(min=0))
-@_option("--max-connections", Settings.max_connections, "HTTP connections served at once; more wait in the "
-         "listen backlog until one closes.", type=click.IntRange(min=1))
+@_option(
+    "--header-timeout-seconds",
+    Settings.header_timeout_seconds,
+    "The request line and headers must arrive "
+    "within this from a connection's first byte or its previous answer (idle keep-alive closes then too).",
+    type=click.FloatRange(min=0.001),
+)
+@_option(
+    "--body-timeout-seconds",
+    Settings.body_timeout_seconds,
+    "Each part of a request body must arrive within this (408 otherwise; 0: no limit).",
+    type=click.FloatRange(min=0),
+)
+@_option(
+    "--max-connections",
+    Settings.max_connections,
+    "HTTP connections served at once; more wait in the listen backlog until one closes.",
+    type=click.IntRange(min=1),
+)
 @_option("--max-pixels", Limits.max_pixels, "Largest image (width x height) decoded (413 above).")
 @_option("--max-images", Limits.max_images, "Most images in one predict request (413 above).")
 @_option("--max-tensor-elements", Limits.max_tensor_elements, "Most elements in one input tensor (413 above).")
 @_option("--request-timeout-ms", Limits.request_timeout_ms, "Answer 504 to a request not done by then (0: off).")
-@_option("--edge/--no-edge", False, "Small-device profile: one ONNX Runtime instance, no batching, one "
-         "pre/post-processing thread, no gRPC (fewer imports, less memory).")
+@_option(
+    "--edge/--no-edge",
+    False,
+    "Small-device profile: one ONNX Runtime instance, no batching, one "
+    "pre/post-processing thread, no gRPC (fewer imports, less memory).",
+)
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @_option("--access-log/--no-access-log", False, "Log every request.")
-def serve(model: Path | None, model_name: str | None, threads: int, backend: str, providers: str,
-          edge: bool, log_level: str,
-          access_log: bool,
-          max_pixels: int, max_images: int, max_tensor_elements: int, request_timeout_ms: float, **options) -> None:
+def serve(
+    model: Path | None,
+    model_name: str | None,
+    threads: int,
+    backend: str,
+    providers: str,
+    edge: bool,
+    log_level: str,
+    access_log: bool,
+    max_pixels: int,
+    max_images: int,
+    max_tensor_elements: int,
+    request_timeout_ms: float,
+    **options,
+) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
     from kakehashi.server.auth import ApiKeys
     from kakehashi.server.runner import run
@@ -95,8 +151,10 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(options["tls_cert"]) != bool(options["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    if (options["model_control"] != "poll"
-            and click.get_current_context().get_parameter_source("poll_seconds") != ParameterSource.DEFAULT):
+    if (
+        options["model_control"] != "poll"
+        and click.get_current_context().get_parameter_source("poll_seconds") != ParameterSource.DEFAULT
+    ):
         raise click.UsageError("--poll-seconds needs --model-control poll")
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
@@ -109,8 +167,11 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
     settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
     if settings.model_control != "none" and not keys.enabled:
-        logging.getLogger(__name__).warning("--model-control %s without keys: anyone who reaches the server can load "
-                                            "and unload models (set --admin-keys-file)", settings.model_control)
+        logging.getLogger(__name__).warning(
+            "--model-control %s without keys: anyone who reaches the server can load "
+            "and unload models (set --admin-keys-file)",
+            settings.model_control,
+        )
     repository, compute = load_repository(model, threads, limits, defaults, model_name)
     try:
         run(ServerState(settings, repository, keys), log_level, access_log)
@@ -120,21 +181,30 @@ def serve(model: Path | None, model_name: str | None, threads: int, backend: str
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL",
-              help="An .onnx file or model folder (default: the bundled person detector).")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, path_type=Path),
+    envvar="KAKEHASHI_MODEL",
+    help="An .onnx file or model folder (default: the bundled person detector).",
+)
 @click.option("--name", help="The model to use when --model holds several.")
-@click.option("--save", type=click.Path(path_type=Path),
-              help="Write the image with its boxes and labels drawn (a folder when there are several images).")
+@click.option(
+    "--save",
+    type=click.Path(path_type=Path),
+    help="Write the image with its boxes and labels drawn (a folder when there are several images).",
+)
 @prediction_options
-def predict(images: tuple[Path, ...], model: Path | None, name: str | None, save: Path | None,
-            **options: str | None) -> None:
+def predict(
+    images: tuple[Path, ...], model: Path | None, name: str | None, save: Path | None, **options: str | None
+) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
     repository, compute = load_repository(model, Settings.compute_threads, Limits())
     chosen = only_model(repository, name)
     data = [path.read_bytes() for path in images]
     try:
         handle_name, version, predictions = asyncio.run(
-            _predict_once(repository, chosen, data, prediction_values(options)))
+            _predict_once(repository, chosen, data, prediction_values(options))
+        )
         if save:
             targets = [save] if len(images) == 1 else [save / f"{path.stem}.jpg" for path in images]
             for image, prediction, target in zip(data, predictions, targets):
@@ -147,8 +217,9 @@ def predict(images: tuple[Path, ...], model: Path | None, name: str | None, save
     click.echo(encode_predictions(handle_name, version, predictions))
 
 
-async def _predict_once(repository: ModelRepository, name: str, images: list[bytes],
-                        values: dict[str, list[str]]) -> tuple[str, int, list[ImagePrediction]]:
+async def _predict_once(
+    repository: ModelRepository, name: str, images: list[bytes], values: dict[str, list[str]]
+) -> tuple[str, int, list[ImagePrediction]]:
     await asyncio.to_thread(repository.load_all)
     try:
         handle = repository.get(name)
@@ -163,17 +234,33 @@ def _levels(text: str | None, kind: type) -> list:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="KAKEHASHI_URL",
-              help="The server to load.")
+@click.option(
+    "--url", default="http://127.0.0.1:8000", show_default=True, envvar="KAKEHASHI_URL", help="The server to load."
+)
 @click.option("--model", required=True, help="Model name on the server.")
-@click.option("--images", "image_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Images (files or folders) for the predict endpoint; repeatable.")
-@click.option("--infer", "infer_encoding", is_flag=False, flag_value="json", default=None,
-              type=click.Choice(["json", "binary", "grpc"]),
-              help="Send OIP v2 infer requests with random tensors: JSON (the default), the HTTP binary extension, "
-                   "or gRPC.")
-@click.option("--grpc", "grpc_target", default=None, metavar="HOST:PORT",
-              help="gRPC address for --infer grpc (default: the --url host, port 8001).")
+@click.option(
+    "--images",
+    "image_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Images (files or folders) for the predict endpoint; repeatable.",
+)
+@click.option(
+    "--infer",
+    "infer_encoding",
+    is_flag=False,
+    flag_value="json",
+    default=None,
+    type=click.Choice(["json", "binary", "grpc"]),
+    help="Send OIP v2 infer requests with random tensors: JSON (the default), the HTTP binary extension, or gRPC.",
+)
+@click.option(
+    "--grpc",
+    "grpc_target",
+    default=None,
+    metavar="HOST:PORT",
+    help="gRPC address for --infer grpc (default: the --url host, port 8001).",
+)
 @click.option("--shape", "shapes", multiple=True, help="Shape of an infer input, NAME=1,3,64,64; repeatable.")
 @click.option("--query", default="", help="Query string for predict, e.g. conf=0.5&imgsz=320.")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Closed-loop concurrency sweep.")
@@ -181,12 +268,26 @@ def _levels(text: str | None, kind: type) -> list:
 @click.option("--warmup", default=2.0, show_default=True, help="Seconds of load before each measurement.")
 @click.option("--duration", default=10.0, show_default=True, help="Seconds measured per step.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the steps as .json or .csv.")
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a PNG of latency percentiles against throughput over the steps.")
-def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: str | None, grpc_target: str | None,
-          shapes: tuple[str, ...],
-          query: str, concurrency: str, rate: str | None, warmup: float, duration: float,
-          output: Path | None, chart: Path | None) -> None:
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG of latency percentiles against throughput over the steps.",
+)
+def bench(
+    url: str,
+    model: str,
+    image_paths: tuple[Path, ...],
+    infer_encoding: str | None,
+    grpc_target: str | None,
+    shapes: tuple[str, ...],
+    query: str,
+    concurrency: str,
+    rate: str | None,
+    warmup: float,
+    duration: float,
+    output: Path | None,
+    chart: Path | None,
+) -> None:
     """Load a running server like perf_analyzer: req/s, p50/p90/p99 and errors per step, every answer checked."""
     import httpx
 
@@ -226,10 +327,17 @@ def bench(url: str, model: str, image_paths: tuple[Path, ...], infer_encoding: s
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--calibration", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of representative images.")
-@click.option("--held-out", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Images for the report (default: every 4th calibration image, kept out of calibration).")
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of representative images.",
+)
+@click.option(
+    "--held-out",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Images for the report (default: every 4th calibration image, kept out of calibration).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL.int8.onnx.")
 @click.option("--conf", default=0.25, show_default=True, help="Confidence threshold for the agreement report.")
 def quantize(model: Path, calibration: Path, held_out: Path | None, out: Path | None, conf: float) -> None:
@@ -253,7 +361,9 @@ def quantize(model: Path, calibration: Path, held_out: Path | None, out: Path | 
     except KakehashiError as exc:
         raise click.ClickException(exc.message) from None
     except ImportError as exc:
-        raise click.ClickException(f"quantize needs the quantize extra: pip install 'kakehashi[quantize]' ({exc})") from None
+        raise click.ClickException(
+            f"quantize needs the quantize extra: pip install 'kakehashi[quantize]' ({exc})"
+        ) from None
     click.echo(f"wrote {target} (calibrated on {len(used)} images, report on {len(held)} held-out images)")
     for line in report.lines():
         click.echo(line)
@@ -263,8 +373,12 @@ def quantize(model: Path, calibration: Path, held_out: Path | None, out: Path | 
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: beside CHECKPOINT, .onnx.")
 @click.option("--imgsz", default=640, show_default=True, help="Input size the model is exported for.")
-@click.option("--half", is_flag=True, help="FP16 weights (Ultralytics keeps FP32 inputs and outputs on CPU; either way it "
-              "is served, FP16 outputs decoded in FP32).")
+@click.option(
+    "--half",
+    is_flag=True,
+    help="FP16 weights (Ultralytics keeps FP32 inputs and outputs on CPU; either way it "
+    "is served, FP16 outputs decoded in FP32).",
+)
 def export(checkpoint: Path, out: Path | None, imgsz: int, half: bool) -> None:
     """Convert an Ultralytics checkpoint (.pt) to ONNX with a dynamic batch and its metadata, ready to serve
     (needs the `export` extra: ultralytics and PyTorch; AGPL-3.0, never used when serving)."""

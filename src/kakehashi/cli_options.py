@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -18,12 +18,17 @@ PREDICTION_OPTIONS = ("conf", "iou", "imgsz", "max_det", "classes", "top_k", "de
 
 def prediction_options(command: Callable) -> Callable:
     """`--conf --iou --imgsz --max-det --classes --top-k --decimals`, as the predict endpoint takes them."""
-    for flag, text in reversed([
-        ("--conf", "Confidence threshold."), ("--iou", "NMS IoU threshold."),
-        ("--imgsz", "Input size, 640 or height,width."), ("--max-det", "Most detections per image."),
-        ("--classes", "Only these class indices, e.g. 0,2."), ("--top-k", "Classes per image (classification)."),
-        ("--decimals", "Decimal places in the answer."),
-    ]):
+    for flag, text in reversed(
+        [
+            ("--conf", "Confidence threshold."),
+            ("--iou", "NMS IoU threshold."),
+            ("--imgsz", "Input size, 640 or height,width."),
+            ("--max-det", "Most detections per image."),
+            ("--classes", "Only these class indices, e.g. 0,2."),
+            ("--top-k", "Classes per image (classification)."),
+            ("--decimals", "Decimal places in the answer."),
+        ]
+    ):
         command = click.option(flag, help=text)(command)
     return command
 
@@ -33,8 +38,13 @@ def prediction_values(options: dict) -> dict[str, list[str]]:
     return {name: [str(options[name])] for name in PREDICTION_OPTIONS if options.get(name) is not None}
 
 
-def load_repository(model: Path | None, threads: int, limits: Limits, defaults: ServerDefaults = ServerDefaults(),
-                    name: str | None = None) -> tuple[ModelRepository, ThreadPoolExecutor]:
+def load_repository(
+    model: Path | None,
+    threads: int,
+    limits: Limits,
+    defaults: ServerDefaults = ServerDefaults(),
+    name: str | None = None,
+) -> tuple[ModelRepository, ThreadPoolExecutor]:
     """The repository at `model` (default: the bundled one) with its compute pool, its single model served as
     `name` if given; errors as click errors."""
     compute = ThreadPoolExecutor(threads, thread_name_prefix="compute")
@@ -50,6 +60,7 @@ def only_model(repository: ModelRepository, name: str | None) -> str:
     if name is not None:
         return name
     if len(repository.entries) != 1:
-        raise click.ClickException(f"{repository.path} holds several models ({', '.join(repository.entries)}); "
-                                   f"choose one with --name")
+        raise click.ClickException(
+            f"{repository.path} holds several models ({', '.join(repository.entries)}); choose one with --name"
+        )
     return next(iter(repository.entries))

@@ -18,12 +18,17 @@ def export(checkpoint: Path, out: Path | None, imgsz: int, half: bool) -> Path:
     try:
         from ultralytics import YOLO
     except ImportError:
-        raise InvalidInput("export needs Ultralytics and PyTorch: pip install 'kakehashi[export]' (AGPL-3.0; "
-                           "on a CPU-only machine install a CPU build of torch and torchvision first)") from None
+        raise InvalidInput(
+            "export needs Ultralytics and PyTorch: pip install 'kakehashi[export]' (AGPL-3.0; "
+            "on a CPU-only machine install a CPU build of torch and torchvision first)"
+        ) from None
     try:
         model = YOLO(str(checkpoint))
-        written = Path(model.export(format="onnx", dynamic=True, imgsz=imgsz, half=half, simplify=False,
-                                    device="cpu", verbose=False))
+        written = Path(
+            model.export(
+                format="onnx", dynamic=True, imgsz=imgsz, half=half, simplify=False, device="cpu", verbose=False
+            )
+        )
     except Exception as exc:  # Ultralytics raises many kinds for a bad or foreign checkpoint
         raise InvalidInput(f"{checkpoint}: Ultralytics could not export it: {str(exc).splitlines()[0]}") from None
     if out is not None and out.resolve() != written.resolve():

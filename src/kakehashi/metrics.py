@@ -13,26 +13,40 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter("kakehashi_requests", "Requests answered, by outcome.", (*_MODEL, "protocol", "outcome"))
-REQUEST_SECONDS = Histogram("kakehashi_request_duration_seconds", "Time from request arrival to answer.",
-                            (*_MODEL, "protocol", "outcome"), buckets=_LATENCY_BUCKETS)
-QUEUE_SECONDS = Histogram("kakehashi_queue_duration_seconds", "Time a request waited for a batch to start.",
-                          _MODEL, buckets=_LATENCY_BUCKETS)
-PREPROCESS_SECONDS = Histogram("kakehashi_preprocess_duration_seconds", "Decode and pre-processing time per image.",
-                               _MODEL, buckets=_LATENCY_BUCKETS)
-INFERENCE_SECONDS = Histogram("kakehashi_inference_duration_seconds", "Runtime time per batch execution.",
-                              _MODEL, buckets=_LATENCY_BUCKETS)
-POSTPROCESS_SECONDS = Histogram("kakehashi_postprocess_duration_seconds", "Post-processing time per image.",
-                                _MODEL, buckets=_LATENCY_BUCKETS)
+REQUEST_SECONDS = Histogram(
+    "kakehashi_request_duration_seconds",
+    "Time from request arrival to answer.",
+    (*_MODEL, "protocol", "outcome"),
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_SECONDS = Histogram(
+    "kakehashi_queue_duration_seconds", "Time a request waited for a batch to start.", _MODEL, buckets=_LATENCY_BUCKETS
+)
+PREPROCESS_SECONDS = Histogram(
+    "kakehashi_preprocess_duration_seconds",
+    "Decode and pre-processing time per image.",
+    _MODEL,
+    buckets=_LATENCY_BUCKETS,
+)
+INFERENCE_SECONDS = Histogram(
+    "kakehashi_inference_duration_seconds", "Runtime time per batch execution.", _MODEL, buckets=_LATENCY_BUCKETS
+)
+POSTPROCESS_SECONDS = Histogram(
+    "kakehashi_postprocess_duration_seconds", "Post-processing time per image.", _MODEL, buckets=_LATENCY_BUCKETS
+)
 BATCH_SIZE = Histogram("kakehashi_batch_size", "Rows per batch execution.", _MODEL, buckets=_BATCH_BUCKETS)
 BATCH_EXECUTIONS = Counter("kakehashi_batch_executions", "Batch executions by batch size.", (*_MODEL, "batch_size"))
-BATCH_EXECUTION_SECONDS = Counter("kakehashi_batch_execution_seconds", "Runtime seconds by batch size.",
-                                  (*_MODEL, "batch_size"))
+BATCH_EXECUTION_SECONDS = Counter(
+    "kakehashi_batch_execution_seconds", "Runtime seconds by batch size.", (*_MODEL, "batch_size")
+)
 QUEUE_DEPTH = Gauge("kakehashi_queue_depth", "Requests waiting in the model's queue.", _MODEL)
 IN_FLIGHT = Gauge("kakehashi_inflight_requests", "Requests being handled.", ("protocol",))
-LOAD_SECONDS = Gauge("kakehashi_model_load_duration_seconds", "Time the model version took to load and warm up.",
-                     _MODEL)
-MODEL_STATE = Gauge("kakehashi_model_state", "1 for the model version's current state, 0 for the others.",
-                    (*_MODEL, "state"))
+LOAD_SECONDS = Gauge(
+    "kakehashi_model_load_duration_seconds", "Time the model version took to load and warm up.", _MODEL
+)
+MODEL_STATE = Gauge(
+    "kakehashi_model_state", "1 for the model version's current state, 0 for the others.", (*_MODEL, "state")
+)
 
 
 class RequestSeries:
@@ -46,7 +60,10 @@ class RequestSeries:
         series = self.by_outcome.get((protocol, outcome))
         if series is None:
             labels = {**self._labels, "protocol": protocol, "outcome": outcome}
-            series = self.by_outcome[(protocol, outcome)] = (REQUESTS.labels(**labels), REQUEST_SECONDS.labels(**labels))
+            series = self.by_outcome[(protocol, outcome)] = (
+                REQUESTS.labels(**labels),
+                REQUEST_SECONDS.labels(**labels),
+            )
         series[0].inc()
         series[1].observe(seconds)
 
@@ -106,7 +123,7 @@ def samples(series: Counter | Gauge | Histogram) -> dict[str, float]:
     values: dict[str, float] = {}
     for family in series.collect():
         for sample in family.samples:
-            suffix = sample.name[len(family.name):]
+            suffix = sample.name[len(family.name) :]
             key = f"{suffix}:{sample.labels['le']}" if "le" in sample.labels else suffix
             values[key] = values.get(key, 0.0) + sample.value
     return values

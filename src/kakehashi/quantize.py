@@ -44,16 +44,22 @@ class Report:
     def lines(self) -> list[str]:
         deltas = np.abs(self.confidence_deltas) if self.confidence_deltas else np.zeros(1)
         share = self.matched / self.boxes if self.boxes else 1.0
-        speed = (f"inference (batch 1, best of 10): FP32 {self.fp32_ms:.1f} ms, INT8 {self.int8_ms:.1f} ms "
-                 f"({self.fp32_ms / self.int8_ms:.2f}x)")
+        speed = (
+            f"inference (batch 1, best of 10): FP32 {self.fp32_ms:.1f} ms, INT8 {self.int8_ms:.1f} ms "
+            f"({self.fp32_ms / self.int8_ms:.2f}x)"
+        )
         if self.classify:
-            return [speed, f"held-out images: INT8 gives FP32's top-1 class on {self.matched}/{self.boxes} "
-                           f"({share:.1%})",
-                    f"top-1 confidence deltas where they agree: mean {deltas.mean():.4f}, max {deltas.max():.4f}"]
-        return [speed,
-                f"held-out detections: {self.matched}/{self.boxes} FP32 boxes found by INT8 at IoU >= 0.5 with the "
-                f"same class ({share:.1%}); {self.extra} INT8 boxes without an FP32 match",
-                f"confidence deltas of matched boxes: mean {deltas.mean():.4f}, max {deltas.max():.4f}"]
+            return [
+                speed,
+                f"held-out images: INT8 gives FP32's top-1 class on {self.matched}/{self.boxes} ({share:.1%})",
+                f"top-1 confidence deltas where they agree: mean {deltas.mean():.4f}, max {deltas.max():.4f}",
+            ]
+        return [
+            speed,
+            f"held-out detections: {self.matched}/{self.boxes} FP32 boxes found by INT8 at IoU >= 0.5 with the "
+            f"same class ({share:.1%}); {self.extra} INT8 boxes without an FP32 match",
+            f"confidence deltas of matched boxes: mean {deltas.mean():.4f}, max {deltas.max():.4f}",
+        ]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -65,15 +71,23 @@ def image_files(folder: Path) -> list[Path]:
 
 def quantize(model: Path, config: ModelConfig, calibration: list[Path], out: Path) -> None:
     """Write the INT8 model calibrated on `calibration` (pre-processed exactly as when serving)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     backend = OnnxRuntimeBackend(model)
     task = resolve_task(backend, config, model)
     if task is None:
         raise InvalidInput(f"{model}: quantize needs an image model (detect, segment, pose, obb or classify)")
     image_input = task.input
-    tensors = [prepare_image(p.read_bytes(), image_input, PredictParams(), Limits().max_pixels).tensor[None]
-               for p in calibration]
+    tensors = [
+        prepare_image(p.read_bytes(), image_input, PredictParams(), Limits().max_pixels).tensor[None]
+        for p in calibration
+    ]
 
     class Images(CalibrationDataReader):
         def __init__(self) -> None:
@@ -85,8 +99,15 @@ def quantize(model: Path, config: ModelConfig, calibration: list[Path], out: Pat
     prepared = Path(tempfile.mkdtemp(prefix="kakehashi-quantize-")) / "prepared.onnx"
     # shape inference and graph clean-up, as ONNX Runtime advises (its symbolic pass would need sympy)
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Images(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     _copy_metadata(model, out)
 
 
@@ -119,8 +140,9 @@ def _iou(a: dict, b: dict) -> float:
     return inter / (area(a) + area(b) - inter) if inter else 0.0
 
 
-def compare(reference: list[list[dict]], candidate: list[list[dict]],
-            classify: bool = False) -> tuple[int, int, int, list[float]]:
+def compare(
+    reference: list[list[dict]], candidate: list[list[dict]], classify: bool = False
+) -> tuple[int, int, int, list[float]]:
     """(matched, reference boxes, unmatched candidate boxes, confidence deltas of the matched); for a classifier
     (top-k, best first): (images with the same top-1 class, images, 0, their top-1 confidence deltas)."""
     matched = total = extra = 0
@@ -135,8 +157,9 @@ def compare(reference: list[list[dict]], candidate: list[list[dict]],
         free = list(theirs)
         for box in sorted(ours, key=lambda r: -r["confidence"]):
             total += 1
-            best = max((c for c in free if c["class"] == box["class"]), key=lambda c: _iou(c["box"], box["box"]),
-                       default=None)
+            best = max(
+                (c for c in free if c["class"] == box["class"]), key=lambda c: _iou(c["box"], box["box"]), default=None
+            )
             if best is not None and _iou(best["box"], box["box"]) >= 0.5:
                 matched += 1
                 deltas.append(best["confidence"] - box["confidence"])

@@ -59,12 +59,17 @@ def build(args: dict[str, str]):
     """The Ray Serve application (`serve run kakehashi.ray_serve:build model=... replicas=2|auto cpus=2`)."""
     model = str(Path(args.get("model") or default_model_path()).resolve())
     replicas = args.get("replicas", "1")
-    options: dict = {"ray_actor_options": {"num_cpus": float(args.get("cpus", 1)),
-                                           "runtime_env": {"env_vars": {MODEL_ENV: model}}},
-                     "health_check_period_s": 2, "health_check_timeout_s": 30}
+    options: dict = {
+        "ray_actor_options": {"num_cpus": float(args.get("cpus", 1)), "runtime_env": {"env_vars": {MODEL_ENV: model}}},
+        "health_check_period_s": 2,
+        "health_check_timeout_s": 30,
+    }
     if replicas == "auto":
-        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": int(args.get("max_replicas", 4)),
-                                         "target_ongoing_requests": 8}
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": int(args.get("max_replicas", 4)),
+            "target_ongoing_requests": 8,
+        }
     else:
         options["num_replicas"] = int(replicas)
     return serve.deployment(serve.ingress(replica_app)(), name="kakehashi", **options).bind()

@@ -44,8 +44,10 @@ def model_statistics(handle: ModelHandle) -> dict:
             "cache_miss": {"count": 0, "ns": 0},
         },
         "batch_stats": [
-            {"batch_size": size,
-             "compute_infer": {"count": int(samples(count)["_total"]), "ns": int(samples(seconds)["_total"] * 1e9)}}
+            {
+                "batch_size": size,
+                "compute_infer": {"count": int(samples(count)["_total"]), "ns": int(samples(seconds)["_total"] * 1e9)},
+            }
             for size, (count, seconds) in sorted(series.batches.items())
         ],
         "memory_usage": [],
@@ -60,8 +62,14 @@ def live_figures(handle: ModelHandle) -> dict:
     outcomes: dict[str, int] = {}
     for (_, outcome), (count, _) in list(series.requests.by_outcome.items()):
         outcomes[outcome] = outcomes.get(outcome, 0) + int(samples(count)["_total"])
-    buckets = sorted(((float(key.split(":", 1)[1]), int(value)) for key, value in _requests(series, "success").items()
-                      if key.startswith("_bucket:")), key=lambda bucket: bucket[0])
+    buckets = sorted(
+        (
+            (float(key.split(":", 1)[1]), int(value))
+            for key, value in _requests(series, "success").items()
+            if key.startswith("_bucket:")
+        ),
+        key=lambda bucket: bucket[0],
+    )
     return {
         "requests": outcomes,
         "latency": [[bound, count] for bound, count in buckets],

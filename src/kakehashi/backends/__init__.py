@@ -27,7 +27,9 @@ def create_instances(path: Path, config: ModelConfig, threads: int, kind: str) -
     if kind == "openvino":
         from kakehashi.backends.openvino import OpenVinoBackend
 
-        backend = OpenVinoBackend(path, config.performance_hint, config.instances, config.threads or 0, config.precision)
+        backend = OpenVinoBackend(
+            path, config.performance_hint, config.instances, config.threads or 0, config.precision
+        )
         return [backend] * config.instances
     providers = config.providers or ("CPUExecutionProvider",)
     return [OnnxRuntimeBackend(path, providers, threads) for _ in range(config.instances)]
@@ -55,8 +57,13 @@ def faster_runtime(path: Path, config: ModelConfig, instances: list[Backend], fe
         return instances
     current, other = _best_seconds(instances[0], feeds), _best_seconds(candidate[0], feeds)
     winner = candidate if other < current else instances
-    log.info("%s: ONNX Runtime %.1f ms, OpenVINO %.1f ms per inference; serving with %s", path, current * 1000,
-             other * 1000, winner[0].platform.removesuffix("_onnx"))
+    log.info(
+        "%s: ONNX Runtime %.1f ms, OpenVINO %.1f ms per inference; serving with %s",
+        path,
+        current * 1000,
+        other * 1000,
+        winner[0].platform.removesuffix("_onnx"),
+    )
     return winner
 
 

@@ -30,9 +30,15 @@ _ORT_TO_OIP = {
 }
 
 
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "rocm": "ROCMExecutionProvider",
-             "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider",
-             "directml": "DmlExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 
 
 def provider_name(name: str) -> str:
@@ -70,8 +76,13 @@ class OnnxRuntimeBackend:
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         skipped = [p for p in providers if p not in available]
         if skipped:
-            log.warning("%s: execution providers %s are not available in this ONNX Runtime (it has %s); "
-                        "falling back to %s", path, ", ".join(skipped), ", ".join(available), chosen[0])
+            log.warning(
+                "%s: execution providers %s are not available in this ONNX Runtime (it has %s); falling back to %s",
+                path,
+                ", ".join(skipped),
+                ", ".join(available),
+                chosen[0],
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)

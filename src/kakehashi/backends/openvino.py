@@ -24,16 +24,30 @@ from kakehashi.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-_OV_TO_OIP = {"boolean": "BOOL", "u8": "UINT8", "u16": "UINT16", "u32": "UINT32", "u64": "UINT64", "i8": "INT8",
-              "i16": "INT16", "i32": "INT32", "i64": "INT64", "f16": "FP16", "f32": "FP32", "f64": "FP64"}
+_OV_TO_OIP = {
+    "boolean": "BOOL",
+    "u8": "UINT8",
+    "u16": "UINT16",
+    "u32": "UINT32",
+    "u64": "UINT64",
+    "i8": "INT8",
+    "i16": "INT16",
+    "i32": "INT32",
+    "i64": "INT64",
+    "f16": "FP16",
+    "f32": "FP32",
+    "f64": "FP64",
+}
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
 def _spec(port, path: Path) -> TensorSpec:
     datatype = _OV_TO_OIP.get(port.get_element_type().get_type_name())
     if datatype is None:
-        raise ModelLoadError(f"{path}: tensor '{port.get_any_name()}' has type {port.get_element_type()}, which "
-                             f"OpenVINO cannot serve here (use backend: onnxruntime)")
+        raise ModelLoadError(
+            f"{path}: tensor '{port.get_any_name()}' has type {port.get_element_type()}, which "
+            f"OpenVINO cannot serve here (use backend: onnxruntime)"
+        )
     shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
     return TensorSpec(port.get_any_name(), datatype, shape)
 
@@ -43,8 +57,9 @@ class OpenVinoBackend:
 
     platform = "openvino"
 
-    def __init__(self, path: Path, hint: str = "latency", requests: int = 1, threads: int = 0,
-                 precision: str = "f32") -> None:
+    def __init__(
+        self, path: Path, hint: str = "latency", requests: int = 1, threads: int = 0, precision: str = "f32"
+    ) -> None:
         try:
             import openvino as ov
         except ImportError:
@@ -103,13 +118,16 @@ class OpenVinoBackend:
         for spec in self.inputs:
             shape, dtype = self._last_good[spec.name]
             if axis < len(spec.shape) and spec.shape[axis] == -1:
-                shape = (*shape[:axis], shape[axis] + 1 if axis == 0 else shape[axis] * 2, *shape[axis + 1:])
+                shape = (*shape[:axis], shape[axis] + 1 if axis == 0 else shape[axis] * 2, *shape[axis + 1 :])
             feeds[spec.name] = np.zeros(shape, dtype)
         try:
             request.infer(feeds)
         except Exception as exc:
-            log.warning("OpenVINO could not recover from a failed inference (%s); requests with the shapes of "
-                        "the last successful one may fail until others succeed", str(exc).splitlines()[-1:])
+            log.warning(
+                "OpenVINO could not recover from a failed inference (%s); requests with the shapes of "
+                "the last successful one may fail until others succeed",
+                str(exc).splitlines()[-1:],
+            )
 
 
 def _metadata(model) -> dict[str, str]:

@@ -30,25 +30,48 @@ def journal_path(out: Path) -> Path:
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Results: .jsonl (one line per input), .csv (one row per detection) or .parquet.")
-@click.option("--model", envvar="KAKEHASHI_MODEL",
-              help="An .onnx file, model folder or repository (default: the bundled person detector); "
-                   "with --url, the served model's name.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Results: .jsonl (one line per input), .csv (one row per detection) or .parquet.",
+)
+@click.option(
+    "--model",
+    envvar="KAKEHASHI_MODEL",
+    help="An .onnx file, model folder or repository (default: the bundled person detector); "
+    "with --url, the served model's name.",
+)
 @click.option("--name", help="The model to use when --model is a repository holding several.")
 @click.option("--url", help="Run against this Kakehashi server instead of in-process.")
 @click.option("--api-key", envvar="KAKEHASHI_API_KEY", help="API key for --url (or KAKEHASHI_API_KEY).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Every Nth video frame.")
-@click.option("--save-images", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write annotated copies (boxes and labels) to this folder.")
+@click.option(
+    "--save-images",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write annotated copies (boxes and labels) to this folder.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted job: inputs already in --out are skipped.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out exists.")
 @click.option("--concurrency", type=click.IntRange(1), help="Inputs in flight (default: enough to fill batches).")
 @click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
 @prediction_options
-def batch(sources: tuple[str, ...], out: Path, model: str | None, name: str | None, url: str | None,
-          api_key: str | None, every: int, save_images: Path | None, resume: bool, overwrite: bool,
-          concurrency: int | None, quiet: bool, **options: str | None) -> None:
+def batch(
+    sources: tuple[str, ...],
+    out: Path,
+    model: str | None,
+    name: str | None,
+    url: str | None,
+    api_key: str | None,
+    every: int,
+    save_images: Path | None,
+    resume: bool,
+    overwrite: bool,
+    concurrency: int | None,
+    quiet: bool,
+    **options: str | None,
+) -> None:
     """Predict every image and video frame in SOURCES (folders, globs, lists of paths, videos).
 
     Results are appended as they complete, so an interrupted job loses nothing: run it again with --resume.
@@ -68,11 +91,13 @@ def batch(sources: tuple[str, ...], out: Path, model: str | None, name: str | No
         record = Journal(journal, resume)
         progress = Progress(count(list(sources), every), quiet)
         if url:
-            summary = asyncio.run(_remote(url, model, api_key, values, inputs, record, progress, concurrency,
-                                          save_images))
+            summary = asyncio.run(
+                _remote(url, model, api_key, values, inputs, record, progress, concurrency, save_images)
+            )
         else:
-            summary = _local(Path(model) if model else None, name, values, inputs, record, progress, concurrency,
-                             save_images)
+            summary = _local(
+                Path(model) if model else None, name, values, inputs, record, progress, concurrency, save_images
+            )
         if out != journal:
             write_table(journal, out)
     except KakehashiError as exc:
@@ -81,8 +106,16 @@ def batch(sources: tuple[str, ...], out: Path, model: str | None, name: str | No
     sys.exit(130 if summary.interrupted else 1 if summary.any_failed else 0)
 
 
-def _local(model: Path | None, name: str | None, values: dict, inputs, journal: Journal, progress: Progress,
-           concurrency: int | None, save_images: Path | None) -> Summary:
+def _local(
+    model: Path | None,
+    name: str | None,
+    values: dict,
+    inputs,
+    journal: Journal,
+    progress: Progress,
+    concurrency: int | None,
+    save_images: Path | None,
+) -> Summary:
     from kakehashi.batch.predictors import LocalPredictor
 
     if model is not None and not model.exists():
@@ -109,8 +142,17 @@ def _local(model: Path | None, name: str | None, values: dict, inputs, journal: 
         compute.shutdown()
 
 
-async def _remote(url: str, model: str | None, api_key: str | None, values: dict, inputs, journal: Journal,
-                  progress: Progress, concurrency: int | None, save_images: Path | None) -> Summary:
+async def _remote(
+    url: str,
+    model: str | None,
+    api_key: str | None,
+    values: dict,
+    inputs,
+    journal: Journal,
+    progress: Progress,
+    concurrency: int | None,
+    save_images: Path | None,
+) -> Summary:
     import aiohttp
 
     from kakehashi.batch.predictors import RemotePredictor, remote_model

@@ -31,8 +31,9 @@ class RemotePredictor:
     """Through `POST {url}/v1/models/{model}/predict`; 429/503 and dropped connections are retried with
     back-off (honouring Retry-After), other errors are the input's error."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, query: dict[str, str],
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, model: str, query: dict[str, str], headers: dict[str, str]
+    ) -> None:
         self._session, self._query, self._headers = session, query, headers
         self._url = f"{url.rstrip('/')}/v1/models/{model}/predict"
 
@@ -41,8 +42,12 @@ class RemotePredictor:
         for attempt in range(1, RETRIES + 1):
             last = attempt == RETRIES
             try:
-                async with self._session.post(self._url, data=body, params=self._query, headers={
-                        **self._headers, "content-type": "application/octet-stream"}) as response:
+                async with self._session.post(
+                    self._url,
+                    data=body,
+                    params=self._query,
+                    headers={**self._headers, "content-type": "application/octet-stream"},
+                ) as response:
                     if response.status in (429, 503) and not last:
                         delay = float(response.headers.get("retry-after", 1)) * attempt
                     else:
@@ -50,7 +55,7 @@ class RemotePredictor:
                         if response.status != 200:
                             raise KakehashiError(f"server answered {response.status}: {answer.get('error', answer)}")
                         return answer["images"][0]
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 if last:
                     raise KakehashiError(f"server unreachable: {exc}") from None
                 delay = 0.5 * attempt

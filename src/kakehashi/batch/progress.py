@@ -19,6 +19,7 @@ class Progress:
         self._bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
+
             self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.1)
         self._quiet = quiet
 

@@ -9,9 +9,10 @@ import io
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from PIL import Image
 
@@ -49,8 +50,10 @@ class Summary:
     def line(self) -> str:
         rate = self.succeeded / self.seconds if self.seconds else 0.0
         earlier = f" ({self.skipped_failed} of them failed)" if self.skipped_failed else ""
-        text = (f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} already done{earlier} "
-                f"in {self.seconds:.1f} s ({rate:.1f} images/s)")
+        text = (
+            f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} already done{earlier} "
+            f"in {self.seconds:.1f} s ({rate:.1f} images/s)"
+        )
         return text + (" — interrupted: run again with --resume to finish" if self.interrupted else "")
 
 
@@ -68,8 +71,14 @@ def _save_annotated(data: bytes | Image.Image, results: list[dict], path: Path) 
     annotate(image, results).save(path, quality=90)
 
 
-async def run_job(predictor: Predictor, inputs: Iterator[Item], journal: Journal, concurrency: int,
-                  progress: Progress, save_dir: Path | None = None) -> Summary:
+async def run_job(
+    predictor: Predictor,
+    inputs: Iterator[Item],
+    journal: Journal,
+    concurrency: int,
+    progress: Progress,
+    save_dir: Path | None = None,
+) -> Summary:
     """Predict every input not already in the journal; SIGINT/SIGTERM stop taking new inputs, let those in
     flight finish and be recorded, and return with `interrupted` set."""
     loop = asyncio.get_running_loop()
@@ -128,8 +137,14 @@ async def run_job(predictor: Predictor, inputs: Iterator[Item], journal: Journal
             loop.remove_signal_handler(sig)
         journal.close()
         progress.close()
-    return Summary(counts["ok"], counts["failed"], counts["skipped"], counts["skipped_failed"],
-                   time.monotonic() - started, stop.is_set())
+    return Summary(
+        counts["ok"],
+        counts["failed"],
+        counts["skipped"],
+        counts["skipped_failed"],
+        time.monotonic() - started,
+        stop.is_set(),
+    )
 
 
 def encode_frame(image: Image.Image) -> bytes:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import glob
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -64,7 +64,9 @@ def _listed(path: Path) -> Iterator[Path]:
 def _expand(source: str) -> Iterator[Path]:
     path = Path(source)
     if path.is_dir():
-        yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_TYPES.keys() | VIDEO_SUFFIXES)
+        yield from sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_TYPES.keys() | VIDEO_SUFFIXES
+        )
     elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         yield from _listed(path)
     elif path.is_file():
@@ -86,8 +88,13 @@ def video_frames(path: Path, every: int) -> Iterator[Item]:
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
             if index % every == 0:
-                yield Item(f"{_key(path)}#frame={index}", str(path), functools.partial(_same, frame.to_image()), index,
-                           float(frame.time or 0.0))
+                yield Item(
+                    f"{_key(path)}#frame={index}",
+                    str(path),
+                    functools.partial(_same, frame.to_image()),
+                    index,
+                    float(frame.time or 0.0),
+                )
 
 
 def check_sources(sources: list[str]) -> None:
@@ -100,6 +107,7 @@ def check_sources(sources: list[str]) -> None:
 def _frame_count(path: Path, every: int) -> int | None:
     try:
         import av
+
         with av.open(str(path)) as container:
             frames = container.streams.video[0].frames
     except Exception:  # unreadable here means it fails (and is counted) when read
@@ -122,6 +130,7 @@ def count(sources: list[str], every: int = 1) -> int | None:
 def _failed(key: str, source: str, error: Exception) -> Item:
     def read() -> bytes:
         raise InvalidInput(f"{source}: {error}")
+
     return Item(key, source, read)
 
 

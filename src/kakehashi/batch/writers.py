@@ -6,8 +6,8 @@ Oriented boxes fill `x3, y3, x4, y4` too; keypoints and mask outlines are JSON t
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 
@@ -31,8 +31,15 @@ def rows(journal: Path) -> Iterator[dict]:
             for result in record["results"]:
                 box = result.get("box") or {}
                 shapes = {key: orjson.dumps(result[key]).decode() for key in ("keypoints", "segments") if key in result}
-                yield {**dict.fromkeys(COLUMNS), **base, "class": result["class"], "name": result["name"],
-                       "confidence": result["confidence"], **{k: box.get(k) for k in BOX}, **shapes}
+                yield {
+                    **dict.fromkeys(COLUMNS),
+                    **base,
+                    "class": result["class"],
+                    "name": result["name"],
+                    "confidence": result["confidence"],
+                    **{k: box.get(k) for k in BOX},
+                    **shapes,
+                }
 
 
 def write_table(journal: Path, out: Path) -> None:
@@ -48,8 +55,17 @@ def write_table(journal: Path, out: Path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise InvalidInput("Parquet output needs pyarrow: pip install 'kakehashi[parquet]'") from None
-    types = {"source": pa.string(), "frame": pa.int64(), "timestamp": pa.float64(), "class": pa.int64(),
-             "name": pa.string(), "confidence": pa.float64(), **dict.fromkeys(BOX, pa.float64()),
-             "keypoints": pa.string(), "segments": pa.string(), "error": pa.string()}
+    types = {
+        "source": pa.string(),
+        "frame": pa.int64(),
+        "timestamp": pa.float64(),
+        "class": pa.int64(),
+        "name": pa.string(),
+        "confidence": pa.float64(),
+        **dict.fromkeys(BOX, pa.float64()),
+        "keypoints": pa.string(),
+        "segments": pa.string(),
+        "error": pa.string(),
+    }
     table = pa.Table.from_pylist(list(rows(journal)), schema=pa.schema(list(types.items())))
     pq.write_table(table, out)

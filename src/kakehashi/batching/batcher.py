@@ -12,9 +12,9 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -58,8 +58,16 @@ class DynamicBatcher:
     first. `max_batch_size` 1 disables batching (requests still queue FIFO, with the same limits).
     """
 
-    def __init__(self, run: RunBatch, instances: int, max_batch_size: int, max_queue_delay_ms: float,
-                 max_queue_size: int, name: str, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        run: RunBatch,
+        instances: int,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        name: str,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self._delay = max_queue_delay_ms / 1000
@@ -128,8 +136,9 @@ class DynamicBatcher:
     def overloaded(self, waiting: int) -> Overloaded:
         """The 429 for a model with `waiting` requests ahead; Retry-After is the time to work through them."""
         retry = max(1, round(waiting * self._average_batch_seconds / self.max_batch_size))
-        return Overloaded(f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later",
-                          retry_after=retry)
+        return Overloaded(
+            f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later", retry_after=retry
+        )
 
     def _expired(self, dispatched: bool = False) -> DeadlineExceeded:
         if dispatched:
@@ -180,7 +189,7 @@ class DynamicBatcher:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             batch = [self._queue.popleft() for _ in range(count)]
@@ -202,8 +211,10 @@ class DynamicBatcher:
                 stacked = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
                 outputs = self._run(instance, stacked)
                 offsets = np.cumsum([0] + [p.rows for p in batch])
-                shares = [{name: value[offsets[i]:offsets[i + 1]] for name, value in outputs.items()}
-                          for i in range(len(batch))]
+                shares = [
+                    {name: value[offsets[i] : offsets[i + 1]] for name, value in outputs.items()}
+                    for i in range(len(batch))
+                ]
         except Exception as exc:
             shares = [exc] if len(batch) == 1 else [self._run_alone(instance, p) for p in batch]
         return shares, started, time.perf_counter()

@@ -7,9 +7,9 @@ import asyncio
 import itertools
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import numpy as np
@@ -36,11 +36,17 @@ class StepResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def row(self) -> dict:
-        return {"mode": self.mode, "level": self.level, "requests": self.requests,
-                "throughput_rps": round(self.throughput, 2),
-                "p50_ms": round(self.percentile(50), 2), "p90_ms": round(self.percentile(90), 2),
-                "p99_ms": round(self.percentile(99), 2), "errors": sum(self.errors.values()),
-                "error_kinds": dict(self.errors)}
+        return {
+            "mode": self.mode,
+            "level": self.level,
+            "requests": self.requests,
+            "throughput_rps": round(self.throughput, 2),
+            "p50_ms": round(self.percentile(50), 2),
+            "p90_ms": round(self.percentile(90), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors),
+        }
 
 
 class _Window:
@@ -68,15 +74,18 @@ Send = Callable[[bytes], Awaitable[str | None]]  # one request body → None if 
 async def _http(base_url: str, payload: Payload, connections: int, timeout: float) -> AsyncIterator[Send]:
     url = base_url + payload.path
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+
         async def send(body: bytes) -> str | None:
             try:
-                async with session.post(url, data=body, headers=payload.headers,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                async with session.post(
+                    url, data=body, headers=payload.headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as response:
                     return payload.check(response.status, response.headers, await response.read())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return "timeout"
             except aiohttp.ClientError as exc:
                 return type(exc).__name__
+
         yield send
 
 
@@ -94,6 +103,7 @@ async def _grpc(target: str, payload: Payload, connections: int, timeout: float)
                 return payload.check(200, {}, await call(body, timeout=timeout))
             except grpc.aio.AioRpcError as exc:
                 return exc.code().name
+
         yield send
 
 
@@ -102,13 +112,15 @@ def _transport(target: str, payload: Payload, connections: int, timeout: float):
     return opener(target, payload, connections, timeout)
 
 
-async def closed_loop(base_url: str, payload: Payload, concurrency: int, warmup: float, duration: float,
-                      timeout: float = 60.0) -> StepResult:
+async def closed_loop(
+    base_url: str, payload: Payload, concurrency: int, warmup: float, duration: float, timeout: float = 60.0
+) -> StepResult:
     """`concurrency` workers each send a request as soon as their last one was answered."""
     start = time.perf_counter() + warmup
     window = _Window(start, start + duration)
     bodies = itertools.cycle(payload.bodies)
     async with _transport(base_url, payload, concurrency, timeout) as send:
+
         async def worker() -> None:
             while time.perf_counter() < window.end:
                 sent = time.perf_counter()
@@ -119,14 +131,22 @@ async def closed_loop(base_url: str, payload: Payload, concurrency: int, warmup:
     return StepResult("concurrency", concurrency, window.count, duration, window.latencies, window.errors)
 
 
-async def open_loop(base_url: str, payload: Payload, rate: float, warmup: float, duration: float,
-                    timeout: float = 60.0, max_outstanding: int = 2048) -> StepResult:
+async def open_loop(
+    base_url: str,
+    payload: Payload,
+    rate: float,
+    warmup: float,
+    duration: float,
+    timeout: float = 60.0,
+    max_outstanding: int = 2048,
+) -> StepResult:
     """Requests start at a fixed `rate` per second whatever the answers; latency counts from the schedule."""
     start = time.perf_counter() + warmup
     window = _Window(start, start + duration)
     bodies = itertools.cycle(payload.bodies)
     outstanding: set[asyncio.Task] = set()
     async with _transport(base_url, payload, max_outstanding, timeout) as send:
+
         async def one(scheduled: float, body: bytes) -> None:
             problem = await send(body)
             window.record(scheduled, time.perf_counter(), problem)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import orjson
@@ -46,12 +46,21 @@ def predict_payload(model: str, images: list[Path], query: str = "") -> Payload:
     kinds = {IMAGE_TYPES.get(p.suffix.lower(), "application/octet-stream") for p in images}
     path = f"/v1/models/{model}/predict" + (f"?{query}" if query else "")
     headers = {"content-type": kinds.pop() if len(kinds) == 1 else "application/octet-stream"}
-    return Payload(path, [p.read_bytes() for p in images], headers, _check_predict,
-                   f"predict {model}: {len(images)} image(s)")
+    return Payload(
+        path, [p.read_bytes() for p in images], headers, _check_predict, f"predict {model}: {len(images)} image(s)"
+    )
 
 
-_NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
-          "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+_NUMPY = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+}
 
 
 INFER_ENCODINGS = ("json", "binary", "grpc")
@@ -68,8 +77,14 @@ def _random_inputs(inputs: list[dict], shapes: dict[str, list[int]], seed: int) 
     return arrays
 
 
-def infer_payload(model: str, inputs: list[dict], shapes: dict[str, list[int]], outputs: list[dict],
-                  encoding: str = "json", seed: int = 0) -> Payload:
+def infer_payload(
+    model: str,
+    inputs: list[dict],
+    shapes: dict[str, list[int]],
+    outputs: list[dict],
+    encoding: str = "json",
+    seed: int = 0,
+) -> Payload:
     """An OIP v2 infer request with random data for every input (shapes fill dynamic dimensions), as JSON,
     with the HTTP binary tensor extension, or as a gRPC `ModelInferRequest`; answers are checked for the
     model's outputs."""
@@ -120,9 +135,12 @@ def _grpc_payload(model: str, arrays: dict[str, tuple[str, np.ndarray]], expecte
 
     request = pb.ModelInferRequest(
         model_name=model,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=array.shape)
-                for name, (datatype, array) in arrays.items()],
-        raw_input_contents=[tensor_to_bytes(array) for _, array in arrays.values()])
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=array.shape)
+            for name, (datatype, array) in arrays.items()
+        ],
+        raw_input_contents=[tensor_to_bytes(array) for _, array in arrays.values()],
+    )
 
     def check(status: int, headers: Mapping[str, str], answer: bytes) -> str | None:
         response = pb.ModelInferResponse.FromString(answer)
@@ -130,5 +148,6 @@ def _grpc_payload(model: str, arrays: dict[str, tuple[str, np.ndarray]], expecte
             return "wrong outputs"
         return None
 
-    return Payload("/inference.GRPCInferenceService/ModelInfer", [request.SerializeToString()], {}, check,
-                   f"infer {model} (gRPC)")
+    return Payload(
+        "/inference.GRPCInferenceService/ModelInfer", [request.SerializeToString()], {}, check, f"infer {model} (gRPC)"
+    )

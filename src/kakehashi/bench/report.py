@@ -54,8 +54,13 @@ def chart(steps: list[StepResult], path: Path, title: str) -> None:
         axes.plot(throughput, [row[key] for row in rows], style, label=key.removesuffix("_ms"))
     for row, x in zip(rows, throughput):
         level = f"{row['level']:g}"
-        axes.annotate(f"c={level}" if row["mode"] == "concurrency" else f"{level}/s", (x, row["p99_ms"]),
-                      textcoords="offset points", xytext=(4, 6), fontsize=8)
+        axes.annotate(
+            f"c={level}" if row["mode"] == "concurrency" else f"{level}/s",
+            (x, row["p99_ms"]),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+        )
     axes.set(xlabel="throughput (requests/s)", ylabel="latency (ms)", title=title)
     axes.set_yscale("log")
     axes.grid(True, which="both", alpha=0.3)

@@ -17,8 +17,9 @@ from kakehashi.errors import InvalidInput
 def split_body(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
     """The JSON header and the binary part of a body, from the `Inference-Header-Content-Length` value."""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a length within the "
-                           f"{len(body)}-byte body")
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body"
+        )
     length = int(header_length)
     return body[:length], memoryview(body)[length:]
 
@@ -32,7 +33,7 @@ def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
         offset += 4
         if offset + size > len(raw):
             raise InvalidInput(f"input '{name}': a BYTES element of {size} bytes runs past the data")
-        values.append(bytes(raw[offset:offset + size]))
+        values.append(bytes(raw[offset : offset + size]))
         offset += size
     if offset != len(raw):
         raise InvalidInput(f"input '{name}': {len(raw) - offset} bytes left over after {count} BYTES elements")
@@ -48,8 +49,10 @@ def tensor_from_bytes(name: str, datatype: str, shape: tuple[int, ...], raw: mem
         return _bytes_elements(name, raw, count).reshape(shape)
     dtype = OIP_TO_NUMPY[datatype].newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
-                           f"binary_data_size gives {len(raw)}")
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+            f"binary_data_size gives {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

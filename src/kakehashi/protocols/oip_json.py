@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
-from kakehashi.protocols.tensor_shape import checked_shape
 from kakehashi.errors import InvalidInput
 from kakehashi.protocols.oip_binary import split_body, tensor_from_bytes, tensor_to_bytes
+from kakehashi.protocols.tensor_shape import checked_shape
 
 # JSON value kinds each datatype accepts (numpy kind of the parsed data): no silent float→int or int→bool
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
@@ -86,8 +86,10 @@ def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object
         except (ValueError, OverflowError):
             raise InvalidInput(f"input '{name}': 'data' is not a regular array of numbers") from None
         if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
-            raise InvalidInput(f"input '{name}': 'data' holds values that are not {datatype} "
-                               f"(e.g. fractions for an integer type, numbers for BOOL, or strings)")
+            raise InvalidInput(
+                f"input '{name}': 'data' holds values that are not {datatype} "
+                f"(e.g. fractions for an integer type, numbers for BOOL, or strings)"
+            )
         if dtype.kind in "iu" and parsed.size:
             info = np.iinfo(dtype)
             if parsed.min() < info.min or parsed.max() > info.max:
@@ -118,13 +120,19 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
             raise InvalidInput(f"input '{name}' is given twice")
         datatype = raw.get("datatype")
         if datatype not in OIP_TO_NUMPY:
-            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(OIP_TO_NUMPY)}")
+            raise InvalidInput(
+                f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(OIP_TO_NUMPY)}"
+            )
         size = (raw.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidInput(f"input '{name}': binary_data_size {size!r} does not fit the {len(binary)} "
-                                   f"binary bytes after the JSON header")
-            inputs[name] = tensor_from_bytes(name, datatype, _shape(name, raw.get("shape")), binary[offset:offset + size])
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size!r} does not fit the {len(binary)} "
+                    f"binary bytes after the JSON header"
+                )
+            inputs[name] = tensor_from_bytes(
+                name, datatype, _shape(name, raw.get("shape")), binary[offset : offset + size]
+            )
             offset += size
             continue
         if "data" not in raw:
@@ -134,7 +142,9 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         raise InvalidInput(f"{len(binary) - offset} binary bytes after the JSON header belong to no input")
     outputs = request.get("outputs")
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
             raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -144,8 +154,14 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
     if outputs is not None:
         outputs = [o["name"] for o in outputs]
     request_id = request.get("id")
-    return InferRequest(inputs, outputs, request_id if isinstance(request_id, str) else None, parameters,
-                        binary_outputs, everything_binary)
+    return InferRequest(
+        inputs,
+        outputs,
+        request_id if isinstance(request_id, str) else None,
+        parameters,
+        binary_outputs,
+        everything_binary,
+    )
 
 
 def select_outputs(results: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
@@ -165,8 +181,9 @@ def _json_data(array: np.ndarray) -> object:
     return flat
 
 
-def encode_infer_response(model: str, version: int, outputs: dict[str, np.ndarray], request: InferRequest
-                          ) -> tuple[bytes, int | None]:
+def encode_infer_response(
+    model: str, version: int, outputs: dict[str, np.ndarray], request: InferRequest
+) -> tuple[bytes, int | None]:
     """The OIP v2 response: JSON, or a JSON header + raw tensors for outputs asked for as binary.
 
     Returns the body and, when it has a binary part, the JSON header's length.

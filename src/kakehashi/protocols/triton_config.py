@@ -5,10 +5,21 @@ from __future__ import annotations
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.tasks.pose import PoseTask
 
-TRITON_TYPES = {"BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
-                "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
-                "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
-                "BYTES": "TYPE_STRING"}
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
 
 
 def _metadata(handle: ModelHandle) -> dict:
@@ -16,8 +27,13 @@ def _metadata(handle: ModelHandle) -> dict:
     task = handle.task
     if task is None:
         return {"task": "tensor"}
-    meta: dict = {"task": task.kind, "names": dict(enumerate(task.names)), "imgsz": list(task.input.size),
-                  "stride": task.input.stride, "batch": handle.max_batch_size}
+    meta: dict = {
+        "task": task.kind,
+        "names": dict(enumerate(task.names)),
+        "imgsz": list(task.input.size),
+        "stride": task.input.stride,
+        "batch": handle.max_batch_size,
+    }
     head = getattr(task, "head", None)  # detect, segment and pose models
     if head is not None:
         meta["end2end"] = head.name in ("end2end", "tf-od")
@@ -44,8 +60,10 @@ def model_config(handle: ModelHandle) -> dict:
         "input": [tensor(spec) for spec in backend.inputs],
         "output": [tensor(spec) for spec in backend.outputs],
         "instance_group": [{"name": handle.name, "kind": "KIND_CPU", "count": handle.config.instances}],
-        "parameters": {"metadata": {"string_value": repr(_metadata(handle))},
-                       "runtime": {"string_value": handle.runtime}},
+        "parameters": {
+            "metadata": {"string_value": repr(_metadata(handle))},
+            "runtime": {"string_value": handle.runtime},
+        },
     }
     if batching:
         config["dynamic_batching"] = {

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
@@ -27,6 +26,7 @@ def _number(name: str, low: float, high: float, integer: bool) -> Callable[[str]
         if not low <= value <= high:
             raise InvalidInput(f"parameter '{name}' must be {kind} between {low} and {high}, got {text!r}")
         return value
+
     return parse
 
 
@@ -35,6 +35,7 @@ def _choice(name: str, *options: str) -> Callable[[str], str]:
         if text not in options:
             raise InvalidInput(f"parameter '{name}' must be one of {', '.join(options)}, got {text!r}")
         return text
+
     return parse
 
 
@@ -59,8 +60,12 @@ _SCALARS = {
 
 def parse_params(values: Mapping[str, Sequence[str]], defaults: Defaults) -> PredictParams:
     """Request parameters (query and form fields, each possibly repeated) over the model's defaults."""
-    parsed: dict[str, object] = {"conf": defaults.conf, "iou": defaults.iou, "max_det": defaults.max_det,
-                                 "top_k": defaults.top_k}
+    parsed: dict[str, object] = {
+        "conf": defaults.conf,
+        "iou": defaults.iou,
+        "max_det": defaults.max_det,
+        "top_k": defaults.top_k,
+    }
     for name, texts in values.items():
         if name not in PARAMETERS or not texts:
             continue
@@ -89,7 +94,9 @@ def image_answer(prediction: ImagePrediction) -> dict:
 
 def encode_predictions(model: str, version: int, predictions: list[ImagePrediction]) -> bytes:
     """`{"images": [{shape, results, speed}], "metadata": {model, version, imageCount}}` as JSON bytes."""
-    return orjson.dumps({
-        "images": [image_answer(p) for p in predictions],
-        "metadata": {"model": model, "version": str(version), "imageCount": len(predictions)},
-    })
+    return orjson.dumps(
+        {
+            "images": [image_answer(p) for p in predictions],
+            "metadata": {"model": model, "version": str(version), "imageCount": len(predictions)},
+        }
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -44,7 +45,7 @@ class BatchingConfig:
     """The dynamic batcher: a batch closes at `max_batch_size` rows or when the oldest waited the delay."""
 
     max_batch_size: int = 8
-    preferred_batch_size: int | None = None   # None: measured at warm-up (the fastest rows/s on this machine)
+    preferred_batch_size: int | None = None  # None: measured at warm-up (the fastest rows/s on this machine)
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     timeout_ms: float | None = None
@@ -65,7 +66,7 @@ class VersionPolicy:
             return ordered
         if self.specific is not None:
             return [v for v in ordered if v in self.specific]
-        return ordered[-(self.latest or 1):]
+        return ordered[-(self.latest or 1) :]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def _choice(*options: str) -> Check:
         if value not in options:
             raise _Invalid("one of " + ", ".join(options))
         return value
+
     return check
 
 
@@ -116,6 +118,7 @@ def _number(low: float | None = None, high: float | None = None, integer: bool =
         if (low is not None and value < low) or (high is not None and value > high):
             raise _Invalid(kind + bounds)
         return value
+
     return check
 
 
@@ -130,6 +133,7 @@ def _numbers(count: int, item: Check, what: str) -> Check:
         if not isinstance(value, (list, tuple)) or len(value) != count:
             raise _Invalid(f"a list of {count} {what}")
         return tuple(item(v) for v in value)
+
     return check
 
 
@@ -227,8 +231,13 @@ def _providers(value: Any) -> tuple[str, ...]:
 
 
 def _kpt_shape(value: Any) -> tuple[int, int]:
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value) and value[0] > 0 and value[1] in (2, 3)):
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and value[0] > 0
+        and value[1] in (2, 3)
+    ):
         raise _Invalid("[keypoints, 2 or 3] (e.g. [17, 3])")
     return int(value[0]), int(value[1])
 
@@ -276,7 +285,8 @@ def load_model_config(path: Path) -> ModelConfig:
     if policy.get("all") is False:
         policy = {}
     return ModelConfig(
-        **parsed | {
+        **parsed
+        | {
             "input": InputConfig(**parsed.get("input", {})),
             "defaults": Defaults(**parsed.get("defaults", {})),
             "batching": BatchingConfig(**parsed.get("batching", {})),
@@ -294,8 +304,11 @@ class ServerDefaults:
     edge: bool = False
 
     def apply(self, config: ModelConfig) -> ModelConfig:
-        config = replace(config, backend=self.backend if config.backend == "auto" else config.backend,
-                         providers=config.providers or self.providers)
+        config = replace(
+            config,
+            backend=self.backend if config.backend == "auto" else config.backend,
+            providers=config.providers or self.providers,
+        )
         return edge_profile(config) if self.edge else config
 
 

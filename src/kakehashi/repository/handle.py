@@ -7,22 +7,23 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from kakehashi.metrics import VersionSeries
-from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends import create_instances, create_scratch, faster_runtime
+from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
+from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.settings import Limits
 from kakehashi.tasks.image_task import prepare_image
@@ -64,8 +65,9 @@ class ModelHandle:
     Every inference goes through the version's dynamic batcher to its instances (one runtime session each).
     """
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor,
-                 limits: Limits) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor, limits: Limits
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -86,8 +88,9 @@ class ModelHandle:
         self._compute = compute
         self._limits = limits
         # the model's and server's own limits are fixed: only the client's timeout varies per request
-        self._fixed_timeout_ms = min((t for t in (config.batching.timeout_ms, limits.request_timeout_ms) if t),
-                                     default=None)
+        self._fixed_timeout_ms = min(
+            (t for t in (config.batching.timeout_ms, limits.request_timeout_ms) if t), default=None
+        )
         self.series = VersionSeries.of(name, str(version))
         # the gauge holds the handle weakly, so an unloaded version can be garbage-collected
         this = weakref.ref(self)
@@ -112,8 +115,9 @@ class ModelHandle:
             self.backend = backend
             self._batchable = _batchable(backend)
             self.max_batch_size = config.batching.max_batch_size if self._batchable else 1
-            self.preferred_batch_size = min(config.batching.preferred_batch_size or self.max_batch_size,
-                                            self.max_batch_size)
+            self.preferred_batch_size = min(
+                config.batching.preferred_batch_size or self.max_batch_size, self.max_batch_size
+            )
             if config.warmup:
                 self._warm_up()
         except KakehashiError as exc:
@@ -125,15 +129,32 @@ class ModelHandle:
             self._fail(f"loading failed: {runtime_message(exc)}")
             return
         self._batcher = DynamicBatcher(
-            self._run_on, len(self._instances), self.preferred_batch_size, config.batching.max_queue_delay_ms,
-            config.batching.max_queue_size, f"{self.name}:{self.version}", self._record_batch)
+            self._run_on,
+            len(self._instances),
+            self.preferred_batch_size,
+            config.batching.max_queue_delay_ms,
+            config.batching.max_queue_size,
+            f"{self.name}:{self.version}",
+            self._record_batch,
+        )
         self.load_seconds = time.perf_counter() - started
         self.series.load_seconds.set(self.load_seconds)
         self._set_state(ModelState.READY)
-        batching = f"batches of up to {self.preferred_batch_size}" if self.max_batch_size > 1 else (
-            "batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
-        log.info("model %s version %s ready in %.2f s: task %s, runtime %s, %d instance(s), %s", self.name,
-                 self.version, self.load_seconds, self.kind, self.runtime, len(self._instances), batching)
+        batching = (
+            f"batches of up to {self.preferred_batch_size}"
+            if self.max_batch_size > 1
+            else ("batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
+        )
+        log.info(
+            "model %s version %s ready in %.2f s: task %s, runtime %s, %d instance(s), %s",
+            self.name,
+            self.version,
+            self.load_seconds,
+            self.kind,
+            self.runtime,
+            len(self._instances),
+            batching,
+        )
 
     def _fail(self, reason: str) -> None:
         self._instances, self.backend, self.reason = [], None, reason
@@ -192,8 +213,10 @@ class ModelHandle:
                 return
             row_shapes = {s.name: s.shape[1:] for s in inputs}
             dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
-        feeds = {rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
-                 for rows in range(1, self.max_batch_size + 1)}
+        feeds = {
+            rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
+            for rows in range(1, self.max_batch_size + 1)
+        }
         if self.config.backend == "auto":  # the server's defaults are already applied to the config
             self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
             self.backend = self._instances[0]
@@ -254,8 +277,9 @@ class ModelHandle:
             raise
         except Exception as exc:
             log.error("model %s version %s failed to run a request", self.name, self.version, exc_info=exc)
-            raise InferenceFailed(f"model '{self.name}' version {self.version} failed to run this request: "
-                                  f"{runtime_message(exc)}") from None
+            raise InferenceFailed(
+                f"model '{self.name}' version {self.version} failed to run this request: {runtime_message(exc)}"
+            ) from None
         self.series.queue.observe(result.queue)
         return result
 
@@ -274,8 +298,9 @@ class ModelHandle:
             raise InvalidInput(f"missing input {missing[0]!r}; model '{self.name}' takes {sorted(expected)}")
         for name, array in feeds.items():
             if array.size > self._limits.max_tensor_elements:
-                raise PayloadTooLarge(f"input '{name}' has {array.size} elements; the limit is "
-                                      f"{self._limits.max_tensor_elements}")
+                raise PayloadTooLarge(
+                    f"input '{name}' has {array.size} elements; the limit is {self._limits.max_tensor_elements}"
+                )
             _check_tensor(expected[name], oip_datatype(array.dtype), array.shape)
         if not self._batchable:
             return 1
@@ -284,8 +309,10 @@ class ModelHandle:
             raise InvalidInput(f"inputs of model '{self.name}' must share the batch (first) dimension")
         count = rows.pop()
         if count > self.max_batch_size:
-            raise InvalidInput(f"the request has {count} rows (batch dimension); model '{self.name}' takes at most "
-                               f"{self.max_batch_size} per request (its max_batch_size): split it")
+            raise InvalidInput(
+                f"the request has {count} rows (batch dimension); model '{self.name}' takes at most "
+                f"{self.max_batch_size} per request (its max_batch_size): split it"
+            )
         return count
 
     async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
@@ -296,15 +323,14 @@ class ModelHandle:
 
     # -- images -------------------------------------------------------------------------------------
 
-    async def predict(self, images: Sequence[bytes | Image.Image], params: PredictParams,
-                      timeout_ms: float | None = None) -> list[ImagePrediction]:
+    async def predict(
+        self, images: Sequence[bytes | Image.Image], params: PredictParams, timeout_ms: float | None = None
+    ) -> list[ImagePrediction]:
         """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
         self.require_ready()
         task = self.task
         if task is None:
-            raise InvalidInput(
-                f"model '{self.name}' serves raw tensors only; use POST /v2/models/{self.name}/infer"
-            )
+            raise InvalidInput(f"model '{self.name}' serves raw tensors only; use POST /v2/models/{self.name}/infer")
         if len(images) > self._limits.max_images:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {self._limits.max_images}")
         deadline = self.deadline(timeout_ms)
@@ -313,14 +339,23 @@ class ModelHandle:
             try:
                 # the first failure cancels its siblings, and admission is held until every one of them is gone
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self._predict_one(task, index, data, params, deadline, numbered))
-                             for index, data in enumerate(images)]
+                    tasks = [
+                        group.create_task(self._predict_one(task, index, data, params, deadline, numbered))
+                        for index, data in enumerate(images)
+                    ]
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None
         return [task.result() for task in tasks]
 
-    async def _predict_one(self, task: ImageTask, index: int, data: bytes | Image.Image, params: PredictParams,
-                           deadline: float | None, numbered: bool) -> ImagePrediction:
+    async def _predict_one(
+        self,
+        task: ImageTask,
+        index: int,
+        data: bytes | Image.Image,
+        params: PredictParams,
+        deadline: float | None,
+        numbered: bool,
+    ) -> ImagePrediction:
         try:
             prepared, pre = await self._in_pool(prepare_image, data, task.input, params, self._limits.max_pixels)
         except KakehashiError as exc:
@@ -332,8 +367,12 @@ class ModelHandle:
         outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
         found, post = await self._in_pool(task.postprocess, outputs, prepared, params)
         self.series.postprocess.observe(post)
-        speed = {"preprocess": _ms(pre), "queue": _ms(result.queue), "inference": _ms(result.inference),
-                 "postprocess": _ms(post)}
+        speed = {
+            "preprocess": _ms(pre),
+            "queue": _ms(result.queue),
+            "inference": _ms(result.inference),
+            "postprocess": _ms(post),
+        }
         return ImagePrediction(prepared.original_shape, found, speed)
 
     async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -368,8 +407,11 @@ def _fastest_batch_size(backend: Backend, feeds: dict[int, dict[str, np.ndarray]
         throughput[rows] = rows / best
     top = max(throughput.values())
     chosen = min(rows for rows, value in throughput.items() if value >= 0.97 * top)
-    log.info("batch size throughput (rows/s): %s; batching up to %d",
-             {rows: round(value, 1) for rows, value in throughput.items()}, chosen)
+    log.info(
+        "batch size throughput (rows/s): %s; batching up to %d",
+        {rows: round(value, 1) for rows, value in throughput.items()},
+        chosen,
+    )
     return chosen
 
 
@@ -392,7 +434,8 @@ def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> No
     if datatype != spec.datatype:
         raise InvalidInput(f"input '{spec.name}' has datatype {datatype}; the model expects {spec.datatype}")
     if len(shape) != len(spec.shape) or any(e not in (-1, s) for e, s in zip(spec.shape, shape)):
-        raise InvalidInput(f"input '{spec.name}' has shape {list(shape)}; the model expects "
-                           f"{list(spec.shape)} (-1 = any size)")
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {list(shape)}; the model expects {list(spec.shape)} (-1 = any size)"
+        )
     if 0 in shape:
         raise InvalidInput(f"input '{spec.name}' has shape {list(shape)}: a dimension of size 0 leaves nothing to run")

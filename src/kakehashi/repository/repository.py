@@ -40,15 +40,20 @@ def _model_name(stem: str) -> str:
 def checked_name(name: str) -> str:
     """`name` if it is a safe model name (letters, digits, `_ . -`, not starting with a dot); else 400."""
     if not _SAFE_NAME.fullmatch(name) or ".." in name:
-        raise InvalidInput(f"invalid model name {name[:80]!r}: use letters, digits, '_', '.' and '-' "
-                           f"(not starting with '.', no '..', at most 128 characters)")
+        raise InvalidInput(
+            f"invalid model name {name[:80]!r}: use letters, digits, '_', '.' and '-' "
+            f"(not starting with '.', no '..', at most 128 characters)"
+        )
     return name
 
 
 def _versions(folder: Path) -> dict[int, Path]:
     """Numbered version folders holding `model.onnx`; a bare `model.onnx` is version 1."""
-    found = {int(d.name): d / MODEL_FILE for d in folder.iterdir()
-             if d.is_dir() and d.name.isdigit() and (d / MODEL_FILE).is_file()}
+    found = {
+        int(d.name): d / MODEL_FILE
+        for d in folder.iterdir()
+        if d.is_dir() and d.name.isdigit() and (d / MODEL_FILE).is_file()
+    }
     if not found and (folder / MODEL_FILE).is_file():
         found[1] = folder / MODEL_FILE
     return found
@@ -99,8 +104,14 @@ def _entry(folder: Path) -> ModelEntry:
 class ModelRepository:
     """The served models by name and version; loading is blocking and done off the event loop."""
 
-    def __init__(self, path: Path, compute: Executor, limits: Limits,
-                 defaults: ServerDefaults = ServerDefaults(), name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        compute: Executor,
+        limits: Limits,
+        defaults: ServerDefaults = ServerDefaults(),
+        name: str | None = None,
+    ) -> None:
         """`name` serves the single model at `path` under that name (e.g. KServe's InferenceService name,
         whatever the folder is called)."""
         self.path = path
@@ -119,8 +130,10 @@ class ModelRepository:
         if self._name is None:
             return entries
         if len(entries) != 1:
-            raise ModelLoadError(f"{self.path} holds {len(entries)} models ({', '.join(e.name for e in entries)}); "
-                                 f"a model name ('{self._name}') can only be given to a single model")
+            raise ModelLoadError(
+                f"{self.path} holds {len(entries)} models ({', '.join(e.name for e in entries)}); "
+                f"a model name ('{self._name}') can only be given to a single model"
+            )
         entries[0].name = self._name
         return entries
 
@@ -149,8 +162,7 @@ class ModelRepository:
             log.error("model %s not loaded: %s", entry.name, entry.error)
             return
         for version in versions:
-            handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute,
-                                 self._limits)
+            handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute, self._limits)
             entry.handles[version] = handle
             handle.load()
 
@@ -161,8 +173,10 @@ class ModelRepository:
         Triton's load `parameters` (a config or files sent with the request) are refused: models load as on disk.
         """
         if parameters:
-            raise InvalidInput(f"load parameters {sorted(parameters)} are not supported: Kakehashi loads a model "
-                               f"as it is on disk (change its files or model.yaml there, then load)")
+            raise InvalidInput(
+                f"load parameters {sorted(parameters)} are not supported: Kakehashi loads a model "
+                f"as it is on disk (change its files or model.yaml there, then load)"
+            )
         checked_name(name)
         async with self._changing:
             await self._reload(name)
@@ -271,7 +285,9 @@ class ModelRepository:
             ready = [v for v, h in entry.handles.items() if h.ready]
             return entry.handles[max(ready or entry.handles)]
         if not str(version).isdigit() or len(str(version)) > 18:
-            raise InvalidInput(f"invalid version {str(version)[:80]!r} of model '{name}': versions are positive integers")
+            raise InvalidInput(
+                f"invalid version {str(version)[:80]!r} of model '{name}': versions are positive integers"
+            )
         number = int(version)
         handle = entry.handles.get(number)
         if handle is None:
@@ -296,6 +312,12 @@ class ModelRepository:
                 state = "UNLOADED" if entry.error == "unloaded" else ("UNAVAILABLE" if entry.error else "LOADING")
                 rows.append({"name": entry.name, "state": state, "reason": entry.error})
             for version, handle in sorted(entry.handles.items()):
-                rows.append({"name": entry.name, "version": str(version), "state": handle.state.value,
-                             "reason": handle.reason or entry.error})
+                rows.append(
+                    {
+                        "name": entry.name,
+                        "version": str(version),
+                        "state": handle.state.value,
+                        "reason": handle.reason or entry.error,
+                    }
+                )
         return [row for row in rows if row["state"] == "READY"] if ready_only else rows

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,7 +13,6 @@ from starlette.middleware import Middleware
 
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
-from kakehashi.server.unread_body import CloseAfterUnreadBody
 from kakehashi.server.auth import ApiKeyMiddleware, require_classified
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.header_limit import HeaderLimit
@@ -21,6 +20,7 @@ from kakehashi.server.path_guard import DrainGuard, PathGuard
 from kakehashi.server.read_timeout import BodyReadTimeout
 from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
 from kakehashi.server.state import ServerState
+from kakehashi.server.unread_body import CloseAfterUnreadBody
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,31 @@ def create_app(state: ServerState) -> Starlette:
             await asyncio.gather(loading, return_exceptions=True)
             await state.repository.close_all()
 
-    routes = [*oip_routes.routes, *repository_routes.routes, *vision_routes.routes, *metrics_routes.routes,
-              *openapi.routes, *web_routes.routes]
+    routes = [
+        *oip_routes.routes,
+        *repository_routes.routes,
+        *vision_routes.routes,
+        *metrics_routes.routes,
+        *openapi.routes,
+        *web_routes.routes,
+    ]
     require_classified(routes)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CloseAfterUnreadBody), Middleware(HeaderLimit, limit=state.settings.max_header_bytes),
-                    Middleware(DrainGuard, state=state), Middleware(PathGuard),
-                    *([Middleware(ApiKeyMiddleware, keys=state.keys, routes=routes)] if state.keys.enabled else []),
-                    Middleware(BodyLimit, limit=state.settings.max_body_bytes),
-                    Middleware(BodyReadTimeout, seconds=state.settings.body_timeout_seconds)],
-        exception_handlers={KakehashiError: on_kakehashi_error, HTTPException: on_http_error,
-                            Exception: on_unexpected_error},
+        middleware=[
+            Middleware(CloseAfterUnreadBody),
+            Middleware(HeaderLimit, limit=state.settings.max_header_bytes),
+            Middleware(DrainGuard, state=state),
+            Middleware(PathGuard),
+            *([Middleware(ApiKeyMiddleware, keys=state.keys, routes=routes)] if state.keys.enabled else []),
+            Middleware(BodyLimit, limit=state.settings.max_body_bytes),
+            Middleware(BodyReadTimeout, seconds=state.settings.body_timeout_seconds),
+        ],
+        exception_handlers={
+            KakehashiError: on_kakehashi_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected_error,
+        },
         lifespan=lifespan,
     )
     app.state.kakehashi = state

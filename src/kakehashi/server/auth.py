@@ -45,25 +45,47 @@ class Access(IntEnum):
 OPEN, KEY, ADMIN = Access.OPEN, Access.KEY, Access.ADMIN
 
 HTTP_ACCESS: dict[str, Access] = {  # by route path, as in the app's routes (a Mount by its prefix)
-    "/": OPEN, "/web": OPEN, "/docs": OPEN, "/docs/swagger-init.js": OPEN, "/docs/assets": OPEN,
+    "/": OPEN,
+    "/web": OPEN,
+    "/docs": OPEN,
+    "/docs/swagger-init.js": OPEN,
+    "/docs/assets": OPEN,
     "/openapi.json": OPEN,
-    "/v2/health/live": OPEN, "/v2/health/ready": OPEN,
-    "/v2/models/{model}/ready": OPEN, "/v2/models/{model}/versions/{version}/ready": OPEN,
-    "/v2": KEY, "/v2/models/stats": KEY, "/metrics": KEY, "/v1/status": KEY,
-    "/v2/models/{model}": KEY, "/v2/models/{model}/config": KEY, "/v2/models/{model}/stats": KEY,
+    "/v2/health/live": OPEN,
+    "/v2/health/ready": OPEN,
+    "/v2/models/{model}/ready": OPEN,
+    "/v2/models/{model}/versions/{version}/ready": OPEN,
+    "/v2": KEY,
+    "/v2/models/stats": KEY,
+    "/metrics": KEY,
+    "/v1/status": KEY,
+    "/v2/models/{model}": KEY,
+    "/v2/models/{model}/config": KEY,
+    "/v2/models/{model}/stats": KEY,
     "/v2/models/{model}/infer": KEY,
-    "/v2/models/{model}/versions/{version}": KEY, "/v2/models/{model}/versions/{version}/config": KEY,
-    "/v2/models/{model}/versions/{version}/stats": KEY, "/v2/models/{model}/versions/{version}/infer": KEY,
-    "/v1/models/{model}/predict": KEY, "/v1/models/{model}/versions/{version}/predict": KEY,
+    "/v2/models/{model}/versions/{version}": KEY,
+    "/v2/models/{model}/versions/{version}/config": KEY,
+    "/v2/models/{model}/versions/{version}/stats": KEY,
+    "/v2/models/{model}/versions/{version}/infer": KEY,
+    "/v1/models/{model}/predict": KEY,
+    "/v1/models/{model}/versions/{version}/predict": KEY,
     "/v2/repository/index": KEY,
-    "/v2/repository/models/{model}/load": ADMIN, "/v2/repository/models/{model}/unload": ADMIN,
+    "/v2/repository/models/{model}/load": ADMIN,
+    "/v2/repository/models/{model}/unload": ADMIN,
 }
 
 GRPC_ACCESS: dict[str, Access] = {  # by method name in `inference.GRPCInferenceService`
-    "ServerLive": OPEN, "ServerReady": OPEN, "ModelReady": OPEN,
-    "ServerMetadata": KEY, "ModelMetadata": KEY, "ModelConfig": KEY, "ModelStatistics": KEY, "ModelInfer": KEY,
+    "ServerLive": OPEN,
+    "ServerReady": OPEN,
+    "ModelReady": OPEN,
+    "ServerMetadata": KEY,
+    "ModelMetadata": KEY,
+    "ModelConfig": KEY,
+    "ModelStatistics": KEY,
+    "ModelInfer": KEY,
     "RepositoryIndex": KEY,
-    "RepositoryModelLoad": ADMIN, "RepositoryModelUnload": ADMIN,
+    "RepositoryModelLoad": ADMIN,
+    "RepositoryModelUnload": ADMIN,
 }
 
 
@@ -97,8 +119,9 @@ class ApiKeys:
         self._admin = _digests(admin)
 
     @classmethod
-    def load(cls, file: Path | None, admin_file: Path | None = None,
-             environ: Mapping[str, str] = os.environ) -> ApiKeys:
+    def load(
+        cls, file: Path | None, admin_file: Path | None = None, environ: Mapping[str, str] = os.environ
+    ) -> ApiKeys:
         """Keys from `KAKEHASHI_API_KEYS` and `file`, admin keys from `KAKEHASHI_ADMIN_KEYS` and `admin_file`
         (unreadable file → `OSError`)."""
         return cls(_keys(environ, KEYS_ENV, file), _keys(environ, ADMIN_KEYS_ENV, admin_file))
@@ -135,7 +158,6 @@ def require_classified(routes: Sequence[BaseRoute], service: ServiceDescriptor |
         missing += [f"gRPC {name}" for name in service.methods_by_name if name not in GRPC_ACCESS]
     if missing:
         raise RuntimeError(f"no access class in kakehashi.server.auth (HTTP_ACCESS / GRPC_ACCESS) for {missing}")
-
 
 
 class ApiKeyMiddleware:
@@ -185,6 +207,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
             async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
                 await context.abort(code, message)
+
             return grpc.unary_unary_rpc_method_handler(refuse)
 
         self._unauthenticated = refusal(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")

@@ -7,8 +7,8 @@ metadata, configuration, statistics and index (`ParseDict` into the messages), s
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format
@@ -49,7 +49,7 @@ def _rpc(method: Method) -> Method:
     """Answer a `KakehashiError` with its status code and message, anything unexpected with INTERNAL."""
 
     @wraps(method)
-    async def call(self: "InferenceServicer", request: object, context: grpc.aio.ServicerContext) -> object:
+    async def call(self: InferenceServicer, request: object, context: grpc.aio.ServicerContext) -> object:
         try:
             return await method(self, request, context)
         except KakehashiError as exc:
@@ -60,6 +60,8 @@ def _rpc(method: Method) -> Method:
         except Exception:
             log.exception("unexpected error in gRPC %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+        raise AssertionError("context.abort raises")
+
     return call
 
 
@@ -138,8 +140,9 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
                 results = await handle.infer(parsed.inputs, min(timeouts) if timeouts else None)
                 outputs = select_outputs(results, parsed.outputs)
                 size = sum(array.nbytes for array in outputs.values())
-                response = await off_loop(pool, size, encode_grpc_infer_response, handle.name, handle.version,
-                                          outputs, parsed.id)
+                response = await off_loop(
+                    pool, size, encode_grpc_infer_response, handle.name, handle.version, outputs, parsed.id
+                )
             tracker.status = 200
             return response
 
@@ -170,6 +173,7 @@ async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
-    log.info("gRPC (inference.GRPCInferenceService) listening on %s%s", address,
-             " with TLS" if settings.tls_cert else "")
+    log.info(
+        "gRPC (inference.GRPCInferenceService) listening on %s%s", address, " with TLS" if settings.tls_cert else ""
+    )
     return server

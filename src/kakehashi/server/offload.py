@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 OFF_LOOP_BYTES = 64 * 1024  # smaller payloads are handled faster inline than a thread hop costs
 T = TypeVar("T")

@@ -18,7 +18,6 @@ from kakehashi.server.tracking import tracked, unless_disconnected
 from kakehashi.statistics import model_statistics
 
 
-
 async def live(request: Request) -> Response:
     return JSONBytes({"live": True})
 
@@ -41,8 +40,11 @@ async def model_ready(request: Request) -> Response:
     handle = model_handle(request)
     if handle.ready:
         return JSONBytes({"name": handle.name, "version": str(handle.version), "ready": True})
-    return error_response(503, f"model '{handle.name}' version {handle.version} is not ready "
-                               f"({handle.state.value}){': ' + handle.reason if handle.reason else ''}")
+    return error_response(
+        503,
+        f"model '{handle.name}' version {handle.version} is not ready "
+        f"({handle.state.value}){': ' + handle.reason if handle.reason else ''}",
+    )
 
 
 @tracked("http")
@@ -54,19 +56,25 @@ async def infer(request: Request) -> Response:
 
 async def _infer(request: Request, handle: ModelHandle) -> Response:
     pool = server_state(request).repository.compute
-    body = await decompress(await request.body(), request.headers.get("content-encoding"),
-                            server_state(request).settings.max_body_bytes, pool)
+    body = await decompress(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        server_state(request).settings.max_body_bytes,
+        pool,
+    )
     header_length = request.headers.get("inference-header-content-length")
     parsed = await off_loop(pool, len(body), parse_infer_request, body, header_length)
     results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
     outputs = select_outputs(results, parsed.outputs)
     size = sum(array.size for array in outputs.values()) * 8
-    answer, json_length = await off_loop(pool, size, encode_infer_response, handle.name, handle.version,
-                                         outputs, parsed)
+    answer, json_length = await off_loop(
+        pool, size, encode_infer_response, handle.name, handle.version, outputs, parsed
+    )
     if json_length is None:
         return JSONBytes(answer)
-    return Response(answer, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(json_length)})
+    return Response(
+        answer, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)}
+    )
 
 
 async def config(request: Request) -> Response:

@@ -4,7 +4,6 @@ become part of a name), and new requests while the server drains."""
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +26,9 @@ class PathGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or b""
         if scope["type"] == "http" and _ENCODED_SEPARATOR.search(raw_path):
-            message = "invalid path: model names and versions cannot contain '/', '\\' or NUL (encoded as %2F, %5C, %00)"
+            message = (
+                "invalid path: model names and versions cannot contain '/', '\\' or NUL (encoded as %2F, %5C, %00)"
+            )
             await error_response(400, message)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -36,14 +37,17 @@ class PathGuard:
 class DrainGuard:
     """While draining, answers 503 (`Connection: close`) to every new request but liveness and readiness."""
 
-    def __init__(self, app: ASGIApp, state: "ServerState") -> None:
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.state.draining and scope["type"] == "http" and not scope["path"].startswith("/v2/health/"):
-            response = error_response(503, "the server is shutting down; retry on another replica",
-                                      {"Connection": "close", "Retry-After": "1"})
+            response = error_response(
+                503,
+                "the server is shutting down; retry on another replica",
+                {"Connection": "close", "Retry-After": "1"},
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -34,24 +34,37 @@ from kakehashi.server.state import ServerState
 log = logging.getLogger(__name__)
 ACCEPT_LINGER_SECONDS = 1.0
 BACKSTOP_SECONDS = 5.0
-LATE_REASON = ("the server is shutting down and its grace period ran out before this request's turn; retry on "
-               "another replica")
+LATE_REASON = (
+    "the server is shutting down and its grace period ran out before this request's turn; retry on another replica"
+)
 MIN_BUFFER_BYTES = 8192  # the smallest read buffer Granian's HTTP parser (hyper) accepts
 
 
 def _granian(app: InFlight, state: ServerState, log_level: str, access_log: bool) -> Server:
     settings = state.settings
     return Server(
-        app, address=settings.host, port=settings.port, interface=Interfaces.ASGI,
+        app,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
         http=HTTPModes.http1,  # no HTTP/2 sniffing: the header timeout then runs from the first byte
-        backlog=max(1024, settings.max_connections), backpressure=settings.max_connections,
-        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout_seconds * 1000),
-                                     max_buffer_size=max(MIN_BUFFER_BYTES, settings.max_header_bytes)),
+        backlog=max(1024, settings.max_connections),
+        backpressure=settings.max_connections,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(settings.header_timeout_seconds * 1000),
+            max_buffer_size=max(MIN_BUFFER_BYTES, settings.max_header_bytes),
+        ),
         # Granian's records go to the root logger, formatted like ours
-        log_level=LogLevels(log_level), log_access=access_log,
-        log_dictconfig={"loggers": {name: {"level": log_level.upper(), "propagate": True}
-                                    for name in ("_granian", "granian.access")}},
-        ssl_cert=settings.tls_cert, ssl_key=settings.tls_key, ssl_protocol_min=SSLProtocols.tls12,
+        log_level=LogLevels(log_level),
+        log_access=access_log,
+        log_dictconfig={
+            "loggers": {
+                name: {"level": log_level.upper(), "propagate": True} for name in ("_granian", "granian.access")
+            }
+        },
+        ssl_cert=settings.tls_cert,
+        ssl_key=settings.tls_key,
+        ssl_protocol_min=SSLProtocols.tls12,
     )
 
 

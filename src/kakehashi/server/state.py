@@ -36,16 +36,20 @@ class ServerState:
     def require_model_control(self) -> None:
         """Refuse (403) a load or unload unless the server was started with model control on."""
         if self.settings.model_control == "none":
-            raise Forbidden("loading and unloading models is off on this server; start it with --model-control "
-                            "explicit (or poll) to allow it")
+            raise Forbidden(
+                "loading and unloading models is off on this server; start it with --model-control "
+                "explicit (or poll) to allow it"
+            )
 
     async def drain(self) -> None:
         """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the
         grace period; then answer those still queued 503, so each gets an answer rather than a cut connection."""
         stopping = asyncio.ensure_future(self.stop_grpc())
         await asyncio.sleep(self.settings.grace_seconds)
-        count = self.repository.abandon_queued("the server is shutting down and its grace period ran out before "
-                                               "this request's turn; retry on another replica")
+        count = self.repository.abandon_queued(
+            "the server is shutting down and its grace period ran out before "
+            "this request's turn; retry on another replica"
+        )
         if count:
             log.warning("grace period over: %d queued request(s) answered 503", count)
         await stopping

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -49,7 +50,7 @@ class RequestTracker:
         self.status = 500
         self._in_flight = _in_flight(protocol)
 
-    def __enter__(self) -> "RequestTracker":
+    def __enter__(self) -> RequestTracker:
         self._started = time.perf_counter()
         self._in_flight.inc()
         return self
@@ -76,7 +77,9 @@ def tracked(protocol: str) -> Callable[[Endpoint], Endpoint]:
                 response = await endpoint(request)
                 tracker.status = response.status_code
                 return response
+
         return route
+
     return decorate
 
 

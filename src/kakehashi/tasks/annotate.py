@@ -5,9 +5,28 @@ from __future__ import annotations
 from PIL import Image, ImageDraw, ImageFont
 
 # Ultralytics-like palette: distinct, readable on photos
-PALETTE = ["#FF3838", "#FF9D97", "#FF701F", "#FFB21D", "#CFD231", "#48F90A", "#92CC17", "#3DDB86", "#1A9334",
-           "#00D4BB", "#2C99A8", "#00C2FF", "#344593", "#6473FF", "#0018EC", "#8438FF", "#520085", "#CB38FF",
-           "#FF95C8", "#FF37C7"]
+PALETTE = [
+    "#FF3838",
+    "#FF9D97",
+    "#FF701F",
+    "#FFB21D",
+    "#CFD231",
+    "#48F90A",
+    "#92CC17",
+    "#3DDB86",
+    "#1A9334",
+    "#00D4BB",
+    "#2C99A8",
+    "#00C2FF",
+    "#344593",
+    "#6473FF",
+    "#0018EC",
+    "#8438FF",
+    "#520085",
+    "#CB38FF",
+    "#FF95C8",
+    "#FF37C7",
+]
 
 
 def annotate(image: Image.Image, results: list[dict]) -> Image.Image:

@@ -30,6 +30,12 @@ def box_results(found: Detections, prepared: Prepared, params: PredictParams, na
     """Detections as `[{class, name, confidence, box: {x1, y1, x2, y2}}]` in original pixels, best first."""
     boxes = prepared.transform.to_original(found.boxes).astype(np.float64).round(params.decimals).tolist()
     scores = found.scores.astype(np.float64).round(params.decimals).tolist()
-    return [{"class": cls, "name": names[cls] if 0 <= cls < len(names) else str(cls), "confidence": score,
-             "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
-            for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist())]
+    return [
+        {
+            "class": cls,
+            "name": names[cls] if 0 <= cls < len(names) else str(cls),
+            "confidence": score,
+            "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+        }
+        for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist())
+    ]

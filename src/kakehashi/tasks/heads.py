@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -46,8 +47,14 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 Suppress = Callable[[np.ndarray, np.ndarray, np.ndarray, float, int], np.ndarray]
 
 
-def select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: PredictParams,
-           suppress: Suppress | None, extra: np.ndarray | None = None) -> Detections:
+def select(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    params: PredictParams,
+    suppress: Suppress | None,
+    extra: np.ndarray | None = None,
+) -> Detections:
     """Confidence and class filter, then (if given) class-aware NMS `suppress` (axis-aligned `batched_nms`, or
     `rotated_nms` for oriented boxes); at most `max_det`, best first. `boxes` keep whatever columns they have."""
     mask = scores > params.conf
@@ -62,8 +69,12 @@ def select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: P
         keep = suppress(boxes, scores, classes, params.iou, params.max_det)
     else:
         keep = np.argsort(-scores, kind="stable")[: params.max_det]
-    return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
-                      classes[keep].astype(np.int64), None if extra is None else extra[index[keep]])
+    return Detections(
+        boxes[keep].astype(np.float32),
+        scores[keep].astype(np.float32),
+        classes[keep].astype(np.int64),
+        None if extra is None else extra[index[keep]],
+    )
 
 
 @dataclass(frozen=True)
@@ -77,12 +88,12 @@ class UltralyticsHead:
 
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         pred = outputs[self.output]
-        class_scores = pred[4:pred.shape[0] - self.extra]
+        class_scores = pred[4 : pred.shape[0] - self.extra]
         classes = class_scores.argmax(0)
         scores = np.take_along_axis(class_scores, classes[None], 0)[0]
         candidates = scores > params.conf
         boxes = _xywh_to_xyxy(pred[:4, candidates].T)
-        extra = pred[pred.shape[0] - self.extra:, candidates].T if self.extra else None
+        extra = pred[pred.shape[0] - self.extra :, candidates].T if self.extra else None
         return select(boxes, scores[candidates], classes[candidates], params, suppress=batched_nms, extra=extra)
 
 
@@ -97,7 +108,7 @@ class End2EndHead:
 
     def decode(self, outputs: dict[str, np.ndarray], size: tuple[int, int], params: PredictParams) -> Detections:
         pred = outputs[self.output]
-        extra = pred[:, 6:6 + self.extra] if self.extra else None
+        extra = pred[:, 6 : 6 + self.extra] if self.extra else None
         return select(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), params, suppress=None, extra=extra)
 
 

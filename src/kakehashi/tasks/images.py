@@ -12,12 +12,26 @@ from kakehashi.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # animated GIF/PNG/WebP: the first frame
 # file suffixes of those formats and their media types
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 DEFAULT_MAX_PIXELS = 64_000_000
 # leading bytes of each format: a file that has them but cannot be opened is corrupt (400), not foreign (415)
-SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"GIF8": "GIF",
-              b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"BM": "BMP",
+    b"GIF8": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey (PNG, TIFF): scaled to 8 bits, not clipped
 
 
@@ -49,11 +63,10 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         claimed = _format_by_signature(data)
         if claimed:
-            raise InvalidInput(f"the file starts like a {claimed} image but cannot be read "
-                               f"(corrupt header, or no pixels)") from None
-        raise UnsupportedMedia(
-            "the file is not an image in a supported format (" + ", ".join(FORMATS) + ")"
-        ) from None
+            raise InvalidInput(
+                f"the file starts like a {claimed} image but cannot be read (corrupt header, or no pixels)"
+            ) from None
+        raise UnsupportedMedia("the file is not an image in a supported format (" + ", ".join(FORMATS) + ")") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"the image is truncated or corrupt: {exc}") from None
 

@@ -25,8 +25,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
-                max_keep: int) -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_keep: int
+) -> np.ndarray:
     """Class-aware NMS: boxes of different classes never suppress each other."""
     offsets = classes.astype(boxes.dtype)[:, None] * MAX_WH
     return nms(boxes + offsets, scores, iou_threshold, max_keep)
@@ -55,8 +56,9 @@ def probiou(box: np.ndarray, others: np.ndarray, eps: float = 1e-7) -> np.ndarra
     return 1 - np.sqrt(1 - np.exp(-distance) + eps)
 
 
-def rotated_nms(rboxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
-                max_keep: int) -> np.ndarray:
+def rotated_nms(
+    rboxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_keep: int
+) -> np.ndarray:
     """Class-aware greedy NMS of rotated boxes (cx, cy, w, h, angle) by probabilistic IoU; best first."""
     shifted = rboxes.astype(np.float64).copy()
     shifted[:, :2] += classes[:, None] * MAX_WH

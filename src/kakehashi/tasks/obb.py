@@ -20,8 +20,9 @@ def corners(rboxes: np.ndarray) -> np.ndarray:
     along = np.stack([rboxes[:, 2] / 2 * cos, rboxes[:, 2] / 2 * sin], -1)
     across = np.stack([-rboxes[:, 3] / 2 * sin, rboxes[:, 3] / 2 * cos], -1)
     centre = rboxes[:, :2]
-    return np.stack([centre + along + across, centre + along - across, centre - along - across,
-                     centre - along + across], 1)
+    return np.stack(
+        [centre + along + across, centre + along - across, centre - along - across, centre - along + across], 1
+    )
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,16 @@ class ObbTask:
         points = prepared.transform.points_to_original(corners(found.boxes), clip=False)
         points = points.astype(np.float64).round(params.decimals)
         results = []
-        for cls, score, quad in zip(found.classes.tolist(), found.scores.astype(np.float64).round(params.decimals),
-                                    points):
+        for cls, score, quad in zip(
+            found.classes.tolist(), found.scores.astype(np.float64).round(params.decimals), points
+        ):
             box = {f"{axis}{i + 1}": float(quad[i][j]) for i in range(4) for j, axis in enumerate("xy")}
-            results.append({"class": cls, "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),
-                            "confidence": float(score), "box": box})
+            results.append(
+                {
+                    "class": cls,
+                    "name": self.names[cls] if 0 <= cls < len(self.names) else str(cls),
+                    "confidence": float(score),
+                    "box": box,
+                }
+            )
         return results

@@ -32,7 +32,9 @@ class PoseTask:
         assert found.extra is not None, "a pose head always decodes its keypoint columns"
         points = found.extra.reshape(len(results), count, dims)
         xy = prepared.transform.points_to_original(points[..., :2]).astype(np.float64).round(params.decimals)
-        visible = points[..., 2].astype(np.float64).round(params.decimals) if dims == 3 else np.ones((len(results), count))
+        visible = (
+            points[..., 2].astype(np.float64).round(params.decimals) if dims == 3 else np.ones((len(results), count))
+        )
         for result, point, seen in zip(results, xy, visible):
             result["keypoints"] = {"x": point[:, 0].tolist(), "y": point[:, 1].tolist(), "visible": seen.tolist()}
         return results

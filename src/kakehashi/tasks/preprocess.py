@@ -17,16 +17,16 @@ class ImageInput:
     """Everything needed to build one input tensor, resolved once at model load."""
 
     name: str
-    size: tuple[int, int]          # height, width used when a request gives no imgsz
-    dynamic_size: bool             # the graph accepts other spatial sizes (imgsz per request)
+    size: tuple[int, int]  # height, width used when a request gives no imgsz
+    dynamic_size: bool  # the graph accepts other spatial sizes (imgsz per request)
     stride: int
-    resize: str                    # letterbox | stretch | crop
+    resize: str  # letterbox | stretch | crop
     pad_value: int
-    channels: str                  # rgb | bgr
-    layout: str                    # nchw | nhwc
-    dtype: str                     # float32 | float16 | uint8
+    channels: str  # rgb | bgr
+    layout: str  # nchw | nhwc
+    dtype: str  # float32 | float16 | uint8
     scale: float
-    mean: tuple[float, float, float]    # in the model's channel order, after scaling
+    mean: tuple[float, float, float]  # in the model's channel order, after scaling
     std: tuple[float, float, float]
 
     def tensor_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
@@ -65,8 +65,9 @@ class BoxTransform:
         return out
 
 
-def resize_image(image: Image.Image, size: tuple[int, int], mode: str, pad_value: int
-                 ) -> tuple[np.ndarray, BoxTransform]:
+def resize_image(
+    image: Image.Image, size: tuple[int, int], mode: str, pad_value: int
+) -> tuple[np.ndarray, BoxTransform]:
     """Resize to `size` (height, width) the way `mode` says; returns HWC uint8 RGB and the box mapping."""
     height, width = size
     w0, h0 = image.size
@@ -85,7 +86,7 @@ def resize_image(image: Image.Image, size: tuple[int, int], mode: str, pad_value
     left, top = round((width - new_w) / 2 - 0.1), round((height - new_h) / 2 - 0.1)
     canvas = np.full((height, width, 3), pad_value, dtype=np.uint8)
     resized = image if (new_w, new_h) == (w0, h0) else image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    canvas[top:top + new_h, left:left + new_w] = np.asarray(resized)
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(resized)
     return canvas, BoxTransform(ratio, ratio, float(left), float(top), w0, h0)
 
 

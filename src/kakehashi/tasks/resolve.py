@@ -8,8 +8,8 @@ from __future__ import annotations
 import ast
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -120,24 +120,29 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
         task = _guess_task(backend.outputs)
         if task is None:
             return None
-    image_input = _resolve_input(input_spec, layout, config, meta, task, head_hint=config.head or (
-        "tf-od" if tf_od else None), path=path)
+    image_input = _resolve_input(
+        input_spec, layout, config, meta, task, head_hint=config.head or ("tf-od" if tf_od else None), path=path
+    )
     if task == "classify":
         output = backend.outputs[0].name
         return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
     probe = functools.cache(lambda: _probe(backend, image_input))  # runs the model at most once
     if task == "obb":
         if meta.get("end2end") is True or config.head == "end2end":
-            raise ModelLoadError(f"{path}: end-to-end oriented-box heads are not supported yet; export with "
-                                 f"end2end=False (the raw head [N, 4 + classes + 1, anchors], rotated NMS here)")
+            raise ModelLoadError(
+                f"{path}: end-to-end oriented-box heads are not supported yet; export with "
+                f"end2end=False (the raw head [N, 4 + classes + 1, anchors], rotated NMS here)"
+            )
         if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
             raise ModelLoadError(f"{path}: task 'obb' needs one output [N, 4 + classes + 1, anchors]")
         output = backend.outputs[0].name
         return ObbTask(image_input, output, names or _numbered(_output_dims(backend, probe)[0] - 5))
     protos = next((s.name for s in backend.outputs if len(s.shape) == 4), None) if task == "segment" else None
     if task == "segment" and protos is None:
-        raise ModelLoadError(f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
-                             f"are {[s.to_json() for s in backend.outputs]}")
+        raise ModelLoadError(
+            f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
+            f"are {[s.to_json() for s in backend.outputs]}"
+        )
     kpt_shape = _kpt_shape(config, meta, path) if task == "pose" else None
     extra = _extra_columns(protos, probe, kpt_shape)
     dims = functools.cache(lambda: _output_dims(backend, probe))
@@ -155,10 +160,16 @@ def _kpt_shape(config: ModelConfig, meta: dict, path: Path) -> tuple[int, int]:
     if config.kpt_shape:
         return config.kpt_shape
     shape = meta.get("kpt_shape")
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] in (2, 3)
-            and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise ModelLoadError(f"{path}: task 'pose' needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the "
-                             f"model's metadata; got {shape!r}")
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 2
+        and shape[1] in (2, 3)
+        and all(isinstance(v, int) and v > 0 for v in shape)
+    ):
+        raise ModelLoadError(
+            f"{path}: task 'pose' needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the "
+            f"model's metadata; got {shape!r}"
+        )
     return int(shape[0]), int(shape[1])
 
 
@@ -186,8 +197,9 @@ def _guess_task(outputs: list[TensorSpec]) -> str | None:
     return None
 
 
-def _resolve_input(spec: TensorSpec, layout: str, config: ModelConfig, meta: dict, task: str,
-                   head_hint: str | None, path: Path) -> ImageInput:
+def _resolve_input(
+    spec: TensorSpec, layout: str, config: ModelConfig, meta: dict, task: str, head_hint: str | None, path: Path
+) -> ImageInput:
     spatial = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
     graph_size = tuple(spatial) if all(d > 0 for d in spatial) else None
     meta_size = meta.get("imgsz")
@@ -202,7 +214,9 @@ def _resolve_input(spec: TensorSpec, layout: str, config: ModelConfig, meta: dic
         )
     dtype = config.input.dtype or _DTYPES.get(spec.datatype)
     if dtype is None:
-        raise ModelLoadError(f"{path}: input '{spec.name}' is {spec.datatype}; image inputs must be FP32, FP16 or UINT8")
+        raise ModelLoadError(
+            f"{path}: input '{spec.name}' is {spec.datatype}; image inputs must be FP32, FP16 or UINT8"
+        )
     if config.input.resize:
         resize = config.input.resize
     else:
@@ -234,15 +248,25 @@ def _probe(backend: Backend, image_input: ImageInput) -> dict[str, np.ndarray]:
 Dims = Callable[[], tuple[int, int]]
 
 
-def _resolve_head(backend: Backend, config: ModelConfig, meta: dict, tf_od: dict[str, str],
-                  image_input: ImageInput, dims: Dims, extra: int, protos: str | None, path: Path) -> Head:
+def _resolve_head(
+    backend: Backend,
+    config: ModelConfig,
+    meta: dict,
+    tf_od: dict[str, str],
+    image_input: ImageInput,
+    dims: Dims,
+    extra: int,
+    protos: str | None,
+    path: Path,
+) -> Head:
     head = config.head
     if head == "tf-od" or (head is None and tf_od):
         missing = [role for role in _TF_OD[:3] if role not in tf_od]
         if missing:
             raise ModelLoadError(f"{path}: head 'tf-od' needs outputs named {', '.join(missing)}")
-        return TfObjectDetectionHead(tf_od["detection_boxes"], tf_od["detection_scores"],
-                                     tf_od["detection_classes"], tf_od.get("num_detections"))
+        return TfObjectDetectionHead(
+            tf_od["detection_boxes"], tf_od["detection_scores"], tf_od["detection_classes"], tf_od.get("num_detections")
+        )
     boxes = [s for s in backend.outputs if len(s.shape) == 3]
     if len(boxes) != 1 or len(backend.outputs) != 1 + (protos is not None):
         raise ModelLoadError(

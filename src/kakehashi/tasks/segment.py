@@ -21,18 +21,28 @@ from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput
 
 
-def _box_mask(logits: np.ndarray, box: tuple[int, int, int, int], transform: BoxTransform,
-              input_size: tuple[int, int]) -> np.ndarray:
+def _box_mask(
+    logits: np.ndarray, box: tuple[int, int, int, int], transform: BoxTransform, input_size: tuple[int, int]
+) -> np.ndarray:
     """The mask (bool, box height × box width) of original pixels x1..x2, y1..y2 from prototype-res `logits`."""
     x1, y1, x2, y2 = box
     proto_h, proto_w = logits.shape
     fx, fy = proto_w / input_size[1], proto_h / input_size[0]
     # original pixel (u, v) of the box → prototype coordinate; pixel centres on both sides
-    matrix = np.array([[transform.scale_x * fx, 0, ((x1 + 0.5) * transform.scale_x + transform.pad_x) * fx - 0.5],
-                       [0, transform.scale_y * fy, ((y1 + 0.5) * transform.scale_y + transform.pad_y) * fy - 0.5]],
-                      np.float64)
-    sampled = cv2.warpAffine(logits.astype(np.float32), matrix, (x2 - x1, y2 - y1),
-                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    matrix = np.array(
+        [
+            [transform.scale_x * fx, 0, ((x1 + 0.5) * transform.scale_x + transform.pad_x) * fx - 0.5],
+            [0, transform.scale_y * fy, ((y1 + 0.5) * transform.scale_y + transform.pad_y) * fy - 0.5],
+        ],
+        np.float64,
+    )
+    sampled = cv2.warpAffine(
+        logits.astype(np.float32),
+        matrix,
+        (x2 - x1, y2 - y1),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return sampled > 0
 
 
@@ -78,7 +88,7 @@ def joined(outlines: list[np.ndarray]) -> np.ndarray:
 def run_lengths(mask: np.ndarray, left: int, top: int, height: int, width: int) -> dict:
     """COCO's uncompressed RLE of the whole-image mask: column-major, counts starting with a run of zeros."""
     full = np.zeros((height, width), bool)
-    full[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+    full[top : top + mask.shape[0], left : left + mask.shape[1]] = mask
     flat = full.flatten(order="F")
     changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
     bounds = np.concatenate([[0], changes, [flat.size]])
@@ -111,8 +121,11 @@ class SegmentTask:
         for result, logit, box in zip(results, logits, transform.to_original(found.boxes)):
             left, top = math.floor(box[0]), math.floor(box[1])
             right, bottom = min(math.ceil(box[2]), width), min(math.ceil(box[3]), height)
-            mask = (_box_mask(logit, (left, top, right, bottom), transform, prepared.size)
-                    if right > left and bottom > top else np.zeros((0, 0), bool))
+            mask = (
+                _box_mask(logit, (left, top, right, bottom), transform, prepared.size)
+                if right > left and bottom > top
+                else np.zeros((0, 0), bool)
+            )
             if params.masks == "rle":
                 result["rle"] = run_lengths(mask, left, top, height, width)
             else:

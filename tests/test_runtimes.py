@@ -15,6 +15,7 @@ from kakehashi.settings import default_model_path
 from onnx_builders import identity_model
 
 BUNDLED = default_model_path() / "ssdlite-person"
+NO_BATCHING = "batching: {max_batch_size: 1}\n"  # no batch sizes timed at load, where batching is not the point
 
 
 def _copy(tmp_path: Path, yaml: str, source: Path = BUNDLED) -> Path:
@@ -32,7 +33,7 @@ def test_openvino_answers_like_onnx_runtime(tmp_path, image, conf, found):
     data = (IMAGES / image).read_bytes()
     answers = {}
     for backend in ("onnxruntime", "openvino"):
-        handle = load(_copy(tmp_path / backend, f"\nbackend: {backend}\n"))
+        handle = load(_copy(tmp_path / backend, f"\nbackend: {backend}\n{NO_BATCHING}"))
         assert handle.backend.platform == ("openvino" if backend == "openvino" else "onnxruntime_onnx")
         answers[backend] = predict(handle, data, conf=conf)[0].results
     ours, theirs = answers["onnxruntime"], answers["openvino"]
@@ -46,6 +47,7 @@ def test_auto_measures_both_and_says_which_runs(tmp_path, caplog):
     folder = tmp_path / "yolo11" / "1"
     folder.mkdir(parents=True)
     shutil.copy(YOLO11, folder / "model.onnx")
+    (tmp_path / "yolo11" / "model.yaml").write_text(NO_BATCHING)
     with caplog.at_level(logging.INFO):
         handle = load(tmp_path / "yolo11")
     measured = [r.message for r in caplog.records if "per inference; serving with" in r.message]
@@ -64,7 +66,7 @@ def test_openvino_refuses_what_it_cannot_serve_and_auto_falls_back(tmp_path):
 
 
 def test_asking_for_cuda_falls_back_to_cpu_and_says_so(tmp_path, caplog):
-    folder = _copy(tmp_path, "\nbackend: onnxruntime\nproviders: [tensorrt, cuda, cpu]\n")
+    folder = _copy(tmp_path, "\nbackend: onnxruntime\nproviders: [tensorrt, cuda, cpu]\n" + NO_BATCHING)
     with caplog.at_level(logging.WARNING):
         handle = load(folder)
     assert handle.ready and handle.runtime == "onnxruntime CPUExecutionProvider"
@@ -118,7 +120,7 @@ def test_openvino_raw_outputs_match_onnx_runtime_on_yolo_exports(tmp_path, expor
     for backend in ("onnxruntime", "openvino"):
         (tmp_path / backend / "m" / "1").mkdir(parents=True)
         shutil.copy(MODELS / f"{export}.onnx", tmp_path / backend / "m" / "1" / "model.onnx")
-        (tmp_path / backend / "m" / "model.yaml").write_text(f"backend: {backend}\n")
+        (tmp_path / backend / "m" / "model.yaml").write_text(f"backend: {backend}\n{NO_BATCHING}")
         handle = load(tmp_path / backend, "m")
         assert handle.backend.platform.startswith(backend)
         spec = handle.task.input

@@ -216,17 +216,24 @@ def test_bad_arguments(tmp_path):
     assert "--out must end in" in batch(str(IMAGES), "--out", str(tmp_path / "o.txt")).stderr
 
 
-def test_pose_and_obb_fields_in_csv(tmp_path):
-    from conftest import MODELS
+def _quick(model: str, root: Path) -> list[str]:
+    """`--model REPOSITORY --name M` for a test export loaded without timing runtimes or batch sizes (what
+    these tests check is the output, not the runtime choice)."""
+    from conftest import MODELS, quick_model
 
+    folder = quick_model(MODELS / f"{model}.onnx", root)
+    return ["--model", str(folder.parent), "--name", folder.name]
+
+
+def test_pose_and_obb_fields_in_csv(tmp_path):
     out = tmp_path / "pose.csv"
-    result = batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / "yolo11n-pose-random-640-dynamic.onnx"),
+    result = batch(str(IMAGES / "astronaut.png"), *_quick("yolo11n-pose-random-640-dynamic", tmp_path / "pose"),
                    "--conf", "0.0001", "--max-det", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2 and len(json.loads(rows[0]["keypoints"])["x"]) == 17 and rows[0]["x3"] == ""
     out = tmp_path / "obb.csv"
-    batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / "yolo11n-obb-random-640-dynamic.onnx"),
+    batch(str(IMAGES / "astronaut.png"), *_quick("yolo11n-obb-random-640-dynamic", tmp_path / "obb"),
           "--conf", "0.0001", "--max-det", "1", "--out", str(out))
     [row] = list(csv.DictReader(out.open()))
     assert all(row[k] != "" for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"))
@@ -243,12 +250,10 @@ def test_drawn_copies_of_inputs_named_alike_never_overwrite_each_other(tmp_path)
 
 
 def test_every_task_can_be_drawn(tmp_path):
-    from conftest import MODELS
-
     for model in ("yolo11n-obb-random-640-dynamic", "yolo11n-pose-random-640-dynamic",
                   "yolo26n-seg-random-640-e2e-dynamic"):
         out, drawn = tmp_path / f"{model}.jsonl", tmp_path / model
-        result = batch(str(IMAGES / "astronaut.png"), "--model", str(MODELS / f"{model}.onnx"), "--conf", "0.0001",
+        result = batch(str(IMAGES / "astronaut.png"), *_quick(model, tmp_path / "repo" / model), "--conf", "0.0001",
                        "--max-det", "3", "--out", str(out), "--save-images", str(drawn))
         assert result.returncode == 0, result.stderr
         [record] = lines(out)
@@ -328,14 +333,15 @@ def test_a_repository_model_in_process_runs_full_batches(tmp_path):
     from click.testing import CliRunner
     from prometheus_client import REGISTRY
 
-    from conftest import YOLO11
+    from conftest import QUICK_YAML, YOLO11
     from kakehashi.batch.command import batch as batch_command
 
     for name in ("batched", "other"):
         (tmp_path / "repo" / name / "1").mkdir(parents=True)
         (tmp_path / "repo" / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (tmp_path / "repo" / "batched" / "model.yaml").write_text(
-        "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n")
+    (tmp_path / "repo" / "batched" / "model.yaml").write_text(  # one runtime: batching is the point, not it
+        "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n")
+    (tmp_path / "repo" / "other" / "model.yaml").write_text(QUICK_YAML)
     (tmp_path / "in").mkdir()
     for i in range(12):
         (tmp_path / "in" / f"{i:02d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())

@@ -201,3 +201,35 @@ def test_a_failing_warm_up_is_unavailable_with_its_reason(serve, tmp_path):
     infer = server.client.post("/v2/models/throws/infer", json={"inputs": [
         {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
     assert infer.status_code == 503 and "loading failed" in infer.json()["error"]
+
+
+def test_a_failing_warm_up_through_the_load_api_is_unavailable_and_the_state_metric_follows_reloads(serve, tmp_path):
+    _throwing_model(tmp_path / "incoming" / "throws" / "1" / "model.onnx")
+    (tmp_path / "incoming" / "throws" / "model.yaml").write_text("backend: onnxruntime\n")
+    (tmp_path / "fine" / "1").mkdir(parents=True)
+    (tmp_path / "fine" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
+    (tmp_path / "fine" / "model.yaml").write_text("backend: onnxruntime\nbatching: {max_batch_size: 1}\n")
+    server = serve(tmp_path, "--model-control", "explicit")
+    (tmp_path / "incoming" / "throws").rename(tmp_path / "throws")
+    answer = server.client.post("/v2/repository/models/throws/load")
+    assert answer.status_code == 400 and "loading failed" in answer.json()["error"], answer.text
+    rows = {row["name"]: row for row in server.client.post("/v2/repository/index").json()}
+    assert rows["throws"]["state"] == "UNAVAILABLE" and "loading failed" in rows["throws"]["reason"], rows
+    metrics = server.client.get("/metrics").text
+    assert _metric(metrics, "kakehashi_model_state", model="throws", state="UNAVAILABLE") == 1
+    assert _metric(metrics, "kakehashi_model_state", model="throws", state="LOADING") == 0
+    assert "model throws version 1 failed to load" in server.log()
+    assert server.client.get("/v2/health/ready").status_code == 200, "a failed load of a new model changes nothing"
+
+    # the state metric follows the version that serves, through a reload and a failed reload
+    assert server.client.post("/v2/repository/models/fine/load").status_code == 200
+    metrics = server.client.get("/metrics").text
+    assert _metric(metrics, "kakehashi_model_state", model="fine", state="READY") == 1
+    assert _metric(metrics, "kakehashi_model_state", model="fine", state="UNLOADED") == 0
+    (tmp_path / "fine" / "1" / "model.onnx").unlink()
+    (tmp_path / "throws" / "1" / "model.onnx").rename(tmp_path / "fine" / "1" / "model.onnx")
+    failed = server.client.post("/v2/repository/models/fine/load")
+    assert failed.status_code == 400 and "previous versions keep serving" in failed.json()["error"], failed.text
+    metrics = server.client.get("/metrics").text
+    assert _metric(metrics, "kakehashi_model_state", model="fine", state="READY") == 1
+    assert _metric(metrics, "kakehashi_model_state", model="fine", state="UNAVAILABLE") == 0

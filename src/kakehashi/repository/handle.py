@@ -101,7 +101,12 @@ class ModelHandle:
 
     def _set_state(self, state: ModelState) -> None:
         self.state = state
-        self.series.state(state.value, [each.value for each in ModelState])
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        """Show this handle's state in the state metric, which it shares with other handles of its version (the
+        one a reload replaces, or a failed reload's)."""
+        self.series.state(self.state.value, [each.value for each in ModelState])
 
     def load(self) -> None:
         """Load the instances, resolve the task and warm up; on failure the state says why."""

@@ -191,10 +191,10 @@ class ModelRepository:
         failed = not any(handle.ready for handle in fresh.handles.values())
         if failed:
             reason = fresh.error or "; ".join(h.reason for h in fresh.handles.values() if h.reason)
-            for handle in fresh.handles.values():
-                await handle.close()
             if old is not None and any(handle.ready for handle in old.handles.values()):
                 old.error = f"reload failed, previous versions still serving: {reason}"
+                for handle in old.handles.values():
+                    handle.publish_state()  # a failed version shares its series with the one still serving
                 raise ModelLoadError(f"model '{name}' failed to load: {reason}; the previous versions keep serving")
             self.entries[name] = fresh
             raise ModelLoadError(f"model '{name}' failed to load: {reason}")
@@ -203,6 +203,8 @@ class ModelRepository:
         if old is not None:
             for handle in old.handles.values():
                 await handle.close()  # drains what it already queued
+            for handle in fresh.handles.values():
+                handle.publish_state()  # an old handle of the same version just published UNLOADED
         log.info("model %s loaded: version(s) %s", name, ", ".join(str(v) for v in sorted(fresh.handles)))
 
     async def unload(self, name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,27 @@ from PIL import Image
 from conftest import IMAGES, YOLO11 as YOLO11_PATH, same_detections
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bundled(tmp_path_factory) -> Path:
+    """The bundled person detector with ONNX Runtime and no batching: what these jobs run when they name no model
+    (seconds less per job than timing both runtimes and every batch size at each start, which is not tested here)."""
+    from conftest import QUICK_YAML
+    from kakehashi.settings import default_model_path
+
+    folder = tmp_path_factory.mktemp("bundled") / "ssdlite-person"
+    shutil.copytree(default_model_path() / "ssdlite-person", folder)
+    (folder / "model.yaml").write_text((folder / "model.yaml").read_text() + "\n" + QUICK_YAML)
+    BUNDLED[:] = ["--model", str(folder)]
+    return folder
+
+
+BUNDLED: list[str] = []
+
+
 def batch(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kakehashi", "batch", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    model = [] if "--model" in args or "--url" in args else BUNDLED
+    return subprocess.run([sys.executable, "-m", "kakehashi", "batch", *args, *model], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def lines(path: Path) -> list[dict]:
@@ -131,7 +150,7 @@ def test_sigkill_then_resume_gives_exactly_one_result_per_input(tmp_path):
     for i in range(120):
         (folder / f"{i:03d}.png").write_bytes(data)
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out)],
+    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not out.exists() or len(out.read_bytes().splitlines()) < 10:
@@ -160,7 +179,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     for i in range(200):
         (folder / f"{i:03d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out)],
+    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not out.exists() or len(out.read_bytes().splitlines()) < 5:
@@ -285,7 +304,7 @@ def test_a_progress_bar_on_a_terminal(photos, tmp_path):
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     job = subprocess.run([sys.executable, "-m", "kakehashi", "batch", str(photos / "sub"), "--out",
-                          str(tmp_path / "out.jsonl")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          str(tmp_path / "out.jsonl"), *BUNDLED], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=follower, timeout=300)
     os.close(follower)
     shown = b""

@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import tritonclient.grpc as triton_grpc
 
 from conftest import IMAGES, YOLO26, free_ports
@@ -16,6 +17,21 @@ from conftest import IMAGES, YOLO26, free_ports
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kakehashi", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def quick_bundled(tmp_path_factory) -> str:
+    """The bundled detector with ONNX Runtime and no batching (nothing timed at start), for the tests that are
+    about the command's output and errors rather than its zero-configuration default."""
+    import shutil
+
+    from conftest import QUICK_YAML
+    from kakehashi.settings import default_model_path
+
+    folder = tmp_path_factory.mktemp("bundled") / "ssdlite-person"
+    shutil.copytree(default_model_path() / "ssdlite-person", folder)
+    (folder / "model.yaml").write_text((folder / "model.yaml").read_text() + "\n" + QUICK_YAML)
+    return str(folder)
 
 
 def test_predict_with_the_bundled_model():
@@ -27,11 +43,11 @@ def test_predict_with_the_bundled_model():
     assert answer["metadata"] == {"model": "ssdlite-person", "version": "1", "imageCount": 2}
 
 
-def test_predict_saves_the_annotated_image(tmp_path):
+def test_predict_saves_the_annotated_image(tmp_path, quick_bundled):
     from PIL import Image
 
     out = tmp_path / "out.jpg"
-    result = run("predict", str(IMAGES / "astronaut.png"), "--save", str(out))
+    result = run("predict", str(IMAGES / "astronaut.png"), "--save", str(out), "--model", quick_bundled)
     assert result.returncode == 0, result.stderr
     box = json.loads(result.stdout)["images"][0]["results"][0]["box"]
     drawn, original = Image.open(out), Image.open(IMAGES / "astronaut.png").convert("RGB")
@@ -42,7 +58,7 @@ def test_predict_saves_the_annotated_image(tmp_path):
     assert max(abs(a - b) for a, b in zip(drawn.getpixel(inside), original.getpixel(inside))) < 40  # untouched
     several = tmp_path / "several"
     assert run("predict", str(IMAGES / "astronaut.png"), str(IMAGES / "coffee.png"), "--save",
-               str(several)).returncode == 0
+               str(several), "--model", quick_bundled).returncode == 0
     assert sorted(p.name for p in several.iterdir()) == ["astronaut.jpg", "coffee.jpg"]
 
 
@@ -53,12 +69,12 @@ def test_predict_with_an_onnx_file():
     assert answer["metadata"]["model"] == YOLO26.stem and len(answer["images"][0]["results"]) == 3
 
 
-def test_predict_errors(tmp_path):
+def test_predict_errors(tmp_path, quick_bundled):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    result = run("predict", str(text))
+    result = run("predict", str(text), "--model", quick_bundled)
     assert result.returncode == 1 and "not an image in a supported format" in result.stderr
-    result = run("predict", str(IMAGES / "coffee.png"), "--conf", "2")
+    result = run("predict", str(IMAGES / "coffee.png"), "--conf", "2", "--model", quick_bundled)
     assert result.returncode == 1 and "parameter 'conf'" in result.stderr
     result = run("predict", str(tmp_path / "missing.png"))
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import IMAGES, free_port
+from conftest import IMAGES, free_port, image_bytes
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -107,7 +107,7 @@ def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
 def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_name(tmp_path, layout):
     """What KServe runs: the image's entrypoint + the ServingRuntime's args, {{.Name}} filled in from the
     InferenceService, over /mnt/models as the storage initializer leaves it (ports moved to free local ones)."""
-    from conftest import YOLO26
+    from onnx_builders import size_probe_model
 
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
     service = yaml.safe_load((ROOT / "deploy" / "kserve" / "inference-service.yaml").read_text())
@@ -115,7 +115,7 @@ def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_
     mnt = tmp_path / "mnt" / "models"
     target = mnt / "model.onnx" if layout == "file" else mnt / "1" / "model.onnx"
     target.parent.mkdir(parents=True)
-    target.symlink_to(YOLO26.resolve())
+    size_probe_model(target)  # a tiny detector: what matters here is where and under which name it is served
     port = free_port()
     args = [arg.replace("{{.Name}}", name) for arg in runtime["spec"]["containers"][0]["args"]]
     args = [str(mnt) if arg == "/mnt/models" else str(port) if arg == "8080" else arg for arg in args]
@@ -133,6 +133,9 @@ def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_
                 pass
             time.sleep(0.2)
         assert [m["name"] for m in httpx.post(f"http://127.0.0.1:{port}/v2/repository/index").json()] == [name]
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/{name}/predict", content=image_bytes(640, 640),
+                            headers={"content-type": "image/png"}, timeout=60)
+        assert answer.json()["images"][0]["results"][0]["name"] == "probe"  # the model from /mnt/models answers
     finally:
         server.terminate()
         server.wait(30)

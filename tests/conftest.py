@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -43,12 +43,23 @@ class Server:
         self.port, grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_address = f"127.0.0.1:{grpc_port}"
-        args = [sys.executable, "-m", "kakehashi", "serve", *([str(model)] if model else []),
-                "--port", str(self.port), "--grpc-port", str(grpc_port), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "kakehashi",
+            "serve",
+            *([str(model)] if model else []),
+            "--port",
+            str(self.port),
+            "--grpc-port",
+            str(grpc_port),
+            *extra,
+        ]
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def wait_until(self, path: str = "/v2/health/ready", timeout: float = 120) -> None:
@@ -122,8 +133,9 @@ def default_server(serve_module) -> Server:
     return serve_module(None)
 
 
-def image_bytes(width: int, height: int, fmt: str = "PNG", color: tuple[int, int, int] = (90, 120, 200),
-                **save_args) -> bytes:
+def image_bytes(
+    width: int, height: int, fmt: str = "PNG", color: tuple[int, int, int] = (90, 120, 200), **save_args
+) -> bytes:
     """A plain image of the given size encoded as `fmt`."""
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, fmt, **save_args)
@@ -132,15 +144,18 @@ def image_bytes(width: int, height: int, fmt: str = "PNG", color: tuple[int, int
 
 def same_detections(first: list[dict], second: list[dict]) -> bool:
     """Two processes' answers agree: same classes in the same order, confidences within 0.002 and box corners
-    within a pixel (as ONNX Runtime and OpenVINO agree). Not bit-identical: `backend: auto` times both runtimes at load, so two processes may
-    serve with different ones, and batch sizes change the float rounding. Two empty answers are not "the same"
-    (that would prove nothing): compare answers where something is found, and check empty ones as `== []`."""
+    within a pixel (as ONNX Runtime and OpenVINO agree). Not bit-identical: `backend: auto` times both runtimes
+    at load, so two processes may serve with different ones, and batch sizes change the float rounding. Two empty
+    answers are not "the same" (that would prove nothing): compare answers where something is found, and check
+    empty ones as `== []`."""
     if not first or not second:
         return False
     if [(r["class"], r["name"]) for r in first] != [(r["class"], r["name"]) for r in second]:
         return False
-    return all(a["confidence"] == pytest.approx(b["confidence"], abs=2e-3)
-               and a["box"] == pytest.approx(b["box"], abs=1.0) for a, b in zip(first, second))
+    return all(
+        a["confidence"] == pytest.approx(b["confidence"], abs=2e-3) and a["box"] == pytest.approx(b["box"], abs=1.0)
+        for a, b in zip(first, second)
+    )
 
 
 def virtualenv(name: str, requirements: list[str], log: Path) -> Path:
@@ -150,11 +165,17 @@ def virtualenv(name: str, requirements: list[str], log: Path) -> Path:
     python, stamp = folder / "bin" / "python", folder / "kakehashi-requirements.txt"
     if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(requirements)):
         with open(log, "wb") as output:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True, stdout=output,
-                           stderr=output)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(folder)], check=True, stdout=output, stderr=output
+            )
             arguments = [part for requirement in requirements for part in requirement.split(" ", 1)]
-            subprocess.run([str(python), "-m", "pip", "install", *arguments], check=True, stdout=output,
-                           stderr=output, timeout=1200)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", *arguments],
+                check=True,
+                stdout=output,
+                stderr=output,
+                timeout=1200,
+            )
         stamp.write_text("\n".join(requirements))
     return python
 

@@ -9,10 +9,19 @@ import kserve.models
 import kubernetes.client.models
 import yaml
 
-PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
-              "datetime": (str, datetime.datetime), "date": (str, datetime.date)}
-KINDS = {("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
-         ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService"}
+PRIMITIVES = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "float": (int, float),
+    "object": object,
+    "datetime": (str, datetime.datetime),
+    "date": (str, datetime.date),
+}
+KINDS = {
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
+}
 
 
 def model_class(name: str):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -23,9 +23,15 @@ def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str] | None) -
     return path
 
 
-def constant_model(path: Path, outputs: dict[str, np.ndarray], *, input_name: str = "images",
-                   input_shape: list = ("batch", 3, "height", "width"), input_type: int = TensorProto.FLOAT,
-                   metadata: dict[str, str] | None = None) -> Path:
+def constant_model(
+    path: Path,
+    outputs: dict[str, np.ndarray],
+    *,
+    input_name: str = "images",
+    input_shape: list = ("batch", 3, "height", "width"),
+    input_type: int = TensorProto.FLOAT,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """A model whose every output is a constant (shape [1, ...]) repeated over the input's batch."""
     nodes = [
         helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT),
@@ -47,16 +53,29 @@ def constant_model(path: Path, outputs: dict[str, np.ndarray], *, input_name: st
         ]
         dims = ["batch", *value.shape[1:]]
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info(input_name, input_type, list(input_shape))],
-                              graph_outputs, initializers)
+    graph = helper.make_graph(
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info(input_name, input_type, list(input_shape))],
+        graph_outputs,
+        initializers,
+    )
     return _save(graph, path, metadata)
 
 
 IDENTITY_TYPES = {
-    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
-    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
-    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
 }
 
@@ -66,8 +85,8 @@ SAMPLE_TENSORS = {
     "FP32": np.array([[1.5, -2.25], [3.0e10, 0.0]], np.float32),
     "FP16": np.array([[0.5, -2.0], [1024.0, 0.125]], np.float16),
     "UINT8": np.array([[0, 255], [7, 8]], np.uint8),
-    "INT32": np.array([[-2**31, 2**31 - 1], [0, 1]], np.int32),
-    "INT64": np.array([[-2**63, 2**63 - 1], [0, 1]], np.int64),
+    "INT32": np.array([[-(2**31), 2**31 - 1], [0, 1]], np.int32),
+    "INT64": np.array([[-(2**63), 2**63 - 1], [0, 1]], np.int64),
     "BOOL": np.array([[True, False], [False, True]]),
     "BYTES": np.array([[b"h\xc3\xa9llo", b""], [b"a b", b"{json}"]], dtype=object),
     "FP64": np.array([[1.0e-300, 2.5], [-1.0, 1.0e300]], np.float64),
@@ -93,23 +112,34 @@ def identity_model(path: Path, datatypes: Iterable[str] = tuple(IDENTITY_TYPES))
 def tiny_model(path: Path) -> Path:
     """`x` FP32 [batch, 3, 64, 64] → `y` = 2x + 1 (same shape): a tiny model for raw-tensor tests."""
     nodes = [helper.make_node("Mul", ["x", "two"], ["twice"]), helper.make_node("Add", ["twice", "one"], ["y"])]
-    initializers = [numpy_helper.from_array(np.float32(2.0).reshape(()), "two"),
-                    numpy_helper.from_array(np.float32(1.0).reshape(()), "one")]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 64, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 64, 64])], initializers)
+    initializers = [
+        numpy_helper.from_array(np.float32(2.0).reshape(()), "two"),
+        numpy_helper.from_array(np.float32(1.0).reshape(()), "one"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        initializers,
+    )
     return _save(graph, path, None)
 
 
 def lookup_model(path: Path, table: np.ndarray) -> Path:
     """`index` INT64 [batch, 1] → `value` FP32 [batch, 1] = table[index]; an index outside the table makes
     ONNX Runtime fail the whole run (a request that breaks its batch)."""
-    nodes = [helper.make_node("Gather", ["table", "index"], ["gathered"], axis=0),
-             helper.make_node("Identity", ["gathered"], ["value"])]
+    nodes = [
+        helper.make_node("Gather", ["table", "index"], ["gathered"], axis=0),
+        helper.make_node("Identity", ["gathered"], ["value"]),
+    ]
     graph = helper.make_graph(
-        nodes, "lookup",
+        nodes,
+        "lookup",
         [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])],
         [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[numpy_helper.from_array(table.astype(np.float32), "table")])
+        initializer=[numpy_helper.from_array(table.astype(np.float32), "table")],
+    )
     return _save(graph, path, None)
 
 
@@ -149,8 +179,12 @@ def size_probe_model(path: Path, box: tuple[float, float, float, float] = (0, 0,
         numpy_helper.from_array(np.asarray([[[*box, 0, 0]]], np.float32), "row"),
     ]
     graph = helper.make_graph(
-        nodes, "size_probe", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 1, 6])], initializers)
+        nodes,
+        "size_probe",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 1, 6])],
+        initializers,
+    )
     return _save(graph, path, {"end2end": "True", "names": "{0: 'probe'}", "stride": "32", "task": "detect"})
 
 
@@ -168,9 +202,12 @@ def colour_classifier(path: Path, order: tuple[int, int, int] = (0, 1, 2)) -> Pa
     ]
     names = "{" + ", ".join(f"{cls}: '{('red', 'green', 'blue')[channel]}'" for cls, channel in enumerate(order)) + "}"
     graph = helper.make_graph(
-        nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        nodes,
+        "colour",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(weights, "weights")])
+        [numpy_helper.from_array(weights, "weights")],
+    )
     return _save(graph, path, {"task": "classify", "names": names, "imgsz": "[64, 64]", "stride": "1"})
 
 

@@ -72,7 +72,18 @@ while time.monotonic() - started < 20 or (not replaced and time.monotonic() - st
 deadline = time.monotonic() + 60
 while (len(replicas()) < 2 or victim in replicas()) and time.monotonic() < deadline:
     time.sleep(0.5)
-print(json.dumps({"replicas_seen_before": sorted(seen), "statuses_before": before, "killed": victim,
-                  "killed_pid": pid, "after": after, "replicas_after": replicas(), "replicas_before": names}))
+print(
+    json.dumps(
+        {
+            "replicas_seen_before": sorted(seen),
+            "statuses_before": before,
+            "killed": victim,
+            "killed_pid": pid,
+            "after": after,
+            "replicas_after": replicas(),
+            "replicas_before": names,
+        }
+    )
+)
 serve.shutdown()
 ray.shutdown()

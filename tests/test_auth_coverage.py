@@ -30,10 +30,12 @@ def _service() -> dict:
     """Kakehashi's service descriptor (`grpc_service_pb2`), read in a subprocess: its generated module and
     tritonclient's register the same proto names in protobuf's default pool, so one process cannot import both.
     Its methods' messages are built from tritonclient's module (the same messages on the wire)."""
-    script = ("import json; from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb; "
-              "s = pb.DESCRIPTOR.services_by_name['GRPCInferenceService']; "
-              "print(json.dumps({'name': s.full_name, 'methods': {m.name: [m.input_type.name, m.output_type.name, "
-              "list(m.input_type.fields_by_name)] for m in s.methods}}))")
+    script = (
+        "import json; from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb; "
+        "s = pb.DESCRIPTOR.services_by_name['GRPCInferenceService']; "
+        "print(json.dumps({'name': s.full_name, 'methods': {m.name: [m.input_type.name, m.output_type.name, "
+        "list(m.input_type.fields_by_name)] for m in s.methods}}))"
+    )
     return json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
 
 
@@ -78,8 +80,15 @@ def server(serve_module, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys")
     (keys / "keys.txt").write_text(KEY_VALUE + "\n")
     (keys / "admin.txt").write_text(ADMIN_VALUE + "\n")
-    return serve_module(None, "--api-keys-file", str(keys / "keys.txt"), "--admin-keys-file",
-                        str(keys / "admin.txt"), "--model-control", "explicit")
+    return serve_module(
+        None,
+        "--api-keys-file",
+        str(keys / "keys.txt"),
+        "--admin-keys-file",
+        str(keys / "admin.txt"),
+        "--model-control",
+        "explicit",
+    )
 
 
 def test_every_route_and_method_is_classified_and_the_policy_holds():
@@ -152,8 +161,11 @@ def test_grpc_method(server, method):
     access = auth.GRPC_ACCESS[method]
     output = getattr(pb, SERVICE["methods"][method][1])
     with grpc.insecure_channel(server.grpc_address) as channel:
-        call = channel.unary_unary(f"/{SERVICE['name']}/{method}", request_serializer=lambda m: m.SerializeToString(),
-                                   response_deserializer=output.FromString)
+        call = channel.unary_unary(
+            f"/{SERVICE['name']}/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=output.FromString,
+        )
 
         def code(key: str | None) -> grpc.StatusCode:
             try:
@@ -177,8 +189,10 @@ def test_grpc_method(server, method):
 def test_a_method_the_service_lacks_needs_a_key(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         call = channel.unary_unary(f"/{SERVICE['name']}/ModelStreamInfer")
-        for metadata, expected in ((None, grpc.StatusCode.UNAUTHENTICATED),
-                                   ([("x-api-key", KEY_VALUE)], grpc.StatusCode.UNIMPLEMENTED)):
+        for metadata, expected in (
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            ([("x-api-key", KEY_VALUE)], grpc.StatusCode.UNIMPLEMENTED),
+        ):
             with pytest.raises(grpc.RpcError) as raised:
                 call(b"", metadata=metadata, timeout=60)
             assert raised.value.code() == expected

@@ -28,16 +28,31 @@ def keyed(serve_module, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # the server process inherits the environment
         patch.setenv("KAKEHASHI_API_KEYS", KEY)
         patch.setenv("KAKEHASHI_ADMIN_KEYS", ADMIN_KEY)
-        return serve_module(None, "--api-keys-file", str(folder / "keys.txt"), "--admin-keys-file",
-                            str(folder / "admin.txt"), "--model-control", "explicit")
+        return serve_module(
+            None,
+            "--api-keys-file",
+            str(folder / "keys.txt"),
+            "--admin-keys-file",
+            str(folder / "admin.txt"),
+            "--model-control",
+            "explicit",
+        )
 
 
 def _predict(server, **headers) -> httpx.Response:
     return server.client.post(PREDICT, content=ASTRONAUT, headers={"content-type": "image/png", **headers})
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cret-key"},
-                                     {"Authorization": f"Basic {KEY}"}, {"X-API-Key": KEY + "x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": "s3cret-key"},
+        {"Authorization": f"Basic {KEY}"},
+        {"X-API-Key": KEY + "x"},
+    ],
+)
 def test_requests_without_a_valid_key_get_a_bare_401(keyed, headers):
     response = _predict(keyed, **headers)
     assert response.status_code == 401 and response.json() == {"error": "unauthorized"}
@@ -54,17 +69,31 @@ def test_a_refused_upload_leaves_the_client_a_working_connection(keyed):
         assert keyed.client.get("/v2", headers={"X-API-Key": KEY}).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {OTHER_KEY}"},
-                                     {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY},
-                                     {"Authorization": f"Bearer {OTHER_ADMIN_KEY}"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {KEY}"},
+        {"authorization": f"bearer {OTHER_KEY}"},
+        {"X-API-Key": KEY},
+        {"X-API-Key": OTHER_KEY},
+        {"X-API-Key": ADMIN_KEY},
+        {"Authorization": f"Bearer {OTHER_ADMIN_KEY}"},
+    ],
+)
 def test_keys_from_the_env_and_the_file_are_accepted(keyed, headers):
     response = _predict(keyed, **headers)
     assert response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
 
 
 def test_health_and_docs_stay_open(keyed):
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/ssdlite-person/ready",
-                 "/v2/models/ssdlite-person/versions/1/ready", "/docs", "/openapi.json"):
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/ssdlite-person/ready",
+        "/v2/models/ssdlite-person/versions/1/ready",
+        "/docs",
+        "/openapi.json",
+    ):
         assert keyed.client.get(path).status_code == 200, path
     for path in ("/v2/models/ssdlite-person/ready/x", "/v2/models/ssdlite-person/config"):  # only the health API
         assert keyed.client.get(path).status_code == 401, path
@@ -81,8 +110,12 @@ def test_load_and_unload_need_an_admin_key(keyed):
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     assert keyed.client.post("/v2/repository/models/ssdlite-person/unload", headers=admin).status_code == 200
     assert keyed.client.get("/v2/models/ssdlite-person/ready").status_code == 503
-    assert keyed.client.post("/v2/repository/models/ssdlite-person/load",
-                             headers={"X-API-Key": OTHER_ADMIN_KEY}).status_code == 200
+    assert (
+        keyed.client.post(
+            "/v2/repository/models/ssdlite-person/load", headers={"X-API-Key": OTHER_ADMIN_KEY}
+        ).status_code
+        == 200
+    )
     assert keyed.client.get("/v2/models/ssdlite-person/ready").status_code == 200
 
 
@@ -132,8 +165,10 @@ def test_tritonclient_http_with_a_key(keyed):
     client = triton_http.InferenceServerClient(keyed.url.removeprefix("http://"))
     with pytest.raises(InferenceServerException, match="unauthorized"):
         client.get_model_config("ssdlite-person")
-    assert client.get_model_config("ssdlite-person", headers={"Authorization": f"Bearer {KEY}"})["name"] == \
-        "ssdlite-person"
+    assert (
+        client.get_model_config("ssdlite-person", headers={"Authorization": f"Bearer {KEY}"})["name"]
+        == "ssdlite-person"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +179,11 @@ def tls(serve_module, tmp_path_factory):
     certificate.private_key_pem.write_to_path(str(folder / "key.pem"))
     certificate.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     authority.cert_pem.write_to_path(str(folder / "ca.pem"))
-    server = serve_module(None, "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
-                          wait=None)
+    server = serve_module(None, "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"), wait=None)
     server.url = server.url.replace("http://", "https://")
-    server.client = httpx.Client(base_url=server.url, timeout=60,
-                                 verify=ssl.create_default_context(cafile=str(folder / "ca.pem")))
+    server.client = httpx.Client(
+        base_url=server.url, timeout=60, verify=ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    )
     server.wait_until()
     return server, folder / "ca.pem"
 
@@ -165,8 +200,7 @@ def test_https_with_a_trusted_certificate(tls):
 
 def test_grpc_over_tls(tls):
     server, authority = tls
-    with triton_grpc.InferenceServerClient(server.grpc_address, ssl=True,
-                                           root_certificates=str(authority)) as client:
+    with triton_grpc.InferenceServerClient(server.grpc_address, ssl=True, root_certificates=str(authority)) as client:
         assert client.is_server_ready() and client.get_model_metadata("ssdlite-person").name == "ssdlite-person"
     with triton_grpc.InferenceServerClient(server.grpc_address) as plain:
         with pytest.raises(InferenceServerException):

@@ -22,7 +22,9 @@ def server(serve_module, tmp_path_factory):
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     # at 1280 px an inference takes ~0.1 s here: slow enough that queues build and deadlines pass in them
-    (folder / "model.yaml").write_text("input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1, max_queue_size: 10}\n")
+    (folder / "model.yaml").write_text(
+        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1, max_queue_size: 10}\n"
+    )
     folder = root / "batched"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
@@ -32,12 +34,15 @@ def server(serve_module, tmp_path_factory):
 
 async def _burst(url: str, count: int, params=None, timeout: float = 60) -> list:
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+
         async def one():
             try:
-                return await client.post("/v1/models/slow/predict", params=params,
-                                         content=IMAGE, headers={"content-type": "image/png"})
+                return await client.post(
+                    "/v1/models/slow/predict", params=params, content=IMAGE, headers={"content-type": "image/png"}
+                )
             except httpx.TimeoutException as exc:
                 return exc
+
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
@@ -96,16 +101,20 @@ def test_departed_clients_work_is_dropped(server):
     assert follower.status_code == 200
     assert stats(server)["inference_count"] - before == 8 + 1  # the keeper's images and the follower: no leaver
     metrics = server.client.get("/metrics").text
-    assert re.search(r'kakehashi_requests_total\{model="slow",outcome="cancelled",protocol="http",version="1"\} [1-9]',
-                     metrics)
+    assert re.search(
+        r'kakehashi_requests_total\{model="slow",outcome="cancelled",protocol="http",version="1"\} [1-9]', metrics
+    )
 
 
 def test_concurrent_requests_are_batched(server):
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post("/v1/models/batched/predict", content=IMAGE, headers={"content-type": "image/png"})
-                for _ in range(12)))
+            return await asyncio.gather(
+                *(
+                    client.post("/v1/models/batched/predict", content=IMAGE, headers={"content-type": "image/png"})
+                    for _ in range(12)
+                )
+            )
 
     responses = asyncio.run(scenario())
     assert [r.status_code for r in responses] == [200] * 12
@@ -118,15 +127,24 @@ def test_concurrent_requests_are_batched(server):
 
 def test_metrics_exposition(server):
     text = server.client.get("/metrics").text
-    for name in ("kakehashi_requests_total", "kakehashi_request_duration_seconds_bucket",
-                 "kakehashi_queue_duration_seconds_bucket", "kakehashi_preprocess_duration_seconds_bucket",
-                 "kakehashi_inference_duration_seconds_bucket", "kakehashi_postprocess_duration_seconds_bucket",
-                 "kakehashi_batch_size_bucket", "kakehashi_queue_depth", "kakehashi_inflight_requests",
-                 "kakehashi_model_load_duration_seconds", "kakehashi_model_state"):
+    for name in (
+        "kakehashi_requests_total",
+        "kakehashi_request_duration_seconds_bucket",
+        "kakehashi_queue_duration_seconds_bucket",
+        "kakehashi_preprocess_duration_seconds_bucket",
+        "kakehashi_inference_duration_seconds_bucket",
+        "kakehashi_postprocess_duration_seconds_bucket",
+        "kakehashi_batch_size_bucket",
+        "kakehashi_queue_depth",
+        "kakehashi_inflight_requests",
+        "kakehashi_model_load_duration_seconds",
+        "kakehashi_model_state",
+    ):
         assert name in text, name
     assert 'kakehashi_model_state{model="slow",state="READY",version="1"} 1.0' in text
-    assert re.search(r'kakehashi_requests_total\{model="slow",outcome="rejected",protocol="http",version="1"\} [1-9]',
-                     text)
+    assert re.search(
+        r'kakehashi_requests_total\{model="slow",outcome="rejected",protocol="http",version="1"\} [1-9]', text
+    )
 
 
 def test_config_says_when_batching_is_off(server):

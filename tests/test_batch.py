@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, YOLO11 as YOLO11_PATH, same_detections
+from conftest import IMAGES, same_detections
+from conftest import YOLO11 as YOLO11_PATH
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,8 +41,13 @@ BUNDLED: list[str] = []
 
 def batch(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     model = [] if "--model" in args or "--url" in args else BUNDLED
-    return subprocess.run([sys.executable, "-m", "kakehashi", "batch", *args, *model], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "kakehashi", "batch", *args, *model],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -101,15 +107,20 @@ def test_folder_to_jsonl_with_an_error_line_and_annotated_images(photos, tmp_pat
 def test_same_answers_as_the_predict_command(photos, tmp_path):
     out = tmp_path / "out.jsonl"
     batch(str(photos / "sub" / "deeper"), "--out", str(out), "--conf", "0.5")
-    predicted = subprocess.run([sys.executable, "-m", "kakehashi", "predict", str(IMAGES / "astronaut.png"),
-                                "--conf", "0.5"], capture_output=True, text=True, timeout=120)
+    predicted = subprocess.run(
+        [sys.executable, "-m", "kakehashi", "predict", str(IMAGES / "astronaut.png"), "--conf", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert same_detections(lines(out)[0]["results"], json.loads(predicted.stdout)["images"][0]["results"])
 
 
 def test_glob_and_list_sources_to_csv_and_parquet(photos, tmp_path):
     listing = tmp_path / "inputs.txt"
-    listing.write_text(f"# two photos and one that is gone\n{photos}/sub/coffee.png\nsub/deeper/astronaut.png\n"
-                       f"missing.png\n")
+    listing.write_text(
+        f"# two photos and one that is gone\n{photos}/sub/coffee.png\nsub/deeper/astronaut.png\nmissing.png\n"
+    )
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     (tmp_path / "sub" / "deeper" / "astronaut.png").write_bytes((IMAGES / "astronaut.png").read_bytes())
     out = tmp_path / "out.csv"
@@ -139,7 +150,11 @@ def test_video_every_nth_frame_with_index_and_timestamp(video, tmp_path):
     assert all(r["shape"] == [320, 320] for r in records)
     assert [bool(r["results"]) for r in records] == [True, True, False, False]  # the astronaut, then grey
     assert [Path(r["annotated"]).name.split("_frame")[1] for r in records] == [
-        "000000.jpg", "000003.jpg", "000006.jpg", "000009.jpg"]
+        "000000.jpg",
+        "000003.jpg",
+        "000006.jpg",
+        "000009.jpg",
+    ]
     assert all(Path(r["annotated"]).exists() and Path(r["annotated"]).parent == drawn for r in records)
 
 
@@ -150,8 +165,11 @@ def test_sigkill_then_resume_gives_exactly_one_result_per_input(tmp_path):
     for i in range(120):
         (folder / f"{i:03d}.png").write_bytes(data)
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not out.exists() or len(out.read_bytes().splitlines()) < 10:
         assert time.monotonic() < deadline and job.poll() is None
@@ -179,8 +197,12 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     for i in range(200):
         (folder / f"{i:03d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "kakehashi", "batch", str(folder), "--out", str(out), *BUNDLED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not out.exists() or len(out.read_bytes().splitlines()) < 5:
         assert time.monotonic() < deadline and job.poll() is None
@@ -246,14 +268,30 @@ def _quick(model: str, root: Path) -> list[str]:
 
 def test_pose_and_obb_fields_in_csv(tmp_path):
     out = tmp_path / "pose.csv"
-    result = batch(str(IMAGES / "astronaut.png"), *_quick("yolo11n-pose-random-640-dynamic", tmp_path / "pose"),
-                   "--conf", "0.0001", "--max-det", "2", "--out", str(out))
+    result = batch(
+        str(IMAGES / "astronaut.png"),
+        *_quick("yolo11n-pose-random-640-dynamic", tmp_path / "pose"),
+        "--conf",
+        "0.0001",
+        "--max-det",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2 and len(json.loads(rows[0]["keypoints"])["x"]) == 17 and rows[0]["x3"] == ""
     out = tmp_path / "obb.csv"
-    batch(str(IMAGES / "astronaut.png"), *_quick("yolo11n-obb-random-640-dynamic", tmp_path / "obb"),
-          "--conf", "0.0001", "--max-det", "1", "--out", str(out))
+    batch(
+        str(IMAGES / "astronaut.png"),
+        *_quick("yolo11n-obb-random-640-dynamic", tmp_path / "obb"),
+        "--conf",
+        "0.0001",
+        "--max-det",
+        "1",
+        "--out",
+        str(out),
+    )
     [row] = list(csv.DictReader(out.open()))
     assert all(row[k] != "" for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"))
 
@@ -269,11 +307,24 @@ def test_drawn_copies_of_inputs_named_alike_never_overwrite_each_other(tmp_path)
 
 
 def test_every_task_can_be_drawn(tmp_path):
-    for model in ("yolo11n-obb-random-640-dynamic", "yolo11n-pose-random-640-dynamic",
-                  "yolo26n-seg-random-640-e2e-dynamic"):
+    for model in (
+        "yolo11n-obb-random-640-dynamic",
+        "yolo11n-pose-random-640-dynamic",
+        "yolo26n-seg-random-640-e2e-dynamic",
+    ):
         out, drawn = tmp_path / f"{model}.jsonl", tmp_path / model
-        result = batch(str(IMAGES / "astronaut.png"), *_quick(model, tmp_path / "repo" / model), "--conf", "0.0001",
-                       "--max-det", "3", "--out", str(out), "--save-images", str(drawn))
+        result = batch(
+            str(IMAGES / "astronaut.png"),
+            *_quick(model, tmp_path / "repo" / model),
+            "--conf",
+            "0.0001",
+            "--max-det",
+            "3",
+            "--out",
+            str(out),
+            "--save-images",
+            str(drawn),
+        )
         assert result.returncode == 0, result.stderr
         [record] = lines(out)
         assert len(record["results"]) == 3 and Image.open(record["annotated"]).size == (512, 512)
@@ -303,9 +354,22 @@ def test_a_progress_bar_on_a_terminal(photos, tmp_path):
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    job = subprocess.run([sys.executable, "-m", "kakehashi", "batch", str(photos / "sub"), "--out",
-                          str(tmp_path / "out.jsonl"), *BUNDLED], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=follower, timeout=300)
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kakehashi",
+            "batch",
+            str(photos / "sub"),
+            "--out",
+            str(tmp_path / "out.jsonl"),
+            *BUNDLED,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        timeout=300,
+    )
     os.close(follower)
     shown = b""
     while True:
@@ -340,8 +404,9 @@ def test_a_failure_of_any_kind_fails_only_its_input(tmp_path):
     for name, body in (("a.png", b"good"), ("b.png", b"bad"), ("c.png", b"good")):
         (tmp_path / name).write_bytes(body)
     journal = tmp_path / "out.jsonl"
-    summary = asyncio.run(run_job(Flaky(), items([str(tmp_path / "*.png")]), Journal(journal, resume=False), 2,
-                                  Progress(3, quiet=True)))
+    summary = asyncio.run(
+        run_job(Flaky(), items([str(tmp_path / "*.png")]), Journal(journal, resume=False), 2, Progress(3, quiet=True))
+    )
     assert (summary.succeeded, summary.failed) == (2, 1)
     errors = {Path(r["source"]).name: r.get("error") for r in lines(journal)}
     assert errors == {"a.png": None, "b.png": "ValueError: an unexpected kind of failure", "c.png": None}
@@ -359,14 +424,17 @@ def test_a_repository_model_in_process_runs_full_batches(tmp_path):
         (tmp_path / "repo" / name / "1").mkdir(parents=True)
         (tmp_path / "repo" / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     (tmp_path / "repo" / "batched" / "model.yaml").write_text(  # one runtime: batching is the point, not it
-        "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n")
+        "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n"
+    )
     (tmp_path / "repo" / "other" / "model.yaml").write_text(QUICK_YAML)
     (tmp_path / "in").mkdir()
     for i in range(12):
         (tmp_path / "in" / f"{i:02d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
     out = tmp_path / "out.jsonl"
-    result = CliRunner().invoke(batch_command, [str(tmp_path / "in"), "--model", str(tmp_path / "repo"), "--name",
-                                                "batched", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        batch_command,
+        [str(tmp_path / "in"), "--model", str(tmp_path / "repo"), "--name", "batched", "--out", str(out), "--quiet"],
+    )
     assert result.exit_code == 0, result.output
     assert len(lines(out)) == 12
 
@@ -382,13 +450,24 @@ def test_against_a_server_keeps_several_requests_in_flight(serve, tmp_path):
     (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "slow" / "1" / "model.onnx").symlink_to(YOLO11_PATH.resolve())
     (tmp_path / "repo" / "slow" / "model.yaml").write_text(
-        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\n")
+        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\n"
+    )
     server = serve(tmp_path / "repo")
     (tmp_path / "in").mkdir()
     for i in range(12):
         (tmp_path / "in" / f"{i:02d}.png").write_bytes((IMAGES / "coffee.png").read_bytes())
-    result = batch(str(tmp_path / "in"), "--url", server.url, "--model", "slow", "--concurrency", "4",
-                   "--out", str(tmp_path / "out.jsonl"), "--quiet")
+    result = batch(
+        str(tmp_path / "in"),
+        "--url",
+        server.url,
+        "--model",
+        "slow",
+        "--concurrency",
+        "4",
+        "--out",
+        str(tmp_path / "out.jsonl"),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     stats = server.client.get("/v2/models/slow/stats").json()["model_stats"][0]["inference_stats"]
     assert stats["queue"]["count"] == stats["compute_infer"]["count"] == 12

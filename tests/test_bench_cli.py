@@ -13,16 +13,31 @@ from conftest import IMAGES
 
 
 def bench(server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kakehashi", "bench", "--url", server.url, "--warmup", "0.2",
-                           "--duration", "1", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kakehashi", "bench", "--url", server.url, "--warmup", "0.2", "--duration", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_closed_loop_predict_writes_json_and_a_chart(default_server, tmp_path):
     from PIL import Image
 
     out, chart = tmp_path / "steps.json", tmp_path / "latency.png"
-    result = bench(default_server, "--model", "ssdlite-person", "--images", str(IMAGES / "astronaut.png"),
-                   "--concurrency", "1,2", "--output", str(out), "--chart", str(chart))
+    result = bench(
+        default_server,
+        "--model",
+        "ssdlite-person",
+        "--images",
+        str(IMAGES / "astronaut.png"),
+        "--concurrency",
+        "1,2",
+        "--output",
+        str(out),
+        "--chart",
+        str(chart),
+    )
     assert result.returncode == 0, result.stderr
     steps = json.loads(out.read_text())
     assert [s["level"] for s in steps] == [1, 2]
@@ -37,9 +52,21 @@ def test_closed_loop_predict_writes_json_and_a_chart(default_server, tmp_path):
 @pytest.mark.parametrize("encoding", [[], ["binary"], ["grpc"]], ids=["json", "binary", "grpc"])
 def test_open_loop_infer_writes_csv(default_server, tmp_path, encoding):
     out = tmp_path / "steps.csv"
-    result = bench(default_server, "--model", "ssdlite-person", "--infer", *encoding, "--grpc",
-                   default_server.grpc_address, "--shape", "image_tensor:0=1,64,64,3", "--rate", "20",
-                   "--output", str(out))
+    result = bench(
+        default_server,
+        "--model",
+        "ssdlite-person",
+        "--infer",
+        *encoding,
+        "--grpc",
+        default_server.grpc_address,
+        "--shape",
+        "image_tensor:0=1,64,64,3",
+        "--rate",
+        "20",
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert f"({(encoding or ['json'])[0]})" in result.stdout.replace("gRPC", "grpc")
     [row] = list(csv.DictReader(out.open()))
@@ -47,8 +74,19 @@ def test_open_loop_infer_writes_csv(default_server, tmp_path, encoding):
 
 
 def test_grpc_errors_are_counted_by_status_code(default_server):
-    result = bench(default_server, "--model", "ssdlite-person", "--infer", "grpc", "--grpc", default_server.grpc_address,
-                   "--shape", "image_tensor:0=1,64,64,4", "--concurrency", "1")
+    result = bench(
+        default_server,
+        "--model",
+        "ssdlite-person",
+        "--infer",
+        "grpc",
+        "--grpc",
+        default_server.grpc_address,
+        "--shape",
+        "image_tensor:0=1,64,64,4",
+        "--concurrency",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "INVALID_ARGUMENT" in result.stdout
 

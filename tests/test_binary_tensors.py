@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from onnx_builders import SAMPLE_TENSORS as ARRAYS, identity_model
-
+from onnx_builders import SAMPLE_TENSORS as ARRAYS
+from onnx_builders import identity_model
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,10 @@ def test_tritonclient_round_trips_every_datatype(client, binary_in, compression)
 
 
 def test_json_outputs_when_asked_per_output(client):
-    outputs = [triton.InferRequestedOutput("out_INT32", binary_data=False),
-               triton.InferRequestedOutput("out_BYTES", binary_data=True)]
+    outputs = [
+        triton.InferRequestedOutput("out_INT32", binary_data=False),
+        triton.InferRequestedOutput("out_BYTES", binary_data=True),
+    ]
     result = client.infer("identity", _inputs(True), outputs=outputs)
     response = result.get_response()
     by_name = {o["name"]: o for o in response["outputs"]}
@@ -61,28 +63,39 @@ def test_server_metadata_lists_the_extension(client):
 
 def _raw(server, header: dict, binary: bytes, length: int | None = None, **headers):
     import orjson
+
     head = orjson.dumps(header)
-    return server.client.post("/v2/models/identity/infer", content=head + binary,
-                              headers={"Inference-Header-Content-Length": str(len(head) if length is None else length),
-                                       **headers})
+    return server.client.post(
+        "/v2/models/identity/infer",
+        content=head + binary,
+        headers={"Inference-Header-Content-Length": str(len(head) if length is None else length), **headers},
+    )
 
 
 def _header(size: int) -> dict:
-    inputs = [{"name": f"in_{d}", "datatype": d, "shape": list(a.shape), "data": a.tolist()}
-              for d, a in ARRAYS.items() if d not in ("FP32", "BYTES", "FP16", "UINT64")]
-    inputs += [{"name": "in_FP16", "datatype": "FP16", "shape": [2, 2], "data": [0.5, 1, 2, 3]},
-               {"name": "in_UINT64", "datatype": "UINT64", "shape": [2, 2], "data": [0, 1, 2, 3]}]
+    inputs = [
+        {"name": f"in_{d}", "datatype": d, "shape": list(a.shape), "data": a.tolist()}
+        for d, a in ARRAYS.items()
+        if d not in ("FP32", "BYTES", "FP16", "UINT64")
+    ]
+    inputs += [
+        {"name": "in_FP16", "datatype": "FP16", "shape": [2, 2], "data": [0.5, 1, 2, 3]},
+        {"name": "in_UINT64", "datatype": "UINT64", "shape": [2, 2], "data": [0, 1, 2, 3]},
+    ]
     inputs.append({"name": "in_BYTES", "datatype": "BYTES", "shape": [2, 2], "data": ["a", "b", "c", "d"]})
     inputs.append({"name": "in_FP32", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": size}})
     return {"inputs": inputs}
 
 
-@pytest.mark.parametrize("size, binary, length, message", [
-    (16, b"\0" * 20, None, "4 binary bytes after the JSON header belong to no input"),
-    (32, b"\0" * 16, None, "binary_data_size 32 does not fit"),
-    (16, b"\0" * 16, 10**9, "is not a length within"),
-    (16, b"\0" * 16, "abc", "is not a length within"),
-])
+@pytest.mark.parametrize(
+    "size, binary, length, message",
+    [
+        (16, b"\0" * 20, None, "4 binary bytes after the JSON header belong to no input"),
+        (32, b"\0" * 16, None, "binary_data_size 32 does not fit"),
+        (16, b"\0" * 16, 10**9, "is not a length within"),
+        (16, b"\0" * 16, "abc", "is not a length within"),
+    ],
+)
 def test_malformed_binary_requests(server, size, binary, length, message):
     response = _raw(server, _header(size), binary, length)
     assert response.status_code == 400 and message in response.json()["error"]
@@ -90,9 +103,13 @@ def test_malformed_binary_requests(server, size, binary, length, message):
 
 def test_malformed_bytes_elements(server):
     header = _header(16)
-    header["inputs"][-2] = {"name": "in_BYTES", "datatype": "BYTES", "shape": [2, 2],
-                            "parameters": {"binary_data_size": 8}}
-    binary = struct.pack("<I", 100) + b"abcd" + b"\0" * 16   # first element claims 100 bytes
+    header["inputs"][-2] = {
+        "name": "in_BYTES",
+        "datatype": "BYTES",
+        "shape": [2, 2],
+        "parameters": {"binary_data_size": 8},
+    }
+    binary = struct.pack("<I", 100) + b"abcd" + b"\0" * 16  # first element claims 100 bytes
     response = _raw(server, header, binary)
     assert response.status_code == 400 and "runs past the data" in response.json()["error"]
 
@@ -101,7 +118,9 @@ def test_compression_bomb_and_bad_encodings(server):
     bomb = gzip.compress(b"\0" * 80_000_000)
     response = server.client.post("/v2/models/identity/infer", content=bomb, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 413
-    response = server.client.post("/v2/models/identity/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    response = server.client.post(
+        "/v2/models/identity/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"}
+    )
     assert response.status_code == 400 and "cannot be decompressed" in response.json()["error"]
     response = server.client.post("/v2/models/identity/infer", content=b"{}", headers={"Content-Encoding": "br"})
     assert response.status_code == 415

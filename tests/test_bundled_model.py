@@ -44,8 +44,9 @@ def test_several_images_in_one_request_keep_their_order(default_server):
 
 def test_raw_image_body_and_query_parameters(default_server):
     body = (IMAGES / "astronaut.png").read_bytes()
-    response = default_server.client.post(f"/v1/models/{MODEL}/predict", content=body,
-                                          headers={"content-type": "image/png"}, params={"decimals": 1})
+    response = default_server.client.post(
+        f"/v1/models/{MODEL}/predict", content=body, headers={"content-type": "image/png"}, params={"decimals": 1}
+    )
     assert response.status_code == 200, response.text
     box = response.json()["images"][0]["results"][0]["box"]
     assert all(round(v, 1) == v for v in box.values())
@@ -66,7 +67,11 @@ def test_server_and_model_metadata(default_server):
     meta = client.get(f"/v2/models/{MODEL}").json()
     assert meta["name"] == MODEL and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "image_tensor:0", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
-    assert {o["name"] for o in meta["outputs"]} == {"num_detections:0", "detection_scores:0",
-                                                    "detection_boxes:0", "detection_classes:0"}
+    assert {o["name"] for o in meta["outputs"]} == {
+        "num_detections:0",
+        "detection_scores:0",
+        "detection_boxes:0",
+        "detection_classes:0",
+    }
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200

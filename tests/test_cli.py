@@ -57,8 +57,18 @@ def test_predict_saves_the_annotated_image(tmp_path, quick_bundled):
     inside = (round((box["x1"] + box["x2"]) / 2), round((box["y1"] + box["y2"]) / 2))
     assert max(abs(a - b) for a, b in zip(drawn.getpixel(inside), original.getpixel(inside))) < 40  # untouched
     several = tmp_path / "several"
-    assert run("predict", str(IMAGES / "astronaut.png"), str(IMAGES / "coffee.png"), "--save",
-               str(several), "--model", quick_bundled).returncode == 0
+    assert (
+        run(
+            "predict",
+            str(IMAGES / "astronaut.png"),
+            str(IMAGES / "coffee.png"),
+            "--save",
+            str(several),
+            "--model",
+            quick_bundled,
+        ).returncode
+        == 0
+    )
     assert sorted(p.name for p in several.iterdir()) == ["astronaut.jpg", "coffee.jpg"]
 
 
@@ -82,10 +92,15 @@ def test_predict_errors(tmp_path, quick_bundled):
 
 def test_serve_reads_kakehashi_env_vars():
     port, grpc_port = free_ports(2)
-    env = {**os.environ, "KAKEHASHI_PORT": str(port), "KAKEHASHI_GRPC_PORT": str(grpc_port),
-           "KAKEHASHI_MODEL": str(YOLO26)}
-    process = subprocess.Popen([sys.executable, "-m", "kakehashi", "serve"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "KAKEHASHI_PORT": str(port),
+        "KAKEHASHI_GRPC_PORT": str(grpc_port),
+        "KAKEHASHI_MODEL": str(YOLO26),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kakehashi", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline, status = time.monotonic() + 60, None
         while status != 200 and time.monotonic() < deadline:

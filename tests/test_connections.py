@@ -19,8 +19,9 @@ HEADER_TIMEOUT, BODY_TIMEOUT = 1.5, 1.5
 def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     tiny_model(root / "tiny.onnx")
-    return serve_module(root, "--header-timeout-seconds", str(HEADER_TIMEOUT),
-                        "--body-timeout-seconds", str(BODY_TIMEOUT))
+    return serve_module(
+        root, "--header-timeout-seconds", str(HEADER_TIMEOUT), "--body-timeout-seconds", str(BODY_TIMEOUT)
+    )
 
 
 def _connect(server) -> socket.socket:
@@ -85,8 +86,10 @@ def test_many_slow_header_connections_are_all_cut_and_the_server_keeps_serving(s
 
 def test_a_stalled_body_gets_408(server):
     with _connect(server) as connection:
-        connection.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
+        connection.sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"inputs": ['
+        )
         answer, _ = _closed_by_server(connection)
     assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stalled" in answer, answer
     assert _live(server)
@@ -116,8 +119,10 @@ def test_connections_over_the_cap_wait_until_others_close(serve, tmp_path):
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
 
 
-@pytest.mark.parametrize("path, content_type, status", [("/v1/models/nothing-here/predict", "image/jpeg", 404),
-                                                        ("/v1/models/{model}/predict", "text/plain", 415)])
+@pytest.mark.parametrize(
+    "path, content_type, status",
+    [("/v1/models/nothing-here/predict", "image/jpeg", 404), ("/v1/models/{model}/predict", "text/plain", 415)],
+)
 def test_an_answer_before_the_body_is_read_leaves_the_client_a_working_connection(server, path, content_type, status):
     """Refused before its 790 KB body was read, a request's connection closes with the answer, so the client's next
     request (on the same keep-alive client) goes on a fresh connection and is answered."""

@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import YOLO11, image_bytes
-from onnx_builders import constant_model
 from tritonclient.grpc import service_pb2 as pb  # the same wire messages as Kakehashi's; one process cannot import both
 from tritonclient.grpc import service_pb2_grpc as service
 
+from conftest import YOLO11, image_bytes
 from kakehashi.cli import main
+from onnx_builders import constant_model
 
 META = {"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"}
 IMAGE = image_bytes(64, 64)
@@ -68,8 +68,10 @@ def test_load_and_unload_are_off_by_default_over_http_and_grpc(default):
         assert response.status_code == 403 and "--model-control explicit" in response.json()["error"], response.text
     channel, stub = _stub(default)
     with channel:
-        for call in (lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="alpha")),
-                     lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="alpha"))):
+        for call in (
+            lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="alpha")),
+            lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="alpha")),
+        ):
             error = _grpc_error(call)
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "--model-control" in error.details()
         assert stub.ServerReady(pb.ServerReadyRequest()).ready
@@ -84,8 +86,10 @@ def test_an_unknown_model_names_no_served_model(default):
         assert "alpha" not in response.text and "beta" not in response.text, response.text
     channel, stub = _stub(default)
     with channel:
-        for call in (lambda: stub.ModelReady(pb.ModelReadyRequest(name="zzz")),
-                     lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="zzz"))):
+        for call in (
+            lambda: stub.ModelReady(pb.ModelReadyRequest(name="zzz")),
+            lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="zzz")),
+        ):
             error = _grpc_error(call)
             assert error.code() == grpc.StatusCode.NOT_FOUND and "zzz" in error.details()
             assert "alpha" not in error.details() and "beta" not in error.details()
@@ -129,7 +133,9 @@ def _slow_model(root, batch: int = 1) -> None:
     `batch` above 1, every batch size up to it is timed first)."""
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (root / "slow" / "model.yaml").write_text(f"backend: onnxruntime\ninstances: 2\nbatching: {{max_batch_size: {batch}}}\n")
+    (root / "slow" / "model.yaml").write_text(
+        f"backend: onnxruntime\ninstances: 2\nbatching: {{max_batch_size: {batch}}}\n"
+    )
 
 
 def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
@@ -190,7 +196,8 @@ def test_a_load_unload_storm_ends_in_the_state_of_its_last_call(serve, tmp_path)
 
     def over_grpc(stub, action: str) -> object:
         request = (pb.RepositoryModelLoadRequest if action == "load" else pb.RepositoryModelUnloadRequest)(
-            model_name="storm")
+            model_name="storm"
+        )
         together.wait()
         try:
             getattr(stub, "RepositoryModelLoad" if action == "load" else "RepositoryModelUnload")(request, timeout=120)
@@ -202,9 +209,12 @@ def test_a_load_unload_storm_ends_in_the_state_of_its_last_call(serve, tmp_path)
         with ThreadPoolExecutor(4) as pool:
             for round_ in range(10):
                 actions = [("load", "unload")[(round_ + client) % 2] for client in range(4)]
-                calls = [pool.submit(over_http, http[0], actions[0]), pool.submit(over_http, http[1], actions[1]),
-                         pool.submit(over_grpc, channels[0][1], actions[2]),
-                         pool.submit(over_grpc, channels[1][1], actions[3])]
+                calls = [
+                    pool.submit(over_http, http[0], actions[0]),
+                    pool.submit(over_http, http[1], actions[1]),
+                    pool.submit(over_grpc, channels[0][1], actions[2]),
+                    pool.submit(over_grpc, channels[1][1], actions[3]),
+                ]
                 assert [call.result(300) for call in calls] == [200] * 4, (round_, actions)
                 changes = CHANGE.findall(server.log())
                 assert len(changes) == 4 * (round_ + 1), changes

@@ -40,12 +40,18 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def _binary_infer(client: httpx.Client, model: str, array: np.ndarray) -> httpx.Response:
-    header = (b'{"inputs":[{"name":"images","datatype":"FP32","shape":' + str(list(array.shape)).encode()
-              + b',"parameters":{"binary_data_size":' + str(array.nbytes).encode()
-              + b'}}],"outputs":[{"name":"output0","parameters":{"binary_data":false}}]}')
-    return client.post(f"/v2/models/{model}/infer", content=header + array.tobytes(),
-                       headers={"Inference-Header-Content-Length": str(len(header)),
-                                "Content-Type": "application/octet-stream"})
+    header = (
+        b'{"inputs":[{"name":"images","datatype":"FP32","shape":'
+        + str(list(array.shape)).encode()
+        + b',"parameters":{"binary_data_size":'
+        + str(array.nbytes).encode()
+        + b'}}],"outputs":[{"name":"output0","parameters":{"binary_data":false}}]}'
+    )
+    return client.post(
+        f"/v2/models/{model}/infer",
+        content=header + array.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
 
 
 def _detections(server) -> tuple[list[int], list[dict]]:
@@ -58,8 +64,7 @@ def _detections(server) -> tuple[list[int], list[dict]]:
 @pytest.fixture(scope="module")
 def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    for name, yaml in (("ov", "backend: openvino\n"),
-                       ("ort", "backend: onnxruntime\nbatching: {max_batch_size: 4}\n")):
+    for name, yaml in (("ov", "backend: openvino\n"), ("ort", "backend: onnxruntime\nbatching: {max_batch_size: 4}\n")):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
         (root / name / "model.yaml").write_text(yaml)
@@ -94,10 +99,12 @@ def test_a_corrupt_first_image_stops_its_siblings_and_holds_memory_flat(server):
     finally:
         done.set()
         sampler.join()
-    prepared = (_metric(metrics_after, "kakehashi_preprocess_duration_seconds_count", model="ov")
-                - _metric(metrics_before, "kakehashi_preprocess_duration_seconds_count", model="ov"))
-    inferred = (_metric(metrics_after, "kakehashi_batch_size_sum", model="ov")
-                - _metric(metrics_before, "kakehashi_batch_size_sum", model="ov"))
+    prepared = _metric(metrics_after, "kakehashi_preprocess_duration_seconds_count", model="ov") - _metric(
+        metrics_before, "kakehashi_preprocess_duration_seconds_count", model="ov"
+    )
+    inferred = _metric(metrics_after, "kakehashi_batch_size_sum", model="ov") - _metric(
+        metrics_before, "kakehashi_batch_size_sum", model="ov"
+    )
     # at most what the compute threads had already started when image 0 failed, not the 63 siblings
     assert prepared <= 8 * requests, prepared
     assert inferred <= 8 * requests, inferred
@@ -145,11 +152,13 @@ def test_impossible_shapes_are_refused_over_http_and_grpc(server, shape):
     logged = len(server.log())
     header = {"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 0}}]}
     body = httpx.Request("POST", "/", json=header).content
-    response = server.client.post("/v2/models/ort/infer", content=body,
-                                  headers={"Inference-Header-Content-Length": str(len(body))})
+    response = server.client.post(
+        "/v2/models/ort/infer", content=body, headers={"Inference-Header-Content-Length": str(len(body))}
+    )
     assert response.status_code == 400 and "is impossible" in response.json()["error"], response.text
-    json_response = server.client.post("/v2/models/ort/infer", json={"inputs": [
-        {"name": "images", "datatype": "FP32", "shape": shape, "data": []}]})
+    json_response = server.client.post(
+        "/v2/models/ort/infer", json={"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "data": []}]}
+    )
     assert json_response.status_code == 400 and "is impossible" in json_response.json()["error"]
     client = triton_grpc.InferenceServerClient(server.grpc_address)
     tensor = triton_grpc.InferInput("images", shape, "FP32")
@@ -171,10 +180,12 @@ def test_a_batch_over_max_batch_size_is_refused_before_it_runs(server):
 def _throwing_model(path) -> None:
     """A model that loads but fails every run: `[batch, 4]` reshaped to `[-1, 3]`."""
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "throws",
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "throws",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
-        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")])
+        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path.parent.mkdir(parents=True)
@@ -198,8 +209,10 @@ def test_a_failing_warm_up_is_unavailable_with_its_reason(serve, tmp_path):
     assert _metric(metrics, "kakehashi_model_state", model="throws", state="LOADING") == 0
     ready = server.client.get("/v2/models/throws/ready")
     assert ready.status_code == 503 and "loading failed" in ready.json()["error"]
-    infer = server.client.post("/v2/models/throws/infer", json={"inputs": [
-        {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    infer = server.client.post(
+        "/v2/models/throws/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+    )
     assert infer.status_code == 503 and "loading failed" in infer.json()["error"]
 
 

@@ -30,7 +30,7 @@ def _runtime_stage() -> list[str]:
 
 
 def _instruction(name: str) -> list[str]:
-    return [line[len(name) + 1:].strip() for line in _runtime_stage() if line.startswith(name + " ")]
+    return [line[len(name) + 1 :].strip() for line in _runtime_stage() if line.startswith(name + " ")]
 
 
 def test_dockerfile_passes_hadolint():
@@ -52,7 +52,9 @@ def test_the_containers_command_serves_passes_its_healthcheck_and_drains(tmp_pat
     for assignments in _instruction("ENV"):
         env.update(pair.split("=", 1) for pair in shlex.split(assignments))
     port, grpc_port = free_port(), free_port()
-    env.update(KAKEHASHI_HOST="127.0.0.1", KAKEHASHI_PORT=str(port), KAKEHASHI_GRPC_PORT=str(grpc_port))  # tests stay local
+    env.update(
+        KAKEHASHI_HOST="127.0.0.1", KAKEHASHI_PORT=str(port), KAKEHASHI_GRPC_PORT=str(grpc_port)
+    )  # tests stay local
     assert env["KAKEHASHI_GRACE_SECONDS"] == "25"
     command = [str(BIN / part) if i == 0 else part for i, part in enumerate(json.loads(_instruction("ENTRYPOINT")[0]))]
     server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -64,8 +66,11 @@ def test_the_containers_command_serves_passes_its_healthcheck_and_drains(tmp_pat
         while subprocess.run(health, capture_output=True).returncode != 0:
             assert time.monotonic() < deadline and server.poll() is None
             time.sleep(0.2)
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/ssdlite-person/predict",
-                            content=(IMAGES / "astronaut.png").read_bytes(), headers={"content-type": "image/png"})
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/ssdlite-person/predict",
+            content=(IMAGES / "astronaut.png").read_bytes(),
+            headers={"content-type": "image/png"},
+        )
         assert answer.json()["images"][0]["results"][0]["name"] == "person"
         server.send_signal(signal.SIGTERM)
         assert server.wait(40) == 0
@@ -76,8 +81,9 @@ def test_the_containers_command_serves_passes_its_healthcheck_and_drains(tmp_pat
 
 def test_kubernetes_manifests_validate_against_the_schemas():
     manifests = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
-    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *map(str, manifests)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", *map(str, manifests)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {doc["kind"] for path in manifests for doc in yaml.safe_load_all(path.read_text())}
     assert kinds == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
@@ -94,8 +100,12 @@ def test_kserve_manifests_validate_against_the_kserve_models(artifacts):
 
     python = virtualenv("kserve-venv", ["kserve==0.21.0"], artifacts / "kserve-venv-install.log")
     manifests = sorted(str(p) for p in (ROOT / "deploy" / "kserve").glob("*.yaml"))
-    result = subprocess.run([str(python), str(ROOT / "tests" / "kserve_validate.py"), *manifests],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(python), str(ROOT / "tests" / "kserve_validate.py"), *manifests],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ServingRuntime kakehashi valid" in result.stdout and "InferenceService yolo26n valid" in result.stdout
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
@@ -121,8 +131,12 @@ def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_
     args = [str(mnt) if arg == "/mnt/models" else str(port) if arg == "8080" else arg for arg in args]
     entrypoint = json.loads(_instruction("ENTRYPOINT")[0])
     env = {**os.environ, "KAKEHASHI_HOST": "127.0.0.1"}
-    server = subprocess.Popen([str(BIN / entrypoint[0]), *entrypoint[1:], *args], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(BIN / entrypoint[0]), *entrypoint[1:], *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, status = time.monotonic() + 60, None
         while status != 200:
@@ -133,8 +147,12 @@ def test_the_serving_runtimes_args_serve_the_model_under_the_inference_services_
                 pass
             time.sleep(0.2)
         assert [m["name"] for m in httpx.post(f"http://127.0.0.1:{port}/v2/repository/index").json()] == [name]
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/{name}/predict", content=image_bytes(640, 640),
-                            headers={"content-type": "image/png"}, timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/{name}/predict",
+            content=image_bytes(640, 640),
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
         assert answer.json()["images"][0]["results"][0]["name"] == "probe"  # the model from /mnt/models answers
     finally:
         server.terminate()
@@ -148,8 +166,15 @@ def test_the_kserve_validator_rejects_what_is_wrong(tmp_path, artifacts):
 
     python = virtualenv("kserve-venv", ["kserve==0.21.0"], artifacts / "kserve-venv-install.log")
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text((ROOT / "deploy" / "kserve" / "inference-service.yaml").read_text()
-                     .replace("minReplicas: 1", "minReplicas: 1\n    replicaz: 3"))
-    result = subprocess.run([str(python), str(ROOT / "tests" / "kserve_validate.py"), str(wrong)],
-                            capture_output=True, text=True, timeout=300)
+    wrong.write_text(
+        (ROOT / "deploy" / "kserve" / "inference-service.yaml")
+        .read_text()
+        .replace("minReplicas: 1", "minReplicas: 1\n    replicaz: 3")
+    )
+    result = subprocess.run(
+        [str(python), str(ROOT / "tests" / "kserve_validate.py"), str(wrong)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "unknown field 'replicaz'" in result.stdout

@@ -38,11 +38,11 @@ def _ultralytics_output(rows):
 
 
 ROWS = [
-    (320, 320, 100, 100, 0, 0.9),   # A: kept
-    (325, 320, 100, 100, 0, 0.8),   # B: same class, IoU with A ≈ 0.9 → suppressed
-    (320, 320, 100, 100, 1, 0.7),   # C: another class on top of A → kept (class-aware NMS)
-    (500, 300, 50, 50, 2, 0.2),     # D: below conf
-    (20, 200, 60, 40, 3, 0.6),      # E: crosses the left edge → clipped to x1 = 0
+    (320, 320, 100, 100, 0, 0.9),  # A: kept
+    (325, 320, 100, 100, 0, 0.8),  # B: same class, IoU with A ≈ 0.9 → suppressed
+    (320, 320, 100, 100, 1, 0.7),  # C: another class on top of A → kept (class-aware NMS)
+    (500, 300, 50, 50, 2, 0.2),  # D: below conf
+    (20, 200, 60, 40, 3, 0.6),  # E: crosses the left edge → clipped to x1 = 0
 ]
 
 
@@ -56,7 +56,10 @@ def test_ultralytics_head_nms_and_mapping(ultralytics_model):
     assert ultralytics_model.task.head.name == "ultralytics"
     results = predict(ultralytics_model, WIDE)[0].results
     assert [(r["class"], r["name"], r["confidence"]) for r in results] == [
-        (0, "zero", 0.9), (1, "one", 0.7), (3, "three", 0.6)]
+        (0, "zero", 0.9),
+        (1, "one", 0.7),
+        (3, "three", 0.6),
+    ]
     assert _boxes(results) == [_to_original(270, 270, 370, 370), _to_original(270, 270, 370, 370), [0, 40, 100, 120]]
 
 
@@ -64,8 +67,8 @@ def test_ultralytics_head_parameters(ultralytics_model):
     def classes_of(**params):
         return [r["class"] for r in predict(ultralytics_model, WIDE, **params)[0].results]
 
-    assert classes_of(iou=0.95) == [0, 0, 1, 3]          # B no longer suppressed
-    assert classes_of(conf=0.1) == [0, 1, 3, 2]          # D now above the threshold
+    assert classes_of(iou=0.95) == [0, 0, 1, 3]  # B no longer suppressed
+    assert classes_of(conf=0.1) == [0, 1, 3, 2]  # D now above the threshold
     assert classes_of(classes="1,3") == [1, 3]
     assert classes_of(max_det=2) == [0, 1]
 
@@ -73,10 +76,11 @@ def test_ultralytics_head_parameters(ultralytics_model):
 def test_end2end_head_has_no_nms(tmp_path):
     rows = np.zeros((1, 300, 6), np.float32)
     rows[0, 0] = (270, 270, 370, 370, 0.9, 0)
-    rows[0, 1] = (275, 270, 375, 370, 0.8, 0)   # overlaps row 0 but an end-to-end head is already NMS-free
-    rows[0, 2] = (10, 10, 20, 20, 0.1, 2)       # below conf
-    handle = load(constant_model(tmp_path / "e2e.onnx", {"output0": rows},
-                                 metadata={**ULTRALYTICS_META, "end2end": "True"}))
+    rows[0, 1] = (275, 270, 375, 370, 0.8, 0)  # overlaps row 0 but an end-to-end head is already NMS-free
+    rows[0, 2] = (10, 10, 20, 20, 0.1, 2)  # below conf
+    handle = load(
+        constant_model(tmp_path / "e2e.onnx", {"output0": rows}, metadata={**ULTRALYTICS_META, "end2end": "True"})
+    )
     assert handle.task.head.name == "end2end"
     results = predict(handle, WIDE)[0].results
     assert [(r["class"], r["confidence"]) for r in results] == [(0, 0.9), (0, 0.8)]
@@ -103,12 +107,15 @@ def _objectness_output(rows, count):
 
 def test_yolov5_head_objectness_times_class_score(tmp_path):
     count = 3 * (80 * 80 + 40 * 40 + 20 * 20)  # 3 anchors per cell at 640
-    out = _objectness_output([
-        (0, 320, 320, 100, 100, 0.9, 1, 0.9),     # 0.81 kept
-        (1, 322, 320, 100, 100, 0.9, 1, 0.8),     # 0.72 suppressed by the first
-        (2, 100, 300, 20, 20, 0.9, 2, 0.2),       # 0.18 below conf
-        (3, 100, 300, 20, 20, 0.2, 0, 1.0),       # objectness below conf
-    ], count)
+    out = _objectness_output(
+        [
+            (0, 320, 320, 100, 100, 0.9, 1, 0.9),  # 0.81 kept
+            (1, 322, 320, 100, 100, 0.9, 1, 0.8),  # 0.72 suppressed by the first
+            (2, 100, 300, 20, 20, 0.9, 2, 0.2),  # 0.18 below conf
+            (3, 100, 300, 20, 20, 0.2, 0, 1.0),  # objectness below conf
+        ],
+        count,
+    )
     handle = load(constant_model(tmp_path / "yolov5.onnx", {"output0": out}, input_shape=[1, 3, 640, 640]))
     assert handle.task.head.name == "yolov5"
     results = predict(handle, WIDE)[0].results
@@ -118,10 +125,13 @@ def test_yolov5_head_objectness_times_class_score(tmp_path):
 
 def test_yolox_head_decodes_the_grid(tmp_path):
     count = 80 * 80 + 40 * 40 + 20 * 20
-    out = _objectness_output([
-        (25 * 80 + 10, 0.5, 0.5, math.log(4), math.log(2), 0.9, 0, 0.8),  # stride 8, cell (x=10, y=25)
-        (6400 + 20 * 40 + 7, 0.0, 0.0, 0.0, 0.0, 0.5, 2, 1.0),            # stride 16, cell (x=7, y=20)
-    ], count)
+    out = _objectness_output(
+        [
+            (25 * 80 + 10, 0.5, 0.5, math.log(4), math.log(2), 0.9, 0, 0.8),  # stride 8, cell (x=10, y=25)
+            (6400 + 20 * 40 + 7, 0.0, 0.0, 0.0, 0.0, 0.5, 2, 1.0),  # stride 16, cell (x=7, y=20)
+        ],
+        count,
+    )
     handle = load(constant_model(tmp_path / "yolox.onnx", {"output": out}, input_shape=[1, 3, 640, 640]))
     assert handle.task.head.name == "yolox"
     results = predict(handle, WIDE, decimals=3)[0].results
@@ -136,14 +146,21 @@ def test_tf_object_detection_head(tmp_path):
     boxes = np.zeros((1, 100, 4), np.float32)
     scores = np.zeros((1, 100), np.float32)
     classes = np.ones((1, 100), np.float32)
-    boxes[0, 0], scores[0, 0], classes[0, 0] = (0.1, 0.2, 0.5, 0.6), 0.9, 2      # label-map id 2 → class 1
-    boxes[0, 1], scores[0, 1], classes[0, 1] = (0.0, 0.0, 1.0, 1.0), 0.1, 1      # below conf
-    boxes[0, 2], scores[0, 2], classes[0, 2] = (0.0, 0.0, 0.5, 0.5), 0.95, 1     # beyond num_detections
+    boxes[0, 0], scores[0, 0], classes[0, 0] = (0.1, 0.2, 0.5, 0.6), 0.9, 2  # label-map id 2 → class 1
+    boxes[0, 1], scores[0, 1], classes[0, 1] = (0.0, 0.0, 1.0, 1.0), 0.1, 1  # below conf
+    boxes[0, 2], scores[0, 2], classes[0, 2] = (0.0, 0.0, 0.5, 0.5), 0.95, 1  # beyond num_detections
     model = constant_model(
         tmp_path / "tfod.onnx",
-        {"num_detections:0": np.asarray([2.0]), "detection_boxes:0": boxes, "detection_scores:0": scores,
-         "detection_classes:0": classes},
-        input_name="image_tensor:0", input_shape=["n", "h", "w", 3], input_type=TensorProto.UINT8)
+        {
+            "num_detections:0": np.asarray([2.0]),
+            "detection_boxes:0": boxes,
+            "detection_scores:0": scores,
+            "detection_classes:0": classes,
+        },
+        input_name="image_tensor:0",
+        input_shape=["n", "h", "w", 3],
+        input_type=TensorProto.UINT8,
+    )
     handle = load(model)
     assert handle.task.head.name == "tf-od" and handle.task.input.resize == "stretch"
     [result] = predict(handle, image_bytes(600, 400))[0].results

@@ -20,7 +20,9 @@ def server(serve_module, tmp_path_factory):
     lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
     # a long queue delay so concurrent requests surely share one batch
     # ONNX Runtime checks Gather indices (OpenVINO does not): the out-of-range one makes the whole run fail
-    (root / "lookup" / "model.yaml").write_text("backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n")
+    (root / "lookup" / "model.yaml").write_text(
+        "backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
+    )
     return serve_module(root)
 
 
@@ -31,8 +33,9 @@ def _request(index: int) -> dict:
 def test_a_request_that_breaks_its_batch_fails_alone(server):
     async def together() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            return await asyncio.gather(*(client.post("/v2/models/lookup/infer", json=_request(i))
-                                          for i in (2, 50, 7, 0)))
+            return await asyncio.gather(
+                *(client.post("/v2/models/lookup/infer", json=_request(i)) for i in (2, 50, 7, 0))
+            )
 
     good_2, bad, good_7, good_0 = asyncio.run(together())
     # the runtime failing on a request that passed every check is the server's fault, not the client's

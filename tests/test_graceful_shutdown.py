@@ -38,12 +38,20 @@ def _slow_yolo(serve, root, grace: str):
 
 def _predicts_in_background(server, count: int) -> tuple[threading.Thread, list]:
     """`count` concurrent 1280-px predicts from a thread; their answers (or exceptions) land in the list."""
+
     async def calls() -> list:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120,
-                                     limits=httpx.Limits(max_connections=count)) as client:
-            return await asyncio.gather(*(client.post("/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT,
-                                                      headers={"content-type": "image/png"})
-                                          for _ in range(count)), return_exceptions=True)
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=count)
+        ) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/models/yolo/predict?imgsz=1280", content=ASTRONAUT, headers={"content-type": "image/png"}
+                    )
+                    for _ in range(count)
+                ),
+                return_exceptions=True,
+            )
 
     answers: list = []
     thread = threading.Thread(target=lambda: answers.extend(asyncio.run(calls())))
@@ -83,9 +91,14 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
             tensor.set_data_from_numpy(np.zeros((1, 3, 1280, 1280), np.float32))
             done = threading.Event()
             for _ in range(GRPC_REQUESTS):
-                client.async_infer("yolo", [tensor], callback=lambda result, error: (
-                    grpc_results.append(error or result.as_numpy("output0").shape),
-                    len(grpc_results) == GRPC_REQUESTS and done.set()))
+                client.async_infer(
+                    "yolo",
+                    [tensor],
+                    callback=lambda result, error: (
+                        grpc_results.append(error or result.as_numpy("output0").shape),
+                        len(grpc_results) == GRPC_REQUESTS and done.set(),
+                    ),
+                )
             done.wait(120)
 
     grpc_thread = threading.Thread(target=grpc_calls)
@@ -115,15 +128,19 @@ def test_sigterm_finishes_every_accepted_request_then_exits(serve, tmp_path):
     assert server.process.wait(60) == 0
     assert len(http_answers) == HTTP_REQUESTS and len(grpc_results) == GRPC_REQUESTS
     answered = [a for a in http_answers if isinstance(a, httpx.Response) and a.status_code == 200]
-    refused = [a for a in http_answers if isinstance(a, httpx.ConnectError) or
-               isinstance(a, httpx.Response) and a.status_code == 503]
+    refused = [
+        a
+        for a in http_answers
+        if isinstance(a, httpx.ConnectError) or isinstance(a, httpx.Response) and a.status_code == 503
+    ]
     others = [a for a in http_answers if not any(a is b for b in answered + refused)]
     assert not others, [(type(a).__name__, str(a)) for a in others]  # nothing else: no 500, no lost request
     assert all(a.json()["images"][0]["shape"] == [512, 512] for a in answered)
     grpc_answered = [r for r in grpc_results if r == (1, 300, 6)]
     grpc_others = [r for r in grpc_results if r != (1, 300, 6)]
-    assert all(isinstance(r, InferenceServerException) and r.status() == "StatusCode.UNAVAILABLE"
-               for r in grpc_others), [str(r) for r in grpc_others]
+    assert all(
+        isinstance(r, InferenceServerException) and r.status() == "StatusCode.UNAVAILABLE" for r in grpc_others
+    ), [str(r) for r in grpc_others]
     assert len(answered) + len(grpc_answered) >= accepted  # every request in flight at the signal was answered
     log = server.log()
     assert "draining" in log and "Traceback" not in log

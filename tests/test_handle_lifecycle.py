@@ -25,7 +25,8 @@ def repository(tmp_path, request):
     constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
     # a row limit of 8 queued + 4 running = 12 rows
     (tmp_path / name / "model.yaml").write_text(
-        "backend: onnxruntime\nbatching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n")
+        "backend: onnxruntime\nbatching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n"
+    )
     pool = ThreadPoolExecutor(2)
     repository = ModelRepository(tmp_path, pool, Limits())
     repository.load_all()
@@ -65,7 +66,11 @@ def test_statistics_come_from_the_versions_own_series(repository, monkeypatch):
     monkeypatch.setattr(REGISTRY, "collect", no_scan)
     stats = model_statistics(handle)
     assert stats["inference_count"] == 6 and stats["execution_count"] == 3
-    assert {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]} == {1: 1, 2: 1, 3: 1}
+    assert {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]} == {
+        1: 1,
+        2: 1,
+        3: 1,
+    }
     assert stats["inference_stats"]["queue"]["count"] == 3
     assert live_figures(handle)["batches"] == {"1": 1, "2": 1, "3": 1}
 

@@ -18,11 +18,11 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from conftest import IMAGES
@@ -73,10 +73,18 @@ CORPUS = [
     ("truncated JPEG", JPEG[:200], 400, "truncated or corrupt"),
     ("truncated PNG", _encode(Image.new("RGB", (64, 64)), "PNG")[:60], 400, "truncated or corrupt"),
     ("zero-width PNG", _png(0, 10, zlib.compress(b"\0")), 400, "starts like a PNG"),
-    ("decompression bomb: 100000x100000 PNG",
-     _png(100_000, 100_000, zlib.compress(b"\0" * 20_000_000, 9)), 413, "the limit is 64000000 pixels"),
-    ("huge dimensions within PIL's limit", _png(12_000, 12_000, zlib.compress(b"\0" * 1000)), 413,
-     "the limit is 64000000 pixels"),
+    (
+        "decompression bomb: 100000x100000 PNG",
+        _png(100_000, 100_000, zlib.compress(b"\0" * 20_000_000, 9)),
+        413,
+        "the limit is 64000000 pixels",
+    ),
+    (
+        "huge dimensions within PIL's limit",
+        _png(12_000, 12_000, zlib.compress(b"\0" * 1000)),
+        413,
+        "the limit is 64000000 pixels",
+    ),
     ("CMYK JPEG", _encode(Image.new("CMYK", (64, 48), (0, 200, 200, 0)), "JPEG"), 200, [48, 64]),
     ("16-bit grey PNG", _encode(Image.fromarray(np.full((40, 50), 40000, np.uint16)), "PNG"), 200, [40, 50]),
     ("palette PNG", _encode(Image.new("P", (30, 20)), "PNG"), 200, [20, 30]),
@@ -101,8 +109,9 @@ def test_malformed_image_corpus(default_server, case, data, status, message):
 
 
 def test_the_server_is_unharmed_by_the_corpus(default_server):
-    response = default_server.client.post(PREDICT, content=(IMAGES / "astronaut.png").read_bytes(),
-                                          headers={"content-type": "image/png"})
+    response = default_server.client.post(
+        PREDICT, content=(IMAGES / "astronaut.png").read_bytes(), headers={"content-type": "image/png"}
+    )
     assert response.json()["images"][0]["results"][0]["name"] == "person"
     assert "Traceback" not in default_server.log()
 
@@ -129,6 +138,7 @@ def test_the_bomb_is_refused_before_decoding(monkeypatch):
 
 
 # -- compression bombs (Content-Encoding: gzip) ---------------------------------------------------------------
+
 
 @functools.cache
 def _gzip_bomb() -> bytes:
@@ -168,7 +178,8 @@ def test_infer_inflates_gzip_bodies_off_the_event_loop(monkeypatch, tmp_path):
     async def post() -> tuple[threading.Thread, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
             return threading.current_thread(), await client.post(
-                "/v2/models/tiny/infer", content=_gzip_bomb(), headers={"Content-Encoding": "gzip"})
+                "/v2/models/tiny/infer", content=_gzip_bomb(), headers={"Content-Encoding": "gzip"}
+            )
 
     try:
         loop_thread, response = asyncio.run(post())
@@ -182,6 +193,7 @@ def test_infer_inflates_gzip_bodies_off_the_event_loop(monkeypatch, tmp_path):
 def test_concurrent_gzip_bombs_get_413_while_liveness_keeps_answering(default_server):
     """Attack 3: four clients posting bombs; health checks sent meanwhile are answered quickly, not after the
     inflation (which would take the event loop for the whole of each bomb)."""
+
     async def attack() -> tuple[list[httpx.Response], list[float], list[float]]:
         async with httpx.AsyncClient(base_url=default_server.url, timeout=120) as client:
             bombing = True
@@ -192,8 +204,13 @@ def test_concurrent_gzip_bombs_get_413_while_liveness_keeps_answering(default_se
                 answers = []
                 for _ in range(3):
                     started = time.perf_counter()
-                    answers.append(await client.post("/v2/models/ssdlite-person/infer", content=_gzip_bomb(),
-                                                     headers={"Content-Encoding": "gzip"}))
+                    answers.append(
+                        await client.post(
+                            "/v2/models/ssdlite-person/infer",
+                            content=_gzip_bomb(),
+                            headers={"Content-Encoding": "gzip"},
+                        )
+                    )
                     bomb_seconds.append(time.perf_counter() - started)
                 return answers
 
@@ -219,6 +236,7 @@ def test_concurrent_gzip_bombs_get_413_while_liveness_keeps_answering(default_se
 
 # -- property-based -------------------------------------------------------------------------------------------
 
+
 def _only_clear_errors(function, *args) -> object:
     try:
         return function(*args)
@@ -237,24 +255,34 @@ def test_decoder_on_random_bytes(data):
 
 
 @PROPERTY
-@given(st.sampled_from(VALID_IMAGES), st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
-       st.integers(0, 4096))
+@given(
+    st.sampled_from(VALID_IMAGES),
+    st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
+    st.integers(0, 4096),
+)
 def test_decoder_on_mutated_images(image, flips, cut):
     data = bytearray(image)
     for position, value in flips:
         data[position % len(data)] = value
-    result = _only_clear_errors(decode_image, bytes(data[:max(1, len(data) - cut)]), 1_000_000)
+    result = _only_clear_errors(decode_image, bytes(data[: max(1, len(data) - cut)]), 1_000_000)
     if not isinstance(result, KakehashiError):
         assert result.mode == "RGB" and result.width * result.height <= 1_000_000
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                       max_size=4), max_leaves=20)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64", "BYTES", "NOPE"]
-TENSORS = st.fixed_dictionaries({"name": st.text(max_size=4), "datatype": st.sampled_from(DATATYPES),
-                                 "shape": st.lists(st.integers(-2, 4), max_size=3) | JSON_VALUES,
-                                 "data": JSON_VALUES})
+TENSORS = st.fixed_dictionaries(
+    {
+        "name": st.text(max_size=4),
+        "datatype": st.sampled_from(DATATYPES),
+        "shape": st.lists(st.integers(-2, 4), max_size=3) | JSON_VALUES,
+        "data": JSON_VALUES,
+    }
+)
 
 
 @PROPERTY
@@ -264,8 +292,12 @@ def test_json_codec_on_random_bytes(body):
 
 
 @PROPERTY
-@given(st.fixed_dictionaries({"inputs": st.lists(TENSORS, max_size=3) | JSON_VALUES},
-                             optional={"outputs": JSON_VALUES, "parameters": JSON_VALUES, "id": JSON_VALUES}))
+@given(
+    st.fixed_dictionaries(
+        {"inputs": st.lists(TENSORS, max_size=3) | JSON_VALUES},
+        optional={"outputs": JSON_VALUES, "parameters": JSON_VALUES, "id": JSON_VALUES},
+    )
+)
 def test_json_codec_on_random_requests(request):
     result = _only_clear_errors(parse_infer_request, json.dumps(request).encode())  # stdlib: big ints, NaN too
     if not isinstance(result, KakehashiError):
@@ -275,18 +307,29 @@ def test_json_codec_on_random_requests(request):
 
 
 @PROPERTY
-@given(st.lists(st.tuples(st.sampled_from(DATATYPES[:-1]), st.lists(st.integers(0, 3), max_size=3),
-                          st.integers(-4, 64)), min_size=1, max_size=3),
-       st.binary(max_size=512), st.integers(-3, 3))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(DATATYPES[:-1]), st.lists(st.integers(0, 3), max_size=3), st.integers(-4, 64)),
+        min_size=1,
+        max_size=3,
+    ),
+    st.binary(max_size=512),
+    st.integers(-3, 3),
+)
 def test_binary_extension_parser(tensors, blob, header_shift):
-    header = orjson.dumps({"inputs": [
-        {"name": f"t{i}", "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}
-        for i, (datatype, shape, size) in enumerate(tensors)]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": f"t{i}", "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}
+                for i, (datatype, shape, size) in enumerate(tensors)
+            ]
+        }
+    )
     length = str(len(header) + header_shift)
     result = _only_clear_errors(parse_infer_request, header + blob, length)
     if not isinstance(result, KakehashiError):
         assert header_shift == 0 and sum(size for _, _, size in tensors) == len(blob)
-        for i, (datatype, shape, size) in enumerate(tensors):
+        for i, (_, shape, _) in enumerate(tensors):
             assert list(result.inputs[f"t{i}"].shape) == shape
 
 
@@ -295,8 +338,13 @@ def test_binary_extension_parser(tensors, blob, header_shift):
 def test_binary_bytes_elements_round_trip(values, declared):
     """BYTES elements: valid length-prefixed data parses back exactly; a wrong count is a clear error."""
     blob = b"".join(struct.pack("<I", len(v)) + v for v in values)
-    header = orjson.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [declared],
-                                       "parameters": {"binary_data_size": len(blob)}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "s", "datatype": "BYTES", "shape": [declared], "parameters": {"binary_data_size": len(blob)}}
+            ]
+        }
+    )
     result = _only_clear_errors(parse_infer_request, header + blob, str(len(header)))
     if declared == len(values):
         assert list(result.inputs["s"]) == values

@@ -88,7 +88,10 @@ def test_server_wide_request_timeout(serve, tmp_path):
     (tmp_path / "yolo" / "1").mkdir(parents=True)
     (tmp_path / "yolo" / "1" / "model.onnx").symlink_to(YOLO26.resolve())
     server = serve(tmp_path, "--request-timeout-ms", "1")
-    response = server.client.post("/v1/models/yolo/predict", content=(IMAGES / "astronaut.png").read_bytes(),
-                                  headers={"content-type": "image/png"})
+    response = server.client.post(
+        "/v1/models/yolo/predict",
+        content=(IMAGES / "astronaut.png").read_bytes(),
+        headers={"content-type": "image/png"},
+    )
     assert response.status_code == 504 and "deadline" in response.json()["error"]
     assert server.client.get("/v2/health/ready").status_code == 200

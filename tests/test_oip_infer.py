@@ -15,8 +15,8 @@ VALUES = {
     "UINT64": [[0, 2**63], [1, 2]],
     "INT8": [[-128, 127], [0, 1]],
     "INT16": [[-32768, 32767], [0, 1]],
-    "INT32": [[-2**31, 2**31 - 1], [0, 1]],
-    "INT64": [[-2**63, 2**63 - 1], [0, 1]],
+    "INT32": [[-(2**31), 2**31 - 1], [0, 1]],
+    "INT64": [[-(2**63), 2**63 - 1], [0, 1]],
     "FP16": [[0.5, -2.0], [1024.0, 0.125]],
     "FP32": [[1.5, -2.25], [3.0e10, 0.0]],
     "FP64": [[1.0e-300, 2.5], [-1.0, 1.0e300]],
@@ -40,8 +40,15 @@ def identity_body(datatypes, flat=True, **overrides):
     inputs = []
     for datatype in datatypes:
         data = VALUES[datatype]
-        inputs.append({"name": f"in_{datatype}", "datatype": datatype, "shape": [2, 2],
-                       "data": [v for row in data for v in row] if flat else data} | overrides)
+        inputs.append(
+            {
+                "name": f"in_{datatype}",
+                "datatype": datatype,
+                "shape": [2, 2],
+                "data": [v for row in data for v in row] if flat else data,
+            }
+            | overrides
+        )
     return {"inputs": inputs}
 
 
@@ -79,34 +86,43 @@ def _tiny(shape=(1, 3, 64, 64), datatype="FP32", name="x", count=None):
     return {"inputs": [{"name": name, "datatype": datatype, "shape": list(shape), "data": [0] * count}]}
 
 
-@pytest.mark.parametrize("body, message", [
-    (_tiny(name="pixels"), "unknown input 'pixels'"),
-    (_tiny(shape=(1, 3, 32, 32)), "input 'x' has shape [1, 3, 32, 32]; the model expects [-1, 3, 64, 64]"),
-    (_tiny(shape=(3, 64, 64)), "input 'x' has shape [3, 64, 64]"),
-    (_tiny(datatype="INT32"), "input 'x' has datatype INT32; the model expects FP32"),
-    (_tiny(count=5), "input 'x': shape [1, 3, 64, 64] needs 12288 elements, 'data' has 5"),
-    (_tiny(datatype="FP31"), "unknown datatype 'FP31'"),
-    ({"inputs": []}, "non-empty 'inputs' list"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, "input 'x' has no 'data'"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": []}]}, "'shape' must be a list of non-negative"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}]}, "not FP32"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}]}, "not a regular array"),
-    (_tiny() | {"outputs": [{"name": "z"}]}, "unknown output 'z'"),
-    ([1, 2], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (_tiny(name="pixels"), "unknown input 'pixels'"),
+        (_tiny(shape=(1, 3, 32, 32)), "input 'x' has shape [1, 3, 32, 32]; the model expects [-1, 3, 64, 64]"),
+        (_tiny(shape=(3, 64, 64)), "input 'x' has shape [3, 64, 64]"),
+        (_tiny(datatype="INT32"), "input 'x' has datatype INT32; the model expects FP32"),
+        (_tiny(count=5), "input 'x': shape [1, 3, 64, 64] needs 12288 elements, 'data' has 5"),
+        (_tiny(datatype="FP31"), "unknown datatype 'FP31'"),
+        ({"inputs": []}, "non-empty 'inputs' list"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, "input 'x' has no 'data'"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": []}]},
+            "'shape' must be a list of non-negative",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}]}, "not FP32"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}]}, "not a regular array"),
+        (_tiny() | {"outputs": [{"name": "z"}]}, "unknown output 'z'"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
 def test_bad_tensors_are_400_naming_the_problem(server, body, message):
     response = infer(server, "tiny", body)
     assert response.status_code == 400
     assert message in response.json()["error"]
 
 
-@pytest.mark.parametrize("datatype, data, message", [
-    ("INT8", [1000, 0, 0, 0], "out of range for INT8"),
-    ("UINT8", [-1, 0, 0, 0], "out of range for UINT8"),
-    ("INT32", [1.5, 0, 0, 0], "not INT32"),
-    ("BOOL", [1, 0, 1, 0], "not BOOL"),
-    ("BYTES", [1, 2, 3, 4], "BYTES data must be strings"),
-])
+@pytest.mark.parametrize(
+    "datatype, data, message",
+    [
+        ("INT8", [1000, 0, 0, 0], "out of range for INT8"),
+        ("UINT8", [-1, 0, 0, 0], "out of range for UINT8"),
+        ("INT32", [1.5, 0, 0, 0], "not INT32"),
+        ("BOOL", [1, 0, 1, 0], "not BOOL"),
+        ("BYTES", [1, 2, 3, 4], "BYTES data must be strings"),
+    ],
+)
 def test_values_must_fit_the_datatype(server, datatype, data, message):
     body = {"inputs": [{"name": f"in_{datatype}", "datatype": datatype, "shape": [2, 2], "data": data}]}
     response = infer(server, "identity", body)
@@ -120,7 +136,9 @@ def test_missing_input_is_named(server):
 
 
 def test_malformed_json(server):
-    response = server.client.post("/v2/models/tiny/infer", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    response = server.client.post(
+        "/v2/models/tiny/infer", content=b'{"inputs": [', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and "malformed JSON" in response.json()["error"]
 
 

@@ -8,16 +8,22 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from kakehashi.server.openapi import SPEC
 
 pytestmark = pytest.mark.slow  # 50 generated requests for every operation
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # unloading the only model would turn the rest of the run into (correct) 503s
-OPERATIONS = {op.label: op for op in (result.ok() for result in schemathesis.openapi.from_dict(SPEC).get_all_operations())
-              if not op.path.endswith("/unload")}
+OPERATIONS = {
+    op.label: op
+    for op in (result.ok() for result in schemathesis.openapi.from_dict(SPEC).get_all_operations())
+    if not op.path.endswith("/unload")
+}
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,16 @@ def post_file(server, content: bytes, name="x.png", **params):
     return server.client.post(URL, files=[("file", (name, content, "application/octet-stream"))], params=params)
 
 
-@pytest.mark.parametrize("content, status, message", [
-    (b"just some text, not a picture", 415, "not an image in a supported format"),
-    (image_bytes(300, 300, "JPEG")[:500], 400, "truncated or corrupt"),
-    (b"", 400, "empty"),
-    (b"GIF89a" + b"\x00" * 30, 400, "starts like a GIF image but cannot be read"),
-    (image_bytes(2100, 2000, "PNG"), 413, "limit is 4000000 pixels"),
-])
+@pytest.mark.parametrize(
+    "content, status, message",
+    [
+        (b"just some text, not a picture", 415, "not an image in a supported format"),
+        (image_bytes(300, 300, "JPEG")[:500], 400, "truncated or corrupt"),
+        (b"", 400, "empty"),
+        (b"GIF89a" + b"\x00" * 30, 400, "starts like a GIF image but cannot be read"),
+        (image_bytes(2100, 2000, "PNG"), 413, "limit is 4000000 pixels"),
+    ],
+)
 def test_bad_images(server, content, status, message):
     response = post_file(server, content)
     assert response.status_code == status, response.text
@@ -38,14 +41,17 @@ def test_second_of_several_images_is_named(server):
     assert response.status_code == 415 and response.json()["error"].startswith("image 1: ")
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"conf": "high"}, "parameter 'conf' must be a number between 0.0 and 1.0, got 'high'"),
-    ({"iou": "1.5"}, "parameter 'iou'"),
-    ({"max_det": "0"}, "parameter 'max_det'"),
-    ({"imgsz": "1,2,3"}, "parameter 'imgsz'"),
-    ({"classes": "a,b"}, "parameter 'classes'"),
-    ({"decimals": "-1"}, "parameter 'decimals'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"conf": "high"}, "parameter 'conf' must be a number between 0.0 and 1.0, got 'high'"),
+        ({"iou": "1.5"}, "parameter 'iou'"),
+        ({"max_det": "0"}, "parameter 'max_det'"),
+        ({"imgsz": "1,2,3"}, "parameter 'imgsz'"),
+        ({"classes": "a,b"}, "parameter 'classes'"),
+        ({"decimals": "-1"}, "parameter 'decimals'"),
+    ],
+)
 def test_bad_parameters(server, params, message):
     response = post_file(server, image_bytes(64, 64), **params)
     assert response.status_code == 400 and message in response.json()["error"]
@@ -107,26 +113,32 @@ def test_imgsz_on_a_dynamic_shape_model(server, tmp_path):
     assert same_detections(image["results"], at_320)  # ... and the server ran at 320
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/v1/models/nope/predict", "unknown model 'nope'"),  # never the served names (anyone may ask)
-    ("/v1/models/ssdlite-person/versions/7/predict", "has no version 7; served versions: 1"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/v1/models/nope/predict", "unknown model 'nope'"),  # never the served names (anyone may ask)
+        ("/v1/models/ssdlite-person/versions/7/predict", "has no version 7; served versions: 1"),
+    ],
+)
 def test_unknown_model_or_version(server, path, message):
     response = server.client.post(path, files=[("file", ("a.png", image_bytes(8, 8)))])
     assert response.status_code == 404 and message in response.json()["error"]
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/v1/models/ssdlite-person/versions/latest/predict", "invalid version 'latest'"),
-    ("/v1/models/ssdlite-person/versions/..%2F1/predict", "cannot contain '/'"),
-    ("/v1/models/..%2F..%2Fetc/predict", "cannot contain '/'"),
-    ("/v1/models/%2Fetc%2Fpasswd/predict", "cannot contain '/'"),
-    ("/v1/models/..%5Cx/predict", "cannot contain '/'"),
-    ("/v1/models/..%00/predict", "cannot contain '/'"),
-    ("/v1/models/%2E%2E/predict", "invalid model name '..'"),
-    ("/v1/models/.hidden/predict", "invalid model name '.hidden'"),
-    ("/v1/models/a%20b%3B/predict", "invalid model name 'a b;'"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/v1/models/ssdlite-person/versions/latest/predict", "invalid version 'latest'"),
+        ("/v1/models/ssdlite-person/versions/..%2F1/predict", "cannot contain '/'"),
+        ("/v1/models/..%2F..%2Fetc/predict", "cannot contain '/'"),
+        ("/v1/models/%2Fetc%2Fpasswd/predict", "cannot contain '/'"),
+        ("/v1/models/..%5Cx/predict", "cannot contain '/'"),
+        ("/v1/models/..%00/predict", "cannot contain '/'"),
+        ("/v1/models/%2E%2E/predict", "invalid model name '..'"),
+        ("/v1/models/.hidden/predict", "invalid model name '.hidden'"),
+        ("/v1/models/a%20b%3B/predict", "invalid model name 'a b;'"),
+    ],
+)
 def test_names_and_versions_that_could_reach_the_file_system(server, path, message):
     response = server.client.post(path, files=[("file", ("a.png", image_bytes(8, 8)))])
     assert response.status_code == 400 and message in response.json()["error"]

@@ -15,9 +15,20 @@ from kakehashi.tasks.preprocess import ImageInput, request_size, resize_image, t
 
 
 def spec(**changes) -> ImageInput:
-    base = dict(name="images", size=(640, 640), dynamic_size=True, stride=32, resize="letterbox", pad_value=114,
-                channels="rgb", layout="nchw", dtype="float32", scale=1 / 255, mean=(0.0, 0.0, 0.0),
-                std=(1.0, 1.0, 1.0))
+    base = dict(
+        name="images",
+        size=(640, 640),
+        dynamic_size=True,
+        stride=32,
+        resize="letterbox",
+        pad_value=114,
+        channels="rgb",
+        layout="nchw",
+        dtype="float32",
+        scale=1 / 255,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     return ImageInput(**(base | changes))
 
 
@@ -67,8 +78,8 @@ def test_letterbox_matches_ultralytics_geometry():
     left = round((640 - new_w) / 2 - 0.1)
     assert transform.scale_x == transform.scale_y == pytest.approx(ratio)
     assert (transform.pad_x, transform.pad_y) == (left, 0)
-    assert (pixels[:, :left] == 114).all() and (pixels[:, left + new_w:] == 114).all()
-    assert (pixels[:, left:left + new_w] == (10, 20, 30)).all()
+    assert (pixels[:, :left] == 114).all() and (pixels[:, left + new_w :] == 114).all()
+    assert (pixels[:, left : left + new_w] == (10, 20, 30)).all()
     box = np.asarray([[left, 0, left + new_w, 640]], np.float32)
     assert transform.to_original(box).tolist() == [[0, 0, 810, 1080]]
 

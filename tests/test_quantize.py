@@ -56,8 +56,9 @@ def test_int8_person_detector_agrees_on_held_out_images(tmp_path):
 def test_held_out_images_default_to_every_fourth_and_metadata_is_kept(tmp_path):
     model = tmp_path / "yolo11.onnx"
     shutil.copy(YOLO11, model)
-    result = run("quantize", str(model), "--calibration", str(_calibration(tmp_path / "cal")), "--out",
-                 str(tmp_path / "q.onnx"))
+    result = run(
+        "quantize", str(model), "--calibration", str(_calibration(tmp_path / "cal")), "--out", str(tmp_path / "q.onnx")
+    )
     assert result.returncode == 0, result.stderr
     assert "calibrated on 7 images, report on 2 held-out images" in result.stdout
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
@@ -92,15 +93,16 @@ def test_a_classifier_is_compared_by_its_top_class(tmp_path):
     held = _tinted(tmp_path / "held", [IMAGES / "coffee.png"], "rgb")
     for path in held:  # never calibrated on: mirrored
         ImageOps.mirror(Image.open(path)).save(path)
-    result = run("quantize", str(model), "--calibration", str(calibration[0].parent), "--held-out",
-                 str(held[0].parent))
+    result = run("quantize", str(model), "--calibration", str(calibration[0].parent), "--held-out", str(held[0].parent))
     assert result.returncode == 0, result.stderr
     assert "calibrated on 9 images, report on 3 held-out images" in result.stdout
     assert "held-out images: INT8 gives FP32's top-1 class on 3/3 (100.0%)" in result.stdout, result.stdout
     int8 = tmp_path / "colour.int8.onnx"
     assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(int8)).graph.node)
-    tops = [json.loads(run("predict", str(path), "--model", str(int8)).stdout)["images"][0]["results"][0]["name"]
-            for path in held]
+    tops = [
+        json.loads(run("predict", str(path), "--model", str(int8)).stdout)["images"][0]["results"][0]["name"]
+        for path in held
+    ]
     assert tops == ["blue", "green", "red"]  # coffee-b, coffee-g, coffee-r: three different answers
     permuted = colour_classifier(tmp_path / "permuted.onnx", order=(1, 2, 0))
     report = evaluate(model, permuted, None, held, 0.25)
@@ -114,13 +116,19 @@ def test_agreement_matching():
     def box(cls, x1, y1, x2, y2, confidence=0.9):
         return {"class": cls, "confidence": confidence, "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
 
-    rotated = {"class": 0, "confidence": 0.8, "box": {"x1": 10, "y1": 0, "x2": 20, "y2": 10, "x3": 10, "y3": 20,
-                                                      "x4": 0, "y4": 10}}
+    rotated = {
+        "class": 0,
+        "confidence": 0.8,
+        "box": {"x1": 10, "y1": 0, "x2": 20, "y2": 10, "x3": 10, "y3": 20, "x4": 0, "y4": 10},
+    }
     reference = [[box(0, 0, 0, 10, 10), box(1, 50, 50, 60, 60)], [rotated]]
     candidate = [[box(0, 1, 1, 10, 10, 0.85), box(0, 50, 50, 60, 60)], [dict(rotated, confidence=0.7)]]
     matched, total, extra, deltas = compare(reference, candidate)
     assert (matched, total, extra) == (2, 3, 1)  # the second box changed class: not matched, and one extra
     assert [round(d, 6) for d in deltas] == [-0.05, -0.1]
     top = [[{"class": 3, "confidence": 0.6}, {"class": 1, "confidence": 0.2}], [{"class": 2, "confidence": 0.5}]]
-    assert compare(top, [[{"class": 3, "confidence": 0.55}], [{"class": 4, "confidence": 0.5}]],
-                   classify=True)[:3] == (1, 2, 0)
+    assert compare(top, [[{"class": 3, "confidence": 0.55}], [{"class": 4, "confidence": 0.5}]], classify=True)[:3] == (
+        1,
+        2,
+        0,
+    )

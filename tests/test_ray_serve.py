@@ -24,8 +24,12 @@ def ray_python(artifacts: Path) -> Path:
 
 
 def test_two_replicas_one_killed_no_request_fails(ray_python, artifacts):
-    run = subprocess.run([str(ray_python), str(ROOT / "tests" / "ray_scenario.py"), str(free_port()),
-                          str(IMAGES / "astronaut.png")], capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [str(ray_python), str(ROOT / "tests" / "ray_scenario.py"), str(free_port()), str(IMAGES / "astronaut.png")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     (artifacts / "ray-scenario.log").write_text(run.stderr[-20000:])
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"replicas_seen')))

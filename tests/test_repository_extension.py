@@ -39,7 +39,9 @@ def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(l
     _model(root / "other" / "1" / "model.onnx", 0.25)
     assert server.client.post("/v2/repository/models/other/load").status_code == 200
     assert [(row["name"], row["state"]) for row in server.client.post("/v2/repository/index").json()] == [
-        ("det", "READY"), ("other", "READY")]
+        ("det", "READY"),
+        ("other", "READY"),
+    ]
     _model(root / "det" / "2" / "model.onnx", 0.75)
     by_thread: list[list[tuple[int, float | None]]] = [[], [], []]  # each client's answers, in its own order
     stop = threading.Event()
@@ -73,7 +75,9 @@ def test_reload_and_an_unload_under_continuous_requests_lose_or_garble_nothing(l
     assert {status for status, _ in answers} == {200}
     assert {confidence for _, confidence in answers} <= {0.5, 0.75}
     # after the switch each client may still get one old answer (its request was under way); then only new ones
-    later = [confidence for thread_answers, mark in zip(by_thread, switched) for _, confidence in thread_answers[mark + 1:]]
+    later = [
+        confidence for thread_answers, mark in zip(by_thread, switched) for _, confidence in thread_answers[mark + 1 :]
+    ]
     assert later and set(later) == {0.75}
     assert server.client.get("/v2/models/det").json()["versions"] == ["2"]
     assert server.client.get("/v2/models/other/ready").status_code == 503
@@ -85,20 +89,29 @@ def test_poll_repository_picks_up_new_changed_and_removed_models(serve, tmp_path
     server = serve(tmp_path, "--model-control", "poll", "--poll-seconds", "0.2")
 
     def states() -> dict:
-        return {(row["name"], row.get("version")): row["state"]
-                for row in server.client.post("/v2/repository/index").json()}
+        return {
+            (row["name"], row.get("version")): row["state"] for row in server.client.post("/v2/repository/index").json()
+        }
 
     def reasons() -> dict:
-        return {(row["name"], row.get("version")): row["reason"] or ""
-                for row in server.client.post("/v2/repository/index").json()}
+        return {
+            (row["name"], row.get("version")): row["reason"] or ""
+            for row in server.client.post("/v2/repository/index").json()
+        }
 
     _model(tmp_path / "det" / "2" / "model.onnx", 0.75)  # a new version
     _wait_for(lambda: states().get(("det", "2")) == "READY")
     assert score(server.client) == 0.75 and ("det", "1") not in states()
 
     (tmp_path / "det" / "model.yaml").write_text("defaults: {conf: 0.8}\n")  # a changed model.yaml
-    _wait_for(lambda: server.client.post("/v1/models/det/predict", content=IMAGE, headers={
-        "content-type": "image/png"}).json()["images"][0]["results"] == [])
+    _wait_for(
+        lambda: (
+            server.client.post("/v1/models/det/predict", content=IMAGE, headers={"content-type": "image/png"}).json()[
+                "images"
+            ][0]["results"]
+            == []
+        )
+    )
 
     _model(tmp_path / "new" / "1" / "model.onnx", 0.25)  # a new model
     _wait_for(lambda: states().get(("new", "1")) == "READY")
@@ -129,7 +142,9 @@ def test_corrupt_new_version_keeps_the_old_one_serving(live):
     (root / "det" / "2" / "model.onnx").write_bytes(b"\x08\x01garbage")
     response = server.client.post("/v2/repository/models/det/load")
     assert response.status_code == 400
-    assert "cannot be loaded as an ONNX model" in response.json()["error"] and "keep serving" in response.json()["error"]
+    assert (
+        "cannot be loaded as an ONNX model" in response.json()["error"] and "keep serving" in response.json()["error"]
+    )
     assert score(server.client) == 0.5
     [row] = server.client.post("/v2/repository/index").json()
     assert row["state"] == "READY" and row["version"] == "1"

@@ -89,19 +89,23 @@ def test_fixed_input_size_refuses_other_imgsz(server):
     assert result["box"] == {"x1": 0.0, "y1": 0.0, "x2": 50.0, "y2": 50.0} and result["confidence"] == 0.5
 
 
-@pytest.mark.parametrize("imgsz, confidence, box", [
-    (None, 0.64, (0, 0, 320, 320)),           # the model's 640: input pixels are image pixels
-    ("320", 0.32, (0, 0, 640, 640)),          # scale 0.5: the box covers the whole input
-    ("420", 0.448, (0, 0, 457.14285, 457.14285)),  # rounded up to 448: 320 * 640 / 448
-    ("300,500", 0.512, (0, 0, 448, 640)),     # 320x512: scale 0.5, padded 96 px left and right
-])
+@pytest.mark.parametrize(
+    "imgsz, confidence, box",
+    [
+        (None, 0.64, (0, 0, 320, 320)),  # the model's 640: input pixels are image pixels
+        ("320", 0.32, (0, 0, 640, 640)),  # scale 0.5: the box covers the whole input
+        ("420", 0.448, (0, 0, 457.14285, 457.14285)),  # rounded up to 448: 320 * 640 / 448
+        ("300,500", 0.512, (0, 0, 448, 640)),  # 320x512: scale 0.5, padded 96 px left and right
+    ],
+)
 def test_imgsz_sets_the_size_the_model_runs_at(server, imgsz, confidence, box):
     """The probe's score is its input width / 1000 and its box covers input pixels 0..320: the score says the
     width the model ran at (imgsz rounded up to the stride, 32), the box that the answer is mapped back from
     that size to the 640x640 image's pixels (through the letterbox, clipped)."""
     files = [("file", ("a.png", image_bytes(640, 640)))]
-    response = server.client.post("/v1/models/probe/predict", files=files,
-                                  params={"conf": 0.1} | ({"imgsz": imgsz} if imgsz else {}))
+    response = server.client.post(
+        "/v1/models/probe/predict", files=files, params={"conf": 0.1} | ({"imgsz": imgsz} if imgsz else {})
+    )
     assert response.status_code == 200, response.text
     [result] = response.json()["images"][0]["results"]
     assert result["confidence"] == pytest.approx(confidence, abs=1e-4)
@@ -116,10 +120,15 @@ def test_single_file_and_missing_path(serve, tmp_path, repository):
 
 
 def test_the_index_gives_the_reason_of_each_model_that_failed(server, repository):
-    rows = {row["name"]: row for row in server.client.post("/v2/repository/index").json()
-            if row["name"] in ("broken", "notonnx")}
+    rows = {
+        row["name"]: row
+        for row in server.client.post("/v2/repository/index").json()
+        if row["name"] in ("broken", "notonnx")
+    }
     assert rows["broken"]["state"] == "UNAVAILABLE" and "unknown key 'colour'" in rows["broken"]["reason"]
-    assert rows["notonnx"]["state"] == "UNAVAILABLE" and "cannot be loaded as an ONNX model" in rows["notonnx"]["reason"]
+    assert (
+        rows["notonnx"]["state"] == "UNAVAILABLE" and "cannot be loaded as an ONNX model" in rows["notonnx"]["reason"]
+    )
 
 
 @pytest.mark.parametrize("policy, served", [("{specific: [1, 3]}", ["1", "3"]), ("{all: true}", ["1", "2", "3"])])
@@ -128,8 +137,11 @@ def test_version_policies_and_every_way_to_address_a_version(serve, tmp_path, po
 
     scores = {1: 0.5, 2: 0.75, 3: 0.9}
     for version, score in scores.items():
-        constant_model(tmp_path / "det" / str(version) / "model.onnx", {"output0": _e2e_rows(score)},
-                       metadata={"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"})
+        constant_model(
+            tmp_path / "det" / str(version) / "model.onnx",
+            {"output0": _e2e_rows(score)},
+            metadata={"end2end": "True", "names": "{0: 'cat', 1: 'dog'}", "stride": "32"},
+        )
     (tmp_path / "det" / "model.yaml").write_text(f"version_policy: {policy}\n")
     server = serve(tmp_path)
     assert server.client.get("/v2/models/det").json()["versions"] == served

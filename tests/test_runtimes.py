@@ -27,8 +27,9 @@ def _copy(tmp_path: Path, yaml: str, source: Path = BUNDLED) -> Path:
 
 # a threshold per photo under which the person detector finds something (the cat and the coffee cup only with
 # tiny scores), clear of the nearest score, and how many it finds: comparing two empty answers proves nothing
-@pytest.mark.parametrize("image, conf, found", [("astronaut.png", 0.05, 4), ("coffee.png", 0.0044, 1),
-                                                ("chelsea.png", 0.012, 2)])
+@pytest.mark.parametrize(
+    "image, conf, found", [("astronaut.png", 0.05, 4), ("coffee.png", 0.0044, 1), ("chelsea.png", 0.012, 2)]
+)
 def test_openvino_answers_like_onnx_runtime(tmp_path, image, conf, found):
     data = (IMAGES / image).read_bytes()
     answers = {}
@@ -74,6 +75,7 @@ def test_asking_for_cuda_falls_back_to_cpu_and_says_so(tmp_path, caplog):
     assert "TensorrtExecutionProvider, CUDAExecutionProvider are not available" in warning
     assert "falling back to CPUExecutionProvider" in warning
     from kakehashi.protocols.triton_config import model_config
+
     config = model_config(handle)
     assert config["backend"] == "onnxruntime"
     assert config["parameters"]["runtime"]["string_value"] == "onnxruntime CPUExecutionProvider"
@@ -89,9 +91,14 @@ def test_provider_names_are_checked(tmp_path):
 def test_serve_backend_flag(serve):
     server = serve(None, "--backend", "openvino")
     config = server.client.get("/v2/models/ssdlite-person/config").json()
-    assert config["backend"] == "openvino" and config["parameters"]["runtime"]["string_value"].startswith("openvino CPU")
-    response = server.client.post("/v1/models/ssdlite-person/predict", content=(IMAGES / "astronaut.png").read_bytes(),
-                                  headers={"content-type": "image/png"})
+    assert config["backend"] == "openvino" and config["parameters"]["runtime"]["string_value"].startswith(
+        "openvino CPU"
+    )
+    response = server.client.post(
+        "/v1/models/ssdlite-person/predict",
+        content=(IMAGES / "astronaut.png").read_bytes(),
+        headers={"content-type": "image/png"},
+    )
     assert response.json()["images"][0]["results"][0]["name"] == "person"
 
 
@@ -99,12 +106,15 @@ def test_serve_providers_flag_falls_back_and_says_so(serve):
     server = serve(None, "--backend", "onnxruntime", "--providers", "cuda,cpu")
     runtime = server.client.get("/v2/models/ssdlite-person/config").json()["parameters"]["runtime"]["string_value"]
     assert runtime == "onnxruntime CPUExecutionProvider"
-    assert "CUDAExecutionProvider are not available" in server.log() and "falling back to CPUExecutionProvider" in \
-        server.log()
+    assert (
+        "CUDAExecutionProvider are not available" in server.log()
+        and "falling back to CPUExecutionProvider" in server.log()
+    )
 
 
-@pytest.mark.parametrize("export", ["yolo11n-coco-random-640-dynamic", "yolo11n-seg-random-640-dynamic",
-                                    "yolo11n-pose-random-640-dynamic"])
+@pytest.mark.parametrize(
+    "export", ["yolo11n-coco-random-640-dynamic", "yolo11n-seg-random-640-dynamic", "yolo11n-pose-random-640-dynamic"]
+)
 def test_openvino_raw_outputs_match_onnx_runtime_on_yolo_exports(tmp_path, export):
     """On the same pre-processed photo (0-1 floats, as served), OpenVINO's raw head outputs match ONNX Runtime's:
     box channels within 1 px, scores and mask/keypoint channels within 1e-3 of their scale. (Decoded detections
@@ -147,8 +157,11 @@ def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config  # no batching, no waiting
     assert config["instance_group"][0]["count"] == 1
     assert config["parameters"]["runtime"]["string_value"] == "onnxruntime CPUExecutionProvider"
-    response = server.client.post(f"/v1/models/{folder.name}/predict", content=(IMAGES / "astronaut.png").read_bytes(),
-                                  headers={"content-type": "image/png"})
+    response = server.client.post(
+        f"/v1/models/{folder.name}/predict",
+        content=(IMAGES / "astronaut.png").read_bytes(),
+        headers={"content-type": "image/png"},
+    )
     assert response.status_code == 200 and response.json()["images"][0]["results"][0]["name"] == "person"
     with triton_grpc.InferenceServerClient(server.grpc_address) as client:  # no gRPC server on a small device
         with pytest.raises(InferenceServerException) as refused:

@@ -21,7 +21,7 @@ def _raw_segment() -> np.ndarray:
     out = np.zeros((1, 8, 3), np.float32)
     out[0, :, 0] = (320, 320, 200, 100, 0.9, 0.0, 1.0, 0.0)  # box 220..420 x 270..370 → left half of it
     out[0, :, 1] = (100, 300, 20, 20, 0.1, 0.0, 1.0, 0.0)
-    out[0, :, 2] = (500, 320, 40, 40, 0.0, 0.8, 1.0, 0.0)   # right half of the input: an empty mask
+    out[0, :, 2] = (500, 320, 40, 40, 0.0, 0.8, 1.0, 0.0)  # right half of the input: an empty mask
     return out
 
 
@@ -49,7 +49,7 @@ def test_segment_rle_is_exact(segmenter):
     assert rle["size"] == [640, 1280] and "segments" not in first
     flat, value, position = np.zeros(640 * 1280, bool), False, 0
     for count in rle["counts"]:
-        flat[position:position + count] = value
+        flat[position : position + count] = value
         position, value = position + count, not value
     assert position == 640 * 1280
     expected = np.zeros((640, 1280), bool)
@@ -115,16 +115,23 @@ def test_oriented_boxes_rotated_nms_and_corners(tmp_path):
     first, second = predict(handle, WIDE)[0].results
     assert [(r["name"], r["confidence"]) for r in (first, second)] == [("a", 0.9), ("b", 0.7)]
     # 100 x 40 turned 90°: 40 wide, 100 tall around (320, 320) in the input → (640, 320) in the original
-    assert first["box"] == pytest.approx({"x1": 600, "y1": 420, "x2": 680, "y2": 420, "x3": 680, "y3": 220,
-                                          "x4": 600, "y4": 220}, abs=1e-3)
+    assert first["box"] == pytest.approx(
+        {"x1": 600, "y1": 420, "x2": 680, "y2": 420, "x3": 680, "y3": 220, "x4": 600, "y4": 220}, abs=1e-3
+    )
 
 
 def test_probabilistic_iou():
     from kakehashi.tasks.nms import probiou
 
     box = np.array([50, 50, 40, 20, 0.3])
-    others = np.array([[50, 50, 40, 20, 0.3], [50, 50, 40, 20, 0.3 + np.pi], [500, 500, 40, 20, 0.3],
-                       [50, 50, 20, 40, 0.3 + np.pi / 2]])
+    others = np.array(
+        [
+            [50, 50, 40, 20, 0.3],
+            [50, 50, 40, 20, 0.3 + np.pi],
+            [500, 500, 40, 20, 0.3],
+            [50, 50, 20, 40, 0.3 + np.pi / 2],
+        ]
+    )
     same, flipped, far, swapped = probiou(box, others)
     assert same == pytest.approx(1, abs=1e-3) and flipped == pytest.approx(1, abs=1e-3)
     assert swapped == pytest.approx(1, abs=1e-3) and far < 1e-3  # w/h swapped with a quarter turn: the same box
@@ -151,12 +158,33 @@ def test_a_mask_of_several_regions_gives_one_outline_through_all_of_them():
     mask[2:6, 50:58] = True
     outline = polygon(mask, 100, 200, 1)
     points = list(zip(outline["x"], outline["y"]))
-    corners = {(x + 100.0, y + 200.0) for x, y in [(40, 20), (40, 34), (54, 34), (54, 20), (5, 5), (5, 14), (14, 14),
-                                                   (14, 5), (50, 2), (50, 5), (57, 5), (57, 2)]}
+    corners = {
+        (x + 100.0, y + 200.0)
+        for x, y in [
+            (40, 20),
+            (40, 34),
+            (54, 34),
+            (54, 20),
+            (5, 5),
+            (5, 14),
+            (14, 14),
+            (14, 5),
+            (50, 2),
+            (50, 5),
+            (57, 5),
+            (57, 2),
+        ]
+    }
     assert set(points) == corners and points[0] == points[-1]  # each region's corners, one closed path
     bridges = [(a, b) for a, b in zip(points, points[1:]) if abs(a[0] - b[0]) + abs(a[1] - b[1]) > 15]
-    assert sorted(bridges) == sorted([((140.0, 220.0), (114.0, 214.0)), ((114.0, 205.0), (150.0, 205.0)),
-                                      ((150.0, 205.0), (114.0, 205.0)), ((114.0, 214.0), (140.0, 220.0))])
+    assert sorted(bridges) == sorted(
+        [
+            ((140.0, 220.0), (114.0, 214.0)),
+            ((114.0, 205.0), (150.0, 205.0)),
+            ((150.0, 205.0), (114.0, 205.0)),
+            ((114.0, 214.0), (140.0, 220.0)),
+        ]
+    )
     single = np.zeros((10, 10), bool)
     single[2:5, 3:8] = True
     assert list(zip(*polygon(single, 0, 0, 1).values())) == [(3.0, 2.0), (3.0, 4.0), (7.0, 4.0), (7.0, 2.0)]

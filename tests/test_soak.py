@@ -15,12 +15,19 @@ pytestmark = pytest.mark.slow  # a minute of load and its setup
 
 
 def test_a_minute_at_twice_capacity(tmp_path, artifacts):
-    run = subprocess.run([sys.executable, str(SOAK), "--duration", "60", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(SOAK), "--duration", "60", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = (tmp_path / "soak.md").read_text()
     (artifacts / "soak-60s.md").write_text(report)
     assert run.returncode == 0, report + run.stderr[-2000:]
     assert "failed: 0; wrong: 0" in report and "verdict: PASS" in report
-    counts = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in report.splitlines()
-              if line.startswith("| ") and line.split("|")[2].strip().isdigit()}
+    counts = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in report.splitlines()
+        if line.startswith("| ") and line.split("|")[2].strip().isdigit()
+    }
     assert int(counts["accepted"]) > 0 and int(counts["refused"]) > 0 and int(counts["invalid-answered"]) > 0

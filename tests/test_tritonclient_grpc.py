@@ -16,10 +16,20 @@ from tritonclient.utils import InferenceServerException
 from conftest import YOLO26
 from onnx_builders import SAMPLE_TENSORS, identity_model
 
-TYPED_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-                "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-                "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-                "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+TYPED_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +37,10 @@ def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     identity_model(root / "identity.onnx")
     identity_model(root / "typed.onnx", TYPED_FIELDS)  # every type but FP16, which has no typed contents field
-    for name, yaml in [("yolo26", "batching: {max_batch_size: 2}\n"),
-                       ("tight", "batching: {max_batch_size: 1, max_queue_size: 1}\n")]:
+    for name, yaml in [
+        ("yolo26", "batching: {max_batch_size: 2}\n"),
+        ("tight", "batching: {max_batch_size: 1, max_queue_size: 1}\n"),
+    ]:
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(YOLO26.resolve())
         (root / name / "model.yaml").write_text(yaml)
@@ -61,7 +73,11 @@ def test_health_and_metadata(client):
     assert {"binary_tensor_data", "model_configuration", "model_repository", "statistics"} <= set(server["extensions"])
     meta = client.get_model_metadata("yolo26")
     assert meta.name == "yolo26" and meta.versions == ["1"] and meta.platform in ("openvino", "onnxruntime_onnx")
-    assert (meta.inputs[0].name, meta.inputs[0].datatype, list(meta.inputs[0].shape)) == ("images", "FP32", [-1, 3, -1, -1])
+    assert (meta.inputs[0].name, meta.inputs[0].datatype, list(meta.inputs[0].shape)) == (
+        "images",
+        "FP32",
+        [-1, 3, -1, -1],
+    )
     assert list(meta.outputs[0].shape) == [-1, 300, 6]
 
 
@@ -97,15 +113,18 @@ def test_every_datatype_round_trips_as_typed_contents(stub):
         np.testing.assert_array_equal(result.as_numpy(f"out_{datatype}"), SAMPLE_TENSORS[datatype])
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r.inputs[0].contents.bool_contents.append(True), "needs 4 elements, bool_contents has 5"),
-    (lambda r: r.inputs[1].contents.int_contents.__setitem__(0, 128), "out of range for INT8"),
-    (lambda r: r.inputs[1].__setattr__("datatype", "INT9"), "unknown datatype 'INT9'"),
-    (lambda r: r.inputs[1].__setattr__("datatype", "FP16"), "FP16 has no typed contents field"),
-    (lambda r: r.raw_input_contents.append(b"\0" * 4), "send every input raw or none"),
-    (lambda r: r.inputs.add().CopyFrom(r.inputs[0]), "input 'in_BOOL' is given twice"),
-    (lambda r: r.outputs.add(name="out_nope"), "unknown output 'out_nope'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.inputs[0].contents.bool_contents.append(True), "needs 4 elements, bool_contents has 5"),
+        (lambda r: r.inputs[1].contents.int_contents.__setitem__(0, 128), "out of range for INT8"),
+        (lambda r: r.inputs[1].__setattr__("datatype", "INT9"), "unknown datatype 'INT9'"),
+        (lambda r: r.inputs[1].__setattr__("datatype", "FP16"), "FP16 has no typed contents field"),
+        (lambda r: r.raw_input_contents.append(b"\0" * 4), "send every input raw or none"),
+        (lambda r: r.inputs.add().CopyFrom(r.inputs[0]), "input 'in_BOOL' is given twice"),
+        (lambda r: r.outputs.add(name="out_nope"), "unknown output 'out_nope'"),
+    ],
+)
 def test_bad_tensors_are_invalid_argument(stub, change, message):
     request = _typed_request(TYPED_FIELDS)
     change(request)
@@ -153,15 +172,18 @@ def test_repository_index_unload_and_load(client, stub):
     assert client.is_model_ready("identity")
 
 
-@pytest.mark.parametrize("call, status, message", [
-    (lambda c: c.get_model_metadata("nope"), "NOT_FOUND", "unknown model 'nope'"),
-    (lambda c: c.get_model_metadata("yolo26", "9"), "NOT_FOUND", "has no version 9"),
-    (lambda c: c.get_model_config("../../etc"), "INVALID_ARGUMENT", "invalid model name '../../etc'"),
-    (lambda c: c.get_model_config("yolo26", "1/../2"), "INVALID_ARGUMENT", "invalid version '1/../2'"),
-    (lambda c: c.load_model("nope"), "NOT_FOUND", "no model 'nope'"),
-    (lambda c: c.load_model("yolo26", config='{"max_batch_size": 4}'), "INVALID_ARGUMENT", "not supported"),
-    (lambda c: c.unload_model("nope"), "NOT_FOUND", "unknown model 'nope'"),
-])
+@pytest.mark.parametrize(
+    "call, status, message",
+    [
+        (lambda c: c.get_model_metadata("nope"), "NOT_FOUND", "unknown model 'nope'"),
+        (lambda c: c.get_model_metadata("yolo26", "9"), "NOT_FOUND", "has no version 9"),
+        (lambda c: c.get_model_config("../../etc"), "INVALID_ARGUMENT", "invalid model name '../../etc'"),
+        (lambda c: c.get_model_config("yolo26", "1/../2"), "INVALID_ARGUMENT", "invalid version '1/../2'"),
+        (lambda c: c.load_model("nope"), "NOT_FOUND", "no model 'nope'"),
+        (lambda c: c.load_model("yolo26", config='{"max_batch_size": 4}'), "INVALID_ARGUMENT", "not supported"),
+        (lambda c: c.unload_model("nope"), "NOT_FOUND", "unknown model 'nope'"),
+    ],
+)
 def test_errors_carry_status_and_message(client, call, status, message):
     got_status, got_message = _status(lambda: call(client))
     assert got_status == f"StatusCode.{status}" and message in got_message
@@ -190,8 +212,7 @@ def test_full_queue_is_resource_exhausted_and_the_rest_are_answered(server):
         async with triton_aio.InferenceServerClient(server.grpc_address) as client:
             images = triton_aio.InferInput("images", [1, 3, 640, 640], "FP32")
             images.set_data_from_numpy(np.zeros((1, 3, 640, 640), np.float32))
-            return await asyncio.gather(*(client.infer("tight", [images]) for _ in range(12)),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(client.infer("tight", [images]) for _ in range(12)), return_exceptions=True)
 
     results = asyncio.run(burst())
     refused = [r for r in results if isinstance(r, InferenceServerException)]

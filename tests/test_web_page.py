@@ -16,8 +16,10 @@ from conftest import IMAGES
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # the status row shows a rate and a p50 from two readings with requests between them
-LIVE_FIGURES = ("() => { const c = document.querySelectorAll(\"#models tr[data-model='ssdlite-person'] td\");"
-                " return c.length > 4 && c[3].textContent !== '' && Number(c[4].textContent) > 0; }")
+LIVE_FIGURES = (
+    "() => { const c = document.querySelectorAll(\"#models tr[data-model='ssdlite-person'] td\");"
+    " return c.length > 4 && c[3].textContent !== '' && Number(c[4].textContent) > 0; }"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,9 @@ def chromium() -> Path:
         assert os.geteuid() == 0 and shutil.which("apt-get"), "install Debian's chromium: apt-get install chromium"
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=env,
-                       capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=env, capture_output=True
+        )
     return CHROMIUM
 
 
@@ -97,8 +100,11 @@ def test_status_view_lists_the_model_with_live_figures(browser, default_server):
     page.wait_for_selector("#models tr[data-model='ssdlite-person'] td.state-READY")
     assert page.inner_text("#server-state") == "ready"
     for _ in range(3):
-        default_server.client.post("/v1/models/ssdlite-person/predict", content=(IMAGES / "coffee.png").read_bytes(),
-                                   headers={"content-type": "image/png"})
+        default_server.client.post(
+            "/v1/models/ssdlite-person/predict",
+            content=(IMAGES / "coffee.png").read_bytes(),
+            headers={"content-type": "image/png"},
+        )
     page.wait_for_function(LIVE_FIGURES, timeout=15000)
     cells = page.locator("#models tr[data-model='ssdlite-person'] td")
     assert float(cells.nth(3).inner_text()) >= 0 and "1×" in cells.nth(7).inner_text()
@@ -126,10 +132,16 @@ def task_server(serve_module, tmp_path_factory):
     from test_segment_pose import NAMES, PROTOS, _pose_rows, _raw_segment
 
     root = tmp_path_factory.mktemp("tasks")
-    constant_model(root / "seg" / "1" / "model.onnx", {"output0": _raw_segment(), "output1": PROTOS},
-                   metadata={"names": NAMES, "task": "segment", "end2end": "False"})
-    constant_model(root / "pose" / "1" / "model.onnx", {"output0": _pose_rows()},
-                   metadata={"names": NAMES, "task": "pose", "kpt_shape": "[2, 3]", "end2end": "False"})
+    constant_model(
+        root / "seg" / "1" / "model.onnx",
+        {"output0": _raw_segment(), "output1": PROTOS},
+        metadata={"names": NAMES, "task": "segment", "end2end": "False"},
+    )
+    constant_model(
+        root / "pose" / "1" / "model.onnx",
+        {"output0": _pose_rows()},
+        metadata={"names": NAMES, "task": "pose", "kpt_shape": "[2, 3]", "end2end": "False"},
+    )
     return serve_module(root)
 
 
@@ -163,9 +175,17 @@ def versions_server(serve_module, tmp_path_factory):
         rows = np.zeros((1, 6, 2), np.float32)  # [cx, cy, w, h, score class 0, score class 1] x 2 anchors
         rows[0, :, 0] = (100, 100, 100, 100, scores[0], 0)
         rows[0, :, 1] = (125, 100, 100, 100, scores[1], 0)  # 75 px of 100 overlap: IoU 0.6
-        constant_model(root / "det" / str(version) / "model.onnx", {"output0": rows},
-                       metadata={"names": "{0: 'widget', 1: 'gadget'}", "task": "detect", "end2end": "False",
-                                 "stride": "32", "imgsz": "[640, 640]"})
+        constant_model(
+            root / "det" / str(version) / "model.onnx",
+            {"output0": rows},
+            metadata={
+                "names": "{0: 'widget', 1: 'gadget'}",
+                "task": "detect",
+                "end2end": "False",
+                "stride": "32",
+                "imgsz": "[640, 640]",
+            },
+        )
     (root / "det" / "model.yaml").write_text("version_policy: {all: true}\n")
     return serve_module(root, "--max-body-bytes", "300000")
 
@@ -184,7 +204,9 @@ def test_versions_several_images_iou_and_a_file_too_large(browser, versions_serv
     assert page.locator(".card").first.locator(".box").first.inner_text().startswith("widget 0.6")  # newest: v2
 
     page.select_option("#version", "1")
-    page.wait_for_function("() => [...document.querySelectorAll('.card .box')].some(b => b.textContent.includes('0.90'))")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.card .box')].some(b => b.textContent.includes('0.90'))"
+    )
     page.fill("#iou", "0.5")  # below the boxes' overlap: NMS keeps one of the two
     page.dispatch_event("#iou", "input")
     page.wait_for_function("() => document.querySelectorAll('.card .box').length === 2")

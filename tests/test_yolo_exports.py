@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -30,8 +32,9 @@ def test_metadata_from_the_graph(server, name):
 
 def _predict(server, name: str, **params) -> dict:
     files = [("file", ("coffee.png", (IMAGES / "coffee.png").read_bytes()))]
-    response = server.client.post(f"/v1/models/{name}/predict", files=files,
-                                  params={"conf": 0.0001, "max_det": 50} | params)
+    response = server.client.post(
+        f"/v1/models/{name}/predict", files=files, params={"conf": 0.0001, "max_det": 50} | params
+    )
     assert response.status_code == 200, response.text
     [image] = response.json()["images"]
     return image
@@ -72,8 +75,11 @@ def test_coco_names_from_metadata(server):
     import onnxruntime
 
     coco = ast.literal_eval(onnxruntime.InferenceSession(str(YOLO11)).get_modelmeta().custom_metadata_map["names"])
-    response = server.client.post("/v1/models/yolo11/predict", params={"conf": 0.0001, "max_det": 300},
-                                  files=[("file", ("c.png", (IMAGES / "chelsea.png").read_bytes()))])
+    response = server.client.post(
+        "/v1/models/yolo11/predict",
+        params={"conf": 0.0001, "max_det": 300},
+        files=[("file", ("c.png", (IMAGES / "chelsea.png").read_bytes()))],
+    )
     results = response.json()["images"][0]["results"]
     assert 0 < len(results) <= 300
     assert all(r["name"] == coco[r["class"]] for r in results)
@@ -101,7 +107,7 @@ def test_runtime_refusal_is_a_500_and_the_model_keeps_serving(server):
     assert _predict(server, "yolo26")["results"]
 
 
-def _filled_masks(file: str, folder) -> "Path":
+def _filled_masks(file: str, folder) -> Path:
     """A random-weight YOLO11 segmenter's masks are (correctly) empty: its mask logits are all slightly below 0.
     Its prototypes + 1 make every logit the sum of the box's coefficients, positive here: masks fill the boxes."""
     from onnx_builders import offset_output
@@ -111,13 +117,16 @@ def _filled_masks(file: str, folder) -> "Path":
     return offset_output(MODELS / file, folder / file, "output1", 1.0)
 
 
-@pytest.mark.parametrize("file, kind, head, extra_key", [
-    ("yolo11n-seg-random-640-dynamic.onnx", "segment", "ultralytics", "segments"),
-    ("yolo26n-seg-random-640-e2e-dynamic.onnx", "segment", "end2end", "segments"),
-    ("yolo11n-pose-random-640-dynamic.onnx", "pose", "ultralytics", "keypoints"),
-    ("yolo26n-pose-random-640-e2e-dynamic.onnx", "pose", "end2end", "keypoints"),
-    ("yolo11n-obb-random-640-dynamic.onnx", "obb", None, None),
-])
+@pytest.mark.parametrize(
+    "file, kind, head, extra_key",
+    [
+        ("yolo11n-seg-random-640-dynamic.onnx", "segment", "ultralytics", "segments"),
+        ("yolo26n-seg-random-640-e2e-dynamic.onnx", "segment", "end2end", "segments"),
+        ("yolo11n-pose-random-640-dynamic.onnx", "pose", "ultralytics", "keypoints"),
+        ("yolo26n-pose-random-640-e2e-dynamic.onnx", "pose", "end2end", "keypoints"),
+        ("yolo11n-obb-random-640-dynamic.onnx", "obb", None, None),
+    ],
+)
 def test_every_ultralytics_task_export_serves(file, kind, head, extra_key, tmp_path):
     """The real exports' shapes and metadata: the task, head and names are found, and answers have their fields;
     each outline is non-empty and runs along its box's edges (the masks fill their boxes)."""
@@ -150,11 +159,14 @@ def test_classifier_export(tmp_path):
     assert len(results) == 3 and results[0]["confidence"] >= results[1]["confidence"]
 
 
-@pytest.mark.parametrize("file, yaml, kind", [
-    ("yolo11n-pose-random-640-dynamic.onnx", "task: pose\nkpt_shape: [17, 3]\n", "pose"),
-    ("yolo11n-obb-random-640-dynamic.onnx", "task: obb\n", "obb"),
-    ("yolo11n-seg-random-640-dynamic.onnx", "task: segment\n", "segment"),
-])
+@pytest.mark.parametrize(
+    "file, yaml, kind",
+    [
+        ("yolo11n-pose-random-640-dynamic.onnx", "task: pose\nkpt_shape: [17, 3]\n", "pose"),
+        ("yolo11n-obb-random-640-dynamic.onnx", "task: obb\n", "obb"),
+        ("yolo11n-seg-random-640-dynamic.onnx", "task: segment\n", "segment"),
+    ],
+)
 def test_model_yaml_names_the_task_of_a_model_without_metadata(tmp_path, file, yaml, kind):
     """Exports from elsewhere carry no Ultralytics metadata: model.yaml's `task` (and `kpt_shape`) say it."""
     import onnx

@@ -8,9 +8,13 @@ from ultralytics import YOLO
 
 url, image, conf = sys.argv[1], sys.argv[2], float(sys.argv[3])
 result = YOLO(url, task="detect")(image, conf=conf, verbose=False)[0]
-print(json.dumps({
-    "names": result.names,
-    "boxes": result.boxes.xyxy.tolist(),
-    "confidence": result.boxes.conf.tolist(),
-    "class": result.boxes.cls.int().tolist(),
-}))
+print(
+    json.dumps(
+        {
+            "names": result.names,
+            "boxes": result.boxes.xyxy.tolist(),
+            "confidence": result.boxes.conf.tolist(),
+            "class": result.boxes.cls.int().tolist(),
+        }
+    )
+)

@@ -7,7 +7,9 @@ import asyncio
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_builders import lookup_model
 
@@ -20,10 +22,49 @@ def server(serve_module, tmp_path_factory):
     lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
     # a long queue delay so concurrent requests surely share one batch
     # ONNX Runtime checks Gather indices (OpenVINO does not): the out-of-range one makes the whole run fail
-    (root / "lookup" / "model.yaml").write_text(
+    batching = (
         "backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
     )
+    (root / "lookup" / "model.yaml").write_text(batching)
+    _pairs_model(root / "pairs" / "1" / "model.onnx")
+    (root / "pairs" / "model.yaml").write_text(batching)
     return serve_module(root)
+
+
+def _pairs_model(path) -> None:
+    """`[batch, 6]` reshaped to `[-1, 3]`: two output rows per input row, so its first output dimension is dynamic
+    (and looks like a batch) but is not the batch."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "pairs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
+        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))
+
+
+def test_outputs_whose_rows_are_not_the_batch_never_mix_requests(server):
+    """Batched, the four requests' rows could not be told apart in the output (8 rows for 4 requests): each is run
+    alone instead, so every client gets its own values, and batching stops for the model."""
+
+    def request(client: int) -> dict:
+        return {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 6], "data": [client * 100 + i for i in range(6)]}]
+        }
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v2/models/pairs/infer", json=request(c)) for c in range(4)))
+
+    for client, response in enumerate(asyncio.run(together())):
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]
+        assert output["shape"] == [2, 3] and output["data"] == [client * 100 + i for i in range(6)]
+    assert "model 'pairs:1': a batch of" in server.log() and "not one row per input row" in server.log()
 
 
 def _request(index: int) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ import numpy as np
 
 from kakehashi.errors import DeadlineExceeded, Overloaded
 
+log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 DRAIN_SECONDS = 30.0
 RunBatch = Callable[[int, Feeds], Feeds]
@@ -201,7 +203,9 @@ class DynamicBatcher:
         """In the instance's thread: stack the batch once, run it, time it; each request's outputs (or error).
 
         If a batch of several requests fails, each is run again alone, so only the request that causes the
-        error gets it and the others are answered.
+        error gets it and the others are answered. If an output of a batch does not have one row per input row
+        (its first dimension is not the batch: e.g. a count of detections), its rows cannot be told apart: each
+        request is run again alone and batching stops for this model.
         """
         started = time.perf_counter()
         try:
@@ -211,6 +215,9 @@ class DynamicBatcher:
                 stacked = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
                 outputs = self._run(instance, stacked)
                 offsets = np.cumsum([0] + [p.rows for p in batch])
+                if any(value.ndim == 0 or value.shape[0] != offsets[-1] for value in outputs.values()):
+                    self._stop_batching(outputs, int(offsets[-1]))
+                    return [self._run_alone(instance, p) for p in batch], started, time.perf_counter()
                 shares = [
                     {name: value[offsets[i] : offsets[i + 1]] for name, value in outputs.items()}
                     for i in range(len(batch))
@@ -218,6 +225,13 @@ class DynamicBatcher:
         except Exception as exc:
             shares = [exc] if len(batch) == 1 else [self._run_alone(instance, p) for p in batch]
         return shares, started, time.perf_counter()
+
+    def _stop_batching(self, outputs: Feeds, rows: int) -> None:
+        if self.max_batch_size > 1:
+            shapes = {name: list(value.shape) for name, value in outputs.items()}
+            log.warning("model '%s': a batch of %d rows gave outputs %s, not one row per input row; batching is "
+                        "off for it from now on (set max_batch_size: 1 in its model.yaml)", self._name, rows, shapes)
+            self.max_batch_size = 1
 
     def _run_alone(self, instance: int, pending: _Pending) -> Feeds | Exception:
         if pending.future.done():  # cancelled meanwhile: do not spend the instance on it

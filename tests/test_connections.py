@@ -95,6 +95,18 @@ def test_a_stalled_body_gets_408(server):
     assert _live(server)
 
 
+def test_a_trickled_body_gets_408_at_the_body_timeout(server):
+    """One byte every 0.2 s keeps a per-read timeout happy forever; the whole body has a deadline."""
+    with _connect(server) as connection:
+        connection.sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        answer, _ = _closed_by_server(connection, drip=b" ")
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within" in answer, answer
+    assert _live(server)
+
+
 def test_connections_over_the_cap_wait_until_others_close(serve, tmp_path):
     tiny_model(tmp_path / "tiny.onnx")
     server = serve(tmp_path, "--max-connections", "4", "--header-timeout-seconds", "60")

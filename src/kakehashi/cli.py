@@ -107,7 +107,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option(
     "--body-timeout-seconds",
     Settings.body_timeout_seconds,
-    "Each part of a request body must arrive within this (408 otherwise; 0: no limit).",
+    "A request body must arrive in full within this (408 otherwise; 0: no limit).",
     type=click.FloatRange(min=0),
 )
 @_option(

@@ -35,7 +35,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024  # HTTP body and gRPC message (413 / RESOURCE_EXHAUSTED)
     max_header_bytes: int = 64 * 1024  # HTTP request line + headers (431)
     header_timeout_seconds: float = 10.0  # request line + headers arrive within this, and idle keep-alive closes
-    body_timeout_seconds: float = 30.0  # each part of a request body arrives within this (408)
+    body_timeout_seconds: float = 60.0  # a whole request body arrives within this (408)
     max_connections: int = 1000  # HTTP connections served at once (more wait in the listen backlog)
     compute_threads: int = max(2, os.cpu_count() or 2)
     grace_seconds: float = 30.0  # on SIGTERM, how long accepted requests may take to finish

@@ -1,4 +1,4 @@
-"""ASGI middleware cutting request bodies that stall: each part of the body must arrive within a timeout."""
+"""ASGI middleware cutting request bodies that stall or trickle: the whole body must arrive within a timeout."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from kakehashi.errors import KakehashiError
 
 
 class BodyStalled(KakehashiError):
-    """No part of the request body arrived within the body timeout (HTTP 408)."""
+    """The request body did not arrive in full within the body timeout (HTTP 408)."""
 
     status = 408
 
 
 class BodyReadTimeout:
-    """Raises `BodyStalled` (answered 408) when the next part of a request body takes over `seconds` to arrive.
-    Once the body is complete, `receive` is left alone (it then waits for the client to disconnect)."""
+    """Raises `BodyStalled` (answered 408) when a request body is not complete `seconds` after the request began:
+    a stalled body and one trickled in a byte at a time both free their connection. Once the body is complete,
+    `receive` is left alone (it then waits for the client to disconnect)."""
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app = app
@@ -28,16 +29,17 @@ class BodyReadTimeout:
             await self.app(scope, receive, send)
             return
         body_complete = False
+        deadline = asyncio.get_running_loop().time() + self.seconds
 
         async def timed() -> Message:
             nonlocal body_complete
             if body_complete:
                 return await receive()
             try:
-                async with asyncio.timeout(self.seconds):
+                async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise BodyStalled(f"the request body stalled: no data for {self.seconds:g} s") from None
+                raise BodyStalled(f"the request body stalled: it did not arrive within {self.seconds:g} s") from None
             body_complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 

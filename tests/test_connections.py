@@ -144,3 +144,29 @@ def test_an_answer_before_the_body_is_read_leaves_the_client_a_working_connectio
         refused = server.client.post(path.format(model=model), content=body, headers={"Content-Type": content_type})
         assert refused.status_code == status, refused.text
         assert server.client.get("/v2").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        (b"Content-Length: 100000", b'{"inputs": ['),  # the client leaves part-way
+        (b"Transfer-Encoding: chunked", b"zz\r\n"),  # a chunk size that is not hexadecimal
+        (b"Transfer-Encoding: chunked", b"ffffffffffffffffff\r\nab"),  # one past any size
+    ],
+    ids=["disconnect", "bad-chunk-size", "huge-chunk-size"],
+)
+def test_a_body_cut_short_is_the_clients_fault_and_logs_no_traceback(server, head, body):
+    logged = len(server.log())
+    with _connect(server) as connection:
+        connection.sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n\r\n"
+        )
+        connection.sendall(body)
+        connection.shutdown(socket.SHUT_WR)
+        answer, _ = _closed_by_server(connection)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer
+    assert _live(server)
+    metrics = server.client.get("/metrics").text
+    assert 'outcome="error"' not in metrics  # counted as the client's (cancelled or invalid), not as our failure
+    log = server.log()[logged:]
+    assert "Traceback" not in log and "ERROR" not in log, log

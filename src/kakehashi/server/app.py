@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
 from kakehashi.errors import KakehashiError
 from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
@@ -18,7 +19,12 @@ from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.header_limit import HeaderLimit
 from kakehashi.server.path_guard import DrainGuard, PathGuard
 from kakehashi.server.read_timeout import BodyReadTimeout
-from kakehashi.server.responses import on_http_error, on_kakehashi_error, on_unexpected_error
+from kakehashi.server.responses import (
+    on_client_disconnect,
+    on_http_error,
+    on_kakehashi_error,
+    on_unexpected_error,
+)
 from kakehashi.server.state import ServerState
 from kakehashi.server.unread_body import CloseAfterUnreadBody
 
@@ -79,6 +85,7 @@ def create_app(state: ServerState) -> Starlette:
         exception_handlers={
             KakehashiError: on_kakehashi_error,
             HTTPException: on_http_error,
+            ClientDisconnect: on_client_disconnect,
             Exception: on_unexpected_error,
         },
         lifespan=lifespan,

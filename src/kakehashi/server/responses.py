@@ -38,6 +38,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The body ended before its declared length: the client left, or its chunked encoding was malformed. Nothing
+    of ours failed: a 400 (reaching the client only if it still listens), and no traceback in the log."""
+    log.debug("%s %s: the request body ended early", request.method, request.url.path)
+    return error_response(
+        400, "the request body ended early (the client disconnected, or its chunked encoding is malformed)"
+    )
+
+
 async def on_unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error; the server log has the details")

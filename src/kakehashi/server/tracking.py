@@ -10,7 +10,7 @@ from functools import wraps
 from typing import TypeVar
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from kakehashi import metrics
@@ -60,7 +60,7 @@ class RequestTracker:
             self.status = error.status
         elif isinstance(error, HTTPException):  # e.g. Starlette's 400 for a malformed multipart body
             self.status = error.status_code
-        elif isinstance(error, asyncio.CancelledError):
+        elif isinstance(error, asyncio.CancelledError | ClientDisconnect):
             self.status = ClientDisconnected.status
         self._in_flight.dec()
         self.series.record(self.protocol, outcome(self.status), time.perf_counter() - self._started)

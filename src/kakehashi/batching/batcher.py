@@ -229,8 +229,13 @@ class DynamicBatcher:
     def _stop_batching(self, outputs: Feeds, rows: int) -> None:
         if self.max_batch_size > 1:
             shapes = {name: list(value.shape) for name, value in outputs.items()}
-            log.warning("model '%s': a batch of %d rows gave outputs %s, not one row per input row; batching is "
-                        "off for it from now on (set max_batch_size: 1 in its model.yaml)", self._name, rows, shapes)
+            log.warning(
+                "model '%s': a batch of %d rows gave outputs %s, not one row per input row; batching is "
+                "off for it from now on (set max_batch_size: 1 in its model.yaml)",
+                self._name,
+                rows,
+                shapes,
+            )
             self.max_batch_size = 1
 
     def _run_alone(self, instance: int, pending: _Pending) -> Feeds | Exception:

@@ -47,7 +47,9 @@ def test_image_is_slim_non_root_with_healthcheck_and_exec_entrypoint():
     assert set(_instruction("EXPOSE")[0].split()) == {"8000", "8001"}
 
 
-def test_the_containers_command_serves_passes_its_healthcheck_and_drains(tmp_path):
+def test_the_containers_command_serves_passes_its_healthcheck_and_exits_0_on_sigterm(tmp_path):
+    """The Dockerfile's own command, environment and health check; draining with requests in flight is
+    test_graceful_shutdown's subject."""
     env = dict(os.environ)
     for assignments in _instruction("ENV"):
         env.update(pair.split("=", 1) for pair in shlex.split(assignments))

@@ -223,3 +223,16 @@ def offset_output(source: Path, target: Path, output: str, offset: float) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
     return target
+
+
+def rows_of_three_model(path: Path, columns: int) -> Path:
+    """`[batch, columns]` reshaped to `[-1, 3]`. With 6 columns each input row gives two output rows (a dynamic
+    first output dimension that is not the batch); with 4 every run fails (4 values are not rows of 3)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "rows_of_three",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", columns])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
+        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")],
+    )
+    return _save(graph, path, None)

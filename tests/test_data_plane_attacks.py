@@ -10,15 +10,14 @@ import time
 
 import httpx
 import numpy as np
-import onnx
 import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from conftest import IMAGES, YOLO11
+from onnx_builders import rows_of_three_model
 
 COFFEE = (IMAGES / "coffee.png").read_bytes()
 
@@ -178,18 +177,8 @@ def test_a_batch_over_max_batch_size_is_refused_before_it_runs(server):
 
 
 def _throwing_model(path) -> None:
-    """A model that loads but fails every run: `[batch, 4]` reshaped to `[-1, 3]`."""
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-        "throws",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
-        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True)
-    onnx.save(model, str(path))
+    """A model that loads but fails every run."""
+    rows_of_three_model(path, columns=4)
 
 
 def test_a_failing_warm_up_is_unavailable_with_its_reason(serve, tmp_path):

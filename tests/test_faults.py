@@ -7,11 +7,9 @@ import asyncio
 
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from onnx_builders import lookup_model
+from onnx_builders import lookup_model, rows_of_three_model
 
 TABLE = np.arange(10, dtype=np.float32) * 1.5
 
@@ -26,25 +24,9 @@ def server(serve_module, tmp_path_factory):
         "backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
     )
     (root / "lookup" / "model.yaml").write_text(batching)
-    _pairs_model(root / "pairs" / "1" / "model.onnx")
+    rows_of_three_model(root / "pairs" / "1" / "model.onnx", columns=6)
     (root / "pairs" / "model.yaml").write_text(batching)
     return serve_module(root)
-
-
-def _pairs_model(path) -> None:
-    """`[batch, 6]` reshaped to `[-1, 3]`: two output rows per input row, so its first output dimension is dynamic
-    (and looks like a batch) but is not the batch."""
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-        "pairs",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
-        [numpy_helper.from_array(np.asarray([-1, 3], np.int64), "shape")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True)
-    onnx.save(model, str(path))
 
 
 def test_outputs_whose_rows_are_not_the_batch_never_mix_requests(server):

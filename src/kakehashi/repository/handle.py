@@ -344,13 +344,13 @@ class ModelHandle:
             try:
                 # the first failure cancels its siblings, and admission is held until every one of them is gone
                 async with asyncio.TaskGroup() as group:
-                    tasks = [
+                    answers = [
                         group.create_task(self._predict_one(task, index, data, params, deadline, numbered))
                         for index, data in enumerate(images)
                     ]
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None
-        return [task.result() for task in tasks]
+        return [answer.result() for answer in answers]
 
     async def _predict_one(
         self,

@@ -213,3 +213,24 @@ def test_instances_run_in_parallel():
 
     asyncio.run(scenario())
     assert sorted(started) == [0, 1]
+
+
+def test_a_batch_whose_outputs_do_not_follow_its_rows_is_run_request_by_request():
+    """An output with two rows per input row (a reshape; or a count of detections that happens to differ):
+    split by input rows, each request would get others' values. The batch is re-run one request at a time and
+    batching stops."""
+    recorder = Recorder()
+
+    def pairs(instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        recorder(instance, feeds)
+        return {"y": feeds["x"].reshape(-1, 1).repeat(2, axis=0)}  # 2 * width rows per input row
+
+    b = batcher(pairs)
+
+    async def main() -> list:
+        return await _busy_then(recorder, b, [(row(1), 1), (row(2), 1), (row(3), 1)])
+
+    results = asyncio.run(main())
+    for value, result in zip((0, 1, 2, 3), results, strict=True):
+        assert result.outputs["y"].shape == (4, 1) and set(result.outputs["y"].ravel()) == {value}
+    assert b.max_batch_size == 1 and [1.0, 2.0, 3.0] in recorder.batches  # the batch ran once, then each alone

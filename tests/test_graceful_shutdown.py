@@ -163,3 +163,29 @@ def test_when_the_grace_period_runs_out_the_queued_rest_gets_503_and_the_process
     assert len(refused) > len(answered)  # the grace (1 s) allowed a few at most, not the whole queue
     assert all(a.json()["images"][0]["shape"] == [512, 512] for a in answered)  # what was answered is whole
     assert status == 0 and "Traceback" not in server.log()
+
+
+def test_grpc_calls_in_flight_at_sigterm_are_all_answered(serve, tmp_path):
+    """Only gRPC calls in flight, more work than the 5 s backstop after HTTP goes idle: the server waits for
+    the gRPC stop (which lets its calls finish within the grace) before it stops, so every call is answered."""
+    server = _slow_yolo(serve, tmp_path, "60")
+    calls, results, done = 64, [], threading.Event()
+    tensor = triton_grpc.InferInput("images", [1, 3, 1280, 1280], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 1280, 1280), np.float32))
+
+    def answered(result, error) -> None:
+        results.append(error or result.as_numpy("output0").shape)
+        if len(results) == calls:
+            done.set()
+
+    with triton_grpc.InferenceServerClient(server.grpc_address) as client:
+        for _ in range(calls):
+            client.async_infer("yolo", [tensor], callback=answered)
+        # every call accepted (answered or in flight; one still arriving at the signal may be refused), and many left
+        _wait_for(lambda: len(results) + _in_flight(server) == calls, "every call accepted", 120)
+        server.process.send_signal(signal.SIGTERM)
+        assert done.wait(180), f"{len(results)} of {calls} answered"
+    assert server.process.wait(60) == 0
+    assert results == [(1, 300, 6)] * calls, [str(r) for r in results if r != (1, 300, 6)]
+    log = server.log()
+    assert "draining" in log and "Traceback" not in log

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kakehashi.errors import DeadlineExceeded, Overloaded
+from kakehashi.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
@@ -282,9 +282,6 @@ class DynamicBatcher:
                 await asyncio.sleep(0.005)
             self._dispatcher.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.cancel()
-        self._queue.clear()
+        self.abandon(Unavailable(f"model '{self._name}' was unloaded before this request's turn; retry"))
         for executor in self._executors:
             executor.shutdown(wait=True)

@@ -93,8 +93,6 @@ class ModelHandle:
         )
         self.series = VersionSeries.of(name, str(version))
         # the gauge holds the handle weakly, so an unloaded version can be garbage-collected
-        this = weakref.ref(self)
-        self.series.queue_depth.set_function(lambda: handle.queue_depth if (handle := this()) is not None else 0)
         self._set_state(ModelState.LOADING)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -104,9 +102,12 @@ class ModelHandle:
         self.publish_state()
 
     def publish_state(self) -> None:
-        """Show this handle's state in the state metric, which it shares with other handles of its version (the
-        one a reload replaces, or a failed reload's)."""
+        """Show this handle's state and queue depth in the metrics, which it shares with other handles of its
+        version (the one a reload replaces, or a failed reload's). The gauge holds the handle weakly, so an
+        unloaded version can be garbage-collected."""
         self.series.state(self.state.value, [each.value for each in ModelState])
+        this = weakref.ref(self)
+        self.series.queue_depth.set_function(lambda: handle.queue_depth if (handle := this()) is not None else 0)
 
     def load(self) -> None:
         """Load the instances, resolve the task and warm up; on failure the state says why."""
@@ -222,6 +223,13 @@ class ModelHandle:
             rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
             for rows in range(1, self.max_batch_size + 1)
         }
+        if self.max_batch_size > 1 and not _rows_follow_the_batch(self._instances[0], feeds):
+            log.warning(
+                "model %s: its outputs do not have one row per input row (their first dimension is not the "
+                "batch), so requests are never batched together",
+                self.name,
+            )
+            self._batchable, self.max_batch_size, self.preferred_batch_size = False, 1, 1
         if self.config.backend == "auto":  # the server's defaults are already applied to the config
             self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
             self.backend = self._instances[0]
@@ -396,6 +404,16 @@ def _decodable(output: np.ndarray) -> np.ndarray:
     """An output as the tasks decode it: FP16 (a half-precision model's) widened to FP32, whose range holds box
     areas and whose precision holds IoUs."""
     return output.astype(np.float32) if output.dtype == np.float16 else output
+
+
+def _rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarray]]) -> bool:
+    """True if batches of 1 and 2 rows give outputs of 1 and 2 rows: otherwise rows of requests batched together
+    could not be told apart in the outputs (e.g. a count of detections, a reshape)."""
+    for rows in (1, 2):
+        outputs = backend.run(feeds[rows])
+        if any(value.ndim == 0 or value.shape[0] != rows for value in outputs.values()):
+            return False
+    return True
 
 
 def _fastest_batch_size(backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 2) -> int:

@@ -41,7 +41,7 @@ def create_app(state: ServerState) -> Starlette:
                 await state.repository.load_at_start()
                 state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
-            if state.settings.model_control == "poll":
+            if state.settings.model_control == "poll" and not state.draining:
                 await state.repository.watch(state.settings.poll_seconds)
 
         state.loop = asyncio.get_running_loop()

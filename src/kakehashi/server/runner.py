@@ -90,7 +90,10 @@ async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
     late = asyncio.create_task(_refuse_late_arrivals(state))
     try:
         await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, settings.grace_seconds))
-        await asyncio.wait_for(app.idle.wait(), settings.grace_seconds + BACKSTOP_SECONDS)
+        # HTTP requests and gRPC calls alike (the gRPC stop lets its calls finish within the grace)
+        await asyncio.wait_for(
+            asyncio.gather(app.idle.wait(), state.stop_grpc()), settings.grace_seconds + BACKSTOP_SECONDS
+        )
     except TimeoutError:
         log.warning("%d request(s) still unanswered %.0f s after the grace period: cut", app.count, BACKSTOP_SECONDS)
     finally:

@@ -27,6 +27,7 @@ class ServerState:
     loop: asyncio.AbstractEventLoop | None = None
     grpc_server: Any = None  # grpc.aio.Server when gRPC is on (typed loosely: grpc loads only when used)
     drain_task: asyncio.Task | None = None  # `drain`, started at the exit signal (held: the loop keeps tasks weakly)
+    grpc_stopping: asyncio.Future | None = None  # the one gRPC stop, once started
 
     @property
     def ready(self) -> bool:
@@ -55,10 +56,14 @@ class ServerState:
         await stopping
 
     async def stop_grpc(self) -> None:
-        """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period."""
-        server, self.grpc_server = self.grpc_server, None
-        if server is not None:
-            await server.stop(grace=self.settings.grace_seconds)
+        """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period;
+        every caller waits for the same stop (a cancelled caller does not cut it short)."""
+        if self.grpc_stopping is None:
+            server, self.grpc_server = self.grpc_server, None
+            if server is None:
+                return
+            self.grpc_stopping = asyncio.ensure_future(server.stop(grace=self.settings.grace_seconds))
+        await asyncio.shield(self.grpc_stopping)
 
 
 def server_state(request: Request) -> ServerState:

@@ -34,9 +34,6 @@ from kakehashi.server.state import ServerState
 log = logging.getLogger(__name__)
 ACCEPT_LINGER_SECONDS = 1.0
 BACKSTOP_SECONDS = 5.0
-LATE_REASON = (
-    "the server is shutting down and its grace period ran out before this request's turn; retry on another replica"
-)
 MIN_BUFFER_BYTES = 8192  # the smallest read buffer Granian's HTTP parser (hyper) accepts
 
 
@@ -87,7 +84,6 @@ async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
     log.info("exit signal: draining (finishing accepted requests, up to %.0f s)", settings.grace_seconds)
     state.draining = True
     state.drain_task = asyncio.create_task(state.drain())
-    late = asyncio.create_task(_refuse_late_arrivals(state))
     try:
         await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, settings.grace_seconds))
         # HTTP requests and gRPC calls alike (the gRPC stop lets its calls finish within the grace)
@@ -96,22 +92,11 @@ async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
         )
     except TimeoutError:
         log.warning("%d request(s) still unanswered %.0f s after the grace period: cut", app.count, BACKSTOP_SECONDS)
-    finally:
-        late.cancel()
     server.stop()
     try:
         await asyncio.wait_for(serving, BACKSTOP_SECONDS)
     except TimeoutError:
         log.warning("the HTTP server did not stop within %.0f s: cut", BACKSTOP_SECONDS)
-
-
-async def _refuse_late_arrivals(state: ServerState) -> None:
-    """After the grace period, answer 503 what reaches a model's queue late (requests still being decoded or
-    pre-processed when it ran out), as `ServerState.drain` did for those queued then."""
-    await asyncio.sleep(state.settings.grace_seconds)
-    while True:
-        state.repository.abandon_queued(LATE_REASON)
-        await asyncio.sleep(0.05)
 
 
 def run(state: ServerState, log_level: str, access_log: bool) -> None:

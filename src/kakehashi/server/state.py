@@ -15,6 +15,9 @@ from kakehashi.server.auth import ApiKeys, Forbidden
 from kakehashi.settings import Settings
 
 log = logging.getLogger(__name__)
+LATE_REASON = (
+    "the server is shutting down and its grace period ran out before this request's turn; retry on another replica"
+)
 
 
 @dataclass
@@ -44,16 +47,19 @@ class ServerState:
 
     async def drain(self) -> None:
         """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the
-        grace period; then answer those still queued 503, so each gets an answer rather than a cut connection."""
+        grace period; from then on answer 503 whatever waits in a model's queue (queued before, or reaching it late
+        from decoding), so each gets an answer rather than a cut connection. Runs until cancelled."""
         stopping = asyncio.ensure_future(self.stop_grpc())
         await asyncio.sleep(self.settings.grace_seconds)
-        count = self.repository.abandon_queued(
-            "the server is shutting down and its grace period ran out before "
-            "this request's turn; retry on another replica"
-        )
+        count = self.repository.abandon_queued(LATE_REASON)
         if count:
             log.warning("grace period over: %d queued request(s) answered 503", count)
-        await stopping
+        await asyncio.gather(stopping, self._answer_late_arrivals())
+
+    async def _answer_late_arrivals(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            self.repository.abandon_queued(LATE_REASON)
 
     async def stop_grpc(self) -> None:
         """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period;

@@ -92,6 +92,21 @@ class Server:
         self._log.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decision_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder of load decisions for the session (servers and in-process loads inherit it): each model and
+    configuration is measured once, not at every start, and never from decisions of an earlier run or of the
+    user's own cache. Tests about the measuring itself point `KAKEHASHI_CACHE_DIR` elsewhere."""
+    folder = tmp_path_factory.mktemp("decisions")
+    earlier = os.environ.get("KAKEHASHI_CACHE_DIR")
+    os.environ["KAKEHASHI_CACHE_DIR"] = str(folder)
+    yield folder
+    if earlier is None:
+        del os.environ["KAKEHASHI_CACHE_DIR"]
+    else:
+        os.environ["KAKEHASHI_CACHE_DIR"] = earlier
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     path = Path(__file__).parent.parent / "test-artifacts"

@@ -25,6 +25,7 @@ from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
+from kakehashi.repository.decisions import LoadDecisions, decision_key, recall, remember
 from kakehashi.settings import Limits
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
@@ -115,7 +116,10 @@ class ModelHandle:
         config = self.config
         threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            self._instances = create_instances(self.path, config, threads, config.backend)
+            key = decision_key(self.path, f"{config!r} threads={threads}") if config.warmup else ""
+            decided = recall(key) if key else None
+            kind = decided.runtime if decided is not None and config.backend == "auto" else config.backend
+            self._instances = create_instances(self.path, config, threads, kind)
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -125,7 +129,7 @@ class ModelHandle:
                 config.batching.preferred_batch_size or self.max_batch_size, self.max_batch_size
             )
             if config.warmup:
-                self._warm_up()
+                self._warm_up(key, decided)
         except KakehashiError as exc:
             log.error("model %s version %s failed to load: %s", self.name, self.version, exc.message)
             self._fail(exc.message)
@@ -205,9 +209,10 @@ class ModelHandle:
             await self._batcher.close()
         self._instances, self.backend, self._batcher = [], None, None
 
-    def _warm_up(self) -> None:
-        """Run every batch size the batcher may use on every instance, so no user request pays for it,
-        and time them to choose the batch size with the best throughput on this machine."""
+    def _warm_up(self, key: str, decided: LoadDecisions | None) -> None:
+        """Run every batch size the batcher may use on every instance, so no user request pays for it. The first
+        load on a machine also measures: whether outputs follow the batch, the faster runtime (`auto`) and the
+        batch size with the best throughput; they are kept under `key` and `decided` holds them for later loads."""
         if self.task is not None:
             spec = self.task.input
             row_shapes = {spec.name: spec.tensor_shape(spec.size)}
@@ -223,24 +228,39 @@ class ModelHandle:
             rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
             for rows in range(1, self.max_batch_size + 1)
         }
-        if self.max_batch_size > 1 and not _rows_follow_the_batch(self._instances[0], feeds):
+        if decided is None:
+            decided = self._measure(feeds)
+            remember(key, decided)
+        else:
+            log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
+        if self.max_batch_size > 1 and not decided.rows_follow_batch:
             log.warning(
                 "model %s: its outputs do not have one row per input row (their first dimension is not the "
                 "batch), so requests are never batched together",
                 self.name,
             )
             self._batchable, self.max_batch_size, self.preferred_batch_size = False, 1, 1
-        if self.config.backend == "auto":  # the server's defaults are already applied to the config
-            self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
-            self.backend = self._instances[0]
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
-            # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_scratch(self.path, self.config, self._instances[0], self._threads)
-            self.preferred_batch_size = _fastest_batch_size(scratch, feeds)
-            del scratch
+            self.preferred_batch_size = min(decided.batch_size, self.max_batch_size)
         for instance in self._instances:
             for rows in range(1, self.preferred_batch_size + 1):
                 instance.run(feeds[rows])
+
+    def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> LoadDecisions:
+        """Time what depends on this machine: whether outputs follow the batch, then (`auto`) the faster runtime,
+        which then serves, and the batch size with the best throughput."""
+        follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
+        if self.config.backend == "auto":  # the server's defaults are already applied to the config
+            self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
+            self.backend = self._instances[0]
+        batch_size = self.preferred_batch_size
+        if follows and self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
+            # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
+            scratch = create_scratch(self.path, self.config, self._instances[0], self._threads)
+            batch_size = _fastest_batch_size(scratch, feeds)
+            del scratch
+        runtime = "openvino" if self._instances[0].platform == "openvino" else "onnxruntime"
+        return LoadDecisions(runtime, batch_size, follows)
 
     @property
     def runtime(self) -> str:

@@ -1,0 +1,106 @@
+"""What a model's load measured (the faster runtime, the batch size), kept on disk and reused by the next load.
+
+A decision is keyed by everything that could change it: the model file's bytes, its configuration, the threads it
+runs with, the runtimes' versions and the CPU. The folder is `KAKEHASHI_CACHE_DIR` (empty: no cache), by default
+`$XDG_CACHE_HOME/kakehashi` (`~/.cache/kakehashi`). A missing, unreadable or stale entry means measuring again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the meaning of a stored decision changes
+
+
+@dataclass(frozen=True)
+class LoadDecisions:
+    """What warm-up measured for one model on one machine."""
+
+    runtime: str  # "onnxruntime" or "openvino": what serves the model
+    batch_size: int  # the preferred batch size (rows per second within 3% of the best)
+    rows_follow_batch: bool  # outputs have one row per input row, so requests may be batched together
+
+
+def cache_folder() -> Path | None:
+    """Where decisions are kept, or None when caching is off (`KAKEHASHI_CACHE_DIR=`)."""
+    configured = os.environ.get("KAKEHASHI_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kakehashi"
+
+
+@cache
+def _machine() -> str:
+    """The CPU model and the cores this process may use: decisions measured elsewhere do not apply here."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}/{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}"
+
+
+@cache
+def _runtime_versions() -> str:
+    versions = []
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package}=none")
+    return ",".join(versions)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as model:
+        while chunk := model.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decision_key(model: Path, settings: str) -> str:
+    """The key of `model`'s decisions under `settings` (its configuration and threads, as text) on this machine."""
+    parts = (str(FORMAT), _file_digest(model), settings, _runtime_versions(), _machine())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def recall(key: str) -> LoadDecisions | None:
+    """The decisions stored under `key`, if any can be read."""
+    folder = cache_folder()
+    if folder is None:
+        return None
+    try:
+        return LoadDecisions(**json.loads((folder / f"{key}.json").read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the unreadable load decisions %s: %s", folder / f"{key}.json", exc)
+        return None
+
+
+def remember(key: str, decisions: LoadDecisions) -> None:
+    """Store `decisions` under `key` (written whole, then renamed, so a reader never sees half of it); a folder
+    that cannot be written is logged and skipped: the next load measures again."""
+    folder = cache_folder()
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as file:
+            json.dump(asdict(decisions), file)
+        os.replace(file.name, folder / f"{key}.json")
+    except OSError as exc:
+        log.warning("could not keep the load decisions in %s: %s", folder, exc)

@@ -1,0 +1,111 @@
+"""Load decisions (the faster runtime, the batch size, whether outputs follow the batch) are measured at a model's
+first load on a machine, kept on disk, and reused by later loads until the model, its configuration, the runtimes
+or the machine change."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import YOLO11, YOLO26
+from inprocess import load
+
+MEASURED = "per inference; serving with"  # the log line of `auto` timing both runtimes
+REUSED = "load decisions reused"
+OTHER = {"onnxruntime": "openvino", "openvino": "onnxruntime"}
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "decisions"
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(folder))
+    return folder
+
+
+def _repository(root: Path, model: Path = YOLO11, yaml: str = "batching: {max_batch_size: 2}\n") -> Path:
+    folder = root / "yolo"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, folder / "1" / "model.onnx")
+    (folder / "model.yaml").write_text(yaml)
+    return folder
+
+
+def _load(folder: Path, caplog: pytest.LogCaptureFixture):
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        handle = load(folder)
+    assert handle.ready, handle.reason
+    return handle, caplog.text
+
+
+def _runtime(handle) -> str:
+    return "openvino" if handle.backend.platform == "openvino" else "onnxruntime"
+
+
+def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, cache, caplog):
+    folder = _repository(tmp_path)
+    first, text = _load(folder, caplog)
+    assert MEASURED in text and REUSED not in text
+    [stored] = cache.glob("*.json")
+    assert json.loads(stored.read_text()) == {
+        "runtime": _runtime(first),
+        "batch_size": first.preferred_batch_size,
+        "rows_follow_batch": True,
+    }
+    second, text = _load(folder, caplog)
+    assert REUSED in text and MEASURED not in text
+    assert (_runtime(second), second.preferred_batch_size) == (_runtime(first), first.preferred_batch_size)
+
+
+def test_a_stored_decision_is_what_serves(tmp_path, cache, caplog):
+    """Edited on disk to the other runtime and batch size 1, the decision is obeyed, so it is really read."""
+    folder = _repository(tmp_path)
+    first, _ = _load(folder, caplog)
+    [stored] = cache.glob("*.json")
+    stored.write_text(json.dumps({"runtime": OTHER[_runtime(first)], "batch_size": 1, "rows_follow_batch": True}))
+    second, _ = _load(folder, caplog)
+    assert (_runtime(second), second.preferred_batch_size) == (OTHER[_runtime(first)], 1)
+    stored.write_text(json.dumps({"runtime": _runtime(first), "batch_size": 2, "rows_follow_batch": False}))
+    third, text = _load(folder, caplog)
+    assert third.max_batch_size == 1 and "never batched together" in text
+
+
+def test_another_model_or_configuration_is_measured_again(tmp_path, cache, caplog):
+    _load(_repository(tmp_path / "a"), caplog)
+    _, text = _load(_repository(tmp_path / "b", YOLO26), caplog)  # other bytes
+    assert MEASURED in text
+    _, text = _load(_repository(tmp_path / "c", yaml="batching: {max_batch_size: 2}\nthreads: 1\n"), caplog)
+    assert MEASURED in text
+    assert len(list(cache.glob("*.json"))) == 3
+
+
+def test_an_unreadable_decision_is_measured_again_and_replaced(tmp_path, cache, caplog):
+    folder = _repository(tmp_path)
+    _load(folder, caplog)
+    [stored] = cache.glob("*.json")
+    stored.write_text('{"runtime": "openvino", "batch')
+    _, text = _load(folder, caplog)
+    assert "ignoring the unreadable load decisions" in text and MEASURED in text
+    assert json.loads(stored.read_text())["rows_follow_batch"] is True
+
+
+def test_an_empty_cache_dir_turns_caching_off(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = _repository(tmp_path)
+    _load(folder, caplog)
+    _, text = _load(folder, caplog)
+    assert MEASURED in text and REUSED not in text
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_without_kakehashi_cache_dir_decisions_go_to_the_xdg_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("KAKEHASHI_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _load(_repository(tmp_path), caplog)
+    assert len(list((tmp_path / "xdg" / "kakehashi").glob("*.json"))) == 1

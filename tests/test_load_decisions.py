@@ -26,7 +26,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _repository(root: Path, model: Path = YOLO11, yaml: str = "batching: {max_batch_size: 2}\n") -> Path:
+SMALL = "batching: {max_batch_size: 2}\ninput: {size: 160}\n"  # quick to time (YOLO26 needs 300 anchors)
+
+
+def _repository(root: Path, model: Path = YOLO11, yaml: str = SMALL) -> Path:
     folder = root / "yolo"
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy(model, folder / "1" / "model.onnx")
@@ -78,7 +81,7 @@ def test_another_model_or_configuration_is_measured_again(tmp_path, cache, caplo
     _load(_repository(tmp_path / "a"), caplog)
     _, text = _load(_repository(tmp_path / "b", YOLO26), caplog)  # other bytes
     assert MEASURED in text
-    _, text = _load(_repository(tmp_path / "c", yaml="batching: {max_batch_size: 2}\nthreads: 1\n"), caplog)
+    _, text = _load(_repository(tmp_path / "c", yaml=SMALL + "threads: 1\n"), caplog)
     assert MEASURED in text
     assert len(list(cache.glob("*.json"))) == 3
 

@@ -82,14 +82,31 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Send SIGTERM and go on: the drain (a second of linger for late arrivals, then the HTTP server's stop)
+        runs while the next tests do; `reap` waits for the exit."""
         self.client.close()
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
+        _STOPPING.append(self)
+
+    def reap(self) -> None:
         try:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+_STOPPING: list[Server] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reap_servers() -> Iterator[None]:
+    """Wait, at the end of the session, for every stopped server to exit (killed if one takes over 15 s)."""
+    yield
+    for server in _STOPPING:
+        server.reap()
 
 
 @pytest.fixture(scope="session", autouse=True)

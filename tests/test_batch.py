@@ -450,7 +450,7 @@ def test_against_a_server_keeps_several_requests_in_flight(serve, tmp_path):
     (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "slow" / "1" / "model.onnx").symlink_to(YOLO11_PATH.resolve())
     (tmp_path / "repo" / "slow" / "model.yaml").write_text(
-        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\n"
+        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\nbackend: onnxruntime\n"
     )
     server = serve(tmp_path / "repo")
     (tmp_path / "in").mkdir()

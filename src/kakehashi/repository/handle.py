@@ -210,9 +210,10 @@ class ModelHandle:
         self._instances, self.backend, self._batcher = [], None, None
 
     def _warm_up(self, key: str, decided: LoadDecisions | None) -> None:
-        """Run every batch size the batcher may use on every instance, so no user request pays for it. The first
-        load on a machine also measures: whether outputs follow the batch, the faster runtime (`auto`) and the
-        batch size with the best throughput; they are kept under `key` and `decided` holds them for later loads."""
+        """Run the smallest and largest batch the batcher may form on every instance, so no user request pays for
+        the first runs. The first load on a machine also measures: whether outputs follow the batch, the faster
+        runtime (`auto`) and the batch size with the best throughput; they are kept under `key`, and `decided`
+        holds them for later loads."""
         if self.task is not None:
             spec = self.task.input
             row_shapes = {spec.name: spec.tensor_shape(spec.size)}
@@ -242,8 +243,8 @@ class ModelHandle:
             self._batchable, self.max_batch_size, self.preferred_batch_size = False, 1, 1
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             self.preferred_batch_size = min(decided.batch_size, self.max_batch_size)
-        for instance in self._instances:
-            for rows in range(1, self.preferred_batch_size + 1):
+        for instance in self._instances:  # the largest batch sizes the arenas; sizes in between cost no more later
+            for rows in sorted({1, self.preferred_batch_size}):
                 instance.run(feeds[rows])
 
     def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> LoadDecisions:

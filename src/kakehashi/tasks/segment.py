@@ -8,10 +8,10 @@ sigmoid(logit) > 0.5, i.e. logit > 0.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from kakehashi.tasks.detect import box_results
@@ -25,6 +25,8 @@ def _box_mask(
     logits: np.ndarray, box: tuple[int, int, int, int], transform: BoxTransform, input_size: tuple[int, int]
 ) -> np.ndarray:
     """The mask (bool, box height × box width) of original pixels x1..x2, y1..y2 from prototype-res `logits`."""
+    import cv2  # loaded with a segmentation model (`SegmentTask`), not by every server
+
     x1, y1, x2, y2 = box
     proto_h, proto_w = logits.shape
     fx, fy = proto_w / input_size[1], proto_h / input_size[0]
@@ -49,6 +51,8 @@ def _box_mask(
 def polygon(mask: np.ndarray, left: int, top: int, decimals: int) -> dict:
     """The mask's outline as `{x: [...], y: [...]}` in original pixels. A mask of several regions gives one
     outline through all of them, each joined to the next at their closest points (as Ultralytics' `Masks.xy`)."""
+    import cv2
+
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return {"x": [], "y": []}
@@ -107,6 +111,9 @@ class SegmentTask:
     names: tuple[str, ...]
     protos: str
     kind: str = "segment"
+
+    def __post_init__(self) -> None:
+        importlib.import_module("cv2")  # OpenCV (0.2 s to import) at load, not at the first request
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, params: PredictParams) -> list[dict]:
         """Each result gets `segments: {x, y}` (its mask's outline), or `rle` with `masks=rle`."""

@@ -114,7 +114,9 @@ def decision_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One folder of load decisions for the session (servers and in-process loads inherit it): each model and
     configuration is measured once, not at every start, and never from decisions of an earlier run or of the
     user's own cache. Tests about the measuring itself point `KAKEHASHI_CACHE_DIR` elsewhere."""
-    folder = tmp_path_factory.mktemp("decisions")
+    base = tmp_path_factory.getbasetemp()
+    # with pytest-xdist, each worker's base folder sits in the run's: the workers share the decisions
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "decisions"
     earlier = os.environ.get("KAKEHASHI_CACHE_DIR")
     os.environ["KAKEHASHI_CACHE_DIR"] = str(folder)
     yield folder

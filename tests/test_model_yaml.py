@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from kakehashi.errors import ModelLoadError
-from kakehashi.repository.config import ModelConfig, VersionPolicy, load_model_config
+from kakehashi.repository.config import ModelConfig, ServerDefaults, VersionPolicy, edge_profile, load_model_config
+from kakehashi.repository.yaml_file import load_yaml_file
 
 
 def write(tmp_path, text: str):
@@ -55,22 +57,32 @@ providers: [CPUExecutionProvider]
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("tsk: detect", "unknown key 'tsk'"),
-        ("input: {colour: rgb}", "unknown key 'input.colour'"),
-        ("task: segment-everything", "key 'task': expected one of detect, segment, pose, obb, classify, tensor"),
+        ("tsk: detect", "unknown key 'tsk' (known keys: task, head, names,"),
+        ("input: {colour: rgb}", "unknown key 'input.colour' (known keys: size, channels,"),
+        (
+            "task: segment-everything",
+            "key 'task': expected one of detect, segment, pose, obb, classify, tensor, got 'segment-everything'",
+        ),
         ("kpt_shape: [17, 4]", "key 'kpt_shape': expected [keypoints, 2 or 3] (e.g. [17, 3]), got [17, 4]"),
-        ("head: rcnn", "key 'head': expected one of ultralytics"),
+        ("head: rcnn", "key 'head': expected one of ultralytics, end2end"),
         ("input: {size: [1, 2, 3]}", "key 'input.size': expected an integer or a list [height, width]"),
-        ("defaults: {conf: 1.5}", "key 'defaults.conf': expected a number in [0.0, 1.0], got 1.5"),
-        ("defaults: {max_det: ten}", "key 'defaults.max_det': expected an integer"),
-        ("warmup: sometimes", "key 'warmup': expected true or false"),
+        ("defaults: {conf: 1.5}", "key 'defaults.conf': expected less than or equal to 1, got 1.5"),
+        ("defaults: {max_det: ten}", "key 'defaults.max_det': expected a valid integer, got 'ten'"),
+        ("warmup: sometimes", "key 'warmup': expected a valid boolean, got 'sometimes'"),
         ("input: 3", "key 'input': expected a mapping of keys"),
-        ("names: missing.txt", "names file"),
+        ("names: missing.txt", "key 'names': names file"),
         ("version_policy: {latest: 1, all: true}", "expected one of latest, specific or all"),
         ("task: [detect", "not valid YAML"),
-        ("batching: {max_batch_size: 0}", "key 'batching.max_batch_size': expected an integer in [1, 1024]"),
+        ("batching: {max_batch_size: 0}", "key 'batching.max_batch_size': expected greater than or equal to 1, got 0"),
         ("batching: {dynamic: true}", "unknown key 'batching.dynamic'"),
         ("instances: 0", "key 'instances'"),
+        ("batching: {max_batch_size: 2000}", "key 'batching.max_batch_size': expected less than or equal to 1024"),
+        ("defaults: {max_det: 1.5}", "key 'defaults.max_det': expected a valid integer, got 1.5"),
+        ("warmup: 1", "key 'warmup': expected a valid boolean, got 1"),
+        ("names: {0: cat, 2: dog}", "key 'names': expected a list of names, a mapping with keys 0..n-1"),
+        ("version_policy: {specific: []}", "key 'version_policy.specific': "),
+        ("input: {mean: [0, 0, x]}", "key 'input.mean.2': expected a valid number, got 'x'"),
+        ("- detect", "the top level: expected a mapping of keys, got ['detect']"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path, text, message):
@@ -85,3 +97,51 @@ def test_version_policies():
     assert VersionPolicy(latest=2).select([3, 1, 2]) == [2, 3]
     assert VersionPolicy(latest=None, all=True).select([3, 1, 2]) == [1, 2, 3]
     assert VersionPolicy(latest=None, specific=(2, 9)).select([3, 1, 2]) == [2]
+
+
+def test_names_as_a_mapping_and_policies_from_yaml(tmp_path):
+    config = load_model_config(write(tmp_path, "names: {1: dog, 0: cat}\nversion_policy: {all: true}\n"))
+    assert config.names == ("cat", "dog") and config.version_policy.select([2, 1]) == [1, 2]
+    assert load_model_config(write(tmp_path, "version_policy: {all: false}\n")).version_policy == VersionPolicy()
+
+
+def test_server_defaults_fill_what_model_yaml_leaves_open(tmp_path):
+    chosen = load_model_config(write(tmp_path, "backend: onnxruntime\nbatching: {max_batch_size: 4}\n"))
+    server = ServerDefaults(backend="openvino", providers=("CUDAExecutionProvider",))
+    assert server.apply(ModelConfig()).backend == "openvino"
+    assert server.apply(chosen).backend == "onnxruntime" and server.apply(chosen).providers == (
+        "CUDAExecutionProvider",
+    )
+    edge = ServerDefaults(edge=True).apply(chosen)
+    assert (edge.batching.max_batch_size, edge.batching.preferred_batch_size, edge.instances) == (1, 1, 1)
+    assert edge == edge_profile(ServerDefaults().apply(chosen)) and chosen.batching.max_batch_size == 4
+    assert repr(edge) == repr(edge_profile(ServerDefaults().apply(chosen)))  # load decisions are keyed on it
+
+
+class Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    size: int = 1
+
+
+class Assembly(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    label: str = ""
+    part: Part = Part()
+
+    @field_validator("label")
+    @classmethod
+    def _where(cls, value: str, info: ValidationInfo) -> str:
+        return f"{value}@{info.context['path'].name}"
+
+
+def test_any_yaml_file_into_a_pydantic_model(tmp_path):
+    path = tmp_path / "assembly.yaml"
+    path.write_text("label: gear\npart: {size: 3}\n")
+    loaded = load_yaml_file(path, Assembly)
+    assert loaded.label == "gear@assembly.yaml" and loaded.part == Part(size=3)
+    path.write_text("part: {size: 3, colour: red}\n")
+    with pytest.raises(ModelLoadError, match="assembly.yaml: unknown key 'part.colour' \\(known keys: size\\)"):
+        load_yaml_file(path, Assembly)
+    path.write_text("part: {size: big}\n")
+    with pytest.raises(ModelLoadError, match="assembly.yaml: key 'part.size': expected a valid integer"):
+        load_yaml_file(path, Assembly)

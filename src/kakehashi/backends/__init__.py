@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,4 +69,4 @@ def faster_runtime(path: Path, config: ModelConfig, instances: list[Backend], fe
 def create_scratch(path: Path, config: ModelConfig, instance: Backend, threads: int) -> Backend:
     """One more instance like `instance`, for timing batch sizes without touching the serving instances."""
     kind = "openvino" if instance.platform == "openvino" else "onnxruntime"
-    return create_instances(path, replace(config, instances=1), threads, kind)[0]
+    return create_instances(path, config.model_copy(update={"instances": 1}), threads, kind)[0]

@@ -3,61 +3,114 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from kakehashi.errors import ModelLoadError
+from kakehashi.repository.yaml_file import load_yaml_file
 
 TASKS = ("detect", "segment", "pose", "obb", "classify", "tensor")
 HEADS = ("ultralytics", "end2end", "yolov5", "yolox", "tf-od")
 
+_MAX_SIZE = 16384
 
-@dataclass(frozen=True)
-class InputConfig:
+
+def _expected(what: str) -> PydanticCustomError:
+    """A validation error worded like pydantic's own ("Input should be …")."""
+    return PydanticCustomError("expected", "Input should be " + what)
+
+
+def _one_of(options: Callable[[], tuple[str, ...]]) -> AfterValidator:
+    """A string among `options()`, asked when a value is checked (so options registered later count)."""
+
+    def check(value: str) -> str:
+        allowed = options()
+        if value not in allowed:
+            raise _expected("one of " + ", ".join(allowed))
+        return value
+
+    return AfterValidator(check)
+
+
+class _Section(BaseModel):
+    """A mapping in `model.yaml`: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputConfig(_Section):
     """How an image becomes the model's input tensor; `None` means inferred from the model."""
 
     size: tuple[int, int] | None = None
-    channels: str = "rgb"
-    scale: float | None = None
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    resize: str | None = None
-    pad_value: int = 114
-    layout: str | None = None
-    dtype: str | None = None
+    channels: Literal["rgb", "bgr"] = "rgb"
+    scale: Annotated[StrictFloat, Field(ge=0.0)] | None = None
+    mean: tuple[StrictFloat, StrictFloat, StrictFloat] = (0.0, 0.0, 0.0)
+    std: tuple[
+        Annotated[StrictFloat, Field(gt=0.0)],
+        Annotated[StrictFloat, Field(gt=0.0)],
+        Annotated[StrictFloat, Field(gt=0.0)],
+    ] = (1.0, 1.0, 1.0)
+    resize: Literal["letterbox", "stretch", "crop"] | None = None
+    pad_value: Annotated[StrictInt, Field(ge=0, le=255)] = 114
+    layout: Literal["nchw", "nhwc"] | None = None
+    dtype: Literal["float32", "float16", "uint8"] | None = None
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square_or_pair(cls, value: Any) -> Any:
+        """One integer for a square, or [height, width]."""
+        if value is None:
+            return None
+        pair = [value, value] if isinstance(value, int) else value
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_SIZE for v in pair)
+        ):
+            raise _expected(f"an integer or a list [height, width] of integers in [1, {_MAX_SIZE}]")
+        return tuple(pair)
 
 
-@dataclass(frozen=True)
-class Defaults:
+class Defaults(_Section):
     """Per-request parameter defaults for detection and classification."""
 
-    conf: float = 0.25
-    iou: float = 0.7
-    max_det: int = 300
-    top_k: int = 5
+    conf: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.25
+    iou: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.7
+    max_det: Annotated[StrictInt, Field(ge=1, le=10000)] = 300
+    top_k: Annotated[StrictInt, Field(ge=1, le=1000)] = 5
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
+class BatchingConfig(_Section):
     """The dynamic batcher: a batch closes at `max_batch_size` rows or when the oldest waited the delay."""
 
-    max_batch_size: int = 8
-    preferred_batch_size: int | None = None  # None: measured at warm-up (the fastest rows/s on this machine)
-    max_queue_delay_ms: float = 0.0
-    max_queue_size: int = 256
-    timeout_ms: float | None = None
+    max_batch_size: Annotated[StrictInt, Field(ge=1, le=1024)] = 8
+    # None: measured at warm-up (the fastest rows/s on this machine)
+    preferred_batch_size: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
+    max_queue_delay_ms: Annotated[StrictFloat, Field(ge=0.0, le=60_000.0)] = 0.0
+    max_queue_size: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 256
+    timeout_ms: Annotated[StrictFloat, Field(ge=1.0, le=3_600_000.0)] | None = None
 
 
-@dataclass(frozen=True)
-class VersionPolicy:
+class VersionPolicy(_Section):
     """Which versions of a model are served: the newest `latest`, a `specific` list, or `all`."""
 
-    latest: int | None = 1
-    specific: tuple[int, ...] | None = None
-    all: bool = False
+    latest: Annotated[StrictInt, Field(ge=1)] | None = 1
+    specific: Annotated[tuple[Annotated[StrictInt, Field(ge=1)], ...], Field(min_length=1)] | None = None
+    all: StrictBool = False
 
     def select(self, versions: list[int]) -> list[int]:
         """Return the versions (ascending) this policy serves out of those on disk."""
@@ -69,230 +122,96 @@ class VersionPolicy:
         return ordered[-(self.latest or 1) :]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """A model's configuration: what `model.yaml` says, defaults for the rest."""
 
-    task: str | None = None
-    head: str | None = None
-    names: tuple[str, ...] | None = None
-    input: InputConfig = field(default_factory=InputConfig)
-    defaults: Defaults = field(default_factory=Defaults)
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
-    instances: int = 1
-    threads: int | None = None
-    warmup: bool = True
-    backend: str = "auto"  # auto | onnxruntime | openvino
-    performance_hint: str = "latency"  # OpenVINO: latency | throughput
-    precision: str = "f32"  # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
+    task: Annotated[StrictStr, _one_of(lambda: TASKS)] | None = None
+    head: Annotated[StrictStr, _one_of(lambda: HEADS)] | None = None
+    names: tuple[StrictStr, ...] | None = None
+    input: InputConfig = Field(default_factory=InputConfig)
+    defaults: Defaults = Field(default_factory=Defaults)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    instances: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
+    warmup: StrictBool = True
+    backend: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    performance_hint: Literal["latency", "throughput"] = "latency"  # OpenVINO
+    # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
+    precision: Literal["f32", "bf16"] = "f32"
     providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
-    kpt_shape: tuple[int, int] | None = None  # pose: keypoints per object and values per keypoint (2 or 3)
+    # pose: keypoints per object and values per keypoint (2 or 3)
+    kpt_shape: tuple[int, int] | None = None
 
-
-class _Invalid(ValueError):
-    """A value does not match; the message says what was expected."""
-
-
-Check = Callable[[Any], Any]
-Schema = dict[str, "Check | Schema"]
-
-
-def _choice(*options: str) -> Check:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _Invalid("one of " + ", ".join(options))
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names_from_mapping_or_file(cls, value: Any, info: ValidationInfo) -> Any:
+        """Class names as a list, a {index: name} mapping, or a path to a file relative to `model.yaml`."""
+        if isinstance(value, dict):
+            if set(value) != set(range(len(value))):
+                raise _expected("a list of names, a mapping with keys 0..n-1, or a file path")
+            return [str(value[i]) for i in range(len(value))]
+        if isinstance(value, str):
+            return _read_names_file(value, info)
         return value
 
-    return check
+    @field_validator("version_policy", mode="before")
+    @classmethod
+    def _one_policy(cls, value: Any) -> Any:
+        """`model.yaml` names one policy; `specific` or `all` replaces the default `latest: 1`."""
+        if not isinstance(value, dict):
+            return value
+        if len(value) > 1:
+            raise _expected("one of latest, specific or all")
+        if value.get("all") is False:
+            return {}
+        return {"latest": None} | value if "specific" in value or "all" in value else value
 
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _full_provider_names(cls, value: Any) -> Any:
+        """ONNX Runtime execution providers by short name (`cuda`) or full name (`CUDAExecutionProvider`)."""
+        from kakehashi.backends.onnxruntime import provider_name
 
-def _number(low: float | None = None, high: float | None = None, integer: bool = False) -> Check:
-    kind = "an integer" if integer else "a number"
-    bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-
-    def check(value: Any) -> float | int:
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type:
-            raise _Invalid(kind + bounds)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise _Invalid(kind + bounds)
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid("true or false")
-    return value
-
-
-def _numbers(count: int, item: Check, what: str) -> Check:
-    def check(value: Any) -> tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != count:
-            raise _Invalid(f"a list of {count} {what}")
-        return tuple(item(v) for v in value)
-
-    return check
-
-
-def _size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    try:
-        return _numbers(2, _number(1, 16384, integer=True), "positive integers")(value)
-    except _Invalid:
-        raise _Invalid("an integer or a list [height, width] of positive integers") from None
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Invalid("a list of strings")
-    return tuple(value)
-
-
-def _positive_ints(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise _Invalid("a non-empty list of version numbers")
-    return tuple(_number(1, integer=True)(v) for v in value)
-
-
-_INPUT: Schema = {
-    "size": _size,
-    "channels": _choice("rgb", "bgr"),
-    "scale": _number(0.0),
-    "mean": _numbers(3, _number(), "numbers"),
-    "std": _numbers(3, _number(1e-12), "positive numbers"),
-    "resize": _choice("letterbox", "stretch", "crop"),
-    "pad_value": _number(0, 255, integer=True),
-    "layout": _choice("nchw", "nhwc"),
-    "dtype": _choice("float32", "float16", "uint8"),
-}
-_DEFAULTS: Schema = {
-    "conf": _number(0.0, 1.0),
-    "iou": _number(0.0, 1.0),
-    "max_det": _number(1, 10000, integer=True),
-    "top_k": _number(1, 1000, integer=True),
-}
-_BATCHING: Schema = {
-    "max_batch_size": _number(1, 1024, integer=True),
-    "preferred_batch_size": _number(1, 1024, integer=True),
-    "max_queue_delay_ms": _number(0.0, 60_000.0),
-    "max_queue_size": _number(1, 1_000_000, integer=True),
-    "timeout_ms": _number(1.0, 3_600_000.0),
-}
-_POLICY: Schema = {
-    "latest": _number(1, integer=True),
-    "specific": _positive_ints,
-    "all": _boolean,
-}
-
-
-def _parse_keys(raw: Any, schema: Schema, path: Path, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        where = f"key '{prefix[:-1]}'" if prefix else "the top level"
-        raise ModelLoadError(f"{path}: {where}: expected a mapping of keys, got {raw!r}")
-    parsed = {}
-    for key, value in raw.items():
-        check = schema.get(key)
-        if check is None:
-            raise ModelLoadError(f"{path}: unknown key '{prefix}{key}' (known keys: {', '.join(schema)})")
-        if isinstance(check, dict):
-            parsed[key] = _parse_keys(value, check, path, f"{prefix}{key}.")
-            continue
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _expected("a list of strings")
         try:
-            parsed[key] = check(value)
-        except _Invalid as exc:
-            raise ModelLoadError(f"{path}: key '{prefix}{key}': expected {exc}, got {value!r}") from None
-    return parsed
+            return tuple(provider_name(name) for name in value)
+        except ValueError as exc:
+            raise _expected(str(exc)) from None
 
-
-def _names(value: Any) -> tuple[str, ...] | str:
-    """Class names as a list, a {index: name} mapping, or a path to a file (resolved by the loader)."""
-    if isinstance(value, str):
+    @field_validator("kpt_shape", mode="before")
+    @classmethod
+    def _keypoint_shape(cls, value: Any) -> Any:
+        if value is not None and not (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and value[0] > 0
+            and value[1] in (2, 3)
+        ):
+            raise _expected("[keypoints, 2 or 3] (e.g. [17, 3])")
         return value
-    if isinstance(value, dict):
-        if sorted(value) != list(range(len(value))):
-            raise _Invalid("a list of names, a mapping with keys 0..n-1, or a file path")
-        return tuple(str(value[i]) for i in range(len(value)))
-    return _strings(value)
 
 
-def _providers(value: Any) -> tuple[str, ...]:
-    """ONNX Runtime execution providers by short name (`cuda`) or full name (`CUDAExecutionProvider`)."""
-    from kakehashi.backends.onnxruntime import provider_name
-
-    names = _strings(value)
-    try:
-        return tuple(provider_name(name) for name in names)
-    except ValueError as exc:
-        raise _Invalid(str(exc)) from None
-
-
-def _kpt_shape(value: Any) -> tuple[int, int]:
-    if not (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        and value[0] > 0
-        and value[1] in (2, 3)
-    ):
-        raise _Invalid("[keypoints, 2 or 3] (e.g. [17, 3])")
-    return int(value[0]), int(value[1])
-
-
-def _read_names_file(path: Path, relative: str) -> tuple[str, ...]:
-    names_file = path.parent / relative
+def _read_names_file(relative: str, info: ValidationInfo) -> list[str]:
+    """The non-empty lines of a names file beside the `model.yaml` being read."""
+    config_path = (info.context or {}).get("path")
+    if config_path is None:
+        raise _expected("a list of names (a names file is read only from a model.yaml)")
+    names_file = Path(config_path).parent / relative
     if not names_file.is_file():
-        raise ModelLoadError(f"{path}: key 'names': names file {names_file} does not exist")
-    return tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
-
-
-_TOP: Schema = {
-    "task": _choice(*TASKS),
-    "head": _choice(*HEADS),
-    "names": _names,
-    "input": _INPUT,
-    "defaults": _DEFAULTS,
-    "version_policy": _POLICY,
-    "batching": _BATCHING,
-    "instances": _number(1, 64, integer=True),
-    "threads": _number(1, 1024, integer=True),
-    "warmup": _boolean,
-    "backend": _choice("auto", "onnxruntime", "openvino"),
-    "performance_hint": _choice("latency", "throughput"),
-    "precision": _choice("f32", "bf16"),
-    "providers": _providers,
-    "kpt_shape": _kpt_shape,
-}
+        raise PydanticCustomError("names_file", "names file {file} does not exist", {"file": str(names_file)})
+    return [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
 
 
 def load_model_config(path: Path) -> ModelConfig:
     """Parse `model.yaml` at `path`; a missing file gives the all-default configuration."""
     if not path.is_file():
         return ModelConfig()
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ModelLoadError(f"{path}: not valid YAML: {exc}") from None
-    parsed = _parse_keys(raw, _TOP, path)
-    if isinstance(parsed.get("names"), str):
-        parsed["names"] = _read_names_file(path, parsed["names"])
-    policy = parsed.pop("version_policy", {})
-    if len(policy) > 1:
-        raise ModelLoadError(f"{path}: key 'version_policy': expected one of latest, specific or all")
-    if policy.get("all") is False:
-        policy = {}
-    return ModelConfig(
-        **parsed
-        | {
-            "input": InputConfig(**parsed.get("input", {})),
-            "defaults": Defaults(**parsed.get("defaults", {})),
-            "batching": BatchingConfig(**parsed.get("batching", {})),
-            "version_policy": VersionPolicy(**({"latest": None} | policy) if policy else {}),
-        }
-    )
+    return load_yaml_file(path, ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -304,10 +223,11 @@ class ServerDefaults:
     edge: bool = False
 
     def apply(self, config: ModelConfig) -> ModelConfig:
-        config = replace(
-            config,
-            backend=self.backend if config.backend == "auto" else config.backend,
-            providers=config.providers or self.providers,
+        config = config.model_copy(
+            update={
+                "backend": self.backend if config.backend == "auto" else config.backend,
+                "providers": config.providers or self.providers,
+            }
         )
         return edge_profile(config) if self.edge else config
 
@@ -315,5 +235,7 @@ class ServerDefaults:
 def edge_profile(config: ModelConfig) -> ModelConfig:
     """A model's configuration for a small device (`serve --edge`): one ONNX Runtime instance, no batching (so no
     batch buffers and no waiting), whatever else `model.yaml` says."""
-    batching = replace(config.batching, max_batch_size=1, preferred_batch_size=1, max_queue_delay_ms=0.0)
-    return replace(config, batching=batching, instances=1, backend="onnxruntime")
+    batching = config.batching.model_copy(
+        update={"max_batch_size": 1, "preferred_batch_size": 1, "max_queue_delay_ms": 0.0}
+    )
+    return config.model_copy(update={"batching": batching, "instances": 1, "backend": "onnxruntime"})

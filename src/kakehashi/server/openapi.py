@@ -1,10 +1,13 @@
-"""The OpenAPI document for the HTTP API, and the `/docs` page (Swagger UI shipped offline)."""
+"""The OpenAPI document for the HTTP API, its bodies from the pydantic models of `kakehashi.protocols` (the
+predict parameters' is the model that validates them), and the `/docs` page (Swagger UI shipped offline)."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -12,239 +15,235 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from kakehashi import __version__
+from kakehashi.protocols import api_schemas
+from kakehashi.protocols.predict_answer import Predictions
+from kakehashi.protocols.predict_query import QUERY_SCHEMAS
+from kakehashi.server.auth import HTTP_ACCESS, OPEN
 from kakehashi.server.responses import JSONBytes
 
 STATIC = Path(str(resources.files("kakehashi.server") / "static"))
 
-_ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+COMPONENTS = (
+    api_schemas.Error,
+    api_schemas.Live,
+    api_schemas.Ready,
+    api_schemas.ServerMetadata,
+    api_schemas.ModelMetadata,
+    api_schemas.ModelReady,
+    api_schemas.InferRequest,
+    api_schemas.InferResponse,
+    api_schemas.TritonObject,
+    api_schemas.Statistics,
+    api_schemas.IndexRequest,
+    api_schemas.LoadRequest,
+    api_schemas.IndexRow,
+    api_schemas.Status,
+    Predictions,
+)
+_PREFIX = "#/components/schemas/"
+_STATIC = "/{path}"  # a Mount of static files: one file below its prefix
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": _PREFIX + model.__name__}
+
+
+def _content(media_type: str, schema: dict | None = None) -> dict:
+    return {media_type: {"schema": schema or {"type": "string"}}}
+
+
+def _answer(description: str, schema: dict | None = None, media_type: str = "application/json") -> dict:
+    return {"description": description, "content": _content(media_type, schema)}
+
+
+def _json(model: type[BaseModel], description: str = "OK") -> dict:
+    return _answer(description, _ref(model))
+
+
+_ERROR = _answer("Error", _ref(api_schemas.Error))
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_FILE = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_EMPTY_OBJECT = {"type": "object", "maxProperties": 0}
 
 
-def _json(schema_ref: str, description: str = "OK") -> dict:
+def _operation(summary: str, responses: dict, *errors: int, **fields: object) -> dict:
+    return {"summary": summary, "responses": {**responses, **{str(status): _ERROR for status in errors}}, **fields}
+
+
+def _query_parameter(name: str, schema: dict) -> dict:
+    """A predict parameter as the query string carries it (lists comma-separated, `0,2`)."""
+    parameter = {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": schema.get("description", ""),
+        "schema": {key: value for key, value in schema.items() if key not in ("title", "description")},
+    }
+    if schema["type"] == "array":
+        parameter |= {"style": "form", "explode": False}
+    return parameter
+
+
+def _predict(path_parameters: list[dict]) -> dict:
+    files = {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}
+    form = {**files, **QUERY_SCHEMAS}
+    body = {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": form}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }
     return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
-    }
-
-
-def _query(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-_PREDICT_PARAMS = [
-    _query("conf", {"type": "number", "minimum": 0, "maximum": 1}, "Confidence threshold (model default 0.25)."),
-    _query("iou", {"type": "number", "minimum": 0, "maximum": 1}, "NMS IoU threshold (model default 0.7)."),
-    _query("imgsz", {"type": "string"}, "Input size, `640` or `height,width` (dynamic-shape models only)."),
-    _query("max_det", {"type": "integer", "minimum": 1, "maximum": 10000}, "Most detections per image."),
-    _query("classes", {"type": "string"}, "Only these class indices, e.g. `0,2`."),
-    _query("decimals", {"type": "integer", "minimum": 0, "maximum": 10}, "Decimal places in the answer (5)."),
-    _query("top_k", {"type": "integer", "minimum": 1, "maximum": 1000}, "Classes per image (classification)."),
-    _query("timeout", {"type": "number", "minimum": 1}, "Deadline in milliseconds (504 past it)."),
-]
-
-_PREDICT = {
-    "post": {
-        "summary": "Detect objects (or classify) in one or more images",
-        "parameters": [_MODEL, *_PREDICT_PARAMS],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    }
-                },
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "post": _operation(
+            "Detect, segment, estimate poses or classify in one or more images (the model's task says which)",
+            {"200": _json(Predictions)},
+            400,
+            404,
+            413,
+            415,
+            429,
+            504,
+            parameters=[*path_parameters, *(_query_parameter(n, s) for n, s in QUERY_SCHEMAS.items())],
+            requestBody={
+                "required": True,
+                "description": "Images as multipart/form-data field `file` (repeatable; the parameters may also "
+                "be form fields), or one image as the raw body.",
+                "content": body,
             },
-        },
-        "responses": {
-            "200": _json("Predictions"),
-            "400": _ERROR,
-            "404": _ERROR,
-            "413": _ERROR,
-            "415": _ERROR,
-            "429": _ERROR,
-            "503": _ERROR,
-            "504": _ERROR,
+        )
+    }
+
+
+def _model_paths(prefix: str, parameters: list[dict]) -> dict:
+    infer_body = {
+        "required": True,
+        "description": "JSON tensors, or the binary tensor data extension: a JSON header of "
+        "Inference-Header-Content-Length bytes, then the raw tensors.",
+        "content": {
+            **_content("application/json", _ref(api_schemas.InferRequest)),
+            **_content("application/octet-stream", {"type": "string", "format": "binary"}),
         },
     }
-}
-
-
-def _model_paths(prefix: str, extra: list[dict]) -> dict:
-    params = [_MODEL, *extra]
+    infer_answer = {
+        "description": "JSON tensors, or a JSON header and binary tensors when binary outputs were asked for",
+        "content": {
+            **_content("application/json", _ref(api_schemas.InferResponse)),
+            **_content("application/octet-stream", {"type": "string", "format": "binary"}),
+        },
+    }
     return {
         prefix: {
-            "get": {
-                "summary": "Model metadata",
-                "parameters": params,
-                "responses": {"200": _json("ModelMetadata"), "404": _ERROR, "503": _ERROR},
-            }
+            "get": _operation("Model metadata", {"200": _json(api_schemas.ModelMetadata)}, 404, parameters=parameters)
         },
         prefix + "/ready": {
-            "get": {
-                "summary": "Model readiness",
-                "parameters": params,
-                "responses": {"200": {"description": "Ready"}, "404": _ERROR, "503": _ERROR},
-            }
+            "get": _operation(
+                "Model readiness (503: not ready)", {"200": _json(api_schemas.ModelReady)}, 404, parameters=parameters
+            )
         },
         prefix + "/config": {
-            "get": {
-                "summary": "Triton model configuration",
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}, "404": _ERROR, "503": _ERROR},
-            }
+            "get": _operation(
+                "Triton model configuration", {"200": _json(api_schemas.TritonObject)}, 404, parameters=parameters
+            )
         },
         prefix + "/stats": {
-            "get": {
-                "summary": "Triton statistics for the model",
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}, "404": _ERROR},
-            }
+            "get": _operation(
+                "Triton statistics for the model", {"200": _json(api_schemas.Statistics)}, 404, parameters=parameters
+            )
         },
         prefix + "/infer": {
-            "post": {
-                "summary": "Infer with Open Inference Protocol v2 JSON tensors",
-                "parameters": params,
-                "requestBody": {
-                    "required": True,
-                    "description": "JSON tensors, or the binary tensor data extension: a JSON header of "
-                    "Inference-Header-Content-Length bytes, then the raw tensors.",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
-                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                    },
-                },
-                "responses": {
-                    "200": _json("InferResponse"),
-                    "400": _ERROR,
-                    "404": _ERROR,
-                    "413": _ERROR,
-                    "415": _ERROR,
-                    "429": _ERROR,
-                    "503": _ERROR,
-                    "504": _ERROR,
-                },
-            }
+            "post": _operation(
+                "Infer with Open Inference Protocol v2 tensors",
+                {"200": infer_answer},
+                400,
+                404,
+                413,
+                415,
+                429,
+                504,
+                parameters=parameters,
+                requestBody=infer_body,
+            )
         },
     }
 
 
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "BOOL",
-                "UINT8",
-                "UINT16",
-                "UINT32",
-                "UINT64",
-                "INT8",
-                "INT16",
-                "INT32",
-                "INT64",
-                "FP16",
-                "FP32",
-                "FP64",
-                "BYTES",
-            ],
-        },
-        "data": {"type": "array", "items": {}},
-        "parameters": {"type": "object"},
-    },
-}
+def _static(summary: str, media_type: str) -> dict:
+    return {"get": _operation(summary, {"200": _answer("OK", media_type=media_type)})}
 
-_SCHEMAS = {
-    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-    "InferRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
-            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Tensor"}},
-            "outputs": {
-                "type": "array",
-                "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-            },
-        },
-    },
-    "Tensor": _TENSOR,
-    "InferResponse": {
-        "type": "object",
-        "required": ["model_name", "outputs"],
-        "properties": {
-            "model_name": {"type": "string"},
-            "model_version": {"type": "string"},
-            "id": {"type": "string"},
-            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-        },
-    },
-    "TensorMetadata": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-        },
-    },
-    "ModelMetadata": {
-        "type": "object",
-        "required": ["name", "platform", "inputs", "outputs"],
-        "properties": {
-            "name": {"type": "string"},
-            "versions": {"type": "array", "items": {"type": "string"}},
-            "platform": {"type": "string"},
-            "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
-            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
-        },
-    },
-    "Box": {"type": "object", "properties": {k: {"type": "number"} for k in ("x1", "y1", "x2", "y2")}},
-    "Result": {
-        "type": "object",
-        "required": ["class", "name", "confidence"],
-        "properties": {
-            "class": {"type": "integer"},
-            "name": {"type": "string"},
-            "confidence": {"type": "number"},
-            "box": {"$ref": "#/components/schemas/Box"},
-        },
-    },
-    "Predictions": {
-        "type": "object",
-        "required": ["images", "metadata"],
-        "properties": {
-            "images": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "shape": {"type": "array", "items": {"type": "integer"}},
-                        "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
-                        "speed": {"type": "object", "additionalProperties": {"type": "number"}},
-                    },
-                },
-            },
-            "metadata": {
-                "type": "object",
-                "properties": {
-                    "model": {"type": "string"},
-                    "version": {"type": "string"},
-                    "imageCount": {"type": "integer"},
-                },
-            },
-        },
-    },
-}
 
-_OPEN = ("/v2/health/live", "/v2/health/ready")
+def _paths() -> dict:
+    index_rows = {"type": "array", "items": _ref(api_schemas.IndexRow)}
+    optional_body = {"required": False, "content": _content("application/json", _ref(api_schemas.LoadRequest))}
+    return {
+        "/v2/health/live": {"get": _operation("Server liveness", {"200": _json(api_schemas.Live)})},
+        "/v2/health/ready": {
+            "get": _operation(
+                "Server readiness (a model READY, and every expected one)",
+                {
+                    "200": _json(api_schemas.Ready),
+                    "503": _answer("Not ready", {"anyOf": [_ref(api_schemas.Ready), _ref(api_schemas.Error)]}),
+                },
+            )
+        },
+        "/v2": {"get": _operation("Server metadata", {"200": _json(api_schemas.ServerMetadata)})},
+        **_model_paths("/v2/models/{model}", [_MODEL]),
+        **_model_paths("/v2/models/{model}/versions/{version}", [_MODEL, _VERSION]),
+        "/v2/models/stats": {
+            "get": _operation("Triton statistics for every model", {"200": _json(api_schemas.Statistics)})
+        },
+        "/v2/repository/index": {
+            "post": _operation(
+                "Every model and version with its state",
+                {"200": _answer("OK", index_rows)},
+                400,
+                requestBody={
+                    "required": False,
+                    "content": _content("application/json", _ref(api_schemas.IndexRequest)),
+                },
+            )
+        },
+        "/v2/repository/models/{model}/load": {
+            "post": _operation(
+                "Load or reload a model from disk (no dropped requests; needs --model-control explicit or poll, "
+                "and an admin key when keys are on)",
+                {"200": _answer("Loaded", _EMPTY_OBJECT)},
+                400,
+                403,
+                404,
+                parameters=[_MODEL],
+                requestBody=optional_body,
+            )
+        },
+        "/v2/repository/models/{model}/unload": {
+            "post": _operation(
+                "Stop serving a model (needs --model-control explicit or poll, and an admin key when keys are on)",
+                {"200": _answer("Unloaded", _EMPTY_OBJECT)},
+                403,
+                404,
+                parameters=[_MODEL],
+            )
+        },
+        "/metrics": _static("Prometheus metrics", "text/plain"),
+        "/v1/models/{model}/predict": _predict([_MODEL]),
+        "/v1/models/{model}/versions/{version}/predict": _predict([_MODEL, _VERSION]),
+        "/v1/status": {
+            "get": _operation(
+                "Every model version and live figures (the web page's status panel)", {"200": _json(api_schemas.Status)}
+            )
+        },
+        "/": _static("The web page", "text/html"),
+        "/web" + _STATIC: _static_files("The web page's files"),
+        "/openapi.json": {"get": _operation("This document", {"200": _answer("OK", {"type": "object"})})},
+        "/docs": _static("The API reference (Swagger UI, offline)", "text/html"),
+        "/docs/swagger-init.js": _static("The API reference's set-up", "text/javascript"),
+        "/docs/assets" + _STATIC: _static_files("Swagger UI's files"),
+    }
+
+
+def _static_files(summary: str) -> dict:
+    return {"get": _operation(summary, {"200": {"description": "The file"}}, 404, parameters=[_FILE])}
+
+
 _COMMON = {
     "401": {"description": "No valid API key (only when keys are configured)", "content": _ERROR["content"]},
     "431": {"description": "Request line and headers over the limit", "content": _ERROR["content"]},
@@ -253,72 +252,36 @@ _COMMON = {
 
 
 def _with_common_errors(paths: dict) -> dict:
-    """Every operation may answer 431 and 503 (draining); all but health checks 401; those naming a model,
-    400 (a name or version that is not a plain identifier)."""
+    """Every operation may answer 431 and 503 (draining); those needing a key, 401; those naming a model, 400 (a
+    name or version that is not a plain identifier)."""
     for path, operations in paths.items():
         for operation in operations.values():
             responses = operation["responses"]
             for status, response in _COMMON.items():
-                if status != "401" or path not in _OPEN:
+                if status != "401" or HTTP_ACCESS[path.removesuffix(_STATIC)] is not OPEN:
                     responses.setdefault(status, response)
-            if "{" in path:
+            if "{model}" in path:
                 responses.setdefault("400", _ERROR)
     return paths
 
 
+def _components() -> dict:
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in COMPONENTS], ref_template=_PREFIX + "{model}"
+    )
+    return definitions["$defs"]
+
+
 SPEC = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {
         "title": "Kakehashi",
         "version": __version__,
         "description": "Model serving for ONNX vision models: KServe Open Inference Protocol v2 and an "
         "Ultralytics-style image predict endpoint.",
     },
-    "paths": _with_common_errors(
-        {
-            "/v2/health/live": {"get": {"summary": "Server liveness", "responses": {"200": {"description": "Live"}}}},
-            "/v2/health/ready": {
-                "get": {
-                    "summary": "Server readiness (a model READY, and every expected one)",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
-                }
-            },
-            "/v2": {"get": {"summary": "Server metadata", "responses": {"200": {"description": "OK"}}}},
-            **_model_paths("/v2/models/{model}", []),
-            **_model_paths("/v2/models/{model}/versions/{version}", [_VERSION]),
-            "/v2/models/stats": {
-                "get": {"summary": "Triton statistics for every model", "responses": {"200": {"description": "OK"}}}
-            },
-            "/v2/repository/index": {
-                "post": {
-                    "summary": "Every model and version with its state",
-                    "responses": {"200": {"description": "OK"}, "400": _ERROR},
-                }
-            },
-            "/v2/repository/models/{model}/load": {
-                "post": {
-                    "summary": "Load or reload a model from disk (no dropped requests; needs --model-control "
-                    "explicit or poll, and an admin key when keys are on)",
-                    "parameters": [_MODEL],
-                    "responses": {"200": {"description": "Loaded"}, "400": _ERROR, "403": _ERROR, "404": _ERROR},
-                }
-            },
-            "/v2/repository/models/{model}/unload": {
-                "post": {
-                    "summary": "Stop serving a model (needs --model-control explicit or poll, and an admin key when "
-                    "keys are on)",
-                    "parameters": [_MODEL],
-                    "responses": {"200": {"description": "Unloaded"}, "403": _ERROR, "404": _ERROR},
-                }
-            },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
-            "/v1/models/{model}/predict": _PREDICT,
-            "/v1/models/{model}/versions/{version}/predict": {
-                "post": {**_PREDICT["post"], "parameters": [_MODEL, _VERSION, *_PREDICT_PARAMS]}
-            },
-        }
-    ),
-    "components": {"schemas": _SCHEMAS},
+    "paths": _with_common_errors(_paths()),
+    "components": {"schemas": _components()},
 }
 
 

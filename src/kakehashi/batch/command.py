@@ -16,8 +16,8 @@ from kakehashi.batch.runner import Summary, run_job
 from kakehashi.batch.sources import check_sources, count, items
 from kakehashi.batch.writers import write_table
 from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
+from kakehashi.dataplane import DataPlane
 from kakehashi.errors import KakehashiError
-from kakehashi.protocols.vision import parse_params
 from kakehashi.settings import Limits, Settings
 
 FORMATS = (".jsonl", ".csv", ".parquet")
@@ -127,11 +127,11 @@ def _local(
     async def job() -> Summary:
         await asyncio.to_thread(repository.load_all)
         try:
-            handle = repository.get(chosen)
-            handle.require_ready()
-            predictor = LocalPredictor(handle, parse_params(values, handle.config.defaults))
+            plane = DataPlane(repository)
+            servable = plane.check(chosen, values)
+            predictor = LocalPredictor(plane, chosen, values)
             # enough in flight that a full batch waits on every instance while the next ones are decoded
-            slots = concurrency or 2 * handle.preferred_batch_size * handle.config.instances + (os.cpu_count() or 2)
+            slots = concurrency or 2 * servable.preferred_batch_size * servable.config.instances + (os.cpu_count() or 2)
             return await run_job(predictor, inputs, journal, slots, progress, save_images)
         finally:
             await repository.close_all()

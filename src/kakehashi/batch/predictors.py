@@ -8,22 +8,22 @@ import aiohttp
 from PIL import Image
 
 from kakehashi.batch.runner import encode_frame
+from kakehashi.dataplane import DataPlane
 from kakehashi.errors import InvalidInput, KakehashiError
 from kakehashi.protocols.vision import image_answer
-from kakehashi.repository.handle import ModelHandle
-from kakehashi.tasks.params import PredictParams
 
 RETRIES = 8
 
 
 class LocalPredictor:
-    """On a loaded model handle: the same batcher, pre- and post-processing as the server."""
+    """In-process, through the data plane: the same batcher, pre- and post-processing as the server."""
 
-    def __init__(self, handle: ModelHandle, params: PredictParams) -> None:
-        self.handle, self.params = handle, params
+    def __init__(self, plane: DataPlane, model: str, values: dict[str, list[str]]) -> None:
+        self.plane, self.model, self.values = plane, model, values
 
     async def predict(self, data: bytes | Image.Image) -> dict:
-        [prediction] = await self.handle.predict([data], self.params)
+        with self.plane.request("batch", self.model) as call:
+            [prediction] = await call.predict([data], self.values)
         return image_answer(prediction)
 
 

@@ -164,16 +164,6 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
     )
 
 
-def select_outputs(results: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
-    """The outputs a request asked for, in its order; an unknown name is an `InvalidInput`."""
-    if wanted is None:
-        return results
-    unknown = [name for name in wanted if name not in results]
-    if unknown:
-        raise InvalidInput(f"unknown output '{unknown[0]}'; the model's outputs are {sorted(results)}")
-    return {name: results[name] for name in wanted}
-
-
 def _json_data(array: np.ndarray) -> object:
     flat = array.reshape(-1)
     if flat.dtype.kind in "SO":

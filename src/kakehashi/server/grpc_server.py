@@ -15,16 +15,12 @@ from google.protobuf import json_format
 
 from kakehashi.errors import KakehashiError, Unavailable
 from kakehashi.protocols.grpc_tensors import encode_grpc_infer_response, parse_grpc_infer_request
-from kakehashi.protocols.model_metadata import model_metadata, server_metadata
+from kakehashi.protocols.model_metadata import server_metadata
 from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
 from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
-from kakehashi.protocols.oip_json import select_outputs
-from kakehashi.protocols.triton_config import model_config
 from kakehashi.server.auth import ApiKeyInterceptor, require_classified
 from kakehashi.server.offload import off_loop
 from kakehashi.server.state import ServerState
-from kakehashi.server.tracking import RequestTracker
-from kakehashi.statistics import model_statistics
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,7 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
-        self._repository = state.repository
+        self._plane = state.plane
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -91,60 +87,48 @@ class InferenceServicer(service.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelReady(self, request, context):
         try:
-            return pb.ModelReadyResponse(ready=self._repository.get(request.name, request.version).ready)
+            return pb.ModelReadyResponse(ready=self._plane.servable(request.name, request.version).ready)
         except Unavailable:  # known, but no version loaded (unloaded or failed)
             return pb.ModelReadyResponse(ready=False)
 
     @_rpc
     async def ModelMetadata(self, request, context):
-        handle = self._repository.get(request.name, request.version)
-        versions = list(self._repository.entries[handle.name].handles)
-        return _message(model_metadata(handle, versions), pb.ModelMetadataResponse())
+        return _message(self._plane.metadata(request.name, request.version), pb.ModelMetadataResponse())
 
     @_rpc
     async def ModelConfig(self, request, context):
-        config = model_config(self._repository.get(request.name, request.version))
-        return _message({"config": config}, pb.ModelConfigResponse())
+        return _message({"config": self._plane.config(request.name, request.version)}, pb.ModelConfigResponse())
 
     @_rpc
     async def ModelStatistics(self, request, context):
-        handles = self._repository.versions_of(request.name, request.version)
-        return _message({"model_stats": [model_statistics(h) for h in handles]}, pb.ModelStatisticsResponse())
+        statistics = self._plane.statistics(request.name, request.version)
+        return _message({"model_stats": statistics}, pb.ModelStatisticsResponse())
 
     @_rpc
     async def RepositoryIndex(self, request, context):
-        return _message({"models": self._repository.index(request.ready)}, pb.RepositoryIndexResponse())
+        return _message({"models": self._plane.index(request.ready)}, pb.RepositoryIndexResponse())
 
     @_rpc
     async def RepositoryModelLoad(self, request, context):
         self._state.require_model_control()
-        await self._repository.load(request.model_name, list(request.parameters))
+        await self._state.repository.load(request.model_name, list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request, context):
         self._state.require_model_control()
-        await self._repository.unload(request.model_name)
+        await self._state.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_rpc
     async def ModelInfer(self, request, context):
-        with RequestTracker("grpc") as tracker:
-            handle = self._repository.get(request.model_name, request.model_version)
-            tracker.series = handle.series.requests
-            with handle.serving():
-                pool = self._repository.compute
-                size = sum(len(raw) for raw in request.raw_input_contents)  # ByteSize() would re-walk the message
-                parsed = await off_loop(pool, size, parse_grpc_infer_request, request)
-                timeouts = [t for t in (parsed.timeout_ms, _remaining_ms(context)) if t is not None]
-                results = await handle.infer(parsed.inputs, min(timeouts) if timeouts else None)
-                outputs = select_outputs(results, parsed.outputs)
-                size = sum(array.nbytes for array in outputs.values())
-                response = await off_loop(
-                    pool, size, encode_grpc_infer_response, handle.name, handle.version, outputs, parsed.id
-                )
-            tracker.status = 200
-            return response
+        with self._plane.request("grpc", request.model_name, request.model_version) as call:
+            pool = self._plane.compute
+            size = sum(len(raw) for raw in request.raw_input_contents)  # ByteSize() would re-walk the message
+            parsed = await off_loop(pool, size, parse_grpc_infer_request, request)
+            outputs = await call.infer(parsed.inputs, parsed.outputs, parsed.timeout_ms, _remaining_ms(context))
+            size = sum(array.nbytes for array in outputs.values())
+            return await off_loop(pool, size, encode_grpc_infer_response, call.name, call.version, outputs, parsed.id)
 
 
 def _remaining_ms(context: grpc.aio.ServicerContext) -> float | None:

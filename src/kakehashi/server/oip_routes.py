@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from kakehashi.protocols.model_metadata import model_metadata, server_metadata
-from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request, select_outputs
-from kakehashi.protocols.triton_config import model_config
-from kakehashi.repository.handle import ModelHandle
+from kakehashi.dataplane import Call
+from kakehashi.protocols.model_metadata import server_metadata
+from kakehashi.protocols.oip_json import encode_infer_response, parse_infer_request
 from kakehashi.server.compression import decompress
+from kakehashi.server.disconnect import unless_disconnected
 from kakehashi.server.offload import off_loop
 from kakehashi.server.responses import JSONBytes, error_response
-from kakehashi.server.state import model_handle, server_state
-from kakehashi.server.tracking import tracked, unless_disconnected
-from kakehashi.statistics import model_statistics
+from kakehashi.server.state import data_plane, server_state
 
 
 async def live(request: Request) -> Response:
@@ -31,31 +29,33 @@ async def server_metadata_route(request: Request) -> Response:
     return JSONBytes(server_metadata())
 
 
+def _model(request: Request) -> tuple[str, str | None]:
+    return request.path_params["model"], request.path_params.get("version")
+
+
 async def model_metadata_route(request: Request) -> Response:
-    handle = model_handle(request)
-    return JSONBytes(model_metadata(handle, list(server_state(request).repository.entries[handle.name].handles)))
+    return JSONBytes(data_plane(request).metadata(*_model(request)))
 
 
 async def model_ready(request: Request) -> Response:
-    handle = model_handle(request)
-    if handle.ready:
-        return JSONBytes({"name": handle.name, "version": str(handle.version), "ready": True})
+    servable = data_plane(request).servable(*_model(request))
+    if servable.ready:
+        return JSONBytes({"name": servable.name, "version": str(servable.version), "ready": True})
     return error_response(
         503,
-        f"model '{handle.name}' version {handle.version} is not ready "
-        f"({handle.state.value}){': ' + handle.reason if handle.reason else ''}",
+        f"model '{servable.name}' version {servable.version} is not ready "
+        f"({servable.state.value}){': ' + servable.reason if servable.reason else ''}",
     )
 
 
-@tracked("http")
 async def infer(request: Request) -> Response:
-    handle = model_handle(request)
-    with handle.serving():
-        return await _infer(request, handle)
+    plane = data_plane(request)
+    with plane.request("http", *_model(request), gone=(ClientDisconnect,)) as call:
+        return await _infer(request, call)
 
 
-async def _infer(request: Request, handle: ModelHandle) -> Response:
-    pool = server_state(request).repository.compute
+async def _infer(request: Request, call: Call) -> Response:
+    pool = data_plane(request).compute
     body = await decompress(
         await request.body(),
         request.headers.get("content-encoding"),
@@ -64,12 +64,9 @@ async def _infer(request: Request, handle: ModelHandle) -> Response:
     )
     header_length = request.headers.get("inference-header-content-length")
     parsed = await off_loop(pool, len(body), parse_infer_request, body, header_length)
-    results = await unless_disconnected(request, handle.infer(parsed.inputs, parsed.timeout_ms))
-    outputs = select_outputs(results, parsed.outputs)
+    outputs = await unless_disconnected(request, call.infer(parsed.inputs, parsed.outputs, parsed.timeout_ms))
     size = sum(array.size for array in outputs.values()) * 8
-    answer, json_length = await off_loop(
-        pool, size, encode_infer_response, handle.name, handle.version, outputs, parsed
-    )
+    answer, json_length = await off_loop(pool, size, encode_infer_response, call.name, call.version, outputs, parsed)
     if json_length is None:
         return JSONBytes(answer)
     return Response(
@@ -78,13 +75,12 @@ async def _infer(request: Request, handle: ModelHandle) -> Response:
 
 
 async def config(request: Request) -> Response:
-    return JSONBytes(model_config(model_handle(request)))
+    return JSONBytes(data_plane(request).config(*_model(request)))
 
 
 async def stats(request: Request) -> Response:
     params = request.path_params
-    handles = server_state(request).repository.versions_of(params.get("model"), params.get("version"))
-    return JSONBytes({"model_stats": [model_statistics(h) for h in handles]})
+    return JSONBytes({"model_stats": data_plane(request).statistics(params.get("model"), params.get("version"))})
 
 
 def _model_routes(prefix: str) -> list[Route]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from kakehashi.repository.handle import ModelHandle
+from kakehashi.dataplane import DataPlane
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.auth import ApiKeys, Forbidden
 from kakehashi.settings import Settings
@@ -31,6 +31,10 @@ class ServerState:
     grpc_server: Any = None  # grpc.aio.Server when gRPC is on (typed loosely: grpc loads only when used)
     drain_task: asyncio.Task | None = None  # `drain`, started at the exit signal (held: the loop keeps tasks weakly)
     grpc_stopping: asyncio.Future | None = None  # the one gRPC stop, once started
+    plane: DataPlane = field(init=False)  # what the transports call
+
+    def __post_init__(self) -> None:
+        self.plane = DataPlane(self.repository)
 
     @property
     def ready(self) -> bool:
@@ -76,11 +80,5 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.kakehashi
 
 
-def model_handle(request: Request) -> ModelHandle:
-    """The handle named by the `model` (and optional `version`) path parameters."""
-    params = request.path_params
-    handle = server_state(request).repository.get(params["model"], params.get("version"))
-    tracker = getattr(request.state, "tracker", None)
-    if tracker is not None:
-        tracker.series = handle.series.requests
-    return handle
+def data_plane(request: Request) -> DataPlane:
+    return request.app.state.kakehashi.plane

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from kakehashi.errors import InvalidInput, UnsupportedMedia
-from kakehashi.protocols.vision import encode_predictions, parse_params, parse_timeout_ms
+from kakehashi.protocols.vision import encode_predictions
+from kakehashi.server.disconnect import unless_disconnected
 from kakehashi.server.responses import JSONBytes
-from kakehashi.server.state import model_handle
-from kakehashi.server.tracking import tracked, unless_disconnected
+from kakehashi.server.state import data_plane
 
 FILE_FIELD = "file"
 MAX_FILES = 256
@@ -44,15 +44,12 @@ async def _images_and_params(request: Request) -> tuple[list[bytes], dict[str, l
     )
 
 
-@tracked("http")
 async def predict(request: Request) -> Response:
-    handle = model_handle(request)
-    with handle.serving():
+    path = request.path_params
+    with data_plane(request).request("http", path["model"], path.get("version"), gone=(ClientDisconnect,)) as call:
         images, values = await _images_and_params(request)
-        params = parse_params(values, handle.config.defaults)
-        timeout_ms = parse_timeout_ms(values)
-        predictions = await unless_disconnected(request, handle.predict(images, params, timeout_ms))
-    return JSONBytes(encode_predictions(handle.name, handle.version, predictions))
+        predictions = await unless_disconnected(request, call.predict(images, values))
+        return JSONBytes(encode_predictions(call.name, call.version, predictions))
 
 
 routes = [

@@ -76,6 +76,7 @@ providers: [CPUExecutionProvider]
         ("batching: {max_batch_size: 0}", "key 'batching.max_batch_size': expected greater than or equal to 1, got 0"),
         ("batching: {dynamic: true}", "unknown key 'batching.dynamic'"),
         ("instances: 0", "key 'instances'"),
+        ("backend: tensorrt", "key 'backend': expected one of auto, onnxruntime, openvino, got 'tensorrt'"),
         ("batching: {max_batch_size: 2000}", "key 'batching.max_batch_size': expected less than or equal to 1024"),
         ("defaults: {max_det: 1.5}", "key 'defaults.max_det': expected a valid integer, got 1.5"),
         ("warmup: 1", "key 'warmup': expected a valid boolean, got 1"),

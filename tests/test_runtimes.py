@@ -4,15 +4,20 @@ execution providers with a logged fallback, and the runtime in use shown in the 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import IMAGES, YOLO11
 from inprocess import load, predict
+from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
 from kakehashi.settings import default_model_path
-from onnx_builders import identity_model
+from onnx_builders import identity_model, tiny_model
 
 BUNDLED = default_model_path() / "ssdlite-person"
 NO_BATCHING = "batching: {max_batch_size: 1}\n"  # no batch sizes timed at load, where batching is not the point
@@ -168,3 +173,65 @@ def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
         with pytest.raises(InferenceServerException) as refused:
             client.is_server_live(client_timeout=10)
     assert refused.value.status() == "StatusCode.UNAVAILABLE", refused.value
+
+
+class _RenamedBackend(OnnxRuntimeBackend):
+    """ONNX Runtime under another platform name: a runtime that only these tests register."""
+
+    platform = "renamed_onnx"
+
+
+def _register_renamed(monkeypatch) -> list[RuntimeOptions]:
+    """Register the `renamed` runtime for one test; returns the options it is asked to create instances with."""
+    asked: list[RuntimeOptions] = []
+
+    def create(path: Path, options: RuntimeOptions) -> list:
+        asked.append(options)
+        return [
+            _RenamedBackend(path, options.providers, options.threads_per_instance) for _ in range(options.instances)
+        ]
+
+    monkeypatch.setitem(RUNTIMES, "renamed", Runtime("renamed", _RenamedBackend.platform, create))
+    return asked
+
+
+def test_a_registered_runtime_is_chosen_by_name_and_timed_by_auto(tmp_path, caplog, monkeypatch):
+    """One registration, no switch edited: `model.yaml` accepts the runtime, the load creates it, `auto` times it."""
+    asked = _register_renamed(monkeypatch)
+    tiny_model(tmp_path / "chosen" / "1" / "model.onnx")
+    (tmp_path / "chosen" / "model.yaml").write_text("backend: renamed\ninstances: 2\ntask: tensor\n" + NO_BATCHING)
+    handle = load(tmp_path / "chosen")
+    assert handle.ready, handle.reason
+    assert handle.runtime == "renamed CPUExecutionProvider" and [each.instances for each in asked] == [2]
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")  # measured at this load, not recalled from an earlier one
+    tiny_model(tmp_path / "auto" / "1" / "model.onnx")
+    (tmp_path / "auto" / "model.yaml").write_text("task: tensor\n" + NO_BATCHING)
+    with caplog.at_level(logging.INFO):
+        assert load(tmp_path / "auto").ready
+    [measured] = [r.message for r in caplog.records if "per inference; serving with" in r.message]
+    assert re.search(r"onnxruntime [0-9.]+ ms, .*renamed [0-9.]+ ms per inference", measured), measured
+
+
+def test_unknown_runtimes_are_refused_with_the_registered_ones(tmp_path):
+    from kakehashi.errors import Unavailable
+
+    with pytest.raises(Unavailable, match="key 'backend': expected one of auto, onnxruntime, openvino, got 'tpu'"):
+        load(_copy(tmp_path, "\nbackend: tpu\n"))
+
+
+def test_serve_offers_the_registered_runtimes():
+    from kakehashi.cli import main
+
+    [option] = [param for param in main.commands["serve"].params if param.name == "backend"]
+    assert tuple(option.type.choices) == runtime_choices() == ("auto", "onnxruntime", "openvino")
+
+
+def test_backends_do_not_import_the_repository_layer():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, kakehashi.backends; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "kakehashi.backends.openvino" in loaded
+    assert not [name for name in loaded if name.startswith("kakehashi.repository")]

@@ -1,37 +1,30 @@
-"""Inference runtimes behind one interface (`base.Backend`), and the choice between them for a model."""
+"""Inference runtimes behind one interface (`base.Backend`), found in the registry, and the choice between them
+for a model."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from kakehashi.backends import onnxruntime, openvino  # noqa: F401  (each runtime registers itself when imported)
 from kakehashi.backends.base import Backend
-from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.backends.registry import AUTO, RUNTIMES, RuntimeOptions, runtime_named, runtime_of
 from kakehashi.errors import ModelLoadError
-from kakehashi.repository.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
+AUTO_STARTS_ON = "onnxruntime"  # serves every ONNX model; `auto` then times the other runtimes against it
 
 
-def create_instances(path: Path, config: ModelConfig, threads: int, kind: str) -> list[Backend]:
-    """The model's inference instances: `config.instances` ONNX Runtime sessions, or one OpenVINO compiled
-    model with that many infer requests (the same object once per instance). `auto` starts on ONNX Runtime,
-    which serves every ONNX model; `faster_runtime` may then switch to OpenVINO."""
-    if kind == "openvino":
-        from kakehashi.backends.openvino import OpenVinoBackend
-
-        backend = OpenVinoBackend(
-            path, config.performance_hint, config.instances, config.threads or 0, config.precision
-        )
-        return [backend] * config.instances
-    providers = config.providers or ("CPUExecutionProvider",)
-    return [OnnxRuntimeBackend(path, providers, threads) for _ in range(config.instances)]
+def create_instances(path: Path, runtime: str, options: RuntimeOptions) -> list[Backend]:
+    """The model's inference instances on the runtime named `runtime`; `auto` starts on ONNX Runtime, and
+    `faster_runtime` may then switch."""
+    return runtime_named(AUTO_STARTS_ON if runtime == AUTO else runtime).create(path, options)
 
 
 def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
@@ -44,29 +37,27 @@ def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
     return best
 
 
-def faster_runtime(path: Path, config: ModelConfig, instances: list[Backend], feeds: Feeds) -> list[Backend]:
-    """For `auto`: time ONNX Runtime and OpenVINO (when installed, FP32) on `feeds` and keep the faster; the log
-    says what was measured. A model OpenVINO cannot load stays on ONNX Runtime."""
-    if importlib.util.find_spec("openvino") is None:
+def faster_runtime(path: Path, options: RuntimeOptions, instances: list[Backend], feeds: Feeds) -> list[Backend]:
+    """For `auto`: time `instances` and every other installed runtime on `feeds` and keep the fastest; the log says
+    what was measured. A runtime that cannot load the model is left out."""
+    current = runtime_of(instances[0])
+    candidates = {current.name: instances}
+    for runtime in RUNTIMES.values():
+        if runtime is current or not runtime.available():
+            continue
+        try:
+            candidates[runtime.name] = runtime.create(path, options)
+        except ModelLoadError as exc:
+            log.info("%s: %s cannot serve this model (%s); left out", path, runtime.name, exc.message)
+    if len(candidates) == 1:
         return instances
-    try:
-        candidate = create_instances(path, config, 0, "openvino")
-    except ModelLoadError as exc:
-        log.info("%s: OpenVINO cannot serve this model (%s); ONNX Runtime runs it", path, exc.message)
-        return instances
-    current, other = _best_seconds(instances[0], feeds), _best_seconds(candidate[0], feeds)
-    winner = candidate if other < current else instances
-    log.info(
-        "%s: ONNX Runtime %.1f ms, OpenVINO %.1f ms per inference; serving with %s",
-        path,
-        current * 1000,
-        other * 1000,
-        winner[0].platform.removesuffix("_onnx"),
-    )
-    return winner
+    seconds = {name: _best_seconds(each[0], feeds) for name, each in candidates.items()}
+    fastest = min(seconds, key=seconds.__getitem__)
+    timings = ", ".join(f"{name} {each * 1000:.1f} ms" for name, each in seconds.items())
+    log.info("%s: %s per inference; serving with %s", path, timings, fastest)
+    return candidates[fastest]
 
 
-def create_scratch(path: Path, config: ModelConfig, instance: Backend, threads: int) -> Backend:
+def create_scratch(path: Path, options: RuntimeOptions, instance: Backend) -> Backend:
     """One more instance like `instance`, for timing batch sizes without touching the serving instances."""
-    kind = "openvino" if instance.platform == "openvino" else "onnxruntime"
-    return create_instances(path, config.model_copy(update={"instances": 1}), threads, kind)[0]
+    return runtime_of(instance).create(path, replace(options, instances=1))[0]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kakehashi.backends.base import TensorSpec
+from kakehashi.backends.base import Backend, TensorSpec
+from kakehashi.backends.registry import Runtime, RuntimeOptions, register
 from kakehashi.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -102,3 +103,11 @@ class OnnxRuntimeBackend:
         feeds = {name: _as_strings(array) if array.dtype.kind == "O" else array for name, array in feeds.items()}
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
+
+
+def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
+    """One session per instance, each with its share of the threads."""
+    return [OnnxRuntimeBackend(path, options.providers, options.threads_per_instance) for _ in range(options.instances)]
+
+
+register(Runtime("onnxruntime", OnnxRuntimeBackend.platform, _create))

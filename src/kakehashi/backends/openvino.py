@@ -13,13 +13,15 @@ inference of zeros at other valid shapes is run to put the compiled model back i
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
 from pathlib import Path
 
 import numpy as np
 
-from kakehashi.backends.base import TensorSpec
+from kakehashi.backends.base import Backend, TensorSpec
+from kakehashi.backends.registry import Runtime, RuntimeOptions, register
 from kakehashi.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -136,3 +138,16 @@ def _metadata(model) -> dict[str, str]:
     if "framework" not in info:
         return {}
     return {key: model.get_rt_info(["framework", key]).astype(str) for key in info["framework"]}
+
+
+def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
+    """One compiled model with an infer request per instance (the same object once per instance)."""
+    backend = OpenVinoBackend(path, options.performance_hint, options.instances, options.threads, options.precision)
+    return [backend] * options.instances
+
+
+def _installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+register(Runtime("openvino", OpenVinoBackend.platform, _create, _installed))

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kakehashi.backends.registry import AUTO, RuntimeOptions, runtime_choices
 from kakehashi.repository.yaml_file import load_yaml_file
 
 TASKS = ("detect", "segment", "pose", "obb", "classify", "tensor")
@@ -135,13 +136,24 @@ class ModelConfig(_Section):
     instances: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
     warmup: StrictBool = True
-    backend: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    backend: Annotated[StrictStr, _one_of(runtime_choices)] = AUTO  # auto or a registered runtime
     performance_hint: Literal["latency", "throughput"] = "latency"  # OpenVINO
     # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
     precision: Literal["f32", "bf16"] = "f32"
     providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
     # pose: keypoints per object and values per keypoint (2 or 3)
     kpt_shape: tuple[int, int] | None = None
+
+    def runtime_options(self, threads_per_instance: int) -> RuntimeOptions:
+        """What this configuration asks of its runtime, in the backends' terms."""
+        return RuntimeOptions(
+            instances=self.instances,
+            threads=self.threads or 0,
+            threads_per_instance=threads_per_instance,
+            providers=self.providers or RuntimeOptions.providers,
+            performance_hint=self.performance_hint,
+            precision=self.precision,
+        )
 
     @field_validator("names", mode="before")
     @classmethod
@@ -218,14 +230,19 @@ def load_model_config(path: Path) -> ModelConfig:
 class ServerDefaults:
     """What the server decides for every model (`serve --backend/--providers/--edge`) where `model.yaml` is silent."""
 
-    backend: str = "auto"
+    backend: str = AUTO
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     edge: bool = False
+
+    @staticmethod
+    def backend_choices() -> tuple[str, ...]:
+        """What `serve --backend` may say: `auto` or a registered runtime."""
+        return runtime_choices()
 
     def apply(self, config: ModelConfig) -> ModelConfig:
         config = config.model_copy(
             update={
-                "backend": self.backend if config.backend == "auto" else config.backend,
+                "backend": self.backend if config.backend == AUTO else config.backend,
                 "providers": config.providers or self.providers,
             }
         )

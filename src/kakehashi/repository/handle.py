@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi.backends import create_instances, create_scratch, faster_runtime
+from kakehashi.backends import create_instances, create_scratch, faster_runtime, runtime_of
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
@@ -119,7 +119,7 @@ class ModelHandle:
             key = decision_key(self.path, f"{config!r} threads={threads}") if config.warmup else ""
             decided = recall(key) if key else None
             kind = decided.runtime if decided is not None and config.backend == "auto" else config.backend
-            self._instances = create_instances(self.path, config, threads, kind)
+            self._instances = create_instances(self.path, kind, config.runtime_options(threads))
             backend = self._instances[0]
             self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -252,16 +252,17 @@ class ModelHandle:
         which then serves, and the batch size with the best throughput."""
         follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
         if self.config.backend == "auto":  # the server's defaults are already applied to the config
-            self._instances = faster_runtime(self.path, self.config, self._instances, feeds[1])
+            self._instances = faster_runtime(
+                self.path, self.config.runtime_options(self._threads), self._instances, feeds[1]
+            )
             self.backend = self._instances[0]
         batch_size = self.preferred_batch_size
         if follows and self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_scratch(self.path, self.config, self._instances[0], self._threads)
+            scratch = create_scratch(self.path, self.config.runtime_options(self._threads), self._instances[0])
             batch_size = _fastest_batch_size(scratch, feeds)
             del scratch
-        runtime = "openvino" if self._instances[0].platform == "openvino" else "onnxruntime"
-        return LoadDecisions(runtime, batch_size, follows)
+        return LoadDecisions(runtime_of(self._instances[0]).name, batch_size, follows)
 
     @property
     def runtime(self) -> str:

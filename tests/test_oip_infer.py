@@ -118,6 +118,8 @@ def test_bad_tensors_are_400_naming_the_problem(server, body, message):
     [
         ("INT8", [1000, 0, 0, 0], "out of range for INT8"),
         ("UINT8", [-1, 0, 0, 0], "out of range for UINT8"),
+        ("FP16", [70000, 0, 0, 0], "out of range for FP16"),  # would be inf
+        ("FP32", [0, -1e39, 0, 0], "out of range for FP32"),
         ("INT32", [1.5, 0, 0, 0], "not INT32"),
         ("BOOL", [1, 0, 1, 0], "not BOOL"),
         ("BYTES", [1, 2, 3, 4], "BYTES data must be strings"),

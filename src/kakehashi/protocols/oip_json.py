@@ -90,8 +90,8 @@ def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], data: object
                 f"input '{name}': 'data' holds values that are not {datatype} "
                 f"(e.g. fractions for an integer type, numbers for BOOL, or strings)"
             )
-        if dtype.kind in "iu" and parsed.size:
-            info = np.iinfo(dtype)
+        if dtype.kind in "iuf" and parsed.size:  # past a float type's range a value would become infinite
+            info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
             if parsed.min() < info.min or parsed.max() > info.max:
                 raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
         array = parsed.astype(dtype)

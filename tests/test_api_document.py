@@ -51,6 +51,23 @@ def test_every_route_the_app_serves_is_in_the_document_and_nothing_else():
     assert sorted(documented - _served()) == [], "documented paths the app does not serve"
 
 
+def _references(node: object) -> set[str]:
+    """Every `$ref` anywhere below `node`."""
+    if isinstance(node, list):
+        return {found for item in node for found in _references(item)}
+    if not isinstance(node, dict):
+        return set()
+    own = {node["$ref"]} if "$ref" in node else set()
+    return own | {found for value in node.values() for found in _references(value)}
+
+
+def test_every_reference_resolves_inside_the_document():
+    names = {"#/components/schemas/" + name for name in SPEC["components"]["schemas"]}
+    used = _references(SPEC)
+    assert {"#/components/schemas/Predictions", "#/components/schemas/Status"} <= used
+    assert sorted(used - names) == []
+
+
 def _documented_parameters() -> dict[str, dict]:
     return {parameter["name"]: parameter for parameter in PREDICT["parameters"] if parameter["in"] == "query"}
 

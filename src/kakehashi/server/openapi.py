@@ -41,7 +41,7 @@ COMPONENTS = (
     Predictions,
 )
 _PREFIX = "#/components/schemas/"
-_STATIC = "/{path}"  # a Mount of static files: one file below its prefix
+_STATIC = "/{path}"  # after a Mount's prefix: one of its files
 
 
 def _ref(model: type[BaseModel]) -> dict:
@@ -56,8 +56,8 @@ def _answer(description: str, schema: dict | None = None, media_type: str = "app
     return {"description": description, "content": _content(media_type, schema)}
 
 
-def _json(model: type[BaseModel], description: str = "OK") -> dict:
-    return _answer(description, _ref(model))
+def _json(model: type[BaseModel]) -> dict:
+    return _answer("OK", _ref(model))
 
 
 _ERROR = _answer("Error", _ref(api_schemas.Error))
@@ -167,8 +167,13 @@ def _model_paths(prefix: str, parameters: list[dict]) -> dict:
     }
 
 
-def _static(summary: str, media_type: str) -> dict:
+def _page(summary: str, media_type: str) -> dict:
     return {"get": _operation(summary, {"200": _answer("OK", media_type=media_type)})}
+
+
+def _files(summary: str) -> dict:
+    """A Mount of static files, as `{prefix}/{path}`."""
+    return {"get": _operation(summary, {"200": {"description": "The file"}}, 404, parameters=[_FILE])}
 
 
 def _paths() -> dict:
@@ -223,7 +228,7 @@ def _paths() -> dict:
                 parameters=[_MODEL],
             )
         },
-        "/metrics": _static("Prometheus metrics", "text/plain"),
+        "/metrics": _page("Prometheus metrics", "text/plain"),
         "/v1/models/{model}/predict": _predict([_MODEL]),
         "/v1/models/{model}/versions/{version}/predict": _predict([_MODEL, _VERSION]),
         "/v1/status": {
@@ -231,17 +236,13 @@ def _paths() -> dict:
                 "Every model version and live figures (the web page's status panel)", {"200": _json(api_schemas.Status)}
             )
         },
-        "/": _static("The web page", "text/html"),
-        "/web" + _STATIC: _static_files("The web page's files"),
+        "/": _page("The web page", "text/html"),
+        "/web" + _STATIC: _files("The web page's files"),
         "/openapi.json": {"get": _operation("This document", {"200": _answer("OK", {"type": "object"})})},
-        "/docs": _static("The API reference (Swagger UI, offline)", "text/html"),
-        "/docs/swagger-init.js": _static("The API reference's set-up", "text/javascript"),
-        "/docs/assets" + _STATIC: _static_files("Swagger UI's files"),
+        "/docs": _page("The API reference (Swagger UI, offline)", "text/html"),
+        "/docs/swagger-init.js": _page("The API reference's set-up", "text/javascript"),
+        "/docs/assets" + _STATIC: _files("Swagger UI's files"),
     }
-
-
-def _static_files(summary: str) -> dict:
-    return {"get": _operation(summary, {"200": {"description": "The file"}}, 404, parameters=[_FILE])}
 
 
 _COMMON = {
@@ -252,15 +253,15 @@ _COMMON = {
 
 
 def _with_common_errors(paths: dict) -> dict:
-    """Every operation may answer 431 and 503 (draining); those needing a key, 401; those naming a model, 400 (a
-    name or version that is not a plain identifier)."""
+    """Every operation may answer 431 and 503 (draining); those needing a key, 401; those with a path parameter,
+    400 (an encoded separator or NUL, or a model name or version that is not a plain identifier)."""
     for path, operations in paths.items():
         for operation in operations.values():
             responses = operation["responses"]
             for status, response in _COMMON.items():
                 if status != "401" or HTTP_ACCESS[path.removesuffix(_STATIC)] is not OPEN:
                     responses.setdefault(status, response)
-            if "{model}" in path:
+            if "{" in path:
                 responses.setdefault("400", _ERROR)
     return paths
 

@@ -61,7 +61,7 @@ providers: [CPUExecutionProvider]
         ("input: {colour: rgb}", "unknown key 'input.colour' (known keys: size, channels,"),
         (
             "task: segment-everything",
-            "key 'task': expected one of detect, segment, pose, obb, classify, tensor, got 'segment-everything'",
+            "key 'task': expected one of classify, detect, obb, pose, segment, tensor, got 'segment-everything'",
         ),
         ("kpt_shape: [17, 4]", "key 'kpt_shape': expected [keypoints, 2 or 3] (e.g. [17, 3]), got [17, 4]"),
         ("head: rcnn", "key 'head': expected one of ultralytics, end2end"),

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from inprocess import load, predict
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
 from kakehashi.settings import default_model_path
+from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.registry import TASK_KINDS, ModelFacts, TaskKind
 from onnx_builders import identity_model, tiny_model
 
 BUNDLED = default_model_path() / "ssdlite-person"
@@ -235,3 +238,34 @@ def test_backends_do_not_import_the_repository_layer():
     ).stdout.split()
     assert "kakehashi.backends.openvino" in loaded
     assert not [name for name in loaded if name.startswith("kakehashi.repository")]
+
+
+@dataclass(frozen=True)
+class _MeanTask:
+    """A task only these tests register: each image's answer is the mean of the model's output."""
+
+    input: ImageInput
+    output: str
+    names: tuple[str, ...] = ()
+    kind: str = "mean"
+
+    def postprocess(self, outputs: dict, prepared, params) -> list[dict]:
+        return [{"mean": float(outputs[self.output].mean()), "size": list(prepared.size)}]
+
+
+def test_a_registered_task_is_chosen_by_name_and_serves_images(tmp_path, monkeypatch):
+    """One registration, no switch edited: `model.yaml` accepts the task, the load builds it, images are served."""
+    built: list[ModelFacts] = []
+
+    def build(facts: ModelFacts) -> _MeanTask:
+        built.append(facts)
+        return _MeanTask(facts.image_input, facts.backend.outputs[0].name)
+
+    monkeypatch.setitem(TASK_KINDS, "mean", TaskKind("mean", build, default_resize="stretch"))
+    tiny_model(tmp_path / "averager" / "1" / "model.onnx")  # y = 2x + 1 on [batch, 3, 64, 64]
+    (tmp_path / "averager" / "model.yaml").write_text("task: mean\nnames: [grey]\ninput: {scale: 0.0}\n" + NO_BATCHING)
+    handle = load(tmp_path / "averager")
+    assert handle.ready, handle.reason
+    assert handle.kind == "mean" and built[0].names == ("grey",) and handle.task.input.resize == "stretch"
+    [answer] = predict(handle, (IMAGES / "astronaut.png").read_bytes())
+    assert answer.results == [{"mean": 1.0, "size": [64, 64]}]  # scale 0: every input value is 0, so 2 * 0 + 1

@@ -23,8 +23,8 @@ from pydantic_core import PydanticCustomError
 
 from kakehashi.backends.registry import AUTO, RuntimeOptions, runtime_choices
 from kakehashi.repository.yaml_file import load_yaml_file
+from kakehashi.tasks.registry import task_choices
 
-TASKS = ("detect", "segment", "pose", "obb", "classify", "tensor")
 HEADS = ("ultralytics", "end2end", "yolov5", "yolox", "tf-od")
 
 _MAX_SIZE = 16384
@@ -126,7 +126,7 @@ class VersionPolicy(_Section):
 class ModelConfig(_Section):
     """A model's configuration: what `model.yaml` says, defaults for the rest."""
 
-    task: Annotated[StrictStr, _one_of(lambda: TASKS)] | None = None
+    task: Annotated[StrictStr, _one_of(task_choices)] | None = None  # a registered task or tensor
     head: Annotated[StrictStr, _one_of(lambda: HEADS)] | None = None
     names: tuple[StrictStr, ...] | None = None
     input: InputConfig = Field(default_factory=InputConfig)

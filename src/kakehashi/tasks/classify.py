@@ -9,6 +9,7 @@ import numpy as np
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.registry import ModelFacts, TaskKind, numbered_names, register
 
 
 def _probabilities(scores: np.ndarray) -> np.ndarray:
@@ -41,3 +42,12 @@ class ClassifyTask:
             }
             for cls in top
         ]
+
+
+def _build(facts: ModelFacts) -> ClassifyTask:
+    """A classifier reads its first output; without names, its classes are numbered."""
+    output = facts.backend.outputs[0].name
+    return ClassifyTask(facts.image_input, output, facts.names or numbered_names(facts.probe()[output].shape[-1]))
+
+
+register(TaskKind("classify", _build, default_resize="crop"))

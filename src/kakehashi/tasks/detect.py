@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kakehashi.tasks.detection_head import detection_head
 from kakehashi.tasks.heads import Detections, Head
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.registry import ModelFacts, TaskKind, register
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,11 @@ def box_results(found: Detections, prepared: Prepared, params: PredictParams, na
         }
         for (x1, y1, x2, y2), score, cls in zip(boxes, scores, found.classes.tolist())
     ]
+
+
+def _build(facts: ModelFacts) -> DetectTask:
+    head, names = detection_head(facts, extra=0)
+    return DetectTask(facts.image_input, head, names)
+
+
+register(TaskKind("detect", _build))

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kakehashi.errors import ModelLoadError
+from kakehashi.tasks.detection_head import output_dims
 from kakehashi.tasks.heads import select
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.nms import rotated_nms
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.registry import ModelFacts, TaskKind, numbered_names, register
 
 
 def corners(rboxes: np.ndarray) -> np.ndarray:
@@ -59,3 +62,20 @@ class ObbTask:
                 }
             )
         return results
+
+
+def _build(facts: ModelFacts) -> ObbTask:
+    """An oriented-box detector reads one raw head [N, 4 + classes + 1, anchors]."""
+    outputs = facts.backend.outputs
+    if facts.meta.get("end2end") is True or facts.head == "end2end":
+        raise ModelLoadError(
+            f"{facts.path}: end-to-end oriented-box heads are not supported yet; export with "
+            f"end2end=False (the raw head [N, 4 + classes + 1, anchors], rotated NMS here)"
+        )
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        raise ModelLoadError(f"{facts.path}: task 'obb' needs one output [N, 4 + classes + 1, anchors]")
+    names = facts.names or numbered_names(output_dims(facts.backend, facts.probe)[0] - 5)
+    return ObbTask(facts.image_input, outputs[0].name, names)
+
+
+register(TaskKind("obb", _build))

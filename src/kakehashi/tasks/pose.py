@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kakehashi.errors import ModelLoadError
 from kakehashi.tasks.detect import box_results
+from kakehashi.tasks.detection_head import detection_head
 from kakehashi.tasks.heads import Head
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import ImageInput
+from kakehashi.tasks.registry import ModelFacts, TaskKind, register
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,31 @@ class PoseTask:
         for result, point, seen in zip(results, xy, visible):
             result["keypoints"] = {"x": point[:, 0].tolist(), "y": point[:, 1].tolist(), "visible": seen.tolist()}
         return results
+
+
+def _kpt_shape(facts: ModelFacts) -> tuple[int, int]:
+    """Keypoints per object and values per keypoint, from model.yaml or else the model's metadata."""
+    if facts.kpt_shape:
+        return facts.kpt_shape
+    shape = facts.meta.get("kpt_shape")
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 2
+        and shape[1] in (2, 3)
+        and all(isinstance(v, int) and v > 0 for v in shape)
+    ):
+        raise ModelLoadError(
+            f"{facts.path}: task 'pose' needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the "
+            f"model's metadata; got {shape!r}"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _build(facts: ModelFacts) -> PoseTask:
+    """A pose model has a detection head whose rows carry every keypoint's values."""
+    kpt_shape = _kpt_shape(facts)
+    head, names = detection_head(facts, extra=kpt_shape[0] * kpt_shape[1])
+    return PoseTask(facts.image_input, head, names, kpt_shape)
+
+
+register(TaskKind("pose", _build))

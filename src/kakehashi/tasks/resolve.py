@@ -1,6 +1,7 @@
 """Work out, once at load, what a model is: its task, head, class names and how to build its input.
 
-Sources in order: `model.yaml`, the metadata Ultralytics writes into its exports, then the graph's shapes.
+Sources in order: `model.yaml`, the metadata Ultralytics writes into its exports, then the graph's shapes. The
+task itself is built by the registered task of that name (`tasks.registry`).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import ast
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +16,13 @@ import numpy as np
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.errors import ModelLoadError
 from kakehashi.repository.config import ModelConfig
-from kakehashi.tasks.classify import ClassifyTask
-from kakehashi.tasks.detect import DetectTask
-from kakehashi.tasks.heads import (
-    End2EndHead,
-    Head,
-    ObjectnessHead,
-    TfObjectDetectionHead,
-    UltralyticsHead,
-    grid_anchor_count,
-)
-from kakehashi.tasks.obb import ObbTask
-from kakehashi.tasks.pose import PoseTask
+from kakehashi.tasks.detection_head import TF_OD
 from kakehashi.tasks.preprocess import ImageInput
-from kakehashi.tasks.segment import SegmentTask
+from kakehashi.tasks.registry import RAW_TENSORS, ImageTask, ModelFacts, task_choices, task_named
 
 log = logging.getLogger(__name__)
 
-ImageTask = DetectTask | ClassifyTask | SegmentTask | PoseTask | ObbTask
-BOX_TASKS = ("detect", "segment", "pose")
 _DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
-_TF_OD = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 _DEFAULT_SIZE = 640
 _TF_OD_SIZE = 300
 
@@ -77,7 +63,7 @@ def _tf_od_outputs(outputs: list[TensorSpec]) -> dict[str, str]:
     found = {}
     for spec in outputs:
         base = spec.name.split(":")[0].split("/")[-1]
-        if base in _TF_OD:
+        if base in TF_OD:
             found[base] = spec.name
     return found
 
@@ -102,9 +88,9 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
     names = config.names or _names(meta.get("names")) or ()
     tf_od = _tf_od_outputs(backend.outputs)
     task = config.task or ("detect" if tf_od else None) or meta.get("task")
-    if task == "tensor":
+    if task == RAW_TENSORS:
         return None
-    if task not in (None, "classify", "obb", *BOX_TASKS):
+    if task is not None and task not in task_choices():
         log.warning("%s: task '%s' is not supported yet; serving raw tensors only", path, task)
         return None
     found = _image_input(backend, config)
@@ -120,70 +106,12 @@ def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask
         task = _guess_task(backend.outputs)
         if task is None:
             return None
-    image_input = _resolve_input(
-        input_spec, layout, config, meta, task, head_hint=config.head or ("tf-od" if tf_od else None), path=path
-    )
-    if task == "classify":
-        output = backend.outputs[0].name
-        return ClassifyTask(image_input, output, names or _numbered(_probe(backend, image_input)[output].shape[-1]))
+    kind = task_named(str(task))
+    head_hint = config.head or ("tf-od" if tf_od else None)
+    image_input = _resolve_input(input_spec, layout, config, meta, kind.default_resize, head_hint, path)
     probe = functools.cache(lambda: _probe(backend, image_input))  # runs the model at most once
-    if task == "obb":
-        if meta.get("end2end") is True or config.head == "end2end":
-            raise ModelLoadError(
-                f"{path}: end-to-end oriented-box heads are not supported yet; export with "
-                f"end2end=False (the raw head [N, 4 + classes + 1, anchors], rotated NMS here)"
-            )
-        if len(backend.outputs) != 1 or len(backend.outputs[0].shape) != 3:
-            raise ModelLoadError(f"{path}: task 'obb' needs one output [N, 4 + classes + 1, anchors]")
-        output = backend.outputs[0].name
-        return ObbTask(image_input, output, names or _numbered(_output_dims(backend, probe)[0] - 5))
-    protos = next((s.name for s in backend.outputs if len(s.shape) == 4), None) if task == "segment" else None
-    if task == "segment" and protos is None:
-        raise ModelLoadError(
-            f"{path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
-            f"are {[s.to_json() for s in backend.outputs]}"
-        )
-    kpt_shape = _kpt_shape(config, meta, path) if task == "pose" else None
-    extra = _extra_columns(protos, probe, kpt_shape)
-    dims = functools.cache(lambda: _output_dims(backend, probe))
-    head = _resolve_head(backend, config, meta, tf_od, image_input, dims, extra, protos, path)
-    if not names:
-        names = _numbered(_class_count(head, dims, extra))
-    if task == "segment" and protos is not None:
-        return SegmentTask(image_input, head, names, protos)
-    if task == "pose" and kpt_shape is not None:
-        return PoseTask(image_input, head, names, kpt_shape)
-    return DetectTask(image_input, head, names)
-
-
-def _kpt_shape(config: ModelConfig, meta: dict, path: Path) -> tuple[int, int]:
-    if config.kpt_shape:
-        return config.kpt_shape
-    shape = meta.get("kpt_shape")
-    if not (
-        isinstance(shape, (list, tuple))
-        and len(shape) == 2
-        and shape[1] in (2, 3)
-        and all(isinstance(v, int) and v > 0 for v in shape)
-    ):
-        raise ModelLoadError(
-            f"{path}: task 'pose' needs 'kpt_shape' [keypoints, 2 or 3] in model.yaml or the "
-            f"model's metadata; got {shape!r}"
-        )
-    return int(shape[0]), int(shape[1])
-
-
-def _extra_columns(protos: str | None, probe: Callable, kpt_shape: tuple[int, int] | None) -> int:
-    """How many columns after the class scores each detection has: mask coefficients or keypoint values."""
-    if protos is not None:
-        return int(probe()[protos].shape[1])
-    if kpt_shape is not None:
-        return kpt_shape[0] * kpt_shape[1]
-    return 0
-
-
-def _numbered(count: int) -> tuple[str, ...]:
-    return tuple(str(i) for i in range(count))
+    facts = ModelFacts(backend, image_input, names, meta, tf_od, config.head, config.kpt_shape, path, probe)
+    return kind.build(facts)
 
 
 def _guess_task(outputs: list[TensorSpec]) -> str | None:
@@ -198,7 +126,13 @@ def _guess_task(outputs: list[TensorSpec]) -> str | None:
 
 
 def _resolve_input(
-    spec: TensorSpec, layout: str, config: ModelConfig, meta: dict, task: str, head_hint: str | None, path: Path
+    spec: TensorSpec,
+    layout: str,
+    config: ModelConfig,
+    meta: dict,
+    default_resize: str,
+    head_hint: str | None,
+    path: Path,
 ) -> ImageInput:
     spatial = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
     graph_size = tuple(spatial) if all(d > 0 for d in spatial) else None
@@ -217,10 +151,7 @@ def _resolve_input(
         raise ModelLoadError(
             f"{path}: input '{spec.name}' is {spec.datatype}; image inputs must be FP32, FP16 or UINT8"
         )
-    if config.input.resize:
-        resize = config.input.resize
-    else:
-        resize = "crop" if task == "classify" else ("stretch" if head_hint == "tf-od" else "letterbox")
+    resize = config.input.resize or ("stretch" if head_hint == "tf-od" else default_resize)
     stride = meta.get("stride")
     return ImageInput(
         name=spec.name,
@@ -243,81 +174,3 @@ def _probe(backend: Backend, image_input: ImageInput) -> dict[str, np.ndarray]:
     shape = (1, *image_input.tensor_shape(image_input.size))
     blank = np.zeros(shape, dtype=np.dtype(image_input.dtype))
     return backend.run({image_input.name: blank})
-
-
-Dims = Callable[[], tuple[int, int]]
-
-
-def _resolve_head(
-    backend: Backend,
-    config: ModelConfig,
-    meta: dict,
-    tf_od: dict[str, str],
-    image_input: ImageInput,
-    dims: Dims,
-    extra: int,
-    protos: str | None,
-    path: Path,
-) -> Head:
-    head = config.head
-    if head == "tf-od" or (head is None and tf_od):
-        missing = [role for role in _TF_OD[:3] if role not in tf_od]
-        if missing:
-            raise ModelLoadError(f"{path}: head 'tf-od' needs outputs named {', '.join(missing)}")
-        return TfObjectDetectionHead(
-            tf_od["detection_boxes"], tf_od["detection_scores"], tf_od["detection_classes"], tf_od.get("num_detections")
-        )
-    boxes = [s for s in backend.outputs if len(s.shape) == 3]
-    if len(boxes) != 1 or len(backend.outputs) != 1 + (protos is not None):
-        raise ModelLoadError(
-            f"{path}: a detection head needs one output [N, a, b] (and, to segment, prototypes [N, c, h, w]); "
-            f"the model's outputs are {[s.to_json() for s in backend.outputs]}"
-        )
-    output = boxes[0].name
-    if head is None:
-        head = _guess_head(meta, image_input, dims, extra, path)
-        log.info("%s: inferred detection head '%s'", path, head)
-    if head == "ultralytics":
-        return UltralyticsHead(output, extra)
-    if head == "end2end":
-        return End2EndHead(output, extra)
-    return ObjectnessHead(output, grid=head == "yolox", name=head)
-
-
-def _guess_head(meta: dict, image_input: ImageInput, dims: Dims, extra: int, path: Path) -> str:
-    if "end2end" in meta:  # recent Ultralytics exports say which head they have
-        return "end2end" if meta["end2end"] is True else "ultralytics"
-    rows, cols = dims()
-    anchors = grid_anchor_count(image_input.size)
-    if rows == anchors:
-        return "yolox"
-    if rows == 3 * anchors:
-        return "yolov5"
-    if rows < cols:
-        return "ultralytics"
-    if cols in (6 + extra, 7 + extra):
-        return "end2end"
-    raise ModelLoadError(
-        f"{path}: cannot tell the detection head from output shape [N, {rows}, {cols}]; "
-        f"set 'head' in model.yaml (ultralytics, end2end, yolov5, yolox or tf-od)"
-    )
-
-
-def _output_dims(backend: Backend, probe: Callable[[], dict[str, np.ndarray]]) -> tuple[int, int]:
-    """Rows and columns of the (one) rank-3 detection output, probing the model if they are dynamic."""
-    spec = next(s for s in backend.outputs if len(s.shape) == 3)
-    if all(d > 0 for d in spec.shape[1:]):
-        return spec.shape[1], spec.shape[2]
-    shape = probe()[spec.name].shape
-    return shape[1], shape[2]
-
-
-def _class_count(head: Head, dims: Dims, extra: int) -> int:
-    if isinstance(head, TfObjectDetectionHead):
-        return 0
-    rows, cols = dims()
-    if isinstance(head, UltralyticsHead):
-        return rows - 4 - extra
-    if isinstance(head, ObjectnessHead):
-        return cols - 5
-    return 0

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kakehashi.errors import ModelLoadError
 from kakehashi.tasks.detect import box_results
+from kakehashi.tasks.detection_head import detection_head
 from kakehashi.tasks.heads import Head
 from kakehashi.tasks.image_task import Prepared
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput
+from kakehashi.tasks.registry import ModelFacts, TaskKind, register
 
 
 def _box_mask(
@@ -138,3 +141,19 @@ class SegmentTask:
             else:
                 result["segments"] = polygon(mask, left, top, params.decimals)
         return results
+
+
+def _build(facts: ModelFacts) -> SegmentTask:
+    """A segmenter has a detection head whose rows carry mask coefficients for its prototype output."""
+    outputs = facts.backend.outputs
+    protos = next((s.name for s in outputs if len(s.shape) == 4), None)
+    if protos is None:
+        raise ModelLoadError(
+            f"{facts.path}: task 'segment' needs a prototype output [N, c, h, w]; the model's outputs "
+            f"are {[s.to_json() for s in outputs]}"
+        )
+    head, names = detection_head(facts, extra=int(facts.probe()[protos].shape[1]), protos=protos)
+    return SegmentTask(facts.image_input, head, names, protos)
+
+
+register(TaskKind("segment", _build))

@@ -1,4 +1,5 @@
-"""What several commands share: the prediction parameters and loading a model repository for in-process use."""
+"""What several commands share: the runtime options, the prediction parameters and loading a model repository for
+in-process use."""
 
 from __future__ import annotations
 
@@ -8,28 +9,53 @@ from pathlib import Path
 
 import click
 
+from kakehashi.backends.onnxruntime import provider_name
 from kakehashi.errors import KakehashiError
+from kakehashi.protocols.predict_query import QUERY_SCHEMAS
 from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits, default_model_path
 
-PREDICTION_OPTIONS = ("conf", "iou", "imgsz", "max_det", "classes", "top_k", "decimals")
+PREDICTION_OPTIONS = tuple(name for name in QUERY_SCHEMAS if name != "timeout")  # a deadline is the server's
+
+
+def _providers(context: click.Context, parameter: click.Parameter, text: str) -> tuple[str, ...]:
+    """`cuda,cpu` as ONNX Runtime's full provider names, best first."""
+    try:
+        chosen = tuple(provider_name(name.strip()) for name in text.split(",") if name.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected {exc}") from None
+    return chosen or ServerDefaults().providers
+
+
+def runtime_options(command: Callable) -> Callable:
+    """`--backend` and `--providers` (also KAKEHASHI_BACKEND, KAKEHASHI_PROVIDERS), taken alike by every command
+    that runs models, for the models whose model.yaml does not choose: `providers` arrives as full names."""
+    command = click.option(
+        "--providers",
+        default="cpu",
+        show_default=True,
+        envvar="KAKEHASHI_PROVIDERS",
+        callback=_providers,
+        help="ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models whose model.yaml "
+        "lists none); unavailable ones are skipped with a warning.",
+    )(command)
+    return click.option(
+        "--backend",
+        default="auto",
+        show_default=True,
+        envvar="KAKEHASHI_BACKEND",
+        type=click.Choice(ServerDefaults.backend_choices()),
+        help="Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX Runtime and "
+        "OpenVINO, when installed, and keep the faster).",
+    )(command)
 
 
 def prediction_options(command: Callable) -> Callable:
-    """`--conf --iou --imgsz --max-det --classes --top-k --decimals`, as the predict endpoint takes them."""
-    for flag, text in reversed(
-        [
-            ("--conf", "Confidence threshold."),
-            ("--iou", "NMS IoU threshold."),
-            ("--imgsz", "Input size, 640 or height,width."),
-            ("--max-det", "Most detections per image."),
-            ("--classes", "Only these class indices, e.g. 0,2."),
-            ("--top-k", "Classes per image (classification)."),
-            ("--decimals", "Decimal places in the answer."),
-        ]
-    ):
-        command = click.option(flag, help=text)(command)
+    """One option per predict endpoint parameter (`--conf`, `--max-det`, ...), described as its OpenAPI document
+    describes it."""
+    for name in reversed(PREDICTION_OPTIONS):
+        command = click.option("--" + name.replace("_", "-"), help=QUERY_SCHEMAS[name]["description"])(command)
     return command
 
 

@@ -128,9 +128,11 @@ def test_readiness_tells_the_truth(serve, tmp_path):
         assert _ready(server, stub) == (200, True)
 
 
-def _slow_model(root, batch: int = 1) -> None:
+def _slow_model(root, monkeypatch, batch: int = 1) -> None:
     """A model whose load takes a while, not minutes: two ONNX Runtime sessions of YOLO11n, warmed up (with a
-    `batch` above 1, every batch size up to it is timed first)."""
+    `batch` above 1, batch sizes up to it are timed first, at every load: the servers started next keep no load
+    decisions)."""
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     (root / "slow" / "model.yaml").write_text(
@@ -138,9 +140,9 @@ def _slow_model(root, batch: int = 1) -> None:
     )
 
 
-def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
+def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path, monkeypatch):
     """The attack: an unload 0.15 s after a (slow) reload answered 200 and left the model READY."""
-    _slow_model(tmp_path)
+    _slow_model(tmp_path, monkeypatch, batch=4)
     server = serve(tmp_path, "--model-control", "explicit")
     answered: dict[str, tuple[int, float]] = {}
 
@@ -161,10 +163,10 @@ def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path):
     assert server.client.get("/v2/models/slow/ready").status_code == 503
 
 
-def test_an_unload_during_the_startup_load_waits_for_it(serve, tmp_path):
+def test_an_unload_during_the_startup_load_waits_for_it(serve, tmp_path, monkeypatch):
     """The startup load holds the lock: an unload sent while it runs is answered after it, and the model ends
     unloaded everywhere, its state metric included (not READY in a handle the index no longer shows)."""
-    _slow_model(tmp_path, batch=4)  # slower still: the unload must be sent before the startup load is over
+    _slow_model(tmp_path, monkeypatch, batch=4)  # the unload must be sent before the startup load is over
     server = serve(tmp_path, "--model-control", "explicit", wait="/v2/health/live")
     assert "models loaded" not in server.log(), "the startup load was over before the unload: nothing overlapped"
     assert server.client.post("/v2/repository/models/slow/unload").status_code == 200

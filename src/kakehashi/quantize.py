@@ -177,7 +177,9 @@ def _handle(model: Path, config_path: Path | None) -> tuple[ModelHandle, ThreadP
     pool = ThreadPoolExecutor(2)
     repository = ModelRepository(folder, pool, Limits(request_timeout_ms=0))
     repository.load_all()
-    return repository.get("m"), pool
+    handle = repository.get("m")
+    assert isinstance(handle, ModelHandle)  # a folder with model.onnx, never a pipeline
+    return handle, pool
 
 
 def _best_ms(handle: ModelHandle) -> float:

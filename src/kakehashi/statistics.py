@@ -4,7 +4,7 @@ Prometheus series."""
 from __future__ import annotations
 
 from kakehashi.metrics import VersionSeries, samples
-from kakehashi.repository.handle import ModelHandle
+from kakehashi.servable import Servable
 
 
 def _duration(values: dict[str, float]) -> dict[str, int]:
@@ -21,7 +21,7 @@ def _requests(series: VersionSeries, outcome: str | None = None) -> dict[str, fl
     return total
 
 
-def model_statistics(handle: ModelHandle) -> dict:
+def model_statistics(handle: Servable) -> dict:
     """One model version's statistics in Triton's JSON form (durations summed in nanoseconds)."""
     series = handle.series
     success = _duration(_requests(series, "success"))
@@ -54,7 +54,7 @@ def model_statistics(handle: ModelHandle) -> dict:
     }
 
 
-def live_figures(handle: ModelHandle) -> dict:
+def live_figures(handle: Servable) -> dict:
     """Cumulative counters of one model version for the web page, which turns two readings into rates and
     window percentiles: requests by outcome, the latency histogram of successful requests (upper bound in
     seconds → count), the queue depth now, and batch executions by batch size."""

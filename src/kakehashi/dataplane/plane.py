@@ -19,11 +19,12 @@ from kakehashi.protocols.triton_config import model_config
 from kakehashi.protocols.vision import parse_params, parse_timeout_ms
 from kakehashi.repository.handle import ImagePrediction, ModelHandle
 from kakehashi.repository.repository import ModelRepository
+from kakehashi.servable import Servable
 from kakehashi.statistics import model_statistics
 from kakehashi.tasks.params import PredictParams
 
 
-def _parameters(servable: ModelHandle, values: dict[str, list[str]]) -> PredictParams:
+def _parameters(servable: Servable, values: dict[str, list[str]]) -> PredictParams:
     """A request's parameters (`values`: each name's values, as a query string gives them) over the servable's
     defaults; a bad one is `InvalidInput` naming it."""
     return parse_params(values, servable.config.defaults)
@@ -32,7 +33,7 @@ def _parameters(servable: ModelHandle, values: dict[str, list[str]]) -> PredictP
 class Call:
     """One request to one servable, open while the transport decodes, runs and encodes it."""
 
-    def __init__(self, servable: ModelHandle, tracker: RequestTracker) -> None:
+    def __init__(self, servable: Servable, tracker: RequestTracker) -> None:
         self.servable = servable
         self.tracker = tracker
 
@@ -88,10 +89,10 @@ class DataPlane:
             with servable.serving():
                 yield Call(servable, tracker)
 
-    def servable(self, model: str, version: str | int | None = None) -> ModelHandle:
+    def servable(self, model: str, version: str | int | None = None) -> Servable:
         return self.repository.get(model, version)
 
-    def check(self, model: str, values: dict[str, list[str]]) -> ModelHandle:
+    def check(self, model: str, values: dict[str, list[str]]) -> Servable:
         """The servable `model` if it is ready and `values` are valid parameters for it: for a job to check once
         before its many requests."""
         servable = self.repository.get(model)
@@ -105,8 +106,13 @@ class DataPlane:
         return model_metadata(servable, list(self.repository.entries[servable.name].handles))
 
     def config(self, model: str, version: str | int | None = None) -> dict:
-        """The Triton-style model configuration (runtime, batching, instances)."""
-        return model_config(self.repository.get(model, version))
+        """The Triton-style model configuration of a model version (runtime, batching, instances); a pipeline's
+        names its platform and steps."""
+        servable = self.repository.get(model, version)
+        if isinstance(servable, ModelHandle):
+            return model_config(servable)
+        signature = servable.require_ready()
+        return {"name": servable.name, "platform": signature.platform, "parameters": {"steps": servable.runtime}}
 
     def statistics(self, model: str | None = None, version: str | None = None) -> list[dict]:
         """Triton-style statistics of every version matching `model` and `version` (all if None)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kakehashi import __version__
-from kakehashi.repository.handle import ModelHandle
+from kakehashi.servable import Servable
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
@@ -12,7 +12,7 @@ def server_metadata() -> dict:
     return {"name": "kakehashi", "version": __version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(handle: ModelHandle, versions: list[int]) -> dict:
+def model_metadata(handle: Servable, versions: list[int]) -> dict:
     """A ready model version's inputs and outputs, with every version of the model that is served."""
     backend = handle.require_ready()
     return {

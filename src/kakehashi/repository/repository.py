@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
+from kakehashi.pipelines.config import PIPELINE_FILE
+from kakehashi.pipelines.pipeline import Pipeline
 from kakehashi.repository.config import ModelConfig, ServerDefaults, load_model_config
 from kakehashi.repository.handle import ModelHandle
+from kakehashi.servable import Servable
 from kakehashi.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -24,13 +27,15 @@ CONFIG_FILE = "model.yaml"
 
 @dataclass
 class ModelEntry:
-    """A model found on disk: its versions' files and, once loaded, their handles."""
+    """A model found on disk: its versions' files and, once loaded, their handles; or a pipeline (its
+    `pipeline.yaml` as `config_path`, served as version 1)."""
 
     name: str
     config_path: Path | None
     files: dict[int, Path]
-    handles: dict[int, ModelHandle] = field(default_factory=dict)
+    handles: dict[int, Servable] = field(default_factory=dict)
     error: str = ""
+    pipeline: bool = False
 
 
 def _model_name(stem: str) -> str:
@@ -60,7 +65,7 @@ def _versions(folder: Path) -> dict[int, Path]:
 
 
 def _is_model_folder(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).is_file() or bool(_versions(folder))
+    return (folder / CONFIG_FILE).is_file() or (folder / PIPELINE_FILE).is_file() or bool(_versions(folder))
 
 
 def discover(path: Path) -> list[ModelEntry]:
@@ -97,6 +102,8 @@ def fingerprint(entry: ModelEntry) -> tuple:
 
 
 def _entry(folder: Path) -> ModelEntry:
+    if (folder / PIPELINE_FILE).is_file():
+        return ModelEntry(_model_name(folder.name), folder / PIPELINE_FILE, {}, pipeline=True)
     config = folder / CONFIG_FILE
     return ModelEntry(_model_name(folder.name), config if config.is_file() else None, _versions(folder))
 
@@ -138,9 +145,9 @@ class ModelRepository:
         return entries
 
     def load_all(self) -> None:
-        """Load every model's selected versions; failures are recorded, never raised. Blocking: for a caller
-        with no event loop running yet; a server uses `load_at_start`."""
-        for entry in self.entries.values():
+        """Load every model's selected versions, then the pipelines over them; failures are recorded, never
+        raised. Blocking: for a caller with no event loop running yet; a server uses `load_at_start`."""
+        for entry in sorted(self.entries.values(), key=lambda entry: entry.pipeline):
             self._load(entry)
 
     async def load_at_start(self) -> None:
@@ -149,6 +156,12 @@ class ModelRepository:
             await asyncio.to_thread(self.load_all)
 
     def _load(self, entry: ModelEntry) -> None:
+        if entry.pipeline:
+            assert entry.config_path is not None
+            pipeline = Pipeline(entry.name, entry.config_path, self.get, self.compute, self._limits)
+            entry.handles[pipeline.version] = pipeline
+            pipeline.load()
+            return
         try:
             config = load_model_config(entry.config_path) if entry.config_path else ModelConfig()
             config = self._defaults.apply(config)
@@ -278,7 +291,7 @@ class ModelRepository:
             raise NotFound(f"unknown model '{name}'")  # never the served names: this answer may reach anyone
         return entry
 
-    def get(self, name: str, version: str | int | None = None) -> ModelHandle:
+    def get(self, name: str, version: str | int | None = None) -> Servable:
         """The handle for `name` at `version` (the newest served one if None); raises `NotFound`."""
         entry = self._entry(name)
         if version in (None, ""):
@@ -297,7 +310,7 @@ class ModelRepository:
             raise NotFound(f"model '{name}' has no version {number}; served versions: {served}")
         return handle
 
-    def versions_of(self, name: str | None = None, version: str | None = None) -> list[ModelHandle]:
+    def versions_of(self, name: str | None = None, version: str | None = None) -> list[Servable]:
         """The loaded handles of every model (no `name`), of one model, or of one `version` of it."""
         if not name:
             return [handle for entry in self.entries.values() for handle in entry.handles.values()]

@@ -229,14 +229,14 @@ def test_serve_offers_the_registered_runtimes():
     assert tuple(option.type.choices) == runtime_choices() == ("auto", "onnxruntime", "openvino")
 
 
-def test_backends_do_not_import_the_repository_layer():
+def test_backends_and_tasks_do_not_import_the_repository_layer():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, kakehashi.backends; print(*sorted(sys.modules))"],
+        [sys.executable, "-c", "import sys, kakehashi.backends, kakehashi.tasks.resolve; print(*sorted(sys.modules))"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert "kakehashi.backends.openvino" in loaded
+    assert "kakehashi.backends.openvino" in loaded and "kakehashi.tasks.segment" in loaded
     assert not [name for name in loaded if name.startswith("kakehashi.repository")]
 
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.errors import ModelLoadError
-from kakehashi.repository.config import ModelConfig
 from kakehashi.tasks.detection_head import TF_OD
 from kakehashi.tasks.preprocess import ImageInput
 from kakehashi.tasks.registry import RAW_TENSORS, ImageTask, ModelFacts, task_choices, task_named
+from kakehashi.tasks.settings import TaskSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _tf_od_outputs(outputs: list[TensorSpec]) -> dict[str, str]:
     return found
 
 
-def _image_input(backend: Backend, config: ModelConfig) -> tuple[TensorSpec, str] | None:
+def _image_input(backend: Backend, config: TaskSettings) -> tuple[TensorSpec, str] | None:
     """The single image input and its layout, or None if the model does not take one image tensor."""
     if len(backend.inputs) != 1 or len(backend.inputs[0].shape) != 4:
         return None
@@ -82,7 +82,7 @@ def _image_input(backend: Backend, config: ModelConfig) -> tuple[TensorSpec, str
     return None
 
 
-def resolve_task(backend: Backend, config: ModelConfig, path: Path) -> ImageTask | None:
+def resolve_task(backend: Backend, config: TaskSettings, path: Path) -> ImageTask | None:
     """The image task this model serves, or None for a raw-tensor model (served over OIP v2 only)."""
     meta = ultralytics_metadata(backend.metadata)
     names = config.names or _names(meta.get("names")) or ()
@@ -128,7 +128,7 @@ def _guess_task(outputs: list[TensorSpec]) -> str | None:
 def _resolve_input(
     spec: TensorSpec,
     layout: str,
-    config: ModelConfig,
+    config: TaskSettings,
     meta: dict,
     default_resize: str,
     head_hint: str | None,

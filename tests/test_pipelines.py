@@ -5,6 +5,9 @@ known without Kakehashi (regions of one colour where a constant detector reports
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,7 +48,7 @@ def _painted() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(serve_module, tmp_path_factory):
+def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     _member(root, "parts", lambda path: _detector(path, [RED_PART, BLUE_DEFECT, TINY_PART], 640))
     # crops wait up to 200 ms for others, so those of one request and of concurrent ones are batched together
@@ -68,7 +71,12 @@ def server(serve_module, tmp_path_factory):
     for name, text in pipelines.items():
         (root / name).mkdir()
         (root / name / "pipeline.yaml").write_text(text)
-    return serve_module(root, "--model-control", "explicit", wait="/v2/health/live")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, repository):
+    return serve_module(repository, "--model-control", "explicit", wait="/v2/health/live")
 
 
 def _predict(server, model: str, image: bytes) -> dict:
@@ -182,3 +190,18 @@ def test_reloading_a_member_under_load_drops_no_request(server):
         for r in a.json()["images"][0]["results"]
         if "classification" in r
     )
+
+
+def test_a_batch_job_runs_the_pipeline_in_process(repository, tmp_path):
+    (tmp_path / "in").mkdir()
+    for index in range(3):
+        (tmp_path / "in" / f"{index}.png").write_bytes(_painted())
+    out = tmp_path / "out.jsonl"
+    command = ["batch", str(tmp_path / "in"), "--model", str(repository), "--name", "inspect", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-m", "kakehashi", *command, "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        named = {r["name"]: r for r in line["results"]}
+        assert named["defect"]["classification"][0]["name"] == "blue"

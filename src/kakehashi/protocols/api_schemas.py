@@ -112,7 +112,7 @@ class IndexRow(BaseModel):
     name: str
     version: str | None = Field(None, description="Absent while a model has no version loaded.")
     state: ModelState
-    reason: str | None = None
+    reason: str | None = Field(description="Why the version is not ready (null or empty when it is).")
 
 
 class Figures(BaseModel):

@@ -41,6 +41,7 @@ COMPONENTS = (
     Predictions,
 )
 _PREFIX = "#/components/schemas/"
+_NULL = {"type": "null"}
 _STATIC = "/{path}"  # after a Mount's prefix: one of its files
 
 
@@ -266,15 +267,35 @@ def _with_common_errors(paths: dict) -> dict:
     return paths
 
 
+def _openapi_30(node: object) -> object:
+    """pydantic's JSON Schema in OpenAPI 3.0's dialect, the one the bundled Swagger UI (4.15) renders: a field
+    `X | None = None` is an X that may be left out, one `X | None` without a default an X that may be null."""
+    if isinstance(node, list):
+        return [_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _openapi_30(value) for key, value in node.items()}
+    kinds = node.get("anyOf")
+    if not isinstance(kinds, list) or _NULL not in kinds:
+        return node
+    rest = [kind for kind in kinds if kind != _NULL]
+    others = {key: value for key, value in node.items() if key != "anyOf"}
+    optional = "default" in others and others.pop("default") is None
+    nullable = {} if optional else {"nullable": True}
+    if len(rest) == 1 and isinstance(rest[0], dict) and "$ref" not in rest[0]:
+        return {**rest[0], **others, **nullable}
+    return {**others, "anyOf": rest, **nullable}
+
+
 def _components() -> dict:
     _, definitions = models_json_schema(
         [(model, "validation") for model in COMPONENTS], ref_template=_PREFIX + "{model}"
     )
-    return definitions["$defs"]
+    return _openapi_30(definitions["$defs"])  # type: ignore[return-value]
 
 
 SPEC = {
-    "openapi": "3.1.0",
+    "openapi": "3.0.3",
     "info": {
         "title": "Kakehashi",
         "version": __version__,

@@ -143,6 +143,7 @@ class ModelConfig(_Section):
     providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
     # pose: keypoints per object and values per keypoint (2 or 3)
     kpt_shape: tuple[int, int] | None = None
+    handler: StrictStr | None = None  # module:Class, your own pre- and post-processing (see kakehashi.handlers)
 
     def runtime_options(self, threads_per_instance: int) -> RuntimeOptions:
         """What this configuration asks of its runtime, in the backends' terms."""

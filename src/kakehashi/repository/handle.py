@@ -23,11 +23,12 @@ from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
+from kakehashi.handlers import Handler, HandlerContext, find_handler, setup
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, decision_key, recall, remember
+from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
 from kakehashi.settings import Limits
-from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 
@@ -67,12 +68,22 @@ class ModelHandle:
     """
 
     def __init__(
-        self, name: str, version: int, path: Path, config: ModelConfig, compute: Executor, limits: Limits
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        compute: Executor,
+        limits: Limits,
+        folder: Path | None = None,
     ) -> None:
+        """`folder`: the model's folder (where `model.yaml` and a `handler.py` would be), None for a bare file."""
         self.name = name
         self.version = version
         self.path = path
+        self.folder = folder
         self.config = config
+        self.handler: Handler | None = None
         self.reason = ""
         self.backend: Backend | None = None
         self.task: ImageTask | None = None
@@ -121,7 +132,19 @@ class ModelHandle:
             kind = decided.runtime if decided is not None and config.backend == "auto" else config.backend
             self._instances = create_instances(self.path, kind, config.runtime_options(threads))
             backend = self._instances[0]
-            self.task = resolve_task(backend, config, self.path)
+            self.handler = find_handler(config.handler, self.folder) if self.folder is not None else None
+            if self.handler is not None:
+                context = HandlerContext(
+                    self.name,
+                    self.version,
+                    self.folder or self.path.parent,
+                    backend.inputs,
+                    backend.outputs,
+                    backend.metadata,
+                )
+                setup(self.handler, context)
+            else:
+                self.task = resolve_task(backend, config, self.path)
             self.backend = backend
             self._batchable = _batchable(backend)
             self.max_batch_size = config.batching.max_batch_size if self._batchable else 1
@@ -273,7 +296,9 @@ class ModelHandle:
 
     @property
     def kind(self) -> str:
-        """`detect`, `classify` or `tensor`."""
+        """`detect`, `classify`… (the task), `handler` (the model's own Python) or `tensor`."""
+        if self.handler is not None:
+            return "handler"
         return self.task.kind if self.task is not None else "tensor"
 
     @property
@@ -363,8 +388,8 @@ class ModelHandle:
     ) -> list[ImagePrediction]:
         """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
         self.require_ready()
-        task = self.task
-        if task is None:
+        steps = self._image_steps(params)
+        if steps is None:
             raise InvalidInput(f"model '{self.name}' serves raw tensors only; use POST /v2/models/{self.name}/infer")
         if len(images) > self._limits.max_images:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {self._limits.max_images}")
@@ -375,32 +400,46 @@ class ModelHandle:
                 # the first failure cancels its siblings, and admission is held until every one of them is gone
                 async with asyncio.TaskGroup() as group:
                     answers = [
-                        group.create_task(self._predict_one(task, index, data, params, deadline, numbered))
+                        group.create_task(self._predict_one(steps, index, data, deadline, numbered))
                         for index, data in enumerate(images)
                     ]
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None
         return [answer.result() for answer in answers]
 
+    def _image_steps(self, params: PredictParams) -> ImageSteps | None:
+        """How one image becomes feeds and outputs become results: the model's handler, or its task."""
+        if self.handler is not None:
+            return HandlerSteps(self.handler, params, self._limits.max_pixels)
+        if self.task is not None:
+            return TaskSteps(self.task, params, self._limits.max_pixels)
+        return None
+
+    def _check_handler_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        """The feeds a handler's `preprocess` made must fit the model, one row: else the fault is the handler's."""
+        try:
+            rows = self._check_feeds(feeds)
+        except InvalidInput as exc:
+            log.error("model %s: the handler's preprocess gave feeds the model cannot take: %s", self.name, exc.message)
+            raise InferenceFailed(f"the model's handler made inputs the model cannot take: {exc.message}") from None
+        if rows != 1:
+            raise InferenceFailed(f"the model's handler made {rows} rows for one image; preprocess makes one row")
+
     async def _predict_one(
-        self,
-        task: ImageTask,
-        index: int,
-        data: bytes | Image.Image,
-        params: PredictParams,
-        deadline: float | None,
-        numbered: bool,
+        self, steps: ImageSteps, index: int, data: bytes | Image.Image, deadline: float | None, numbered: bool
     ) -> ImagePrediction:
         try:
-            prepared, pre = await self._in_pool(prepare_image, data, task.input, params, self._limits.max_pixels)
+            (feeds, shape, state), pre = await self._in_pool(steps.prepare, data)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
+        if steps.checked:
+            self._check_handler_feeds(feeds)
         self.series.preprocess.observe(pre)
-        result = await self._submit({task.input.name: prepared.tensor[None]}, 1, deadline)
+        result = await self._submit(feeds, 1, deadline)
         outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
-        found, post = await self._in_pool(task.postprocess, outputs, prepared, params)
+        found, post = await self._in_pool(steps.finish, outputs, state)
         self.series.postprocess.observe(post)
         speed = {
             "preprocess": _ms(pre),
@@ -408,7 +447,7 @@ class ModelHandle:
             "inference": _ms(result.inference),
             "postprocess": _ms(post),
         }
-        return ImagePrediction(prepared.original_shape, found, speed)
+        return ImagePrediction(shape, found, speed)
 
     async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
         """`function(*args)` and its duration, in the compute pool. If the caller is cancelled, work not yet

@@ -36,6 +36,7 @@ class ModelEntry:
     handles: dict[int, Servable] = field(default_factory=dict)
     error: str = ""
     pipeline: bool = False
+    folder: Path | None = None  # the model's folder (None for a bare .onnx file)
 
 
 def _model_name(stem: str) -> str:
@@ -105,7 +106,7 @@ def _entry(folder: Path) -> ModelEntry:
     if (folder / PIPELINE_FILE).is_file():
         return ModelEntry(_model_name(folder.name), folder / PIPELINE_FILE, {}, pipeline=True)
     config = folder / CONFIG_FILE
-    return ModelEntry(_model_name(folder.name), config if config.is_file() else None, _versions(folder))
+    return ModelEntry(_model_name(folder.name), config if config.is_file() else None, _versions(folder), folder=folder)
 
 
 class ModelRepository:
@@ -175,7 +176,9 @@ class ModelRepository:
             log.error("model %s not loaded: %s", entry.name, entry.error)
             return
         for version in versions:
-            handle = ModelHandle(entry.name, version, entry.files[version], config, self.compute, self._limits)
+            handle = ModelHandle(
+                entry.name, version, entry.files[version], config, self.compute, self._limits, entry.folder
+            )
             entry.handles[version] = handle
             handle.load()
 

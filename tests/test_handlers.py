@@ -1,0 +1,131 @@
+"""Handlers: a model's own Python (`handler:` in model.yaml, or handler.py). The example in examples/red-blobs
+decodes an output layout no task knows; faults in a handler are answered for the one request that met them."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inprocess import load, predict
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "red-blobs"
+CELL = 512 / 64  # a 512-px image over the 64x64 redness map: one cell is 8 px
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _squares() -> bytes:
+    """White 512x512 with a strong red rectangle (redness 0.82) and a pale one (redness 0.43)."""
+    pixels = np.full((512, 512, 3), 255, np.uint8)
+    pixels[64:128, 64:192] = (230, 20, 20)
+    pixels[300:400, 350:450] = (200, 90, 90)
+    return _png(pixels)
+
+
+def test_the_example_handler_finds_the_red_blobs_where_they_were_painted(tmp_path):
+    folder = shutil.copytree(EXAMPLE, tmp_path / "red-blobs")
+    handle = load(folder)
+    assert handle.ready and handle.kind == "handler", handle.reason
+    found = predict(handle, _squares())[0].results  # model.yaml's default conf 0.3: both
+    assert [r["name"] for r in found] == ["red blob", "red blob"]
+    strong, pale = found
+    assert strong["confidence"] == pytest.approx((230 - 20) / 255, abs=1e-3)
+    assert pale["confidence"] == pytest.approx((200 - 90) / 255, abs=1e-3)
+    for result, (x1, y1, x2, y2) in ((strong, (64, 64, 192, 128)), (pale, (350, 300, 450, 400))):
+        box = result["box"]
+        assert [box["x1"], box["y1"], box["x2"], box["y2"]] == pytest.approx([x1, y1, x2, y2], abs=CELL)
+    # the request's parameters reach the hooks: above the pale one's redness, only the strong one
+    assert [r["confidence"] for r in predict(handle, _squares(), conf=0.6)[0].results] == [strong["confidence"]]
+
+
+FUSSY = '''
+import numpy as np
+from kakehashi.errors import InvalidInput
+
+
+class Fussy:
+    """Refuses 13-px-wide images (400), makes a wrong input for 17-px ones, fails decoding 11-px ones."""
+
+    def setup(self, context):
+        self.name = context.inputs[0].name
+
+    def preprocess(self, image, params):
+        if image.width == 13:
+            raise InvalidInput("13 px wide images are refused")
+        size = 8 if image.width == 17 else 256
+        return {self.name: np.zeros((3, size, size), np.float32)}
+
+    def postprocess(self, outputs, image, params):
+        if image.width == 11:
+            raise ValueError("eleven is not a width")
+        return [{"width": image.width, "heat": outputs["heat"].shape[1:]}]
+'''
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    for name, handler_file, yaml in (
+        ("fussy", FUSSY, "handler: fussy:Fussy\n"),
+        (
+            "no-licence",
+            "class Handler:\n    def setup(self, context):\n        raise RuntimeError('no licence')\n"
+            "    def preprocess(self, image, params): ...\n    def postprocess(self, outputs, image, params): ...\n",
+            "",
+        ),
+        ("missing", "", "handler: nowhere:Nothing\n"),
+    ):
+        (root / name / "1").mkdir(parents=True)
+        shutil.copy(EXAMPLE / "1" / "model.onnx", root / name / "1" / "model.onnx")
+        batching = "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 300}\n"
+        (root / name / "model.yaml").write_text("backend: onnxruntime\n" + batching + yaml)
+        if handler_file:
+            (root / name / ("fussy.py" if name == "fussy" else "handler.py")).write_text(handler_file)
+    return serve_module(root, wait="/v2/health/live")
+
+
+def _send(server, width: int):
+    image = _png(np.zeros((20, width, 3), np.uint8))
+    return server.client.post("/v1/models/fussy/predict", content=image, headers={"content-type": "image/png"})
+
+
+def test_a_failing_hook_fails_only_its_request_even_in_a_shared_batch(server):
+    server.wait_until("/v2/models/fussy/ready", timeout=60)
+    [before] = server.client.get("/v2/models/fussy/stats").json()["model_stats"]
+    with ThreadPoolExecutor(2) as pool:  # sent together: within the 300 ms the batch waits for more rows
+        failing, fine = pool.map(lambda width: _send(server, width), (11, 64))
+    assert failing.status_code == 500
+    assert failing.json()["error"] == "the model's handler failed in postprocess: ValueError: eleven is not a width"
+    assert fine.status_code == 200 and fine.json()["images"][0]["results"] == [{"width": 64, "heat": [64, 64]}]
+    [after] = server.client.get("/v2/models/fussy/stats").json()["model_stats"]
+    assert after["inference_count"] - before["inference_count"] == 2
+    assert after["execution_count"] - before["execution_count"] == 1  # one batch held both
+    log = server.log()
+    assert "Traceback" in log and "eleven is not a width" in log
+
+
+def test_a_handler_may_refuse_an_input_and_its_wrong_inputs_are_its_fault(server):
+    server.wait_until("/v2/models/fussy/ready", timeout=60)
+    refused = _send(server, 13)
+    assert refused.status_code == 400 and refused.json()["error"] == "13 px wide images are refused"
+    wrong = _send(server, 17)
+    assert wrong.status_code == 500 and "the model's handler made inputs the model cannot take" in wrong.json()["error"]
+    assert _send(server, 64).status_code == 200
+
+
+def test_a_handler_that_cannot_start_leaves_its_model_unavailable_with_the_reason(server):
+    server.wait_until("/v2/models/fussy/ready", timeout=60)
+    index = {row["name"]: row for row in server.client.post("/v2/repository/index", json={}).json()}
+    assert index["no-licence"]["state"] == "UNAVAILABLE"
+    assert "the handler's setup failed: RuntimeError: no licence" in index["no-licence"]["reason"]
+    assert index["missing"]["state"] == "UNAVAILABLE" and "nowhere:Nothing" in index["missing"]["reason"]

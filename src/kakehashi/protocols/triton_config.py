@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kakehashi.backends.registry import runtime_of
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.tasks.pose import PoseTask
 
@@ -55,7 +56,7 @@ def model_config(handle: ModelHandle) -> dict:
     config: dict[str, object] = {
         "name": handle.name,
         "platform": backend.platform,
-        "backend": "openvino" if backend.platform == "openvino" else "onnxruntime",
+        "backend": runtime_of(backend).name,
         "max_batch_size": handle.max_batch_size if batching else 0,
         "input": [tensor(spec) for spec in backend.inputs],
         "output": [tensor(spec) for spec in backend.outputs],

@@ -18,6 +18,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from kakehashi.backends.registry import RUNTIMES
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the meaning of a stored decision changes
@@ -54,8 +56,9 @@ def _machine() -> str:
 
 @cache
 def _runtime_versions() -> str:
+    """The installed version of every registered runtime's package (named as the runtime)."""
     versions = []
-    for package in ("onnxruntime", "openvino"):
+    for package in RUNTIMES:
         try:
             versions.append(f"{package}={metadata.version(package)}")
         except metadata.PackageNotFoundError:

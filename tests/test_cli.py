@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
 from conftest import IMAGES, YOLO26, free_ports
+from onnx_builders import constant_model
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -88,6 +91,44 @@ def test_predict_errors(tmp_path, quick_bundled):
     assert result.returncode == 1 and "parameter 'conf'" in result.stderr
     result = run("predict", str(tmp_path / "missing.png"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "backend, runtime", [("onnxruntime", "runtime onnxruntime CPUExecutionProvider"), ("openvino", "runtime openvino")]
+)
+def test_predict_runs_on_the_runtime_asked_for(tmp_path, caplog, backend, runtime):
+    """`predict` takes `serve`'s runtime options: the model's load log names the runtime `--backend` chose."""
+    from click.testing import CliRunner
+
+    from kakehashi.cli import main
+
+    rows = np.zeros((1, 1, 6), np.float32)
+    rows[0, 0] = (10, 20, 40, 50, 0.9, 0)
+    folder = tmp_path / "probe"
+    metadata = {"names": "{0: 'probe'}", "stride": "32", "task": "detect", "end2end": "True", "imgsz": "[64, 64]"}
+    constant_model(folder / "1" / "model.onnx", {"output0": rows}, metadata=metadata)
+    (folder / "model.yaml").write_text("batching: {max_batch_size: 1}\n")  # the runtime is left to the command
+    caplog.set_level(logging.INFO, logger="kakehashi")
+    args = ["predict", str(IMAGES / "coffee.png"), "--model", str(folder), "--backend", backend, "--providers", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"][0]["results"][0]["name"] == "probe"
+    [ready] = [record.getMessage() for record in caplog.records if " ready in " in record.getMessage()]
+    assert runtime in ready
+
+
+def test_predict_takes_every_documented_predict_parameter():
+    from kakehashi.cli import main
+    from kakehashi.server.openapi import SPEC
+
+    documented = SPEC["paths"]["/v1/models/{model}/predict"]["post"]["parameters"]
+    options = {parameter.name for parameter in main.commands["predict"].params}
+    assert {p["name"] for p in documented if p["in"] == "query"} - options == {"timeout"}  # the server's deadline
+
+
+def test_predict_refuses_an_unknown_provider():
+    result = run("predict", str(IMAGES / "coffee.png"), "--providers", "warp-drive")
+    assert result.returncode == 2 and "Invalid value for '--providers'" in result.stderr
 
 
 def test_serve_reads_kakehashi_env_vars():

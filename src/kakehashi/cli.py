@@ -12,11 +12,17 @@ import click
 from click.core import ParameterSource
 
 from kakehashi import __version__
-from kakehashi.backends.onnxruntime import provider_name
 from kakehashi.batch.command import batch
-from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
+from kakehashi.cli_options import (
+    load_repository,
+    only_model,
+    prediction_options,
+    prediction_values,
+    runtime_options,
+)
+from kakehashi.dataplane import DataPlane
 from kakehashi.errors import KakehashiError
-from kakehashi.protocols.vision import encode_predictions, parse_params
+from kakehashi.protocols.vision import encode_predictions
 from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.handle import ImagePrediction
 from kakehashi.repository.repository import ModelRepository
@@ -51,19 +57,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--port", Settings.port, "HTTP port.")
 @_option("--grpc-port", Settings.grpc_port, "gRPC port (0: no gRPC).")
 @_option("--threads", Settings.compute_threads, "Threads for image decoding and pre/post-processing.")
-@_option(
-    "--backend",
-    "auto",
-    "Runtime for models whose model.yaml does not choose one (auto: at load, time ONNX "
-    "Runtime and OpenVINO, when installed, and keep the faster).",
-    type=click.Choice(["auto", "onnxruntime", "openvino"]),
-)
-@_option(
-    "--providers",
-    "cpu",
-    "ONNX Runtime execution providers in order of preference, e.g. cuda,cpu (for models "
-    "whose model.yaml lists none); unavailable ones are skipped with a warning.",
-)
+@runtime_options
 @_option(
     "--model-control",
     Settings.model_control,
@@ -133,7 +127,7 @@ def serve(
     model_name: str | None,
     threads: int,
     backend: str,
-    providers: str,
+    providers: tuple[str, ...],
     edge: bool,
     log_level: str,
     access_log: bool,
@@ -159,11 +153,7 @@ def serve(
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
         threads, options["grpc_port"] = 1, 0
-    try:
-        chosen = tuple(provider_name(name.strip()) for name in providers.split(",") if name.strip())
-    except ValueError as exc:
-        raise click.BadParameter(f"expected {exc}", param_hint="--providers") from None
-    defaults = ServerDefaults(backend, chosen or ServerDefaults.providers, edge)
+    defaults = ServerDefaults(backend, providers, edge)
     settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
     if settings.model_control != "none" and not keys.enabled:
@@ -193,12 +183,20 @@ def serve(
     type=click.Path(path_type=Path),
     help="Write the image with its boxes and labels drawn (a folder when there are several images).",
 )
+@runtime_options
 @prediction_options
 def predict(
-    images: tuple[Path, ...], model: Path | None, name: str | None, save: Path | None, **options: str | None
+    images: tuple[Path, ...],
+    model: Path | None,
+    name: str | None,
+    save: Path | None,
+    backend: str,
+    providers: tuple[str, ...],
+    **options: str | None,
 ) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
-    repository, compute = load_repository(model, Settings.compute_threads, Limits())
+    runtime = ServerDefaults(backend, providers)
+    repository, compute = load_repository(model, Settings.compute_threads, Limits(), runtime)
     chosen = only_model(repository, name)
     data = [path.read_bytes() for path in images]
     try:
@@ -222,9 +220,8 @@ async def _predict_once(
 ) -> tuple[str, int, list[ImagePrediction]]:
     await asyncio.to_thread(repository.load_all)
     try:
-        handle = repository.get(name)
-        handle.require_ready()
-        return handle.name, handle.version, await handle.predict(images, parse_params(values, handle.config.defaults))
+        with DataPlane(repository).request("cli", name) as call:
+            return call.name, call.version, await call.predict(images, values)
     finally:
         await repository.close_all()
 

@@ -142,7 +142,7 @@ def _slow_model(root, monkeypatch, batch: int = 1) -> None:
 
 def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path, monkeypatch):
     """The attack: an unload 0.15 s after a (slow) reload answered 200 and left the model READY."""
-    _slow_model(tmp_path, monkeypatch, batch=4)
+    _slow_model(tmp_path, monkeypatch, batch=2)
     server = serve(tmp_path, "--model-control", "explicit")
     answered: dict[str, tuple[int, float]] = {}
 

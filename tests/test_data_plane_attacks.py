@@ -63,7 +63,8 @@ def _detections(server) -> tuple[list[int], list[dict]]:
 @pytest.fixture(scope="module")
 def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    for name, yaml in (("ov", "backend: openvino\n"), ("ort", "backend: onnxruntime\nbatching: {max_batch_size: 4}\n")):
+    ort = "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4}\n"
+    for name, yaml in (("ov", "backend: openvino\n"), ("ort", ort)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
         (root / name / "model.yaml").write_text(yaml)

@@ -11,6 +11,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -105,6 +106,15 @@ def test_each_detection_carries_its_crops_classes(server):
     assert "classification" not in tiny  # 10 px, under min_size
     defects = {r["name"]: r for r in _predict(server, "defects", _painted())["images"][0]["results"]}
     assert "classification" not in defects["part"] and defects["defect"]["classification"][0]["name"] == "blue"
+
+
+def test_a_pipelines_answer_is_the_documented_predict_answer(server):
+    _ready(server, "inspect")
+    answer = _predict(server, "inspect", _painted())
+    document = server.client.get("/openapi.json").json()
+    validator = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/Predictions", **document})
+    assert list(validator.iter_errors(answer)) == []
+    assert any("classification" in result for result in answer["images"][0]["results"])
 
 
 def test_crops_of_concurrent_requests_are_batched_by_the_classifier(server):

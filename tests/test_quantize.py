@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from PIL import Image, ImageOps
 
 from conftest import IMAGES, YOLO11
@@ -53,6 +54,7 @@ def test_int8_person_detector_agrees_on_held_out_images(tmp_path):
     assert json.loads(answer.stdout)["images"][0]["results"][0]["name"] == "person"
 
 
+@pytest.mark.slow  # a second whole quantization of the person detector (the first is the agreement test)
 def test_held_out_images_default_to_every_fourth_and_metadata_is_kept(tmp_path):
     model = tmp_path / "yolo11.onnx"
     shutil.copy(YOLO11, model)

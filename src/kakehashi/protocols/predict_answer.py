@@ -66,6 +66,9 @@ class Classification(_Strict):
 
 class Detection(Classification):
     box: Box
+    classification: list[Classification] | None = Field(
+        default=None, description="With a pipeline's classify step: the top classes of the detection's crop."
+    )
 
 
 class Segmentation(Detection):
@@ -88,12 +91,15 @@ Result = Detection | Segmentation | SegmentationRunLengths | Pose | OrientedDete
 
 
 class Speed(_Strict):
-    """Where one image's time went, in milliseconds."""
+    """Where one image's time went, in milliseconds: a model's `preprocess`, `queue`, `inference` and
+    `postprocess`; a pipeline's `preprocess` (decoding), `detect` and `classify`."""
 
     preprocess: float
-    queue: float
-    inference: float
-    postprocess: float
+    queue: float | None = None
+    inference: float | None = None
+    postprocess: float | None = None
+    detect: float | None = None
+    classify: float | None = None
 
 
 class ImageAnswer(_Strict):

@@ -64,7 +64,8 @@ def _detections(server) -> tuple[list[int], list[dict]]:
 def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     ort = "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4}\n"
-    for name, yaml in (("ov", "backend: openvino\n"), ("ort", ort)):
+    ov = "backend: openvino\nbatching: {max_batch_size: 8, preferred_batch_size: 8}\n"
+    for name, yaml in (("ov", ov), ("ort", ort)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
         (root / name / "model.yaml").write_text(yaml)

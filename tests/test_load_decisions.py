@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import YOLO11, YOLO26
 from inprocess import load
+from kakehashi.repository.handle import _fastest_batch_size
 
 MEASURED = "per inference; serving with"  # the log line of `auto` timing both runtimes
 REUSED = "load decisions reused"
@@ -112,3 +115,30 @@ def test_without_kakehashi_cache_dir_decisions_go_to_the_xdg_cache(tmp_path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     _load(_repository(tmp_path), caplog)
     assert len(list((tmp_path / "xdg" / "kakehashi").glob("*.json"))) == 1
+
+
+class _Costed:
+    """A backend whose batch of n rows takes `cost(n)` seconds, recording the sizes it ran."""
+
+    def __init__(self, cost) -> None:
+        self.cost, self.sizes = cost, []
+
+    def run(self, feeds):
+        rows = len(next(iter(feeds.values())))
+        self.sizes.append(rows)
+        time.sleep(self.cost(rows))
+        return {}
+
+
+FEEDS = {rows: {"x": np.zeros((rows, 1), np.float32)} for rows in range(1, 9)}
+
+
+def test_batch_sizes_are_timed_until_a_larger_one_stops_paying():
+    # rows per second: 1 → 25, 2 → 50, 4 → 50 (no gain: stop), so 8 is never run and 2 is chosen
+    flat = _Costed(lambda rows: 0.04 if rows == 1 else 0.04 * rows / 2)
+    assert _fastest_batch_size(flat, FEEDS) == 2
+    assert sorted(set(flat.sizes)) == [1, 2, 4]
+    # every doubling pays (a fixed cost per batch): all the powers of two up to 8 are timed, and 8 is chosen
+    growing = _Costed(lambda rows: 0.04 + 0.002 * rows)
+    assert _fastest_batch_size(growing, FEEDS) == 8
+    assert sorted(set(growing.sizes)) == [1, 2, 4, 8]

@@ -8,12 +8,12 @@ request: a member reloaded under load serves the next request, and the one it re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from kakehashi.settings import Limits
 from kakehashi.tasks.images import decode_image
 from kakehashi.tasks.nms import batched_nms
 from kakehashi.tasks.params import PredictParams
+from kakehashi.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Pipeline:
         self._lookup = lookup
         self._compute = compute
         self._limits = limits
-        self._users = 0
+        self._users = Users()
         self.series = VersionSeries.of(name, str(self.version))
         self._set_state(ModelState.LOADING)
 
@@ -155,21 +156,14 @@ class Pipeline:
             raise Unavailable(f"pipeline '{self.name}' is not ready ({self.state.value}): {self.reason}")
         return self.spec
 
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        self._users += 1
-        try:
-            yield
-        finally:
-            self._users -= 1
+    def serving(self) -> AbstractContextManager[None]:
+        return self._users.serving()
 
     def abandon_queued(self, reason: str) -> int:
         return 0  # its work waits in its members' queues, which answer for it
 
     async def close(self, grace_seconds: float = 30.0) -> None:
-        deadline = time.perf_counter() + grace_seconds
-        while self._users and time.perf_counter() < deadline:
-            await asyncio.sleep(0.005)
+        await self._users.gone(grace_seconds)
         self._set_state(ModelState.UNLOADED)
 
     # -- requests -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -31,6 +31,7 @@ from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
 from kakehashi.settings import Limits
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
+from kakehashi.users import Users
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class ModelHandle:
         self.last_inference_ms = 0
         self._instances: list[Backend] = []
         self._threads = 1
-        self._users = 0
+        self._users = Users()
         self._admitted = 0
         self._batcher: DynamicBatcher | None = None
         self._compute = compute
@@ -193,14 +194,9 @@ class ModelHandle:
         self._instances, self.backend, self.reason = [], None, reason
         self._set_state(ModelState.FAILED)
 
-    @contextmanager
-    def serving(self) -> Iterator[None]:
+    def serving(self) -> AbstractContextManager[None]:
         """Mark a request as using this handle, so `close` lets it finish (the transport wraps each request)."""
-        self._users += 1
-        try:
-            yield
-        finally:
-            self._users -= 1
+        return self._users.serving()
 
     @contextmanager
     def _admission(self, count: int) -> Iterator[None]:
@@ -224,9 +220,7 @@ class ModelHandle:
 
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
-        deadline = time.perf_counter() + grace_seconds
-        while self._users and time.perf_counter() < deadline:
-            await asyncio.sleep(0.005)
+        await self._users.gone(grace_seconds)
         self._set_state(ModelState.UNLOADED)
         if self._batcher is not None:
             await self._batcher.close()

@@ -72,11 +72,46 @@ class Fussy:
 '''
 
 
+SECOND_OPINION = '''
+import numpy as np
+from PIL import Image
+
+
+class SecondOpinion:
+    """Runs this model on the image and on its mirror image, and asks the `blobs` model what it finds."""
+
+    def setup(self, context):
+        self.name = context.inputs[0].name
+
+    def preprocess(self, image, params):
+        pixels = np.asarray(image.resize((256, 256), Image.Resampling.BILINEAR), np.float32)
+        return {self.name: pixels.transpose(2, 0, 1) / 255.0}
+
+    def predict(self, feeds, image, params, runtime):
+        straight = runtime.run(feeds)["heat"]
+        mirrored = runtime.run({self.name: np.ascontiguousarray(feeds[self.name][:, :, ::-1])})["heat"]
+        found = runtime.predict("blobs", image)
+        difference = np.abs(straight - mirrored[:, :, ::-1]).max()
+        return {"heat": straight, "difference": np.asarray(difference), "blobs": np.asarray(len(found))}
+
+    def postprocess(self, outputs, image, params):
+        return [
+            {
+                "peak": float(outputs["heat"].max()),
+                "mirror_difference": float(outputs["difference"]),
+                "blobs": int(outputs["blobs"]),
+            }
+        ]
+'''
+
+
 @pytest.fixture(scope="module")
 def server(serve_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(EXAMPLE, root / "blobs")
     for name, handler_file, yaml in (
         ("fussy", FUSSY, "handler: fussy:Fussy\n"),
+        ("opinion", SECOND_OPINION, "handler: opinion:SecondOpinion\n"),
         (
             "no-licence",
             "class Handler:\n    def setup(self, context):\n        raise RuntimeError('no licence')\n"
@@ -90,7 +125,8 @@ def server(serve_module, tmp_path_factory):
         batching = "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 300}\n"
         (root / name / "model.yaml").write_text("backend: onnxruntime\n" + batching + yaml)
         if handler_file:
-            (root / name / ("fussy.py" if name == "fussy" else "handler.py")).write_text(handler_file)
+            file = {"fussy": "fussy.py", "opinion": "opinion.py"}.get(name, "handler.py")
+            (root / name / file).write_text(handler_file)
     return serve_module(root, wait="/v2/health/live")
 
 
@@ -129,3 +165,29 @@ def test_a_handler_that_cannot_start_leaves_its_model_unavailable_with_the_reaso
     assert index["no-licence"]["state"] == "UNAVAILABLE"
     assert "the handler's setup failed: RuntimeError: no licence" in index["no-licence"]["reason"]
     assert index["missing"]["state"] == "UNAVAILABLE" and "nowhere:Nothing" in index["missing"]["reason"]
+
+
+def test_a_predict_hook_runs_the_model_twice_and_asks_another_model(server):
+    """The hook runs this model on the image and its mirror (two batched inferences) and asks `blobs` (another
+    served model, through its own handler) for its results; six at once on a two-thread compute pool all finish."""
+    server.wait_until("/v2/models/opinion/ready", timeout=60)
+    server.wait_until("/v2/models/blobs/ready", timeout=60)
+    stats = {
+        name: server.client.get(f"/v2/models/{name}/stats").json()["model_stats"][0] for name in ("opinion", "blobs")
+    }
+    image = _squares()
+
+    def ask(_):
+        return server.client.post("/v1/models/opinion/predict", content=image, headers={"content-type": "image/png"})
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    for answer in answers:
+        [result] = answer.json()["images"][0]["results"]
+        assert result["peak"] == pytest.approx((230 - 20) / 255, abs=1e-3)  # the strong square's redness
+        assert result["mirror_difference"] < 1e-5  # the mirror's map, mirrored back, is the same map
+        assert result["blobs"] == 2  # what the example's handler finds in the two squares
+    after = {name: server.client.get(f"/v2/models/{name}/stats").json()["model_stats"][0] for name in stats}
+    assert after["opinion"]["inference_count"] - stats["opinion"]["inference_count"] == 12
+    assert after["blobs"]["inference_count"] - stats["blobs"]["inference_count"] == 6

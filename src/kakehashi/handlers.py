@@ -8,6 +8,10 @@ Python path), or put a `handler.py` with a class `Handler` beside `model.yaml`. 
   the batch dimension (rows of concurrent requests are batched together by the model's batcher).
 - `postprocess(outputs, image, params) -> [result, ...]`: the model's outputs for that row (batch dimension removed)
   to the image's results (JSON-able dicts; `box: {x1, y1, x2, y2}` in the image's pixels draws on the web page).
+- `predict(feeds, image, params, runtime) -> outputs` (optional): around the runtime, in place of one inference.
+  `runtime.run(feeds)` runs this model on a row (batched with other requests' rows), `runtime.predict(model, image)`
+  asks another served model (BLS); e.g. test-time augmentation, or a second model's opinion. It runs in a pool of
+  the model's own, so a hook waiting on other models never starves the compute pool they need.
 
 `params` are the request's parameters (`conf`, `iou`, `max_det`, `classes`, `imgsz`, `top_k`, `decimals`). Hooks run in
 the compute pool, never on the event loop. A hook that raises `kakehashi.errors.InvalidInput` answers its request
@@ -17,10 +21,12 @@ request (not even one batched with it) is affected.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +52,28 @@ class HandlerContext:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metadata: dict[str, str]  # the ONNX file's metadata_props
+
+
+class Runtime:
+    """What a handler's `predict` hook may call, from its own thread: this model's runtime on one row, through its
+    batcher (`run`), and another served model's results for an image (`predict`, what Triton calls BLS). Both
+    block the hook's thread while the server's event loop does the work."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        run: Callable[[dict[str, np.ndarray]], Coroutine[Any, Any, dict[str, np.ndarray]]],
+        predict: Callable[[str, Image.Image, PredictParams | None], Coroutine[Any, Any, list[dict]]],
+    ) -> None:
+        self._loop, self._run, self._predict = loop, run, predict
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This model's outputs for one row of each input (no batch dimension in or out)."""
+        return asyncio.run_coroutine_threadsafe(self._run(feeds), self._loop).result()
+
+    def predict(self, model: str, image: Image.Image, params: PredictParams | None = None) -> list[dict]:
+        """Model `model`'s results for `image`, with `params` (its own defaults if None)."""
+        return asyncio.run_coroutine_threadsafe(self._predict(model, image, params), self._loop).result()
 
 
 class Handler(Protocol):

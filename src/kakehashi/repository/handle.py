@@ -8,12 +8,12 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -23,7 +23,7 @@ from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
-from kakehashi.handlers import Handler, HandlerContext, find_handler, setup
+from kakehashi.handlers import Handler, HandlerContext, Runtime, call_hook, find_handler, setup
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, decision_key, recall, remember
@@ -32,6 +32,9 @@ from kakehashi.settings import Limits
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 from kakehashi.users import Users
+
+if TYPE_CHECKING:
+    from kakehashi.servable import Servable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,14 +80,18 @@ class ModelHandle:
         compute: Executor,
         limits: Limits,
         folder: Path | None = None,
+        lookup: Callable[[str, int | None], Servable] | None = None,
     ) -> None:
-        """`folder`: the model's folder (where `model.yaml` and a `handler.py` would be), None for a bare file."""
+        """`folder`: the model's folder (where `model.yaml` and a `handler.py` would be), None for a bare file;
+        `lookup`: other served models by name, for a handler's `predict` hook."""
         self.name = name
         self.version = version
         self.path = path
         self.folder = folder
         self.config = config
         self.handler: Handler | None = None
+        self._lookup = lookup
+        self._hook_pool: ThreadPoolExecutor | None = None  # a handler's `predict` hooks wait on other work here
         self.reason = ""
         self.backend: Backend | None = None
         self.task: ImageTask | None = None
@@ -144,6 +151,10 @@ class ModelHandle:
                     backend.metadata,
                 )
                 setup(self.handler, context)
+                if callable(getattr(self.handler, "predict", None)):
+                    self._hook_pool = ThreadPoolExecutor(
+                        max(4, config.batching.max_batch_size * config.instances), f"{self.name}-handler"
+                    )
             else:
                 self.task = resolve_task(backend, config, self.path)
             self.backend = backend
@@ -222,6 +233,8 @@ class ModelHandle:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
         await self._users.gone(grace_seconds)
         self._set_state(ModelState.UNLOADED)
+        if self._hook_pool is not None:
+            self._hook_pool.shutdown(wait=False)
         if self._batcher is not None:
             await self._batcher.close()
         self._instances, self.backend, self._batcher = [], None, None
@@ -409,6 +422,37 @@ class ModelHandle:
             return TaskSteps(self.task, params, self._limits.max_pixels)
         return None
 
+    async def _predict_hook(
+        self, steps: HandlerSteps, feeds: dict[str, np.ndarray], image: Image.Image, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """The handler's `predict` hook on one image's row, in the handler's pool, with a `Runtime` for this model
+        (one row through the batcher) and for other served models."""
+
+        async def run(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            batch = {name: np.asarray(value)[None] for name, value in row.items()}
+            self._check_handler_feeds(batch)
+            result = await self._submit(batch, 1, deadline)
+            return {name: _decodable(value[0]) for name, value in result.outputs.items()}
+
+        async def ask(model: str, picture: Image.Image, params: PredictParams | None) -> list[dict]:
+            if self._lookup is None:
+                raise InferenceFailed("this model's handler has no other models to call")
+            other = self._lookup(model, None)
+            defaults = other.config.defaults
+            chosen = params or PredictParams(defaults.conf, defaults.iou, defaults.max_det, top_k=defaults.top_k)
+            left = None if deadline is None else max(1.0, (deadline - time.perf_counter()) * 1000)
+            with other.serving():
+                [prediction] = await other.predict([picture], chosen, left)
+            return prediction.results
+
+        assert self._hook_pool is not None
+        runtime = Runtime(asyncio.get_running_loop(), run, ask)
+        row = {name: value[0] for name, value in feeds.items()}
+        hook = steps.handler.predict  # type: ignore[attr-defined]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._hook_pool, call_hook, "predict", hook, row, image, steps.params, runtime
+        )
+
     def _check_handler_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """The feeds a handler's `preprocess` made must fit the model, one row: else the fault is the handler's."""
         try:
@@ -431,16 +475,17 @@ class ModelHandle:
         if steps.checked:
             self._check_handler_feeds(feeds)
         self.series.preprocess.observe(pre)
-        result = await self._submit(feeds, 1, deadline)
-        outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
+        if self._hook_pool is not None and isinstance(steps, HandlerSteps):
+            started = time.perf_counter()
+            outputs = await self._predict_hook(steps, feeds, state, deadline)
+            queue, inference = 0.0, time.perf_counter() - started
+        else:
+            result = await self._submit(feeds, 1, deadline)
+            outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
+            queue, inference = result.queue, result.inference
         found, post = await self._in_pool(steps.finish, outputs, state)
         self.series.postprocess.observe(post)
-        speed = {
-            "preprocess": _ms(pre),
-            "queue": _ms(result.queue),
-            "inference": _ms(result.inference),
-            "postprocess": _ms(post),
-        }
+        speed = {"preprocess": _ms(pre), "queue": _ms(queue), "inference": _ms(inference), "postprocess": _ms(post)}
         return ImagePrediction(shape, found, speed)
 
     async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float]:

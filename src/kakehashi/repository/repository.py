@@ -177,7 +177,7 @@ class ModelRepository:
             return
         for version in versions:
             handle = ModelHandle(
-                entry.name, version, entry.files[version], config, self.compute, self._limits, entry.folder
+                entry.name, version, entry.files[version], config, self.compute, self._limits, entry.folder, self.get
             )
             entry.handles[version] = handle
             handle.load()

@@ -215,3 +215,19 @@ def test_a_batch_job_runs_the_pipeline_in_process(repository, tmp_path):
     for line in lines:
         named = {r["name"]: r for r in line["results"]}
         assert named["defect"]["classification"][0]["name"] == "blue"
+
+
+def test_over_grpc_a_pipeline_has_metadata_and_refuses_tensors_naming_predict(server):
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    _ready(server, "inspect")
+    with triton_grpc.InferenceServerClient(server.grpc_address) as client:
+        assert client.is_model_ready("inspect")
+        assert client.get_model_metadata("inspect").platform == "kakehashi_pipeline"
+        tensor = triton_grpc.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([b"x"], dtype=object))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("inspect", [tensor])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "/v1/models/inspect/predict" in refused.value.message()

@@ -216,3 +216,39 @@ def test_versions_several_images_iou_and_a_file_too_large(browser, versions_serv
     error = page.wait_for_selector(".card .error")
     assert "too large" in error.inner_text() or "larger than it accepts" in error.inner_text(), error.inner_text()
     page.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline_server(serve_module, tmp_path_factory):
+    """The detect → crop → classify pipeline of test_pipelines (a constant detector, a colour classifier)."""
+    from onnx_builders import colour_classifier
+    from test_pipelines import BLUE_DEFECT, RED_PART, _detector, _member
+
+    root = tmp_path_factory.mktemp("pipeline")
+    _member(root, "parts", lambda path: _detector(path, [RED_PART, BLUE_DEFECT], 640))
+    _member(root, "colour", colour_classifier)
+    (root / "inspect").mkdir()
+    (root / "inspect" / "pipeline.yaml").write_text("detect: {model: parts}\nclassify: {model: colour, top_k: 1}\n")
+    return serve_module(root)
+
+
+def test_a_pipeline_is_served_on_the_page_with_each_detections_class(browser, pipeline_server, tmp_path, artifacts):
+    from test_pipelines import _painted
+
+    painted = tmp_path / "painted.png"
+    painted.write_bytes(_painted())
+    page = _page(browser, pipeline_server, [])
+    page.wait_for_selector("#model option[value='inspect']", state="attached")
+    page.select_option("#model", "inspect")
+    page.set_input_files("#files", str(painted))
+    page.wait_for_selector(".box[data-name='defect']")
+    rows = page.locator("table.detections tbody tr")
+    classified = {
+        rows.nth(i).locator("td").nth(2).inner_text(): rows.nth(i).locator("td").nth(8).inner_text()
+        for i in range(rows.count())
+    }
+    assert classified["part"].startswith("red ") and classified["defect"].startswith("blue ")
+    timing = page.inner_text(".timing")
+    assert "detect" in timing and "classify" in timing and "undefined" not in timing
+    page.screenshot(path=str(artifacts / "web-page-pipeline.png"), full_page=True)
+    page.close()

@@ -182,13 +182,18 @@ function drawSkeleton(svg, keypoints, colour) {
 function detectionTable(results) {
   const table = document.createElement("table");
   table.className = "detections";
-  table.innerHTML = "<thead><tr><th>#</th><th>Class</th><th>Name</th><th>Confidence</th><th>x1</th><th>y1</th><th>x2</th><th>y2</th></tr></thead>";
+  // a pipeline's classify step gives detections a classification: its top class gets a column
+  const classified = results.some((result) => result.classification);
+  table.innerHTML = "<thead><tr><th>#</th><th>Class</th><th>Name</th><th>Confidence</th><th>x1</th><th>y1</th>" +
+    `<th>x2</th><th>y2</th>${classified ? "<th>Classified as</th>" : ""}</tr></thead>`;
   const body = document.createElement("tbody");
   results.forEach((result, index) => {
     const row = body.insertRow();
     const box = result.box || {};
+    const top = (result.classification || [])[0];
     [index + 1, result.class, result.name, result.confidence.toFixed(3),
-      ...["x1", "y1", "x2", "y2"].map((k) => (k in box ? box[k].toFixed(1) : ""))]
+      ...["x1", "y1", "x2", "y2"].map((k) => (k in box ? box[k].toFixed(1) : "")),
+      ...(classified ? [top ? `${top.name} ${top.confidence.toFixed(2)}` : ""] : [])]
       .forEach((value) => { row.insertCell().textContent = value; });
   });
   if (!results.length) body.insertRow().insertCell().textContent = "Nothing found at this confidence.";
@@ -196,11 +201,15 @@ function detectionTable(results) {
   return table;
 }
 
+const STAGES = { queue: "queue", preprocess: "pre-processing", inference: "inference", postprocess: "post-processing",
+  detect: "detect", classify: "classify" };
+
 function timing(speed) {
+  // a model's queue, pre-processing, inference and post-processing; a pipeline's pre-processing, detect, classify
   const line = document.createElement("p");
   line.className = "timing";
-  line.textContent = `queue ${speed.queue} ms · pre-processing ${speed.preprocess} ms · inference ${speed.inference} ms` +
-    ` · post-processing ${speed.postprocess} ms`;
+  line.textContent = Object.entries(STAGES).filter(([key]) => speed[key] !== undefined && speed[key] !== null)
+    .map(([key, name]) => `${name} ${speed[key]} ms`).join(" · ");
   return line;
 }
 

@@ -175,7 +175,7 @@ def test_grpc_calls_in_flight_at_sigterm_are_all_answered(serve, tmp_path):
     """Only gRPC calls in flight, more work than the 5 s backstop after HTTP goes idle: the server waits for
     the gRPC stop (which lets its calls finish within the grace) before it stops, so every call is answered."""
     server = _slow_yolo(serve, tmp_path, "60")
-    calls, results, done = 40, [], threading.Event()  # ~0.3 s each here: well past the 5 s backstop
+    calls, results, done = 32, [], threading.Event()  # ~0.3 s each here: well past the 5 s backstop
     tensor = triton_grpc.InferInput("images", [1, 3, 1280, 1280], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 3, 1280, 1280), np.float32))
 

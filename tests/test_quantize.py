@@ -32,6 +32,7 @@ def _calibration(folder):
     return folder
 
 
+@pytest.mark.slow  # a whole INT8 quantization of the person detector, then serving it
 def test_int8_person_detector_agrees_on_held_out_images(tmp_path):
     model = tmp_path / "person" / "1" / "model.onnx"
     shutil.copytree(default_model_path() / "ssdlite-person", tmp_path / "person")
@@ -54,7 +55,7 @@ def test_int8_person_detector_agrees_on_held_out_images(tmp_path):
     assert json.loads(answer.stdout)["images"][0]["results"][0]["name"] == "person"
 
 
-@pytest.mark.slow  # a second whole quantization of the person detector (the first is the agreement test)
+@pytest.mark.slow  # a second whole quantization of the person detector
 def test_held_out_images_default_to_every_fourth_and_metadata_is_kept(tmp_path):
     model = tmp_path / "yolo11.onnx"
     shutil.copy(YOLO11, model)

@@ -219,11 +219,18 @@ class Pipeline:
     async def _run(
         self, member: Member, images: list[Image.Image], params: PredictParams, deadline: float | None
     ) -> list[ImagePrediction]:
-        """`images` through a member's own handle (its admission, batcher and statistics)."""
+        """`images` through a member's own handle (its admission, batcher and statistics), in requests of at most
+        the images one request may carry, sent together; the predictions in the images' order."""
         handle = self._member(member)
+        step = self._limits.max_images
         with handle.serving():
             left = None if deadline is None else max(1.0, (deadline - time.perf_counter()) * 1000)
-            return await handle.predict(images, params, left)
+            async with asyncio.TaskGroup() as group:
+                parts = [
+                    group.create_task(handle.predict(images[start : start + step], params, left))
+                    for start in range(0, len(images), step)
+                ]
+        return [prediction for part in parts for prediction in part.result()]
 
     async def _detect_tiles(
         self, member: Member, tile: TileStep, image: Image.Image, params: PredictParams, deadline: float | None
@@ -235,16 +242,10 @@ class Pipeline:
             for left in tile_origins(image.width, tile.size, tile.overlap)
         ]
         crops = await asyncio.get_running_loop().run_in_executor(self._compute, _crops, image, boxes)
-        step = self._limits.max_images
-        async with asyncio.TaskGroup() as group:
-            parts = [
-                group.create_task(self._run(member, crops[start : start + step], params, deadline))
-                for start in range(0, len(crops), step)
-            ]
+        predictions = await self._run(member, crops, params, deadline)
         found = [
             result | {"box": _shifted(result["box"], left, top)}
-            for part, offset in zip(parts, range(0, len(crops), step))
-            for (left, top, _, _), prediction in zip(boxes[offset : offset + step], part.result())
+            for (left, top, _, _), prediction in zip(boxes, predictions)
             for result in prediction.results
         ]
         if not found:
@@ -265,19 +266,14 @@ class Pipeline:
     ) -> None:
         """Give each chosen detection `classification`: its crop's top classes from the classifier."""
         assert spec.classify is not None
-        chosen = [result for result in results if _wanted(result, spec.crop or CropStep())]
+        crop = spec.crop or CropStep()
+        chosen = [result for result in results if _wanted(result, crop)]
         if not chosen:
             return
-        boxes = [_padded(result["box"], (spec.crop or CropStep()).pad, image.width, image.height) for result in chosen]
+        boxes = [_padded(result["box"], crop.pad, image.width, image.height) for result in chosen]
         crops = await asyncio.get_running_loop().run_in_executor(self._compute, _crops, image, boxes)
         classify_params = replace(params, top_k=spec.classify.top_k, classes=None, imgsz=None)
-        step = self._limits.max_images
-        async with asyncio.TaskGroup() as group:
-            parts = [
-                group.create_task(self._run(spec.classify, crops[start : start + step], classify_params, deadline))
-                for start in range(0, len(crops), step)
-            ]
-        answers = [prediction for part in parts for prediction in part.result()]
+        answers = await self._run(spec.classify, crops, classify_params, deadline)
         for result, answer in zip(chosen, answers):
             result["classification"] = answer.results
 

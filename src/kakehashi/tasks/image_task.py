@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from kakehashi.tasks.images import decode_image
+from kakehashi.tasks.images import Decoded, decode_reduced
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput, request_size, resize_image, to_tensor
 
@@ -26,9 +26,14 @@ class Prepared:
 
 
 def prepare_image(data: bytes | Image.Image, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
-    """Decode (unless already decoded, e.g. a video frame), resize and convert one image for a model with
-    input `spec`."""
+    """Decode (unless already decoded, e.g. a video frame; a big JPEG at a reduced scale, `decode_reduced`),
+    resize and convert one image for a model with input `spec`; the transform maps to the original's pixels."""
     size = request_size(spec, params.imgsz)
-    image = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, max_pixels)
-    pixels, transform = resize_image(image, size, spec.resize, spec.pad_value)
-    return Prepared(to_tensor(pixels, spec), size, transform)
+    decoded = (
+        Decoded(data.convert("RGB"), data.size)
+        if isinstance(data, Image.Image)
+        else decode_reduced(data, max_pixels, size)
+    )
+    pixels, transform = resize_image(decoded.image, size, spec.resize, spec.pad_value)
+    original = transform.for_original(decoded.reduction, decoded.offset, decoded.size)
+    return Prepared(to_tensor(pixels, spec), size, original)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,30 @@ SIGNATURES = {
     b"MM\x00*": "TIFF",
 }
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey (PNG, TIFF): scaled to 8 bits, not clipped
+ORIENTATION = 0x0112  # the EXIF tag
+# how each EXIF orientation turns the stored pixels upright (as `ImageOps.exif_transpose` does): width and
+# height swapped, then whether the upright x and y axes run backwards through the stored pixels
+TURNS = {
+    2: (False, True, False),
+    3: (False, True, True),
+    4: (False, False, True),
+    5: (True, False, False),
+    6: (True, True, False),
+    7: (True, True, True),
+    8: (True, False, True),
+}
+UNTURNED = (False, False, False)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upright RGB image, maybe decoded `reduction` times smaller than the original: its pixel edge x is the
+    original's x * reduction + offset[0] (likewise y); `size` is the original's upright (width, height)."""
+
+    image: Image.Image
+    size: tuple[int, int]
+    reduction: int = 1  # 1, 2, 4 or 8
+    offset: tuple[int, int] = (0, 0)  # non-zero only on an axis mirrored by the orientation (padded blocks)
 
 
 def image_files(sources: list[Path]) -> list[Path]:
@@ -80,13 +105,30 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _draft(image: Image.Image, at_least: tuple[int, int], swapped: bool) -> int:
+    """Have a JPEG decoded at the smallest DCT scale (libjpeg's 1/2, 1/4, 1/8) that keeps it at least
+    `at_least` (height, width) once upright; returns the reduction, 1 for none."""
+    height, width = at_least[::-1] if swapped else at_least  # draft sees the stored, unturned pixels
+    full_width = image.width
+    drafted = image.draft(None, (width, height)) if image.format == "JPEG" else None
+    return 1 if drafted is None else round(full_width / drafted[1][2])
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Return the image in `data` as RGB with its EXIF orientation applied.
+    """Return the image in `data` as RGB with its EXIF orientation applied, at full size.
 
     Raises `UnsupportedMedia` for bytes that are not one of `FORMATS`, `PayloadTooLarge` for an image
     with more than `max_pixels` pixels (checked from the header, before decoding), and `InvalidInput`
     for a truncated or corrupt image.
     """
+    return decode_reduced(data, max_pixels).image
+
+
+def decode_reduced(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
+) -> Decoded:
+    """`decode_image` for a model whose input is `at_least` (height, width): a JPEG at least twice that in both
+    dimensions is decoded at a reduced DCT scale that stays at least that size (several times faster)."""
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     image = _open(data)
@@ -96,7 +138,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if width == 0 or height == 0:
         raise InvalidInput(f"the image has no pixels ({width}x{height})")
     try:
+        swapped, flip_x, flip_y = TURNS.get(image.getexif().get(ORIENTATION, 1), UNTURNED)
+        reduction = _draft(image, at_least, swapped) if at_least else 1
         image.load()
-        return _rgb(ImageOps.exif_transpose(image))
+        upright = _rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"the {image.format} image is truncated or corrupt: {exc}") from None
+    if swapped:
+        width, height = height, width
+    offset_x = width - upright.width * reduction if flip_x else 0
+    offset_y = height - upright.height * reduction if flip_y else 0
+    return Decoded(upright, (width, height), reduction, (offset_x, offset_y))

@@ -54,6 +54,12 @@ class BoxTransform:
         np.clip((boxes[:, 1::2] - self.pad_y) / self.scale_y, 0, self.height, out=ys)
         return out
 
+    def for_original(self, reduction: int, offset: tuple[int, int], size: tuple[int, int]) -> BoxTransform:
+        """This mapping for the original of an image decoded `reduction` times smaller, whose pixel edge x is
+        the original's x * reduction + offset[0] (likewise y); `size` is the original's (width, height)."""
+        scale_x, scale_y = self.scale_x / reduction, self.scale_y / reduction
+        return BoxTransform(scale_x, scale_y, self.pad_x - offset[0] * scale_x, self.pad_y - offset[1] * scale_y, *size)
+
     def points_to_original(self, points: np.ndarray, clip: bool = True) -> np.ndarray:
         """Map (..., 2) x, y points in model-input pixels to original pixels (clipped to the image if `clip`)."""
         out = np.empty(points.shape, np.float32)

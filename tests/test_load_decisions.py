@@ -17,7 +17,7 @@ from conftest import YOLO11, YOLO26
 from inprocess import load
 from kakehashi.repository.handle import _fastest_batch_size
 
-MEASURED = "per inference; serving with"  # the log line of `auto` timing both runtimes
+MEASURED = " per inference"  # the log line of `auto` timing the runtimes
 REUSED = "load decisions reused"
 OTHER = {"onnxruntime": "openvino", "openvino": "onnxruntime"}
 
@@ -59,6 +59,8 @@ def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, c
     [stored] = cache.glob("*.json")
     assert json.loads(stored.read_text()) == {
         "runtime": _runtime(first),
+        "precision": "f32",
+        "agreement": "",
         "batch_size": first.preferred_batch_size,
         "rows_follow_batch": True,
     }
@@ -67,15 +69,25 @@ def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, c
     assert (_runtime(second), second.preferred_batch_size) == (_runtime(first), first.preferred_batch_size)
 
 
+def _decision(runtime: str, batch_size: int, rows_follow_batch: bool) -> dict:
+    return {
+        "runtime": runtime,
+        "precision": "f32",
+        "agreement": "",
+        "batch_size": batch_size,
+        "rows_follow_batch": rows_follow_batch,
+    }
+
+
 def test_a_stored_decision_is_what_serves(tmp_path, cache, caplog):
     """Edited on disk to the other runtime and batch size 1, the decision is obeyed, so it is really read."""
     folder = _repository(tmp_path)
     first, _ = _load(folder, caplog)
     [stored] = cache.glob("*.json")
-    stored.write_text(json.dumps({"runtime": OTHER[_runtime(first)], "batch_size": 1, "rows_follow_batch": True}))
+    stored.write_text(json.dumps(_decision(OTHER[_runtime(first)], 1, True)))
     second, _ = _load(folder, caplog)
     assert (_runtime(second), second.preferred_batch_size) == (OTHER[_runtime(first)], 1)
-    stored.write_text(json.dumps({"runtime": _runtime(first), "batch_size": 2, "rows_follow_batch": False}))
+    stored.write_text(json.dumps(_decision(_runtime(first), 2, False)))
     third, text = _load(folder, caplog)
     assert third.max_batch_size == 1 and "never batched together" in text
 

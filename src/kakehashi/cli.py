@@ -127,6 +127,7 @@ def serve(
     model_name: str | None,
     threads: int,
     backend: str,
+    precision: str,
     providers: tuple[str, ...],
     edge: bool,
     log_level: str,
@@ -153,7 +154,7 @@ def serve(
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
         threads, options["grpc_port"] = 1, 0
-    defaults = ServerDefaults(backend, providers, edge)
+    defaults = ServerDefaults(backend, precision, providers, edge)
     settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
     if settings.model_control != "none" and not keys.enabled:
@@ -191,11 +192,12 @@ def predict(
     name: str | None,
     save: Path | None,
     backend: str,
+    precision: str,
     providers: tuple[str, ...],
     **options: str | None,
 ) -> None:
     """Print the predictions for IMAGES as JSON (the same answer as the HTTP predict endpoint)."""
-    runtime = ServerDefaults(backend, providers)
+    runtime = ServerDefaults(backend, precision, providers)
     repository, compute = load_repository(model, Settings.compute_threads, Limits(), runtime)
     chosen = only_model(repository, name)
     data = [path.read_bytes() for path in images]

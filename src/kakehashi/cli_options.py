@@ -12,7 +12,7 @@ import click
 from kakehashi.backends.onnxruntime import provider_name
 from kakehashi.errors import KakehashiError
 from kakehashi.protocols.predict_query import QUERY_SCHEMAS
-from kakehashi.repository.config import ServerDefaults
+from kakehashi.repository.config import PRECISIONS, ServerDefaults
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits, default_model_path
 
@@ -29,8 +29,19 @@ def _providers(context: click.Context, parameter: click.Parameter, text: str) ->
 
 
 def runtime_options(command: Callable) -> Callable:
-    """`--backend` and `--providers` (also KAKEHASHI_BACKEND, KAKEHASHI_PROVIDERS), taken alike by every command
-    that runs models, for the models whose model.yaml does not choose: `providers` arrives as full names."""
+    """`--backend`, `--precision` and `--providers` (also KAKEHASHI_BACKEND, KAKEHASHI_PRECISION,
+    KAKEHASHI_PROVIDERS), taken alike by every command that runs models, for the models whose model.yaml does not
+    choose: `providers` arrives as full names."""
+    command = click.option(
+        "--precision",
+        default="auto",
+        show_default=True,
+        envvar="KAKEHASHI_PRECISION",
+        type=click.Choice(PRECISIONS),
+        help="Precision for models whose model.yaml does not choose one (auto: at load, time what this CPU computes "
+        "in, and int8 where model.int8.onnx lies beside the model, and serve the fastest whose answers agree with "
+        "f32's on calibration images).",
+    )(command)
     command = click.option(
         "--providers",
         default="cpu",

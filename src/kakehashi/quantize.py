@@ -26,6 +26,7 @@ from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits
 from kakehashi.tasks import images
+from kakehashi.tasks.agreement import best_counterpart
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import resolve_task
@@ -123,23 +124,6 @@ def _copy_metadata(source: Path, target: Path) -> None:
     onnx.save(quantized, str(target))
 
 
-def _upright(box: dict) -> dict:
-    """A box's upright bounds (a rotated box's four corners give theirs)."""
-    if "x3" not in box:
-        return box
-    xs, ys = [box[f"x{i}"] for i in range(1, 5)], [box[f"y{i}"] for i in range(1, 5)]
-    return {"x1": min(xs), "y1": min(ys), "x2": max(xs), "y2": max(ys)}
-
-
-def _iou(a: dict, b: dict) -> float:
-    a, b = _upright(a), _upright(b)
-    x1, y1 = max(a["x1"], b["x1"]), max(a["y1"], b["y1"])
-    x2, y2 = min(a["x2"], b["x2"]), min(a["y2"], b["y2"])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    area = lambda r: (r["x2"] - r["x1"]) * (r["y2"] - r["y1"])  # noqa: E731
-    return inter / (area(a) + area(b) - inter) if inter else 0.0
-
-
 def compare(
     reference: list[list[dict]], candidate: list[list[dict]], classify: bool = False
 ) -> tuple[int, int, int, list[float]]:
@@ -157,10 +141,8 @@ def compare(
         free = list(theirs)
         for box in sorted(ours, key=lambda r: -r["confidence"]):
             total += 1
-            best = max(
-                (c for c in free if c["class"] == box["class"]), key=lambda c: _iou(c["box"], box["box"]), default=None
-            )
-            if best is not None and _iou(best["box"], box["box"]) >= 0.5:
+            best, iou = best_counterpart(box, free)
+            if best is not None and iou >= 0.5:
                 matched += 1
                 deltas.append(best["confidence"] - box["confidence"])
                 free.remove(best)

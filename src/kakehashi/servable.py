@@ -51,6 +51,9 @@ class Servable(Protocol):
     def runtime(self) -> str: ...
 
     @property
+    def precision(self) -> str: ...
+
+    @property
     def config(self) -> ModelConfig: ...
 
     @property

@@ -5,29 +5,86 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from kakehashi.backends import onnxruntime, openvino  # noqa: F401  (each runtime registers itself when imported)
 from kakehashi.backends.base import Backend
-from kakehashi.backends.registry import AUTO, RUNTIMES, RuntimeOptions, runtime_named, runtime_of
+from kakehashi.backends.registry import AUTO, RUNTIMES, RuntimeOptions, runtime_named
 from kakehashi.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 AUTO_STARTS_ON = "onnxruntime"  # serves every ONNX model; `auto` then times the other runtimes against it
+FLOAT_PRECISIONS = ("f32", "bf16", "f16")
 
 
-def create_instances(path: Path, runtime: str, options: RuntimeOptions) -> list[Backend]:
-    """The model's inference instances on the runtime named `runtime`; `auto` starts on ONNX Runtime, and
-    `faster_runtime` may then switch."""
-    return runtime_named(AUTO_STARTS_ON if runtime == AUTO else runtime).create(path, options)
+class Verdict(Protocol):
+    """Whether a precision's answers agree with f32's, and what was measured (`tasks.agreement.Agreement`)."""
+
+    @property
+    def agrees(self) -> bool: ...
+
+    def summary(self) -> str: ...
 
 
-def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
+@dataclass(frozen=True)
+class Choice:
+    """What serves a model: a runtime, and the precision it computes in (`int8`: the model's quantized file)."""
+
+    runtime: str
+    precision: str = "f32"
+
+    def __str__(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+
+def int8_file(path: Path) -> Path:
+    """Where `kakehashi quantize` writes `path`'s INT8 copy (and where a load looks for it): `model.int8.onnx`."""
+    return path.with_suffix(".int8.onnx")
+
+
+def reference_choice(runtime: str) -> Choice:
+    """What a model first loads on, and what other precisions are compared with: f32 on the configured runtime
+    (ONNX Runtime for `auto`)."""
+    return Choice(AUTO_STARTS_ON if runtime == AUTO else runtime)
+
+
+def choices(path: Path, runtime: str, precision: str) -> list[Choice]:
+    """Every runtime and precision the configuration allows (`auto` for either: all) that this machine has: f32,
+    what each runtime computes in on this CPU, and int8 where `model.int8.onnx` lies beside the model. Raises
+    `ModelLoadError` saying why when a precision asked for is not there."""
+    runtimes = [r for r in RUNTIMES.values() if r.available()] if runtime == AUTO else [runtime_named(runtime)]
+    found = [
+        Choice(r.name, p)
+        for r in runtimes
+        for p in (*FLOAT_PRECISIONS, "int8")
+        if precision in (AUTO, p) and (int8_file(path).is_file() if p == "int8" else p in r.precisions())
+    ]
+    if found:
+        return found
+    if precision == "int8":
+        raise ModelLoadError(
+            f"precision int8 serves {int8_file(path).name} beside the model: write it with `kakehashi quantize`"
+        )
+    offered = "; ".join(f"{r.name}: {', '.join(r.precisions())}" for r in runtimes)
+    raise ModelLoadError(f"precision {precision}: no runtime computes in it on this CPU ({offered})")
+
+
+def create_instances(path: Path, choice: Choice, options: RuntimeOptions) -> list[Backend]:
+    """The model's inference instances for `choice`."""
+    model = int8_file(path) if choice.precision == "int8" else path
+    computes_in = "f32" if choice.precision == "int8" else choice.precision
+    return runtime_named(choice.runtime).create(model, replace(options, precision=computes_in))
+
+
+def _best_seconds(choice: Choice, backend: Backend, feeds: Feeds, runs: int = 5) -> float:
+    """The fastest of `runs` inferences of `feeds` on `choice`'s `backend` (after one not timed)."""
     backend.run(feeds)
     best = float("inf")
     for _ in range(runs):
@@ -37,27 +94,40 @@ def _best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
     return best
 
 
-def faster_runtime(path: Path, options: RuntimeOptions, instances: list[Backend], feeds: Feeds) -> list[Backend]:
-    """For `auto`: time `instances` and every other installed runtime on `feeds` and keep the fastest; the log says
-    what was measured. A runtime that cannot load the model is left out."""
-    current = runtime_of(instances[0])
-    candidates = {current.name: instances}
-    for runtime in RUNTIMES.values():
-        if runtime is current or not runtime.available():
+def fastest_agreeing(
+    path: Path,
+    options: RuntimeOptions,
+    reference: tuple[Choice, list[Backend]],
+    candidates: list[Choice],
+    feeds: Feeds,
+    agreement: Callable[[Backend], Verdict],
+) -> tuple[Choice, list[Backend], str]:
+    """Time every candidate on `feeds` (the reference's instances are reused) and serve the fastest whose answers
+    agree with the reference's (`agreement`; f32 is the reference's precision and needs none). The losers are
+    released; the log says what was measured. Returns the choice, its instances and what the check found: how
+    the served precision agreed, and which faster ones were refused and why. Raises `ModelLoadError` when no
+    candidate agrees."""
+    created: dict[Choice, list[Backend]] = {}
+    for choice in candidates:
+        if choice == reference[0]:
+            created[choice] = reference[1]
             continue
         try:
-            candidates[runtime.name] = runtime.create(path, options)
+            created[choice] = create_instances(path, choice, options)
         except ModelLoadError as exc:
-            log.info("%s: %s cannot serve this model (%s); left out", path, runtime.name, exc.message)
-    if len(candidates) == 1:
-        return instances
-    seconds = {name: _best_seconds(each[0], feeds) for name, each in candidates.items()}
-    fastest = min(seconds, key=seconds.__getitem__)
-    timings = ", ".join(f"{name} {each * 1000:.1f} ms" for name, each in seconds.items())
-    log.info("%s: %s per inference; serving with %s", path, timings, fastest)
-    return candidates[fastest]
-
-
-def create_scratch(path: Path, options: RuntimeOptions, instance: Backend) -> Backend:
-    """One more instance like `instance`, for timing batch sizes without touching the serving instances."""
-    return runtime_of(instance).create(path, replace(options, instances=1))[0]
+            log.info("%s: %s cannot serve this model (%s); left out", path, choice, exc.message)
+    if len(created) == 1 and reference[0] in created:
+        return reference[0], reference[1], ""
+    seconds = {choice: _best_seconds(choice, each[0], feeds) for choice, each in created.items()}
+    timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
+    log.info("%s: %s per inference", path, timings)
+    refused: list[str] = []
+    for choice in sorted(created, key=seconds.__getitem__):
+        found = None if choice.precision == "f32" else agreement(created[choice][0])
+        if found is None or found.agrees:
+            notes = [found.summary()] if found is not None else []
+            log.info("%s: serving %s%s", path, choice, f", which {notes[0]}" if notes else "")
+            return choice, created[choice], "; ".join(notes + refused)
+        log.info("%s: %s is faster but %s; not served", path, choice, found.summary())
+        refused.append(f"{choice} refused: {found.summary()}")
+    raise ModelLoadError(f"no precision asked for agrees with the model's f32 answers: {'; '.join(refused)}")

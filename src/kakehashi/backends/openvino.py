@@ -1,9 +1,9 @@
 """OpenVINO backend (the `openvino` package, CPU plugin): one compiled model, several infer requests.
 
-The compiled model runs with OpenVINO's performance hint (`latency` or `throughput`) and FP32 precision by
-default: on CPUs with bf16 support OpenVINO would otherwise compute in bf16, which is faster but answers
-differently from ONNX Runtime (boxes moved by a pixel or more, detections near the threshold lost); `bf16`
-is there for those who measured that it suits their model.
+The compiled model runs with OpenVINO's performance hint (`latency` or `throughput`) and the precision asked for,
+FP32 by default: on CPUs with bf16 support OpenVINO would otherwise compute in bf16, which is faster but answers
+differently (boxes moved by a pixel or more, detections near the threshold lost), so the load decides whether the
+model's own answers allow it (`precision: auto`). `precisions()` says what this CPU computes in.
 `run` is thread-safe: each call takes an idle infer request, so the batcher's instances map onto them.
 
 A failed inference leaves OpenVINO's CPU plugin unable to run the shapes of the last successful one (every later
@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import queue
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ _OV_TO_OIP = {
     "f64": "FP64",
 }
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# the CPU plugin's optimization capabilities that mean it computes in that precision
+_CAPABILITIES = {"BF16": "bf16", "FP16": "f16"}
 
 
 def _spec(port, path: Path) -> TensorSpec:
@@ -87,6 +90,9 @@ class OpenVinoBackend:
         for _ in range(requests):
             self._idle.put(compiled.create_infer_request())
         self.requests = requests
+        computes_in = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16 or f16
+        if computes_in != precision:
+            raise ModelLoadError(f"{path}: OpenVINO computes in {computes_in} on this CPU, not {precision}")
         self.providers = [f"CPU ({hint}, {precision})"]
         self._outputs = [(port, spec.name) for port, spec in zip(compiled.outputs, self.outputs)]
         self._last_good: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -150,4 +156,13 @@ def _installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-register(Runtime("openvino", OpenVinoBackend.platform, _create, _installed))
+@cache
+def _precisions() -> tuple[str, ...]:
+    """f32, and bf16 / f16 where the CPU plugin says this CPU computes in them."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("f32", *(name for capability, name in _CAPABILITIES.items() if capability in capabilities))
+
+
+register(Runtime("openvino", OpenVinoBackend.platform, _create, _installed, _precisions))

@@ -22,18 +22,20 @@ class RuntimeOptions:
     threads_per_instance: int = 0  # threads for each of `instances` sessions (0: the runtime decides)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime's execution providers, best first
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
-    precision: str = "f32"  # OpenVINO: f32 | bf16
+    precision: str = "f32"  # the floating-point precision to compute in: f32 | bf16 | f16 (see `Runtime.precisions`)
 
 
 @dataclass(frozen=True)
 class Runtime:
     """One inference runtime: its name in `model.yaml`, the `platform` its backends report, how it makes a model's
-    instances (one object per instance; it may be the same object) and whether it is installed."""
+    instances (one object per instance; it may be the same object), whether it is installed, and the floating-point
+    precisions it computes in on this machine (int8 is a model file of its own: any runtime runs it)."""
 
     name: str
     platform: str
     create: Callable[[Path, RuntimeOptions], list[Backend]]
     available: Callable[[], bool] = lambda: True
+    precisions: Callable[[], tuple[str, ...]] = lambda: ("f32",)
 
 
 RUNTIMES: dict[str, Runtime] = {}

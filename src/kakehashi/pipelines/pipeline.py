@@ -126,6 +126,11 @@ class Pipeline:
         return "pipeline"
 
     @property
+    def precision(self) -> str:
+        """Each member has its own (see their status)."""
+        return ""
+
+    @property
     def runtime(self) -> str:
         """The steps, e.g. `pipeline: tile → detect yolo26n → crop → classify sku`."""
         if self.spec is None:

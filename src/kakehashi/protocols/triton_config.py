@@ -64,6 +64,8 @@ def model_config(handle: ModelHandle) -> dict:
         "parameters": {
             "metadata": {"string_value": repr(_metadata(handle))},
             "runtime": {"string_value": handle.runtime},
+            "precision": {"string_value": handle.choice.precision},
+            "precision_agreement": {"string_value": handle.agreement},
         },
     }
     if batching:

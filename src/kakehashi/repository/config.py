@@ -106,6 +106,32 @@ class BatchingConfig(_Section):
     timeout_ms: Annotated[StrictFloat, Field(ge=1.0, le=3_600_000.0)] | None = None
 
 
+PRECISIONS = ("auto", "f32", "bf16", "f16", "int8")
+
+
+class AgreementConfig(_Section):
+    """What a precision other than f32 must keep of the model's f32 answers to serve (see `tasks.agreement`)."""
+
+    # a folder of calibration images, relative to model.yaml (None: the images Kakehashi ships)
+    images: StrictStr | None = None
+    box_iou: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.9
+    confidence: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.1
+    output: Annotated[StrictFloat, Field(ge=0.0)] = 0.02  # raw tensors, relative to f32's largest magnitude
+
+    @field_validator("images")
+    @classmethod
+    def _folder_beside_model_yaml(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        config_path = (info.context or {}).get("path")
+        folder = Path(config_path).parent / value if config_path is not None else Path(value)
+        if not folder.is_dir():
+            raise PydanticCustomError(
+                "images_folder", "calibration folder {folder} does not exist", {"folder": str(folder)}
+            )
+        return str(folder.resolve())
+
+
 class VersionPolicy(_Section):
     """Which versions of a model are served: the newest `latest`, a `specific` list, or `all`."""
 
@@ -138,8 +164,9 @@ class ModelConfig(_Section):
     warmup: StrictBool = True
     backend: Annotated[StrictStr, _one_of(runtime_choices)] = AUTO  # auto or a registered runtime
     performance_hint: Literal["latency", "throughput"] = "latency"  # OpenVINO
-    # OpenVINO: f32 (the same answers as ONNX Runtime) | bf16 (faster where supported)
-    precision: Literal["f32", "bf16"] = "f32"
+    # auto: the fastest precision whose answers agree with f32's (`agreement`); or one of them, still checked
+    precision: Annotated[StrictStr, _one_of(lambda: PRECISIONS)] = "auto"
+    agreement: AgreementConfig = Field(default_factory=AgreementConfig)
     providers: tuple[str, ...] | None = None  # ONNX Runtime, in order of preference (None: the server's)
     # pose: keypoints per object and values per keypoint (2 or 3)
     kpt_shape: tuple[int, int] | None = None
@@ -153,7 +180,6 @@ class ModelConfig(_Section):
             threads_per_instance=threads_per_instance,
             providers=self.providers or RuntimeOptions.providers,
             performance_hint=self.performance_hint,
-            precision=self.precision,
         )
 
     @field_validator("names", mode="before")
@@ -232,6 +258,7 @@ class ServerDefaults:
     """What the server decides for every model (`serve --backend/--providers/--edge`) where `model.yaml` is silent."""
 
     backend: str = AUTO
+    precision: str = "auto"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     edge: bool = False
 
@@ -244,6 +271,7 @@ class ServerDefaults:
         config = config.model_copy(
             update={
                 "backend": self.backend if config.backend == AUTO else config.backend,
+                "precision": self.precision if config.precision == "auto" else config.precision,
                 "providers": config.providers or self.providers,
             }
         )

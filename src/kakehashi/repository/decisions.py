@@ -1,8 +1,10 @@
-"""What a model's load measured (the faster runtime, the batch size), kept on disk and reused by the next load.
+"""What a model's load measured (the fastest runtime and precision, the batch size), kept on disk and reused by
+the next load.
 
-A decision is keyed by everything that could change it: the model file's bytes, its configuration, the threads it
-runs with, the runtimes' versions and the CPU. The folder is `KAKEHASHI_CACHE_DIR` (empty: no cache), by default
-`$XDG_CACHE_HOME/kakehashi` (`~/.cache/kakehashi`). A missing, unreadable or stale entry means measuring again.
+A decision is keyed by everything that could change it: the model file's bytes (and its INT8 copy's), its
+configuration and calibration images, the threads it runs with, the runtimes' versions and the CPU. The folder is
+`KAKEHASHI_CACHE_DIR` (empty: no cache), by default `$XDG_CACHE_HOME/kakehashi` (`~/.cache/kakehashi`). A missing,
+unreadable or stale entry means measuring again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from kakehashi.backends.registry import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the meaning of a stored decision changes
+FORMAT = 2  # bump when the meaning of a stored decision changes
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class LoadDecisions:
     """What warm-up measured for one model on one machine."""
 
     runtime: str  # "onnxruntime" or "openvino": what serves the model
+    precision: str  # f32, bf16, f16 or int8: what it computes in
+    agreement: str  # how that precision's answers agreed with f32's ("" for f32)
     batch_size: int  # the preferred batch size (rows per second within 3% of the best)
     rows_follow_batch: bool  # outputs have one row per input row, so requests may be batched together
 
@@ -74,9 +78,16 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decision_key(model: Path, settings: str) -> str:
-    """The key of `model`'s decisions under `settings` (its configuration and threads, as text) on this machine."""
-    parts = (str(FORMAT), _file_digest(model), settings, _runtime_versions(), _machine())
+def _files_stamp(files: list[Path]) -> str:
+    """The names, sizes and modification times of `files` (calibration images: cheaper than their bytes)."""
+    return ",".join(f"{f.name}:{(s := f.stat()).st_size}:{s.st_mtime_ns}" for f in files)
+
+
+def decision_key(model: Path, settings: str, related: list[Path]) -> str:
+    """The key of `model`'s decisions under `settings` (its configuration and threads, as text) on this machine;
+    `related` files (its INT8 copy, calibration images) count by name, size and time."""
+    existing = [f for f in related if f.is_file()]
+    parts = (str(FORMAT), _file_digest(model), settings, _files_stamp(existing), _runtime_versions(), _machine())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

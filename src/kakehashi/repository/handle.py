@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi.backends import create_instances, create_scratch, faster_runtime, runtime_of
+from kakehashi.backends import Choice, choices, create_instances, fastest_agreeing, int8_file, reference_choice
 from kakehashi.backends.base import Backend, TensorSpec
+from kakehashi.backends.registry import RuntimeOptions
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
@@ -28,6 +29,7 @@ from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, decision_key, recall, remember
 from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
+from kakehashi.repository.precision_guard import PrecisionGuard, calibration_images
 from kakehashi.settings import Limits
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
@@ -101,6 +103,8 @@ class ModelHandle:
         self.load_seconds = 0.0
         self.last_inference_ms = 0
         self._instances: list[Backend] = []
+        self.choice = reference_choice(config.backend)  # the runtime and precision serving
+        self.agreement = ""  # how the precision serving agreed with f32's answers, and faster ones refused
         self._threads = 1
         self._users = Users()
         self._admitted = 0
@@ -135,10 +139,12 @@ class ModelHandle:
         config = self.config
         threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
         try:
-            key = decision_key(self.path, f"{config!r} threads={threads}") if config.warmup else ""
+            settings = f"{config!r} threads={threads}"
+            key = decision_key(self.path, settings, self._related_files()) if config.warmup else ""
             decided = recall(key) if key else None
-            kind = decided.runtime if decided is not None and config.backend == "auto" else config.backend
-            self._instances = create_instances(self.path, kind, config.runtime_options(threads))
+            if decided is not None:
+                self.choice, self.agreement = Choice(decided.runtime, decided.precision), decided.agreement
+            self._instances = create_instances(self.path, self.choice, self._options())
             backend = self._instances[0]
             self.handler = find_handler(config.handler, self.folder) if self.folder is not None else None
             if self.handler is not None:
@@ -165,6 +171,8 @@ class ModelHandle:
             )
             if config.warmup:
                 self._warm_up(key, decided)
+            else:
+                self._serve_unchecked("warm-up is off")
         except KakehashiError as exc:
             log.error("model %s version %s failed to load: %s", self.name, self.version, exc.message)
             self._fail(exc.message)
@@ -191,12 +199,13 @@ class ModelHandle:
             else ("batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
         )
         log.info(
-            "model %s version %s ready in %.2f s: task %s, runtime %s, %d instance(s), %s",
+            "model %s version %s ready in %.2f s: task %s, runtime %s, precision %s, %d instance(s), %s",
             self.name,
             self.version,
             self.load_seconds,
             self.kind,
             self.runtime,
+            self.precision,
             len(self._instances),
             batching,
         )
@@ -252,6 +261,7 @@ class ModelHandle:
             inputs = self._instances[0].inputs
             if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
                 log.info("model %s: input shapes are not fixed; no warm-up", self.name)
+                self._serve_unchecked("its input shapes are not fixed")
                 return
             row_shapes = {s.name: s.shape[1:] for s in inputs}
             dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
@@ -277,22 +287,41 @@ class ModelHandle:
             for rows in sorted({1, self.preferred_batch_size}):
                 instance.run(feeds[rows])
 
+    def _options(self) -> RuntimeOptions:
+        return self.config.runtime_options(self._threads)
+
+    def _related_files(self) -> list[Path]:
+        """Files besides the model whose change calls for measuring again: its INT8 copy, calibration images."""
+        return [int8_file(self.path), *calibration_images(self.config)]
+
+    def _serve_unchecked(self, why: str) -> None:
+        """Without measuring: a precision other than f32 asked for by name serves unchecked (the log says so)."""
+        if self.config.precision in ("auto", "f32"):
+            return
+        self.choice = choices(self.path, self.config.backend, self.config.precision)[0]
+        log.warning("model %s: precision %s serves unchecked against f32 (%s)", self.name, self.choice.precision, why)
+        self._instances = create_instances(self.path, self.choice, self._options())
+        self.backend = self._instances[0]
+
     def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> LoadDecisions:
-        """Time what depends on this machine: whether outputs follow the batch, then (`auto`) the faster runtime,
-        which then serves, and the batch size with the best throughput."""
+        """Time what depends on this machine: whether outputs follow the batch, then the fastest runtime and
+        precision whose answers agree with f32's (which then serves), and the batch size with the best
+        throughput."""
         follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
-        if self.config.backend == "auto":  # the server's defaults are already applied to the config
-            self._instances = faster_runtime(
-                self.path, self.config.runtime_options(self._threads), self._instances, feeds[1]
+        candidates = choices(self.path, self.config.backend, self.config.precision)
+        if candidates != [self.choice]:
+            guard = PrecisionGuard(self._instances[0], self.task, self.config, self._limits.max_pixels)
+            self.choice, self._instances, self.agreement = fastest_agreeing(
+                self.path, self._options(), (self.choice, self._instances), candidates, feeds[1], guard.check
             )
             self.backend = self._instances[0]
         batch_size = self.preferred_batch_size
         if follows and self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_scratch(self.path, self.config.runtime_options(self._threads), self._instances[0])
+            scratch = create_instances(self.path, self.choice, replace(self._options(), instances=1))[0]
             batch_size = _fastest_batch_size(scratch, feeds)
             del scratch
-        return LoadDecisions(runtime_of(self._instances[0]).name, batch_size, follows)
+        return LoadDecisions(self.choice.runtime, self.choice.precision, self.agreement, batch_size, follows)
 
     @property
     def runtime(self) -> str:
@@ -300,6 +329,14 @@ class ModelHandle:
         if self.backend is None:
             return ""
         return f"{self.backend.platform.removesuffix('_onnx')} {self.backend.providers[0]}"
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in, how that agreed with f32 where it is not f32, and faster precisions refused:
+        e.g. `f32`, or `int8 (agrees with f32: 12 answers, least box IoU 0.951, largest confidence change 0.031)`."""
+        if self.backend is None:
+            return ""
+        return f"{self.choice.precision} ({self.agreement})" if self.agreement else self.choice.precision
 
     @property
     def kind(self) -> str:

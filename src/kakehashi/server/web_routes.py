@@ -26,7 +26,10 @@ async def status(request: Request) -> Response:
     """Every model version with its state, and the live figures of those that are loaded."""
     state = server_state(request)
     repository = state.repository
-    figures = {f"{h.name}:{h.version}": live_figures(h) | {"runtime": h.runtime} for h in repository.versions_of()}
+    figures = {
+        f"{h.name}:{h.version}": live_figures(h) | {"runtime": h.runtime, "precision": h.precision}
+        for h in repository.versions_of()
+    }
     return JSONBytes({"time": time.time(), "ready": state.ready, "models": repository.index(), "figures": figures})
 
 

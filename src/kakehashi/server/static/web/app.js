@@ -256,7 +256,7 @@ async function refreshStatus() {
     const batches = now ? Object.entries(now.batches).map(([size, count]) => `${size}×${count}`).join(" ") : "";
     const cells = [model.name, model.version || "", model.state, rate === null ? "" : rate.toFixed(1),
       p50 === null ? "" : p50.toFixed(1), p99 === null ? "" : p99.toFixed(1), now ? now.queue_depth : "", batches,
-      now ? now.runtime : ""];
+      now ? now.runtime : "", now ? now.precision : ""];
     const row = document.createElement("tr");
     row.dataset.model = model.name;
     cells.forEach((value, index) => {

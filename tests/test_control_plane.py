@@ -129,14 +129,14 @@ def test_readiness_tells_the_truth(serve, tmp_path):
 
 
 def _slow_model(root, monkeypatch, batch: int = 1) -> None:
-    """A model whose load takes a while, not minutes: two ONNX Runtime sessions of YOLO11n, warmed up (with a
-    `batch` above 1, batch sizes up to it are timed first, at every load: the servers started next keep no load
-    decisions)."""
+    """A model whose load takes a while, not minutes: two ONNX Runtime sessions of YOLO11n at 1280 px, each warmed
+    up (the servers started next keep no load decisions, so each load is a first one: it serves at once and
+    measures batch sizes up to `batch` after)."""
     monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     (root / "slow" / "model.yaml").write_text(
-        f"backend: onnxruntime\ninstances: 2\nbatching: {{max_batch_size: {batch}}}\n"
+        f"backend: onnxruntime\ninstances: 2\ninput: {{size: 1280}}\nbatching: {{max_batch_size: {batch}}}\n"
     )
 
 

@@ -154,7 +154,7 @@ def serve(
     limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
     if edge:
         threads, options["grpc_port"] = 1, 0
-    defaults = ServerDefaults(backend, precision, providers, edge)
+    defaults = ServerDefaults(backend, precision, providers, edge, measure_in_background=True)
     settings = Settings(model or default_model_path(), compute_threads=threads, limits=limits, **options)
     keys = ApiKeys.load(settings.api_keys_file, settings.admin_keys_file)
     if settings.model_control != "none" and not keys.enabled:

@@ -4,6 +4,7 @@ for a model."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,6 +43,17 @@ class Choice:
 
     def __str__(self) -> str:
         return f"{self.runtime} {self.precision}"
+
+
+class MeasuringStopped(Exception):
+    """Measuring was asked to stop (the model is being unloaded)."""
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    """Raise `MeasuringStopped` if `stop` is set: measuring checks between steps, each at most a compile or a few
+    inferences long."""
+    if stop is not None and stop.is_set():
+        raise MeasuringStopped
 
 
 def int8_file(path: Path) -> Path:
@@ -101,14 +113,16 @@ def fastest_agreeing(
     candidates: list[Choice],
     feeds: Feeds,
     agreement: Callable[[Backend], Verdict],
+    stop: threading.Event | None = None,
 ) -> tuple[Choice, list[Backend], str]:
     """Time every candidate on `feeds` (the reference's instances are reused) and serve the fastest whose answers
     agree with the reference's (`agreement`; f32 is the reference's precision and needs none). The losers are
     released; the log says what was measured. Returns the choice, its instances and what the check found: how
     the served precision agreed, and which faster ones were refused and why. Raises `ModelLoadError` when no
-    candidate agrees."""
+    candidate agrees; `MeasuringStopped` when `stop` is set between steps."""
     created: dict[Choice, list[Backend]] = {}
     for choice in candidates:
+        check_stop(stop)
         if choice == reference[0]:
             created[choice] = reference[1]
             continue
@@ -118,11 +132,15 @@ def fastest_agreeing(
             log.info("%s: %s cannot serve this model (%s); left out", path, choice, exc.message)
     if len(created) == 1 and reference[0] in created:
         return reference[0], reference[1], ""
-    seconds = {choice: _best_seconds(choice, each[0], feeds) for choice, each in created.items()}
+    seconds = {}
+    for choice, each in created.items():
+        check_stop(stop)
+        seconds[choice] = _best_seconds(choice, each[0], feeds)
     timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
     log.info("%s: %s per inference", path, timings)
     refused: list[str] = []
     for choice in sorted(created, key=seconds.__getitem__):
+        check_stop(stop)
         found = None if choice.precision == "f32" else agreement(created[choice][0])
         if found is None or found.agrees:
             notes = [found.summary()] if found is not None else []

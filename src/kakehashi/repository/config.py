@@ -255,12 +255,14 @@ def load_model_config(path: Path) -> ModelConfig:
 
 @dataclass(frozen=True)
 class ServerDefaults:
-    """What the server decides for every model (`serve --backend/--providers/--edge`) where `model.yaml` is silent."""
+    """What the server decides for every model (`serve --backend/--precision/--providers/--edge`) where `model.yaml`
+    is silent, and whether a first load measures after serving (the server) or before (one-off commands)."""
 
     backend: str = AUTO
     precision: str = "auto"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     edge: bool = False
+    measure_in_background: bool = False
 
     @staticmethod
     def backend_choices() -> tuple[str, ...]:

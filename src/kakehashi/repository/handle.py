@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,16 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi.backends import Choice, choices, create_instances, fastest_agreeing, int8_file, reference_choice
+from kakehashi.backends import (
+    Choice,
+    MeasuringStopped,
+    check_stop,
+    choices,
+    create_instances,
+    fastest_agreeing,
+    int8_file,
+    reference_choice,
+)
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
@@ -83,9 +93,11 @@ class ModelHandle:
         limits: Limits,
         folder: Path | None = None,
         lookup: Callable[[str, int | None], Servable] | None = None,
+        measure_in_background: bool = False,
     ) -> None:
         """`folder`: the model's folder (where `model.yaml` and a `handler.py` would be), None for a bare file;
-        `lookup`: other served models by name, for a handler's `predict` hook."""
+        `lookup`: other served models by name, for a handler's `predict` hook; `measure_in_background`: a first
+        load serves at once and measures after (`measure_in_background()`)."""
         self.name = name
         self.version = version
         self.path = path
@@ -105,6 +117,11 @@ class ModelHandle:
         self._instances: list[Backend] = []
         self.choice = reference_choice(config.backend)  # the runtime and precision serving
         self.agreement = ""  # how the precision serving agreed with f32's answers, and faster ones refused
+        self._measure_in_background = measure_in_background
+        self._background: tuple[str, dict[int, dict[str, np.ndarray]]] | None = None  # what is left to measure
+        self._switching = threading.Lock()  # a switch after measuring, against `close`
+        self._measuring: threading.Thread | None = None
+        self._stop = threading.Event()  # set by `close`: measuring stops at its next step
         self._threads = 1
         self._users = Users()
         self._admitted = 0
@@ -209,6 +226,9 @@ class ModelHandle:
             len(self._instances),
             batching,
         )
+        if self._background is not None:
+            self._measuring = threading.Thread(target=self.measure_in_background, name=f"{self.name}-measure")
+            self._measuring.start()
 
     def _fail(self, reason: str) -> None:
         self._instances, self.backend, self.reason = [], None, reason
@@ -241,7 +261,11 @@ class ModelHandle:
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
         await self._users.gone(grace_seconds)
-        self._set_state(ModelState.UNLOADED)
+        with self._switching:
+            self._set_state(ModelState.UNLOADED)
+        self._stop.set()
+        if self._measuring is not None:  # the runtimes must not be mid-inference when the process exits
+            await asyncio.to_thread(self._measuring.join)
         if self._hook_pool is not None:
             self._hook_pool.shutdown(wait=False)
         if self._batcher is not None:
@@ -250,9 +274,31 @@ class ModelHandle:
 
     def _warm_up(self, key: str, decided: LoadDecisions | None) -> None:
         """Run the smallest and largest batch the batcher may form on every instance, so no user request pays for
-        the first runs. The first load on a machine also measures: whether outputs follow the batch, the faster
-        runtime (`auto`) and the batch size with the best throughput; they are kept under `key`, and `decided`
-        holds them for later loads."""
+        the first runs. The first load on a machine also measures: whether outputs follow the batch, the fastest
+        runtime and precision whose answers agree with f32's, and the batch size with the best throughput; they
+        are kept under `key`, and `decided` holds them for later loads. With `measure_in_background`, a first load
+        of `precision: auto` or `f32` serves at once on f32 and batches of one, and measures after it is READY."""
+        feeds = self._warm_up_feeds()
+        if feeds is None:
+            self._serve_unchecked("its input shapes are not fixed")
+            return
+        if decided is not None:
+            log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
+        elif self._measure_in_background and self.config.precision in ("auto", "f32"):
+            follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
+            decided = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, follows)
+            self._background = (key, feeds)
+            log.info(
+                "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
+            )
+        else:
+            decided, self._instances = self._measure(feeds)
+            self.backend = self._instances[0]
+            remember(key, decided)
+        self._apply(decided, self._instances, feeds)
+
+    def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
+        """Zeros shaped like each batch the batcher may form, by rows; None when the input shapes are not fixed."""
         if self.task is not None:
             spec = self.task.input
             row_shapes = {spec.name: spec.tensor_shape(spec.size)}
@@ -261,19 +307,17 @@ class ModelHandle:
             inputs = self._instances[0].inputs
             if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
                 log.info("model %s: input shapes are not fixed; no warm-up", self.name)
-                self._serve_unchecked("its input shapes are not fixed")
-                return
+                return None
             row_shapes = {s.name: s.shape[1:] for s in inputs}
             dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
-        feeds = {
+        return {
             rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
             for rows in range(1, self.max_batch_size + 1)
         }
-        if decided is None:
-            decided = self._measure(feeds)
-            remember(key, decided)
-        else:
-            log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
+
+    def _apply(self, decided: LoadDecisions, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]]) -> bool:
+        """Warm `instances` up for `decided` (the smallest and the chosen batch), then serve with them; False if the
+        handle was closed meanwhile."""
         if self.max_batch_size > 1 and not decided.rows_follow_batch:
             log.warning(
                 "model %s: its outputs do not have one row per input row (their first dimension is not the "
@@ -281,11 +325,48 @@ class ModelHandle:
                 self.name,
             )
             self._batchable, self.max_batch_size, self.preferred_batch_size = False, 1, 1
+        preferred = self.preferred_batch_size
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
-            self.preferred_batch_size = min(decided.batch_size, self.max_batch_size)
-        for instance in self._instances:  # the largest batch sizes the arenas; sizes in between cost no more later
-            for rows in sorted({1, self.preferred_batch_size}):
+            preferred = min(decided.batch_size, self.max_batch_size)
+        for instance in instances:  # the largest batch sizes the arenas; sizes in between cost no more later
+            for rows in sorted({1, preferred}):
                 instance.run(feeds[rows])
+        with self._switching:
+            if self.state in (ModelState.UNLOADED, ModelState.FAILED):
+                return False  # closed while measuring: nothing to switch
+            self.choice = Choice(decided.runtime, decided.precision)
+            self.agreement = decided.agreement
+            self._instances, self.backend, self.preferred_batch_size = instances, instances[0], preferred
+            if self._batcher is not None:
+                self._batcher.max_batch_size = preferred
+        return True
+
+    def measure_in_background(self) -> None:
+        """After a first load that served at once: measure, keep the decisions and switch to what was found
+        (requests keep flowing through the batcher meanwhile; the instances that lost are released)."""
+        if self._background is None:
+            return
+        key, feeds = self._background
+        self._background = None
+        try:
+            decided, instances = self._measure(feeds)
+            remember(key, decided)
+            if not self._apply(decided, instances, feeds):
+                return
+        except MeasuringStopped:
+            log.info("model %s version %s: measuring stopped: the model is unloading", self.name, self.version)
+            return
+        except Exception:  # the model keeps serving on what it started with
+            log.exception("model %s version %s: measuring in the background failed", self.name, self.version)
+            return
+        log.info(
+            "model %s version %s: measured in the background; now serving %s, precision %s, batches of up to %d",
+            self.name,
+            self.version,
+            self.runtime,
+            self.precision,
+            self.preferred_batch_size,
+        )
 
     def _options(self) -> RuntimeOptions:
         return self.config.runtime_options(self._threads)
@@ -303,25 +384,25 @@ class ModelHandle:
         self._instances = create_instances(self.path, self.choice, self._options())
         self.backend = self._instances[0]
 
-    def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> LoadDecisions:
+    def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> tuple[LoadDecisions, list[Backend]]:
         """Time what depends on this machine: whether outputs follow the batch, then the fastest runtime and
-        precision whose answers agree with f32's (which then serves), and the batch size with the best
-        throughput."""
+        precision whose answers agree with f32's, and the batch size with the best throughput. Returns the
+        decisions and the instances to serve them with (those serving now, when they won)."""
         follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
+        choice, instances, agreement = self.choice, self._instances, self.agreement
         candidates = choices(self.path, self.config.backend, self.config.precision)
-        if candidates != [self.choice]:
-            guard = PrecisionGuard(self._instances[0], self.task, self.config, self._limits.max_pixels)
-            self.choice, self._instances, self.agreement = fastest_agreeing(
-                self.path, self._options(), (self.choice, self._instances), candidates, feeds[1], guard.check
+        if candidates != [choice]:
+            guard = PrecisionGuard(instances[0], self.task, self.config, self._limits.max_pixels)
+            choice, instances, agreement = fastest_agreeing(
+                self.path, self._options(), (choice, instances), candidates, feeds[1], guard.check, self._stop
             )
-            self.backend = self._instances[0]
         batch_size = self.preferred_batch_size
         if follows and self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_instances(self.path, self.choice, replace(self._options(), instances=1))[0]
-            batch_size = _fastest_batch_size(scratch, feeds)
+            scratch = create_instances(self.path, choice, replace(self._options(), instances=1))[0]
+            batch_size = _fastest_batch_size(scratch, feeds, stop=self._stop)
             del scratch
-        return LoadDecisions(self.choice.runtime, self.choice.precision, self.agreement, batch_size, follows)
+        return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
 
     @property
     def runtime(self) -> str:
@@ -553,7 +634,9 @@ def _rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarr
     return True
 
 
-def _fastest_batch_size(backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 2) -> int:
+def _fastest_batch_size(
+    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 2, stop: threading.Event | None = None
+) -> int:
     """The smallest batch size whose rows per second come within 3% of the best measured one. Sizes are timed at
     the powers of two and the largest, smallest first, and timing stops once a size gains under 3% on the best
     so far: throughput changes slowly with the size on CPUs, and the large batches cost the most to time."""
@@ -561,6 +644,7 @@ def _fastest_batch_size(backend: Backend, feeds: dict[int, dict[str, np.ndarray]
     sizes = sorted({1 << power for power in range(largest.bit_length()) if 1 << power < largest} | {largest})
     throughput: dict[int, float] = {}
     for rows in sizes:
+        check_stop(stop)
         batch = feeds[rows]
         backend.run(batch)  # first runs are slow everywhere: time the later ones
         best = float("inf")

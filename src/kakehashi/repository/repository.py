@@ -177,7 +177,15 @@ class ModelRepository:
             return
         for version in versions:
             handle = ModelHandle(
-                entry.name, version, entry.files[version], config, self.compute, self._limits, entry.folder, self.get
+                entry.name,
+                version,
+                entry.files[version],
+                config,
+                self.compute,
+                self._limits,
+                entry.folder,
+                self.get,
+                self._defaults.measure_in_background,
             )
             entry.handles[version] = handle
             handle.load()

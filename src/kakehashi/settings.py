@@ -22,6 +22,7 @@ class Limits:
     max_images: int = 64  # images in one predict request (413)
     max_tensor_elements: int = 64_000_000  # elements in one input tensor (413)
     request_timeout_ms: float = 60_000  # a request not answered by then gets 504 (0: no server-wide limit)
+    max_queue_wait_ms: float = 0  # a request expected to wait longer for its turn gets 429 (0: no server-wide budget)
 
 
 @dataclass(frozen=True)

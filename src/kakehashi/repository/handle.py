@@ -13,6 +13,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -239,19 +240,30 @@ class ModelHandle:
         return self._users.serving()
 
     @contextmanager
-    def _admission(self, count: int) -> Iterator[None]:
+    def _admission(self, count: int, deadline: float | None) -> Iterator[None]:
         """Hold `count` places (rows: images or tensor rows) from arrival until the request's last piece of work
-        is gone. Past the queue limit (plus what the instances are running) a request is refused with 429 before
-        any decoding, so memory and waiting stay bounded under overload; a request larger than the limit is still
-        taken when nothing else is waiting."""
-        limit = self.config.batching.max_queue_size + self.max_batch_size * len(self._instances)
-        if self._admitted and self._admitted + count > limit and self._batcher is not None:
-            raise self._batcher.overloaded(self._admitted)
+        is gone. Past the queue limit (plus what the instances are running), or when working through the rows
+        admitted ahead is expected to take longer than the queue-wait budget or the time left before `deadline`,
+        a request is refused with 429 before any decoding, so memory and waiting stay bounded under overload; a
+        request larger than the limit is still taken when nothing else is waiting."""
+        if self._admitted and self._batcher is not None:
+            limit = self.config.batching.max_queue_size + self.max_batch_size * len(self._instances)
+            if self._admitted + count > limit:
+                raise self._batcher.overloaded(self._admitted)
+            if late := self._batcher.too_late(self._admitted, self._queue_wait_budget, deadline):
+                raise late
         self._admitted += count
         try:
             yield
         finally:
             self._admitted -= count
+
+    @cached_property
+    def _queue_wait_budget(self) -> float | None:
+        """Seconds a request may expect to wait for its turn: the tighter of the model's and the server's
+        `max_queue_wait_ms`; None without either."""
+        budgets = (self.config.batching.max_queue_wait_ms, self._limits.max_queue_wait_ms)
+        return min((ms / 1000 for ms in budgets if ms), default=None)
 
     def abandon_queued(self, reason: str) -> int:
         """Answer the requests still queued for this version 503 with `reason` (at shutdown, when the grace period
@@ -503,8 +515,9 @@ class ModelHandle:
     async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
         """Check raw tensors against the model's inputs, run them through the batcher; every output by name."""
         rows = self._check_feeds(feeds)
-        with self._admission(rows):
-            return (await self._submit(feeds, rows, self.deadline(timeout_ms))).outputs
+        deadline = self.deadline(timeout_ms)
+        with self._admission(rows, deadline):
+            return (await self._submit(feeds, rows, deadline)).outputs
 
     # -- images -------------------------------------------------------------------------------------
 
@@ -520,7 +533,7 @@ class ModelHandle:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {self._limits.max_images}")
         deadline = self.deadline(timeout_ms)
         numbered = len(images) > 1
-        with self._admission(len(images)):
+        with self._admission(len(images), deadline):
             try:
                 # the first failure cancels its siblings, and admission is held until every one of them is gone
                 async with asyncio.TaskGroup() as group:

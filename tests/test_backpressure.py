@@ -69,11 +69,14 @@ def test_full_queue_answers_429_with_retry_after(server):
 def test_past_deadline_is_504_and_never_inferred_once_expired_in_the_queue(server):
     before = stats(server)["inference_count"]
     responses = asyncio.run(_burst(server.url, 4, params={"timeout": "100"}))
-    assert {r.status_code for r in responses} <= {200, 504}
+    assert {r.status_code for r in responses} <= {200, 429, 504}
     errors = [r.json()["error"] for r in responses if r.status_code == 504]
     in_queue = [e for e in errors if "waited past its deadline in model 'slow:1''s queue" in e]
     running = [e for e in errors if "inference in model 'slow:1' ran past its deadline" in e]
-    assert in_queue and len(in_queue) + len(running) == len(errors)
+    # one expected to wait past its deadline is refused on arrival; one let in may still expire in the queue
+    refused = [r.json()["error"] for r in responses if r.status_code == 429]
+    assert all("over the time left before the request's deadline" in e for e in refused)
+    assert (in_queue or refused) and len(in_queue) + len(running) == len(errors)
     # what expired in the queue never ran; a request already running finishes (and counts) but answers 504
     ran = [r for r in responses if r.status_code == 200]
     follower = server.client.post("/v1/models/slow/predict", content=IMAGE, headers={"content-type": "image/png"})

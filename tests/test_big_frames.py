@@ -70,11 +70,13 @@ def test_a_12_mp_jpeg_for_a_640_input_is_decoded_at_a_quarter_and_reports_its_fu
         ((1280, 1280), "JPEG", (640, 640), 2),  # exactly twice
         ((4000, 3000), "JPEG", (640, 1920), 2),  # a wide input: 4000 // 1920 = 2
         ((4000, 3000), "JPEG", None, 1),  # no model input: full size
+        ((4000, 3000), "MPO", (640, 640), 4),  # a camera's multi-picture JPEG: its first picture
     ],
 )
 def test_only_jpegs_at_least_twice_the_input_are_reduced_and_never_below_it(size, fmt, at_least, reduction):
     buffer = io.BytesIO()
-    Image.new("RGB", size, (90, 120, 200)).save(buffer, fmt)
+    pictures = {"save_all": True, "append_images": [Image.new("RGB", (8, 8))]} if fmt == "MPO" else {}
+    Image.new("RGB", size, (90, 120, 200)).save(buffer, fmt, **pictures)
     decoded = decode_reduced(buffer.getvalue(), at_least=at_least)
     assert decoded.reduction == reduction and decoded.size == size
     assert decoded.image.size == (-(-size[0] // reduction), -(-size[1] // reduction))

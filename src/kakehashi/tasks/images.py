@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from kakehashi.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
@@ -110,7 +111,7 @@ def _draft(image: Image.Image, at_least: tuple[int, int], swapped: bool) -> int:
     `at_least` (height, width) once upright; returns the reduction, 1 for none."""
     height, width = at_least[::-1] if swapped else at_least  # draft sees the stored, unturned pixels
     full_width = image.width
-    drafted = image.draft(None, (width, height)) if image.format == "JPEG" else None
+    drafted = image.draft(None, (width, height)) if isinstance(image, JpegImageFile) else None  # MPO too
     return 1 if drafted is None else round(full_width / drafted[1][2])
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from kakehashi.backends.base import Backend
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.bench import loadgen, payloads
 from kakehashi.repository.config import ModelConfig
@@ -54,35 +55,61 @@ def jpegs(source: Path, target: Path) -> list[Path]:
     return out
 
 
-def raw_limit(model: Path, images: list[Path], batch: int, seconds: float) -> float:
-    """Images/s of a plain in-process loop: decode + letterbox, ONNX Runtime, post-processing."""
-    backend = OnnxRuntimeBackend(model)
+def raw_limit(
+    model: Path, images: list[Path], batch: int, seconds: float, backend: Backend | None = None, warmup: float = 0.0
+) -> float:
+    """Images/s of a plain in-process loop: decode + letterbox, inference (ONNX Runtime, or `backend`: e.g. an
+    OpenVINO one), post-processing. The loop runs untimed for `warmup` seconds (at least one batch) first."""
+    backend = backend or OnnxRuntimeBackend(model)
     task = resolve_task(backend, ModelConfig(), model)
+    assert task is not None, f"{model} has no image input"
     data = [p.read_bytes() for p in images]
     params = PredictParams()
-    warm = [prepare_image(data[i % len(data)], task.input, params, 10**9) for i in range(batch)]
-    backend.run({task.input.name: np.stack([p.tensor for p in warm])})  # first runs are slow: not timed
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        prepared = [prepare_image(data[(done + i) % len(data)], task.input, params, 10**9) for i in range(batch)]
+
+    def one_batch(first: int) -> None:
+        prepared = [prepare_image(data[(first + i) % len(data)], task.input, params, 10**9) for i in range(batch)]
         outputs = backend.run({task.input.name: np.stack([p.tensor for p in prepared])})
         for row, item in enumerate(prepared):
             task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
+
+    one_batch(0)  # first runs are slow: not timed
+    started = time.perf_counter()
+    while time.perf_counter() - started < warmup:
+        one_batch(0)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        one_batch(done)
         done += batch
     return done / (time.perf_counter() - started)
 
 
 class Process:
-    """A server subprocess; `ready` waits for 200 on a path and returns the seconds it took."""
+    """A server subprocess (its output to `log`, if given); `ready` waits for 200 on a path and returns the seconds
+    it took."""
 
-    def __init__(self, args: list[str], url: str, env: dict | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], url: str, env: dict | None = None, cwd: Path | None = None, log: Path | None = None
+    ) -> None:
         self.started = time.perf_counter()
+        self.wall = time.time()  # the same moment on the wall clock (for log timestamps)
         self.url = url
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, **(env or {})}, cwd=cwd)
+        self.log = log
+        output = log.open("ab") if log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            args, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
+        )
+        if log is not None:
+            output.close()  # the child has its own copy
+
+    def check_running(self) -> None:
+        """Raise if the process has exited (with the end of its log, if any)."""
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log is not None else ""
+            raise RuntimeError(f"{self.url}: the server exited with code {self.process.returncode}\n{tail}")
 
     def ready(self, path: str = "/v2/health/ready", timeout: float = 120) -> float:
         while time.perf_counter() - self.started < timeout:
+            self.check_running()
             try:
                 if httpx.get(self.url + path, timeout=1).status_code == 200:
                     return time.perf_counter() - self.started
@@ -102,8 +129,9 @@ class Process:
 
 def kakehashi(model_path: Path) -> Process:
     port = free_port()
-    return Process([sys.executable, "-m", "kakehashi", "serve", str(model_path), "--port", str(port)],
-                   f"http://127.0.0.1:{port}")
+    return Process(
+        [sys.executable, "-m", "kakehashi", "serve", str(model_path), "--port", str(port)], f"http://127.0.0.1:{port}"
+    )
 
 
 def sweep(url: str, payload: payloads.Payload, levels: list[int], warmup: float, duration: float) -> list:
@@ -133,8 +161,12 @@ def main() -> None:
     for name in ("yolo11n-coco-random-640-dynamic", "yolo26n-coco-random-640-e2e-dynamic"):
         source = args.models / f"{name}.onnx"
         for batch in (1, 2, 4, 8):
-            add(f"{name} raw ONNX Runtime in-process (images/s)", "raw", batch,
-                raw_limit(source, images, batch, args.duration))
+            add(
+                f"{name} raw ONNX Runtime in-process (images/s)",
+                "raw",
+                batch,
+                raw_limit(source, images, batch, args.duration),
+            )
         for mode, yaml in (("batching on", ""), ("batching off", "batching: {max_batch_size: 1}\n")):
             repo = work / f"{name}-{mode.replace(' ', '-')}"
             (repo / "yolo" / "1").mkdir(parents=True, exist_ok=True)
@@ -151,15 +183,17 @@ def main() -> None:
     build_tiny(tiny / "tiny" / "1" / "model.onnx")
     (tiny / "tiny" / "model.yaml").write_text("task: tensor\n")
     port = free_port()
-    baseline = Process([sys.executable, "-m", "uvicorn", "baseline_fastapi:app", "--port", str(port),
-                        "--log-level", "warning"], f"http://127.0.0.1:{port}",
-                       env={"KAKEHASHI_BASELINE_MODEL": str(tiny / "tiny" / "1" / "model.onnx")}, cwd=HERE)
+    baseline = Process(
+        [sys.executable, "-m", "uvicorn", "baseline_fastapi:app", "--port", str(port), "--log-level", "warning"],
+        f"http://127.0.0.1:{port}",
+        env={"KAKEHASHI_BASELINE_MODEL": str(tiny / "tiny" / "1" / "model.onnx")},
+        cwd=HERE,
+    )
     server = kakehashi(tiny)
     for label, process in (("plain FastAPI + uvicorn + onnxruntime", baseline), ("Kakehashi", server)):
         process.ready()
         meta = httpx.get(f"{process.url}/v2/models/tiny").json()
-        payload = payloads.infer_payload("tiny", meta["inputs"], {"x": [1, 3, 64, 64]},
-                                              [{"name": "y"}])
+        payload = payloads.infer_payload("tiny", meta["inputs"], {"x": [1, 3, 64, 64]}, [{"name": "y"}])
         for step in sweep(process.url, payload, [1, 16], args.warmup, args.duration):
             add(f"tiny model 1x3x64x64, OIP v2 JSON infer: {label} (req/s)", label, step.level, step.throughput, step)
         process.stop()
@@ -172,12 +206,15 @@ def main() -> None:
         time.sleep(2)
         memory.append(process.rss_mb())
         process.stop()
-    add("bundled default model: process start to ready, median of 3 (s)", "kakehashi", "start", float(np.median(starts)))
+    add(
+        "bundled default model: process start to ready, median of 3 (s)", "kakehashi", "start", float(np.median(starts))
+    )
     add("bundled default model: idle RSS, median of 3 (MB)", "kakehashi", "rss", float(np.median(memory)))
 
     with (args.out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["section", "target", "level", "throughput", "p50_ms", "p90_ms",
-                                                    "p99_ms", "errors"])
+        writer = csv.DictWriter(
+            handle, fieldnames=["section", "target", "level", "throughput", "p50_ms", "p90_ms", "p99_ms", "errors"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# Results ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)", ""]
@@ -185,9 +222,17 @@ def main() -> None:
     for row in rows:
         if row["section"] != section:
             section = row["section"]
-            lines += ["", f"## {section}", "", "| level | value | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-        lines.append(f"| {row['level']} | {row['throughput']} | {row.get('p50_ms', '')} | {row.get('p90_ms', '')} | "
-                     f"{row.get('p99_ms', '')} | {row.get('errors', '')} |")
+            lines += [
+                "",
+                f"## {section}",
+                "",
+                "| level | value | p50 ms | p90 ms | p99 ms | errors |",
+                "|---|---|---|---|---|---|",
+            ]
+        lines.append(
+            f"| {row['level']} | {row['throughput']} | {row.get('p50_ms', '')} | {row.get('p90_ms', '')} | "
+            f"{row.get('p99_ms', '')} | {row.get('errors', '')} |"
+        )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
 

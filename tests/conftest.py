@@ -107,10 +107,13 @@ HEAVY_FILES_FIRST = (
     "test_batch.py",
     "test_graceful_shutdown.py",
     "test_web_page.py",
-    "test_yolo_exports.py",
-    "test_runtimes.py",
-    "test_backpressure.py",
+    "test_precision.py",
+    "test_control_plane.py",
+    "test_big_frames.py",
     "test_bench_cli.py",
+    "test_admission_wait.py",
+    "test_backpressure.py",
+    "test_runtimes.py",
 )
 
 

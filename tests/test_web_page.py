@@ -108,6 +108,10 @@ def test_status_view_lists_the_model_with_live_figures(browser, default_server):
     page.wait_for_function(LIVE_FIGURES, timeout=15000)
     cells = page.locator("#models tr[data-model='ssdlite-person'] td")
     assert float(cells.nth(3).inner_text()) >= 0 and "1×" in cells.nth(7).inner_text()
+    parameters = default_server.client.get("/v2/models/ssdlite-person/config").json()["parameters"]
+    assert cells.nth(8).inner_text() == parameters["runtime"]["string_value"]
+    precision, agreement = parameters["precision"]["string_value"], parameters["precision_agreement"]["string_value"]
+    assert cells.nth(9).inner_text() == (f"{precision} ({agreement})" if agreement else precision)
     page.close()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGES, YOLO11
+from kakehashi.settings import default_model_path
 
 SWITCHED = "measured in the background; now serving"
 
@@ -65,7 +66,8 @@ def test_a_first_start_serves_at_once_then_switches_with_no_failed_request(serve
 def test_a_precision_named_is_checked_before_serving_not_after(serve, tmp_path, monkeypatch, precision):
     """A named precision must pass its check first, so it is never served unchecked: no serving at once."""
     monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))
-    folder = _folder(tmp_path)
+    folder = tmp_path / "person"  # a real detector: it finds the astronaut on the calibration images
+    shutil.copytree(default_model_path() / "ssdlite-person", folder)
     shutil.copy(folder / "1" / "model.onnx", folder / "1" / "model.int8.onnx")  # the same answers: it agrees
     server = serve(folder, "--precision", precision)
     log = server.log()

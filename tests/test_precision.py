@@ -74,6 +74,12 @@ def test_tolerances_are_configurable():
     assert not _compare(*shifted, box_iou=0.95).agrees
 
 
+def test_nothing_to_compare_is_no_agreement():
+    found = _compare([], [])
+    assert not found.agrees and "nothing to compare" in found.problems[0]
+    assert not compare_top1([[]], [[]], Tolerances(), ["a.jpg"]).agrees
+
+
 def test_classifiers_compare_the_top_class_and_tensors_their_outputs():
     def top(cls: int, confidence: float) -> list[dict]:
         return [{"class": cls, "name": str(cls), "confidence": confidence}]
@@ -85,6 +91,10 @@ def test_classifiers_compare_the_top_class_and_tensors_their_outputs():
     expected = {"y": np.array([10.0, -20.0, 5.0])}
     assert compare_outputs([expected], [{"y": np.array([10.1, -20.2, 5.0])}], tolerances).agrees  # 0.01 of 20
     assert not compare_outputs([expected], [{"y": np.array([10.0, -20.0, 6.0])}], tolerances).agrees  # 0.05
+    labels = {"label": np.array([3, 70, 12])}
+    assert not compare_outputs([labels], [{"label": np.array([4, 70, 12])}], tolerances).agrees  # integers: equal
+    nan = compare_top1([top(3, 0.6)], [top(3, float("nan"))], tolerances, ["a.jpg"])
+    assert not nan.agrees
 
 
 # -- at load -----------------------------------------------------------------------------------------------------
@@ -192,14 +202,14 @@ def test_a_float_precision_this_cpu_lacks_is_refused_naming_what_it_has(person, 
 
 
 def test_the_calibration_folder_of_model_yaml_is_used(person):
-    """Images with no person in them give the drifted copy nothing to disagree on: proof that they were used."""
+    """Images with no person in them leave nothing to compare: the check proves nothing, so int8 is refused, and
+    the message says so (proof that those images, not the shipped ones, were used)."""
     (person / "calibration").mkdir()
     shutil.copy(IMAGES / "coffee.png", person / "calibration" / "coffee.png")
-    _with_int8(person, score_scale=0.5, box_shift=0.0, yaml="precision: int8\nagreement: {images: calibration}\n")
+    _with_int8(person, score_scale=0.97, box_shift=0.0, yaml="precision: int8\nagreement: {images: calibration}\n")
     handle = load(person)
-    assert handle.ready and handle.precision == "int8 (agrees with f32: 0 detections, least box IoU 1.000, " + (
-        "largest confidence change 0.000)"
-    )
+    assert not handle.ready
+    assert "int8 refused: disagrees with f32: nothing to compare: the model finds nothing" in handle.reason
 
 
 def test_a_missing_calibration_folder_is_a_configuration_error(person):

@@ -91,7 +91,10 @@ class OpenVinoBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         if cache_folder is not None:
-            core.set_property({"CACHE_DIR": str(cache_folder / "openvino")})
+            try:
+                core.set_property({"CACHE_DIR": str(cache_folder / "openvino")})
+            except Exception as exc:  # e.g. a read-only home: compile every time
+                log.warning("OpenVINO keeps no compiled models in %s: %s", cache_folder, str(exc).splitlines()[-1])
         try:  # compiled from the file, which OpenVINO's cache recognises (not from the model read above)
             compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:

@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # what a round trip from the event loop to a thread pool and back costs (about 0.13 ms of CPU on this project's
-# 2-core machine): a task's post-processing that usually takes less runs on the loop instead
+# 2-core machine): a classifier's post-processing (a top-k over its classes, whatever the request asks) that usually
+# takes less runs on the loop instead
 HOP_SECONDS = 100e-6
 
 
@@ -124,9 +125,11 @@ class ModelHandle:
         self.choice = reference_choice(config.backend)  # the runtime and precision serving
         self.agreement = ""  # how the precision serving agreed with f32's answers, and faster ones refused
         self._measure_in_background = measure_in_background
-        self._background: tuple[str, dict[int, dict[str, np.ndarray]]] | None = None  # what is left to measure
+        # what is left to measure: the decisions' key, the warm-up feeds, whether outputs follow the batch
+        self._background: tuple[str, dict[int, dict[str, np.ndarray]], bool] | None = None
         self._switching = threading.Lock()  # a switch after measuring, against `close`
         self._measuring: threading.Thread | None = None
+        self._compiled: Path | None = None  # where runtimes keep this version's compiled models
         self._postprocess_seconds = 1.0  # moving average; the first answers are post-processed in the pool
         self._stop = threading.Event()  # set by `close`: measuring stops at its next step
         self._threads = 1
@@ -165,6 +168,8 @@ class ModelHandle:
         try:
             settings = f"{config!r} threads={threads}"
             key = decision_key(self.path, settings, self._related_files()) if config.warmup else ""
+            # compiled models kept under the decisions' key: a runtime's own cache may not notice new bytes
+            self._compiled = folder / "compiled" / key[:16] if key and (folder := cache_folder()) else None
             decided = recall(key) if key else None
             if decided is not None:
                 self.choice, self.agreement = Choice(decided.runtime, decided.precision), decided.agreement
@@ -278,10 +283,10 @@ class ModelHandle:
 
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Stop serving: requests already using the handle finish first, then the sessions are released."""
+        self._stop.set()  # measuring now would only compete with the version replacing this one
         await self._users.gone(grace_seconds)
         with self._switching:
             self._set_state(ModelState.UNLOADED)
-        self._stop.set()
         if self._measuring is not None:  # the runtimes must not be mid-inference when the process exits
             await asyncio.to_thread(self._measuring.join)
         if self._hook_pool is not None:
@@ -305,14 +310,16 @@ class ModelHandle:
         elif self._measure_in_background and self.config.precision in ("auto", "f32"):
             follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
             decided = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, follows)
-            self._background = (key, feeds)
+            self._background = (key, feeds, follows)
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
         else:
             decided, self._instances = self._measure(feeds)
             self.backend = self._instances[0]
-            remember(key, decided)
+            self._apply(decided, self._instances, feeds)
+            remember(key, decided)  # once it has worked
+            return
         self._apply(decided, self._instances, feeds)
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
@@ -364,13 +371,13 @@ class ModelHandle:
         (requests keep flowing through the batcher meanwhile; the instances that lost are released)."""
         if self._background is None:
             return
-        key, feeds = self._background
+        key, feeds, follows = self._background
         self._background = None
         try:
-            decided, instances = self._measure(feeds)
-            remember(key, decided)
+            decided, instances = self._measure(feeds, follows)
             if not self._apply(decided, instances, feeds):
                 return
+            remember(key, decided)  # once it has worked
         except MeasuringStopped:
             log.info("model %s version %s: measuring stopped: the model is unloading", self.name, self.version)
             return
@@ -389,7 +396,7 @@ class ModelHandle:
         )
 
     def _options(self) -> RuntimeOptions:
-        return replace(self.config.runtime_options(self._threads), cache_folder=cache_folder())
+        return replace(self.config.runtime_options(self._threads), cache_folder=self._compiled)
 
     def _related_files(self) -> list[Path]:
         """Files besides the model whose change calls for measuring again: its INT8 copy, calibration images."""
@@ -404,11 +411,14 @@ class ModelHandle:
         self._instances = create_instances(self.path, self.choice, self._options())
         self.backend = self._instances[0]
 
-    def _measure(self, feeds: dict[int, dict[str, np.ndarray]]) -> tuple[LoadDecisions, list[Backend]]:
-        """Time what depends on this machine: whether outputs follow the batch, then the fastest runtime and
-        precision whose answers agree with f32's, and the batch size with the best throughput. Returns the
-        decisions and the instances to serve them with (those serving now, when they won)."""
-        follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
+    def _measure(
+        self, feeds: dict[int, dict[str, np.ndarray]], follows: bool | None = None
+    ) -> tuple[LoadDecisions, list[Backend]]:
+        """Time what depends on this machine: whether outputs follow the batch (unless `follows` says), then the
+        fastest runtime and precision whose answers agree with f32's, and the batch size with the best throughput.
+        Returns the decisions and the instances to serve them with (those serving now, when they won)."""
+        if follows is None:
+            follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
         choice, instances, agreement = self.choice, self._instances, self.agreement
         candidates = choices(self.path, self.config.backend, self.config.precision)
         if candidates != [choice]:
@@ -622,7 +632,7 @@ class ModelHandle:
             result = await self._submit(feeds, 1, deadline)
             outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
             queue, inference = result.queue, result.inference
-        if isinstance(steps, TaskSteps) and self._postprocess_seconds < HOP_SECONDS:
+        if isinstance(steps, TaskSteps) and steps.task.kind == "classify" and self._postprocess_seconds < HOP_SECONDS:
             found, post = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
         else:
             found, post = await self._in_pool(steps.finish, outputs, state)

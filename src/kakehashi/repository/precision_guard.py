@@ -15,6 +15,7 @@ import numpy as np
 
 from kakehashi.backends.base import Backend
 from kakehashi.datatypes import OIP_TO_NUMPY
+from kakehashi.errors import KakehashiError, ModelLoadError
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.image_steps import TaskSteps
 from kakehashi.tasks.agreement import Agreement, Tolerances, compare_detections, compare_outputs, compare_top1
@@ -61,7 +62,13 @@ class PrecisionGuard:
 
     @cached_property
     def _prepared(self) -> list[tuple[Feeds, object]]:
-        return [self._steps.prepare(path.read_bytes())[::2] for path in self._images]
+        prepared = []
+        for path in self._images:
+            try:
+                prepared.append(self._steps.prepare(path.read_bytes())[::2])
+            except KakehashiError as exc:
+                raise ModelLoadError(f"calibration image {path}: {exc.message}") from None
+        return prepared
 
     @cached_property
     def _tensor_feeds(self) -> list[Feeds]:

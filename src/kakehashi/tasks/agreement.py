@@ -5,15 +5,23 @@ Detections: every f32 detection at or above the confidence threshold must have a
 theirs at or above the threshold one among f32's. Both sides are decoded at the threshold lowered by `confidence`,
 so a detection that only crosses the threshold by less than the tolerance is a counterpart, not a loss. Rotated
 boxes are compared by their upright bounds. Classifiers: the same top-1 class, its confidence within `confidence`.
-Raw tensors: every output within `output` of f32's, relative to f32's largest magnitude.
+Raw tensors: every output within `output` of f32's, relative to f32's largest magnitude (integer outputs equal).
+A check with nothing to compare (no detection on any calibration image) refuses the precision.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# a check that found nothing to compare proves nothing: the precision is refused
+NOTHING_COMPARED = (
+    "nothing to compare: the model finds nothing on the calibration images (name a folder of its own images in "
+    "agreement.images)"
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ def compare_detections(
                 found.compared += 1
                 found.least_iou = min(found.least_iou, iou)
                 found.largest_confidence_change = max(found.largest_confidence_change, change)
+    if not found.compared and not found.problems:
+        found.problems.append(NOTHING_COMPARED)
     return found
 
 
@@ -136,9 +146,13 @@ def compare_top1(
             found.problems.append(f"top-1 {_describe(ours[0])} became {_describe(theirs[0])} on {label}")
             continue
         change = abs(ours[0]["confidence"] - theirs[0]["confidence"])
+        if not math.isfinite(change):
+            change = math.inf
         found.largest_confidence_change = max(found.largest_confidence_change, change)
         if change > tolerances.confidence:
             found.problems.append(f"top-1 {_describe(ours[0])} became {theirs[0]['confidence']:.2f} on {label}")
+    if not found.compared:
+        found.problems.append(NOTHING_COMPARED)
     return found
 
 
@@ -154,6 +168,9 @@ def compare_outputs(
             found.compared += 1
             if expected.shape != got.shape:
                 found.problems.append(f"output {name!r} has shape {got.shape}, f32's {expected.shape}")
+                continue
+            if theirs[name].dtype.kind in "iub" and not np.array_equal(theirs[name], ours[name]):
+                found.problems.append(f"output {name!r} (integers) differs")
                 continue
             scale = float(np.abs(expected).max(initial=0.0)) or 1.0
             change = float(np.abs(got - expected).max(initial=0.0)) / scale

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGES, YOLO11
+from conftest import IMAGES, MODELS, YOLO11
 from inprocess import load, predict
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
@@ -135,7 +135,6 @@ def test_openvino_raw_outputs_match_onnx_runtime_on_yolo_exports(tmp_path, expor
     arbitrary in both runtimes; the real person detector is compared end to end above.)"""
     import numpy as np
 
-    from conftest import MODELS
     from kakehashi.tasks.image_task import prepare_image
     from kakehashi.tasks.params import PredictParams
 
@@ -273,3 +272,14 @@ def test_a_registered_task_is_chosen_by_name_and_serves_images(tmp_path, monkeyp
     assert handle.kind == "mean" and built[0].names == ("grey",) and handle.task.input.resize == "stretch"
     [answer] = predict(handle, (IMAGES / "astronaut.png").read_bytes())
     assert answer.results == [{"mean": 1.0, "size": [64, 64]}]  # scale 0: every input value is 0, so 2 * 0 + 1
+
+
+def test_an_openvino_compile_error_says_what_is_wrong_not_where_in_openvino(tmp_path):
+    """OpenVINO's messages start with its source location ("Exception from src/...cpp:132:"): the reason a user
+    sees is the line that names the problem."""
+    (tmp_path / "pose" / "1").mkdir(parents=True)
+    shutil.copy(MODELS / "yolo26n-pose-random-640-e2e-dynamic.onnx", tmp_path / "pose" / "1" / "model.onnx")
+    (tmp_path / "pose" / "model.yaml").write_text("backend: openvino\n")
+    handle = load(tmp_path / "pose")
+    assert not handle.ready and "OpenVINO cannot compile this model: Shapes" in handle.reason
+    assert "Exception from" not in handle.reason

@@ -68,3 +68,12 @@ class InferenceFailed(KakehashiError):
     the traceback is logged where it happened."""
 
     status = 500
+
+
+def runtime_message(exc: BaseException) -> str:
+    """The informative part of a runtime's error: its last line that is not a source location (OpenVINO's messages
+    start with lines like `Exception from src/...cpp:224:`), at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("Exception from ")]
+    text = (useful or lines or [type(exc).__name__])[-1]
+    return text if len(text) <= 300 else text[:297] + "..."

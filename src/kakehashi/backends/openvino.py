@@ -23,7 +23,7 @@ import numpy as np
 
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import Runtime, RuntimeOptions, register
-from kakehashi.errors import ModelLoadError
+from kakehashi.errors import ModelLoadError, runtime_message
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class OpenVinoBackend:
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable files
-            raise ModelLoadError(f"{path}: cannot be loaded by OpenVINO: {str(exc).splitlines()[0]}") from None
+            raise ModelLoadError(f"{path}: cannot be loaded by OpenVINO: {runtime_message(exc)}") from None
         self.inputs = [_spec(port, path) for port in model.inputs]
         self.outputs = [_spec(port, path) for port in model.outputs]
         self.metadata = _metadata(model)
@@ -94,11 +94,11 @@ class OpenVinoBackend:
             try:
                 core.set_property({"CACHE_DIR": str(cache_folder / "openvino")})
             except Exception as exc:  # e.g. a read-only home: compile every time
-                log.warning("OpenVINO keeps no compiled models in %s: %s", cache_folder, str(exc).splitlines()[-1])
+                log.warning("OpenVINO keeps no compiled models in %s: %s", cache_folder, runtime_message(exc))
         try:  # compiled from the file, which OpenVINO's cache recognises (not from the model read above)
             compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:
-            raise ModelLoadError(f"{path}: OpenVINO cannot compile this model: {str(exc).splitlines()[0]}") from None
+            raise ModelLoadError(f"{path}: OpenVINO cannot compile this model: {runtime_message(exc)}") from None
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(requests):
             self._idle.put(compiled.create_infer_request())
@@ -147,7 +147,7 @@ class OpenVinoBackend:
             log.warning(
                 "OpenVINO could not recover from a failed inference (%s); requests with the shapes of "
                 "the last successful one may fail until others succeed",
-                str(exc).splitlines()[-1:],
+                runtime_message(exc),
             )
 
 

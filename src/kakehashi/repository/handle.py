@@ -36,7 +36,14 @@ from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
 from kakehashi.batching.batcher import BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
-from kakehashi.errors import InferenceFailed, InvalidInput, KakehashiError, PayloadTooLarge, Unavailable
+from kakehashi.errors import (
+    InferenceFailed,
+    InvalidInput,
+    KakehashiError,
+    PayloadTooLarge,
+    Unavailable,
+    runtime_message,
+)
 from kakehashi.handlers import Handler, HandlerContext, Runtime, call_hook, find_handler, setup
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
@@ -715,15 +722,6 @@ def _timed(function, *args):
     started = time.perf_counter()
     value = function(*args)
     return value, time.perf_counter() - started
-
-
-def runtime_message(exc: BaseException) -> str:
-    """The informative part of a runtime's error: its last line that is not a source location (OpenVINO's messages
-    start with lines like `Exception from src/...cpp:224:`), at most 300 characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith("Exception from ")]
-    text = (useful or lines or [type(exc).__name__])[-1]
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:

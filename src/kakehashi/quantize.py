@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kakehashi.backends import best_seconds
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.errors import InvalidInput
 from kakehashi.protocols.vision import parse_params
@@ -169,13 +169,7 @@ def _best_ms(handle: ModelHandle) -> float:
     assert handle.task is not None, "quantize serves image models only"
     spec = handle.task.input
     feeds = {spec.name: np.zeros(spec.tensor_shape(spec.size), spec.dtype)[None]}
-    backend.run(feeds)
-    best = float("inf")
-    for _ in range(10):
-        started = time.perf_counter()
-        backend.run(feeds)
-        best = min(best, time.perf_counter() - started)
-    return best * 1000
+    return best_seconds(backend, feeds, runs=10) * 1000
 
 
 def evaluate(fp32: Path, int8: Path, config_path: Path | None, held_out: list[Path], conf: float) -> Report:

@@ -95,8 +95,9 @@ def create_instances(path: Path, choice: Choice, options: RuntimeOptions) -> lis
     return runtime_named(choice.runtime).create(model, replace(options, precision=computes_in))
 
 
-def _best_seconds(choice: Choice, backend: Backend, feeds: Feeds, runs: int = 5) -> float:
-    """The fastest of `runs` inferences of `feeds` on `choice`'s `backend` (after one not timed)."""
+def best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
+    """The fastest of `runs` inferences of `feeds` on `backend`, after one not timed (first runs are slow
+    everywhere)."""
     backend.run(feeds)
     best = float("inf")
     for _ in range(runs):
@@ -104,6 +105,11 @@ def _best_seconds(choice: Choice, backend: Backend, feeds: Feeds, runs: int = 5)
         backend.run(feeds)
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def _seconds_of(choice: Choice, backend: Backend, feeds: Feeds) -> float:
+    """How fast `choice` runs `feeds` (by choice, so a test can give the choices known costs)."""
+    return best_seconds(backend, feeds)
 
 
 def fastest_agreeing(
@@ -135,7 +141,7 @@ def fastest_agreeing(
     seconds = {}
     for choice, each in created.items():
         check_stop(stop)
-        seconds[choice] = _best_seconds(choice, each[0], feeds)
+        seconds[choice] = _seconds_of(choice, each[0], feeds)
     timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
     log.info("%s: %s per inference", path, timings)
     refused: list[str] = []

@@ -25,6 +25,7 @@ from PIL import Image
 from kakehashi.backends import (
     Choice,
     MeasuringStopped,
+    best_seconds,
     check_stop,
     choices,
     create_instances,
@@ -138,6 +139,7 @@ class ModelHandle:
         self._measuring: threading.Thread | None = None
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
         self._postprocess_seconds = 1.0  # moving average; the first answers are post-processed in the pool
+        self._post_on_loop = False  # a classifier: its post-processing may run on the event loop when cheap
         self._stop = threading.Event()  # set by `close`: measuring stops at its next step
         self._threads = 1
         self._users = Users()
@@ -199,6 +201,7 @@ class ModelHandle:
                     )
             else:
                 self.task = resolve_task(backend, config, self.path)
+                self._post_on_loop = self.task is not None and self.task.kind == "classify"
             self.backend = backend
             self._batchable = _batchable(backend)
             self.max_batch_size = config.batching.max_batch_size if self._batchable else 1
@@ -639,7 +642,7 @@ class ModelHandle:
             result = await self._submit(feeds, 1, deadline)
             outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
             queue, inference = result.queue, result.inference
-        if isinstance(steps, TaskSteps) and steps.task.kind == "classify" and self._postprocess_seconds < HOP_SECONDS:
+        if self._post_on_loop and self._postprocess_seconds < HOP_SECONDS:
             found, post = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
         else:
             found, post = await self._in_pool(steps.finish, outputs, state)
@@ -687,13 +690,7 @@ def _fastest_batch_size(
     throughput: dict[int, float] = {}
     for rows in sizes:
         check_stop(stop)
-        batch = feeds[rows]
-        backend.run(batch)  # first runs are slow everywhere: time the later ones
-        best = float("inf")
-        for _ in range(runs):
-            started = time.perf_counter()
-            backend.run(batch)
-            best = min(best, time.perf_counter() - started)
+        best = best_seconds(backend, feeds[rows], runs)
         gains = not throughput or rows / best >= 1.03 * max(throughput.values())
         throughput[rows] = rows / best
         if not gains:

@@ -65,9 +65,10 @@ class PrecisionGuard:
         prepared = []
         for path in self._images:
             try:
-                prepared.append(self._steps.prepare(path.read_bytes())[::2])
+                feeds, _shape, state = self._steps.prepare(path.read_bytes())
             except KakehashiError as exc:
                 raise ModelLoadError(f"calibration image {path}: {exc.message}") from None
+            prepared.append((feeds, state))
         return prepared
 
     @cached_property

@@ -25,7 +25,19 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from soak import HERE, IMAGES, MODEL, _post, _ready, _results, capacity, expected_answers, free_port, same_detections
+from soak import (
+    HERE,
+    IMAGES,
+    MODEL,
+    _post,
+    _ready,
+    _results,
+    capacity,
+    expected_answers,
+    free_port,
+    paced,
+    same_detections,
+)
 
 
 @dataclass
@@ -74,11 +86,7 @@ async def open_loop(url: str, rate: float, seconds: float, images: dict[str, byt
     """Send valid images at `rate` per second for `seconds`, whatever the answers; wait for every answer."""
     run, names, tasks = Run(), list(images), []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4096)) as session:
-        began = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            delay = began + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for index in paced(rate, seconds):
             name = names[index % len(names)]
             tasks.append(asyncio.ensure_future(one(session, url, images[name], expected[name], run)))
         await asyncio.gather(*tasks)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,17 +132,23 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[
         return response.status, await response.read()
 
 
+async def paced(rate: float, seconds: float) -> AsyncIterator[int]:
+    """An open loop's send times: yields the index of each request when it is due, `rate` a second for `seconds`."""
+    began = time.perf_counter()
+    for index in range(int(rate * seconds)):
+        delay = began + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield index
+
+
 async def soak(url: str, rate: float, seconds: float, images: dict[str, bytes], expected: dict[str, list],
                seed: int = 0) -> Tally:
     rng, tally = random.Random(seed), Tally()
     names = list(images)
     tasks: set[asyncio.Task] = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4096)) as session:
-        began = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            delay = began + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for index in paced(rate, seconds):
             draw = rng.random()
             if draw < 0.8:
                 name = names[index % len(names)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -249,3 +251,21 @@ def quick_model(model: Path, root: Path, yaml: str = "") -> Path:
     (folder / "1" / "model.onnx").symlink_to(model.resolve())
     (folder / "model.yaml").write_text(QUICK_YAML + yaml)
     return folder
+
+
+def queue_depth(server: Server, model: str) -> float:
+    """The model's queue depth (version 1), as its metric says."""
+    metrics = server.client.get("/metrics").text
+    return float(re.search(rf'kakehashi_queue_depth{{model="{model}",version="1"}} (\S+)', metrics).group(1))
+
+
+async def busy_instance(client: httpx.AsyncClient, server: Server, model: str, image: bytes) -> asyncio.Future:
+    """Send one request of 8 images to `model` (a single instance, batches of one) and return once 5 of them wait in
+    its queue: the instance is then busy for a while. The request's answer is the returned future."""
+    files = [("file", (f"{i}.png", image, "image/png")) for i in range(8)]
+    keeper = asyncio.ensure_future(client.post(f"/v1/models/{model}/predict", files=files))
+    deadline = time.monotonic() + 30
+    while queue_depth(server, model) < 5:
+        assert time.monotonic() < deadline and not keeper.done(), "the 8 images never queued"
+        await asyncio.sleep(0.01)
+    return keeper

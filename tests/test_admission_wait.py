@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from conftest import IMAGES, YOLO11
+from conftest import IMAGES, YOLO11, busy_instance
 from kakehashi.batching.batcher import EWMA_WEIGHT, DynamicBatcher
 from kakehashi.errors import Overloaded
 
@@ -143,11 +143,6 @@ def inferences(server, model: str) -> int:
     return server.client.get(f"/v2/models/{model}/stats").json()["model_stats"][0]["inference_count"]
 
 
-def queue_depth(server, model: str) -> float:
-    metrics = server.client.get("/metrics").text
-    return float(re.search(rf'kakehashi_queue_depth{{model="{model}",version="1"}} (\S+)', metrics).group(1))
-
-
 def test_a_burst_past_the_budget_is_refused_at_once_and_the_rest_answered(server):
     first = post(server.client, "budget")  # alone: nothing was measured yet, and nothing is ahead of it
     assert first.status_code == 200
@@ -187,12 +182,7 @@ def test_a_request_that_cannot_be_answered_before_its_deadline_is_refused_and_a_
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             # one request of 8 images holds the single instance for a while ...
-            files = [("file", (f"{i}.png", IMAGE, "image/png")) for i in range(8)]
-            keeper = asyncio.ensure_future(client.post("/v1/models/open/predict", files=files))
-            deadline = time.monotonic() + 30
-            while queue_depth(server, "open") < 5:
-                assert time.monotonic() < deadline and not keeper.done(), "the 8 images never queued"
-                await asyncio.sleep(0.01)
+            keeper = await busy_instance(client, server, "open", IMAGE)
             # ... so a request with 100 ms left (10 ms over gRPC) cannot have its turn in time, one with a minute can
             tight = await client.post(
                 "/v1/models/open/predict",

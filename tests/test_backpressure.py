@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import httpx
 import pytest
 
-from conftest import IMAGES, YOLO11
+from conftest import IMAGES, YOLO11, busy_instance
 
 IMAGE = (IMAGES / "coffee.png").read_bytes()
 
@@ -49,11 +48,6 @@ async def _burst(url: str, count: int, params=None, timeout: float = 60) -> list
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
-def queue_depth(server, model="slow") -> float:
-    metrics = server.client.get("/metrics").text
-    return float(re.search(rf'kakehashi_queue_depth{{model="{model}",version="1"}} (\S+)', metrics).group(1))
-
-
 def stats(server, model="slow") -> dict:
     return server.client.get(f"/v2/models/{model}/stats").json()["model_stats"][0]
 
@@ -87,13 +81,8 @@ def test_past_deadline_is_504_and_never_inferred_once_expired_in_the_queue(serve
 def test_departed_clients_work_is_dropped(server):
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            # one request of 8 images keeps the single instance busy for a while ...
-            files = [("file", (f"{i}.png", IMAGE, "image/png")) for i in range(8)]
-            keeper = asyncio.ensure_future(client.post("/v1/models/slow/predict", files=files))
-            deadline = time.monotonic() + 30
-            while queue_depth(server) < 5:  # most of its images still wait: over 0.4 s of work ahead
-                assert time.monotonic() < deadline and not keeper.done(), "the 8 images never queued"
-                await asyncio.sleep(0.01)
+            # one request of 8 images keeps the single instance busy for a while (over 0.4 s of work ahead) ...
+            keeper = await busy_instance(client, server, "slow", IMAGE)
             # ... so two more queue behind it, and their clients give up long before their turn
             leavers = await _burst(server.url, 2, timeout=0.05)
             return await keeper, leavers

@@ -35,7 +35,7 @@ from kakehashi.backends import (
 )
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
-from kakehashi.batching.batcher import BatchResult, DynamicBatcher
+from kakehashi.batching.batcher import EWMA_WEIGHT, BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import (
     InferenceFailed,
@@ -646,7 +646,7 @@ class ModelHandle:
             found, post = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
         else:
             found, post = await self._in_pool(steps.finish, outputs, state)
-        self._postprocess_seconds += 0.1 * (post - self._postprocess_seconds)
+        self._postprocess_seconds += EWMA_WEIGHT * (post - self._postprocess_seconds)
         self.series.postprocess.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(queue), "inference": _ms(inference), "postprocess": _ms(post)}
         return ImagePrediction(shape, found, speed)

@@ -78,11 +78,9 @@ def _expand(source: str) -> Iterator[Path]:
 
 
 def video_frames(path: Path, every: int) -> Iterator[Item]:
-    """Every `every`-th frame of the video at `path`, decoded with PyAV (the `video` extra)."""
-    try:
-        import av
-    except ImportError:
-        raise InvalidInput(f"{path}: reading videos needs PyAV: pip install 'kakehashi[video]'") from None
+    """Every `every`-th frame of the video at `path`, decoded with PyAV."""
+    import av  # only jobs reading videos load it
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -14,6 +14,11 @@ def default_model_path() -> Path:
     return Path(str(resources.files("kakehashi") / "assets" / "models"))
 
 
+def coco_model_path() -> Path:
+    """The bundled COCO detector (YOLOX-Nano, 80 classes): a model folder, for streams and the worked examples."""
+    return Path(str(resources.files("kakehashi") / "assets" / "coco" / "yolox-nano-coco"))
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of a model; the defaults protect a server, every one is configurable."""

@@ -1,0 +1,197 @@
+"""Where events go: a webhook, an MQTT broker, a JSON-lines file. `send` returns once the sink has the event and
+raises otherwise; delivery retries, and the event's `id` lets the receiver drop the duplicates a retry can make."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Protocol
+
+import aiohttp
+import aiomqtt
+import orjson
+
+from kakehashi.events.event import Event
+
+
+class SinkError(Exception):
+    """The sink refused the event or could not be reached."""
+
+
+class Sink(Protocol):
+    """A destination for events. After `close` the sink may be used again: it reconnects on the next `send`."""
+
+    name: str
+
+    async def send(self, event: Event) -> None:
+        """Deliver one event; return only once the destination has it, raise otherwise."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _payload(event: Event) -> bytes:
+    return orjson.dumps(event.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class WebhookSink:
+    """HTTP POST of the event's JSON with `Idempotency-Key: <event id>`; any 2xx answer acknowledges it."""
+
+    def __init__(self, name: str, url: str, headers: dict[str, str] | None = None, timeout_seconds: float = 10) -> None:
+        self.name = name
+        self.url = url
+        self.headers = dict(headers or {})
+        self.timeout_seconds = timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, event: Event) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
+        headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": event.id}
+        try:
+            async with self._session.post(self.url, data=_payload(event), headers=headers) as response:
+                if not 200 <= response.status < 300:
+                    text = (await response.text(errors="replace"))[:200]
+                    raise SinkError(f"webhook {self.url} answered {response.status}: {text}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SinkError(f"webhook {self.url}: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class MqttSink:
+    """QoS 1 publish on `topic` (formatted with the event's `stream`, `rule` and `kind`); `send` returns when the
+    broker acknowledged (PUBACK). One connection is kept; a failed publish or a dropped connection closes it and the
+    next `send` reconnects."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int = 1883,
+        topic: str = "kakehashi/{stream}/{rule}",
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+        timeout_seconds: float = 10,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.topic = topic
+        self.username = username
+        self.password = password
+        self.client_id = client_id
+        self.timeout_seconds = timeout_seconds
+        self._connection: contextlib.AsyncExitStack | None = None
+        self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Task[None] | None = None
+
+    async def send(self, event: Event) -> None:
+        client, lost = await self._connect()
+        topic = self.topic.format(stream=event.stream, rule=event.rule, kind=event.kind)
+        publish = asyncio.ensure_future(client.publish(topic, _payload(event), qos=1, timeout=self.timeout_seconds))
+        try:
+            await asyncio.wait((publish, lost), return_when=asyncio.FIRST_COMPLETED)
+            if not publish.done():
+                raise SinkError(f"MQTT broker {self.host}:{self.port}: connection lost before PUBACK")
+            publish.result()
+        except aiomqtt.MqttError as exc:
+            await self.close()
+            raise SinkError(f"MQTT broker {self.host}:{self.port}: {exc}") from exc
+        except BaseException:
+            publish.cancel()
+            await self.close()
+            raise
+
+    async def _connect(self) -> tuple[aiomqtt.Client, asyncio.Task[None]]:
+        if self._client is not None and self._lost is not None and not self._lost.done():
+            return self._client, self._lost
+        await self.close()
+        stack = contextlib.AsyncExitStack()
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=self.client_id,
+            timeout=self.timeout_seconds,
+        )
+        try:
+            await stack.enter_async_context(client)
+        except aiomqtt.MqttError as exc:
+            raise SinkError(f"MQTT broker {self.host}:{self.port}: {exc}") from exc
+        self._connection, self._client = stack, client
+        self._lost = asyncio.create_task(self._watch(client))
+        return client, self._lost
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        """Ends when the connection drops (the sink subscribes to nothing, so no message ever arrives)."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for _ in client.messages:
+                pass
+
+    async def close(self) -> None:
+        lost, connection = self._lost, self._connection
+        self._lost = self._connection = self._client = None
+        if lost is not None:
+            lost.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lost
+        if connection is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await connection.aclose()
+
+
+class JsonlSink:
+    """Appends one JSON line per event to `path`, flushed and fsync'd on the sink's own thread."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._file: IO[bytes] | None = None
+
+    async def send(self, event: Event) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"jsonl-{self.name}")
+        line = _payload(event) + b"\n"
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._append, line)
+        except OSError as exc:
+            raise SinkError(f"JSONL file {self.path}: {exc}") from exc
+
+    def _append(self, line: bytes) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")
+        start = self._file.tell()
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, start)  # no half line before the retry's line
+            raise
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_file)
+            executor.shutdown()

@@ -1,0 +1,371 @@
+"""A live frame source: one stream read and decoded with PyAV in its own thread, offering only its latest frame.
+
+Sources: `rtsp://` (over TCP unless `options` say otherwise), `http(s)://` (MJPEG, HLS: ffmpeg's demuxers), a
+video file path or `file://` URL (paced at its own frame rate, by pts, so it behaves like a camera) and a device
+such as `/dev/video0` (v4l2). A live source that drops is connected again with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import av
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DECODE_WEIGHT = 0.1  # of the newest frame in the moving average of decode seconds
+FPS_WINDOW = 50  # frames over which the input frame rate is measured
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+class SourceState(str, Enum):
+    CONNECTING = "connecting"
+    RUNNING = "running"  # a frame came on the current connection
+    RECONNECTING = "reconnecting"  # lost (error, or a live source's end): waiting to connect again
+    FAILED = "failed"  # max_failures connections in a row failed, or the file does not exist
+    ENDED = "ended"  # a file (not looping) reached its end
+    STOPPED = "stopped"
+
+
+CLOSED = {SourceState.FAILED, SourceState.ENDED, SourceState.STOPPED}
+
+
+class SourceClosed(Exception):
+    """The source gives no more frames: stopped, ended or failed (`reason` says which and why)."""
+
+    def __init__(self, state: SourceState, reason: str) -> None:
+        super().__init__(f"{state.value}: {reason}" if reason else state.value)
+        self.state = state
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: `number` counts every frame read (skipped and dropped ones too), `time` is the wall
+    clock when it was offered, `pts` its presentation time in seconds (None when the stream has none)."""
+
+    image: Image.Image = field(repr=False)
+    number: int
+    time: float
+    pts: float | None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What to open: location and format for av.open, and how to name it in messages."""
+
+    location: str
+    format: str | None
+    options: dict[str, str]
+    where: str  # host:port or path
+    is_file: bool
+
+
+def _target(url: str, options: dict[str, str] | None) -> _Target:
+    given = dict(options or {})
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in DEFAULT_PORTS:
+        where = f"{parts.hostname}:{parts.port or DEFAULT_PORTS[scheme]}"
+        defaults = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
+        return _Target(url, None, defaults | given, where, is_file=False)
+    if scheme == "file":
+        path = unquote(parts.path)
+        return _Target(path, None, given, path, is_file=True)
+    if url.startswith("/dev/video"):
+        return _Target(url, "v4l2", given, url, is_file=False)
+    if scheme and "://" in url:  # rtmp, srt, udp...: whatever ffmpeg reads
+        return _Target(url, None, given, parts.hostname or url, is_file=False)
+    return _Target(url, None, given, url, is_file=True)
+
+
+class _Lost(Exception):
+    """A connection gave up: `reason` in a user's words, and whether it gave a frame first."""
+
+    def __init__(self, reason: str, got_frame: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.got_frame = got_frame
+
+
+class FrameSource:
+    """Reads one source in a daemon thread; `next()` hands the newest frame to coroutines on the given loop.
+
+    Only the latest frame is kept: a frame replaced before anyone took it counts in `dropped`; frames beyond the
+    `fps` cap are skipped before they are converted to images (`skipped`). `reconnects` counts the times the
+    source ran again after it was lost.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fps: float | None = None,
+        loop: bool = False,
+        reconnect_min_seconds: float = 0.5,
+        reconnect_max_seconds: float = 30.0,
+        max_failures: int | None = None,
+        open_timeout_seconds: float = 10.0,
+        read_timeout_seconds: float = 5.0,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.fps = fps
+        self.loop = loop
+        self.reconnect_min_seconds = reconnect_min_seconds
+        self.reconnect_max_seconds = max(reconnect_max_seconds, reconnect_min_seconds)
+        self.max_failures = max_failures
+        self.open_timeout_seconds = open_timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self._target = _target(url, options)
+        self.state = SourceState.CONNECTING
+        self.reason = ""
+        self.read = 0
+        self.dropped = 0
+        self.skipped = 0
+        self.reconnects = 0
+        self.decode_seconds = 0.0
+        self.last_frame_time: float | None = None
+        self.size: tuple[int, int] | None = None
+        self._read_times: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._latest: Frame | None = None
+        self._taken = True
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._next_due = 0.0  # monotonic time the fps cap lets the next frame through
+
+    # -- the consumer's side (event loop) ------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading in a daemon thread; waiters of `next()` on `loop` are woken from it."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name=f"frame-source {self._target.where}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop reading; waiters get SourceClosed. Joins the thread for at most `timeout` seconds (a read in
+        progress ends within the open/read timeouts, the daemon thread then exits by itself)."""
+        self._stopping.set()
+        self._set_state(SourceState.STOPPED, "stopped")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    async def next(self, after: int = 0) -> Frame:
+        """The newest frame numbered above `after`, waiting until one comes; SourceClosed once none will."""
+        if self._loop is None:
+            raise RuntimeError("FrameSource.next() before start()")
+        while True:
+            with self._lock:
+                frame = self._latest
+                if frame is not None and frame.number > after:
+                    self._taken = True
+                    return frame
+                if self.state in CLOSED:
+                    raise SourceClosed(self.state, self.reason)
+                waiter = self._loop.create_future()
+                self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+
+    def measured_fps(self) -> float:
+        """Frames read per second over the last ones (0 when fewer than two or none for the read timeout)."""
+        times = list(self._read_times)
+        if len(times) < 2 or time.monotonic() - times[-1] > self.read_timeout_seconds or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def status(self) -> dict:
+        """State, reason, counters, the measured input frame rate and the frame size, for the API."""
+        return {
+            "state": self.state.value,
+            "reason": self.reason,
+            "read": self.read,
+            "dropped": self.dropped,
+            "skipped": self.skipped,
+            "reconnects": self.reconnects,
+            "decode_ms": round(self.decode_seconds * 1000, 3),
+            "last_frame_time": self.last_frame_time,
+            "input_fps": round(self.measured_fps(), 2),
+            "fps_cap": self.fps,
+            "width": self.size[0] if self.size else None,
+            "height": self.size[1] if self.size else None,
+        }
+
+    # -- the reading thread -------------------------------------------------------------------------
+
+    def _set_state(self, state: SourceState, reason: str = "") -> None:
+        """Move to `state` unless already closed (nothing reopens a closed source); closing wakes the waiters."""
+        with self._lock:
+            if self.state in CLOSED or (state, reason) == (self.state, self.reason):
+                return
+            self.state, self.reason = state, reason
+            if state in CLOSED:
+                self._wake()
+        log.info("source %s: %s%s", self._target.where, state.value, f" ({reason})" if reason else "")
+
+    def _wake(self) -> None:
+        """Release every waiter on the loop (called with the lock held)."""
+        waiters, self._waiters = self._waiters, []
+        if waiters and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(_release, waiters)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _run(self) -> None:
+        failures = 0  # connections in a row that gave no frame
+        ran = False  # a connection ever gave a frame
+        while not self._stopping.is_set():
+            target = self._target
+            if target.is_file and not Path(target.location).is_file():
+                self._set_state(SourceState.FAILED, f"no such file: {target.location}")
+                return
+            try:
+                got_frame = self._connect(ran)
+                ended = True
+                reason = "" if target.is_file else f"the stream from {target.where} ended"
+            except _Lost as lost:
+                got_frame, ended, reason = lost.got_frame, False, lost.reason
+            if self._stopping.is_set():
+                return
+            ran = ran or got_frame
+            failures = 0 if got_frame else failures + 1
+            if target.is_file and ended:
+                if not self.loop:
+                    self._set_state(SourceState.ENDED, f"the end of {target.location}")
+                    return
+                if got_frame:
+                    continue  # start the file again at once
+                reason = f"no frame in {target.location}"
+            if self.max_failures is not None and failures >= self.max_failures:
+                self._set_state(SourceState.FAILED, f"{reason} ({failures} failed attempts in a row)")
+                return
+            delay = self._backoff(failures)
+            self._set_state(SourceState.RECONNECTING, reason)
+            self._stopping.wait(delay)
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait before connecting again: doubling per failure, with jitter, within min..max."""
+        ceiling = min(self.reconnect_max_seconds, self.reconnect_min_seconds * 2 ** max(failures - 1, 0))
+        return random.uniform(max(self.reconnect_min_seconds, ceiling / 2), ceiling)
+
+    def _connect(self, ran: bool) -> bool:
+        """One connection: open, read until its end; True if it gave a frame. Raises _Lost(reason, got_frame)."""
+        target = self._target
+        if self.state is not SourceState.RUNNING:
+            self._set_state(SourceState.RECONNECTING if ran else SourceState.CONNECTING, self.reason)
+        started = time.monotonic()
+        try:
+            container = av.open(
+                target.location,
+                format=target.format,
+                options=target.options,
+                timeout=(self.open_timeout_seconds, self.read_timeout_seconds),
+            )
+        except Exception as exc:  # every way a connection can fail becomes a reason
+            raise _Lost(self._open_error(exc, time.monotonic() - started), False) from exc
+        with container:
+            if not container.streams.video:
+                raise _Lost(f"no video in {target.where}", False)
+            return self._read_frames(container, ran)
+
+    def _read_frames(self, container: av.container.InputContainer, ran: bool) -> bool:
+        stream = container.streams.video[0]
+        got_frame = False
+        paced_from: tuple[float, float] | None = None  # (monotonic, pts) of a file's first frame
+        last_packet = time.monotonic()
+        try:
+            for packet in container.demux(stream):
+                last_packet = time.monotonic()
+                started = time.perf_counter()
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:  # a damaged packet (lost data on a live stream): the next key frame heals
+                    continue
+                if not frames:
+                    continue
+                per_frame = (time.perf_counter() - started) / len(frames)
+                for frame in frames:
+                    if self._stopping.is_set():
+                        return got_frame
+                    if self._target.is_file and frame.time is not None:
+                        paced_from = paced_from or (time.monotonic(), frame.time)
+                        if self._stopping.wait(paced_from[0] + frame.time - paced_from[1] - time.monotonic()):
+                            return got_frame
+                    self._take(frame, per_frame)
+                    if not got_frame:
+                        got_frame = True
+                        if ran and self.state is not SourceState.RUNNING:
+                            self.reconnects += 1
+                        self._set_state(SourceState.RUNNING)
+        except av.FFmpegError as exc:
+            silent = time.monotonic() - last_packet
+            if silent >= self.read_timeout_seconds * 0.9:
+                raise _Lost(
+                    f"no frame for {self.read_timeout_seconds:g} s from {self._target.where}", got_frame
+                ) from exc
+            raise _Lost(f"{exc.strerror} ({self._target.where})", got_frame) from exc
+        return got_frame
+
+    def _open_error(self, exc: Exception, elapsed: float) -> str:
+        where = self._target.where
+        if isinstance(exc, ConnectionRefusedError):
+            return f"connection refused by {where}"
+        if elapsed >= self.open_timeout_seconds * 0.9:
+            return f"no answer from {where} within {self.open_timeout_seconds:g} s"
+        if isinstance(exc, av.FFmpegError):
+            return f"cannot open {where}: {exc.strerror}"
+        return f"cannot open {where}: {exc}"
+
+    def _take(self, frame: av.VideoFrame, decode_seconds: float) -> None:
+        """Count a decoded frame; offer it as the latest unless the fps cap skips it."""
+        now = time.monotonic()
+        self._read_times.append(now)
+        self.read += 1
+        if self.fps:
+            if now < self._next_due:
+                self.skipped += 1
+                self._average_decode(decode_seconds)
+                return
+            interval = 1.0 / self.fps
+            self._next_due = max(self._next_due + interval, now + interval / 2)
+        started = time.perf_counter()
+        image = frame.to_image()
+        self._average_decode(decode_seconds + time.perf_counter() - started)
+        offered = Frame(image, self.read, time.time(), frame.time)
+        self.size = image.size
+        self.last_frame_time = offered.time
+        with self._lock:
+            if not self._taken:
+                self.dropped += 1
+            self._latest, self._taken = offered, False
+            self._wake()
+
+    def _average_decode(self, seconds: float) -> None:
+        if self.decode_seconds == 0.0:
+            self.decode_seconds = seconds
+        else:
+            self.decode_seconds += DECODE_WEIGHT * (seconds - self.decode_seconds)
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

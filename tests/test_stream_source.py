@@ -1,0 +1,255 @@
+"""FrameSource against a real RTSP server (GStreamer, in a child process) and real video files."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import inprocess
+from kakehashi.settings import default_model_path
+from kakehashi.streams.source import Frame, FrameSource, SourceClosed, SourceState
+from rtsp_server import RtspServer, free_port
+from stream_videos import make_walk_video, walk_frames
+
+SIZE = (640, 480)
+FAST_RECONNECT = {"reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
+
+
+@pytest.fixture(scope="module")
+def walk_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_walk_video(tmp_path_factory.mktemp("videos") / "walk.mp4", seconds=4.0)
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_walk_video(tmp_path_factory.mktemp("videos") / "short.mkv", seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def rtsp(walk_video: Path) -> Iterator[RtspServer]:
+    with RtspServer(walk_video) as server:
+        yield server
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def started(url: str, **kwargs) -> FrameSource:
+    source = FrameSource(url, **kwargs)
+    source.start(asyncio.get_running_loop())
+    return source
+
+
+def small(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((64, 48)), dtype=np.float32)
+
+
+def walk_position(frame: Frame, references: np.ndarray) -> tuple[int, float]:
+    """Which frame of the walk (100 frames) this picture is, and how far it is from it (mean absolute error)."""
+    errors = np.abs(references - small(frame.image)).mean(axis=(1, 2, 3))
+    return int(errors.argmin()), float(errors.min())
+
+
+def test_the_walk_video_shows_a_person_in_most_frames(walk_video):
+    handle = inprocess.load(default_model_path())
+    found = []
+    with av.open(str(walk_video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index % 10 == 0:
+                buffer = io.BytesIO()
+                frame.to_image().save(buffer, "PNG")
+                results = inprocess.predict(handle, buffer.getvalue())[0].results
+                found.append(any(r["name"] == "person" for r in results))
+    assert index == 99 and (frame.width, frame.height) == SIZE
+    assert len(found) == 10 and sum(found) >= 8
+
+
+def test_frames_arrive_from_the_rtsp_server(rtsp):
+    references = np.stack([small(image) for image in walk_frames(100, SIZE)])
+
+    async def scenario() -> list[Frame]:
+        source = await started(rtsp.url)
+        try:
+            frames, number = [], 0
+            while len(frames) < 30:
+                frame = await asyncio.wait_for(source.next(number), 15)
+                frames.append(frame)
+                number = frame.number
+            assert source.state is SourceState.RUNNING and source.reason == ""
+            status = source.status()
+            assert status["state"] == "running" and status["read"] >= 30 and status["width"] == 640
+            assert status["input_fps"] > 10 and status["decode_ms"] > 0
+            return frames
+        finally:
+            source.stop()
+
+    frames = asyncio.run(scenario())
+    numbers = [frame.number for frame in frames]
+    assert numbers == sorted(set(numbers))
+    assert all(frame.image.size == SIZE and frame.image.mode == "RGB" for frame in frames)
+    positions = [walk_position(frame, references) for frame in frames]
+    assert max(error for _, error in positions) < 12  # each frame is a picture of the walk (H.264 twice over)
+    steps = [b[0] - a[0] for a, b in zip(positions, positions[1:])]
+    assert sum(step > 0 for step in steps) >= len(steps) - 2  # the astronaut walks right (allowing one loop)
+
+
+def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
+    server = RtspServer(walk_video).start()
+
+    async def scenario() -> None:
+        source = await started(server.url, read_timeout_seconds=3.0, **FAST_RECONNECT)
+        try:
+            before = await asyncio.wait_for(source.next(0), 15)
+            assert source.state is SourceState.RUNNING and source.reconnects == 0
+            server.stop()
+            await until(lambda: source.state is SourceState.RECONNECTING, 10, "reconnecting after the cable is pulled")
+            assert f"127.0.0.1:{server.port}" in source.reason
+            server.start()
+            await until(lambda: source.state is SourceState.RUNNING, 20, "running again after the server came back")
+            after = await asyncio.wait_for(source.next(before.number), 10)
+            assert after.number > before.number and after.image.size == SIZE
+            assert source.reconnects >= 1
+        finally:
+            source.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_a_slow_consumer_gets_the_latest_frame_and_nothing_queues(rtsp):
+    async def scenario() -> None:
+        source = await started(rtsp.url)
+        try:
+            first = await asyncio.wait_for(source.next(0), 15)
+            await asyncio.sleep(0.5)  # past the first burst: the source now reads at 25 fps
+            numbers, dropped = [first.number], [source.dropped]
+            for _ in range(8):
+                await asyncio.sleep(0.3)  # the slow consumer's work
+                numbers.append((await asyncio.wait_for(source.next(numbers[-1]), 5)).number)
+                dropped.append(source.dropped)
+            jumps = [b - a for a, b in zip(numbers, numbers[1:])]
+            assert min(jumps[1:]) >= 3, jumps  # 0.3 s at 25 fps: about 7 frames later each time
+            assert dropped == sorted(dropped) and dropped[-1] - dropped[1] >= 5 * 7 - 10
+            assert source.dropped + len(numbers) - 1 >= numbers[-1] - numbers[0]  # every frame read: taken or dropped
+            gc.collect()
+            assert sum(isinstance(obj, Frame) for obj in gc.get_objects()) <= 2  # the latest (and none queued)
+        finally:
+            source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_fps_cap_skips_frames_before_they_are_offered(walk_video):
+    async def scenario() -> None:
+        source = await started(str(walk_video), fps=5, loop=True)
+        try:
+            number = (await asyncio.wait_for(source.next(0), 10)).number
+            offered, deadline = 0, time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                number = (await asyncio.wait_for(source.next(number), 5)).number
+                offered += 1
+            assert 6 <= offered <= 14, offered  # 5 a second for 2 s
+            assert source.skipped >= 2 * offered and source.dropped <= 1
+            assert 20 <= source.measured_fps() <= 30  # the input is still read at its own 25 fps
+        finally:
+            source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_file_ends_or_loops(short_video):
+    async def to_the_end() -> tuple[list[Frame], float, SourceClosed]:
+        source = await started(f"file://{short_video}")
+        frames, number, began = [], 0, time.monotonic()
+        try:
+            while True:
+                frames.append(frame := await asyncio.wait_for(source.next(number), 5))
+                number = frame.number
+        except SourceClosed as closed:
+            return frames, time.monotonic() - began, closed
+
+    frames, seconds, closed = asyncio.run(to_the_end())
+    assert closed.state is SourceState.ENDED and str(short_video) in closed.reason
+    assert frames[-1].number == 25 and frames[-1].pts == pytest.approx(0.96, abs=0.05)
+    assert seconds >= 0.8  # paced at 25 fps like a camera, not read as fast as it decodes
+
+    async def looping() -> None:
+        source = await started(str(short_video), loop=True)
+        try:
+            await until(lambda: source.read > 40, 5, "reading past the end of a 25-frame file")
+            frame = await asyncio.wait_for(source.next(25), 5)
+            assert source.state is SourceState.RUNNING and frame.pts is not None and frame.pts < 0.96
+            assert source.reconnects == 0
+        finally:
+            source.stop()
+
+    asyncio.run(looping())
+
+
+def test_a_missing_file_fails_at_once(tmp_path):
+    async def scenario() -> None:
+        source = await started(str(tmp_path / "nope.mp4"), max_failures=5)
+        with pytest.raises(SourceClosed) as closed:
+            await asyncio.wait_for(source.next(0), 5)
+        assert closed.value.state is SourceState.FAILED and "no such file" in closed.value.reason
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_url_fails_after_max_failures():
+    port = free_port()
+
+    async def scenario() -> None:
+        source = await started(f"rtsp://127.0.0.1:{port}/cam", max_failures=3, **FAST_RECONNECT)
+        seen = set()
+        await until(lambda: seen.add(source.state) or source.state is SourceState.FAILED, 10, "failed")
+        assert SourceState.RECONNECTING in seen
+        assert source.reason.startswith(f"connection refused by 127.0.0.1:{port}") and "3 failed" in source.reason
+        with pytest.raises(SourceClosed, match=f"refused by 127.0.0.1:{port}"):
+            await source.next(0)
+
+    asyncio.run(scenario())
+
+
+def test_stop_returns_promptly_while_a_connection_hangs():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+
+        async def scenario() -> None:
+            source = await started(f"rtsp://127.0.0.1:{port}/cam", open_timeout_seconds=3.0)
+            connection, _ = await asyncio.to_thread(listener.accept)  # it connected; nothing will ever answer
+            with connection:
+                waiting = asyncio.ensure_future(source.next(0))
+                await asyncio.sleep(0.2)
+                assert source.state is SourceState.CONNECTING and not waiting.done()
+                began = time.monotonic()
+                source.stop(timeout=0.5)
+                assert time.monotonic() - began < 1.0
+                with pytest.raises(SourceClosed, match="stopped"):
+                    await asyncio.wait_for(waiting, 1)
+                assert source._thread is not None
+                thread = source._thread
+                await until(lambda: not thread.is_alive(), 6, "the reading thread ends after its open timeout")
+                assert source.state is SourceState.STOPPED
+
+        asyncio.run(scenario())

@@ -68,23 +68,32 @@ def test_untracked_and_first_seen_detections_count_nothing() -> None:
 
 # an L: the square (0, 0)-(100, 100) without its bottom-right quarter (40, 40)-(100, 100)
 L_SHAPE = [(0, 0), (100, 0), (100, 40), (40, 40), (40, 100), (0, 100)]
+# a dart pointing right, its notch on the left: at height y its inside runs from the edge (0, 0)-(40, 50), x = 0.8 y,
+# to the edge (0, 0)-(100, 50), x = 2 y (for y <= 50)
+DART = [(0, 0), (100, 50), (0, 100), (40, 50)]
 
 
 @pytest.mark.parametrize(
-    ("point", "inside"),
+    ("polygon", "point", "inside"),
     [
-        ((20, 80), True),  # lower arm
-        ((80, 20), True),  # upper arm
-        ((20, 20), True),  # the corner where the arms meet
-        ((80, 80), False),  # the notch: inside the bounding box, outside the L
-        ((60, 60), False),
-        ((150, 20), False),
-        ((-5, 50), False),
+        (L_SHAPE, (20, 80), True),  # lower arm
+        (L_SHAPE, (80, 20), True),  # upper arm
+        (L_SHAPE, (20, 20), True),  # the corner where the arms meet
+        (L_SHAPE, (80, 80), False),  # the notch: inside the bounding box, outside the L
+        (L_SHAPE, (60, 60), False),
+        (L_SHAPE, (150, 20), False),
+        (L_SHAPE, (-5, 50), False),
+        (DART, (60, 50), True),  # between the notch's tip (40) and the point (100)
+        (DART, (80, 45), True),  # 36 < 80 < 90
+        (DART, (95, 45), False),  # past the slanted edge at 90
+        (DART, (30, 20), True),  # 16 < 30 < 40
+        (DART, (10, 20), False),  # in the notch
+        (DART, (20, 50), False),  # in the notch
     ],
 )
-def test_point_in_concave_polygon(point: tuple[float, float], inside: bool) -> None:
-    assert inside_polygon(point, L_SHAPE) is inside
-    assert PolygonZone("l", L_SHAPE).contains(detection(*point)) is inside
+def test_point_in_concave_polygon(polygon: list[tuple[float, float]], point: tuple[float, float], inside: bool) -> None:
+    assert inside_polygon(point, polygon) is inside
+    assert PolygonZone("p", polygon).contains(detection(*point)) is inside
 
 
 def test_dwell_counts_from_entry_survives_a_missed_frame_and_resets_on_leaving() -> None:
@@ -119,7 +128,10 @@ def test_presence_rule_fires_after_consecutive_frames_and_once_per_cooldown() ->
     config = AnalyticsConfig.model_validate(
         {
             "zones": [{"name": "desk", "points": [[0, 0], [400, 0], [400, 400], [0, 400]]}],
-            "rules": [{"kind": "presence", "name": "at desk", "classes": ["person"], "zone": "desk", "frames": 3}],
+            "rules": [
+                {"kind": "presence", "name": "at desk", "classes": ["person"], "zone": "desk", "frames": 3},
+                {"kind": "presence", "name": "every third", "frames": 3, "cooldown_seconds": 0},
+            ],
         }
     )
     analytics = Analytics("cam1", config)
@@ -128,6 +140,11 @@ def test_presence_rule_fires_after_consecutive_frames_and_once_per_cooldown() ->
         analysis = analytics.update(frame, 1000.0 + frame * 0.5, [detection(200, 300, confidence=confidence)])
         assert [d["track_id"] for d in analysis.detections] == [1]  # the tracker keeps the low-score frames
         events += analysis.events
+    by_rule = {rule: [e for e in events if e.rule == rule] for rule in ("at desk", "every third")}
+    # no cooldown: each event restarts the count, so a run of satisfied frames fires on every third of its frames
+    # (runs: frames 2-20 and 26-55)
+    assert [e.frame for e in by_rule["every third"]] == [*range(4, 21, 3), *range(28, 56, 3)]
+    events = by_rule["at desk"]
     assert [e.frame for e in events] == expected_frames
     assert [e.frame_time for e in events] == [1000.0 + f * 0.5 for f in expected_frames]
     assert {(e.rule, e.kind, e.track_id, e.stream) for e in events} == {("at desk", "presence", 1, "cam1")}

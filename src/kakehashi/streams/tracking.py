@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 _STD_POSITION = 1 / 20  # position noise, relative to the box height (as in ByteTrack / DeepSORT)
 _STD_VELOCITY = 1 / 160  # velocity noise, relative to the box height
@@ -102,6 +101,8 @@ def _associate(
     the matches, the unmatched tracks and the unmatched detections."""
     if not tracks or not candidates:
         return [], list(tracks), list(candidates)
+    from scipy.optimize import linear_sum_assignment  # 0.6 s and 60 MB: loaded by the first stream that tracks
+
     iou = iou_matrix(np.array([t.kalman.box() for t in tracks]), boxes[candidates])
     cost = np.where(iou >= min_iou, 1.0 - iou, _NO_MATCH)
     rows, cols = linear_sum_assignment(cost)

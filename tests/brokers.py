@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import socket
 import subprocess
 import time
@@ -55,8 +56,8 @@ class Mosquitto:
         self.directory = directory
         self.config = directory / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"persistence {str(persistence).lower()}"]
-        if persistence:
-            lines.append(f"persistence_location {directory}/")
+        if persistence:  # `user`: started as root, mosquitto would drop to a user that cannot write here
+            lines += [f"persistence_location {directory}/", f"user {getpass.getuser()}"]
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -103,6 +104,10 @@ class WebhookReceiver:
             return web.Response(status=503, text="not yet")
         self.bodies.append(orjson.loads(await request.read()))
         return web.Response(status=200)
+
+    def fail_next(self, attempts: int) -> None:
+        """Answer 503 to the next `attempts` attempts (0: accept from now on)."""
+        self.fail_first = len(self.attempts) + attempts
 
     def unique(self) -> list[dict[str, Any]]:
         """The accepted bodies with duplicates (same id) removed, in arrival order."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -118,10 +120,11 @@ def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
             assert source.state is SourceState.RUNNING and source.reconnects == 0
             server.stop()
             await until(lambda: source.state is SourceState.RECONNECTING, 10, "reconnecting after the cable is pulled")
-            assert f"127.0.0.1:{server.port}" in source.reason
+            assert f"127.0.0.1:{server.port}" in source.reason  # "the stream from ... ended" (or reset)
+            lost_at = source.read  # frames numbered above it come from the new connection
             server.start()
             await until(lambda: source.state is SourceState.RUNNING, 20, "running again after the server came back")
-            after = await asyncio.wait_for(source.next(before.number), 10)
+            after = await asyncio.wait_for(source.next(lost_at), 10)
             assert after.number > before.number and after.image.size == SIZE
             assert source.reconnects >= 1
         finally:
@@ -130,6 +133,32 @@ def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
     try:
         asyncio.run(scenario())
     finally:
+        server.stop()
+
+
+def test_a_frozen_server_is_left_after_the_read_timeout(walk_video):
+    server = RtspServer(walk_video).start()
+    assert server.process is not None
+    pid = server.process.pid
+
+    async def scenario() -> None:
+        source = await started(server.url, read_timeout_seconds=1.0, **FAST_RECONNECT)
+        try:
+            before = await asyncio.wait_for(source.next(0), 15)
+            os.kill(pid, signal.SIGSTOP)  # the connection stays up, nothing comes
+            await until(lambda: source.state is SourceState.RECONNECTING, 8, "reconnecting when frames stop")
+            assert source.reason == f"no frame for 1 s from 127.0.0.1:{server.port}"
+            lost_at = source.read  # frames numbered above it come from the new connection
+            os.kill(pid, signal.SIGCONT)
+            after = await asyncio.wait_for(source.next(lost_at), 15)
+            assert source.state is SourceState.RUNNING and source.reconnects == 1 and after.number > before.number
+        finally:
+            source.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.kill(pid, signal.SIGCONT)
         server.stop()
 
 

@@ -309,12 +309,12 @@ class FrameSource:
                         paced_from = paced_from or (time.monotonic(), frame.time)
                         if self._stopping.wait(paced_from[0] + frame.time - paced_from[1] - time.monotonic()):
                             return got_frame
-                    self._take(frame, per_frame)
-                    if not got_frame:
+                    if not got_frame:  # running before the frame is offered: whoever takes it sees RUNNING
                         got_frame = True
                         if ran and self.state is not SourceState.RUNNING:
                             self.reconnects += 1
                         self._set_state(SourceState.RUNNING)
+                    self._take(frame, per_frame)
         except av.FFmpegError as exc:
             silent = time.monotonic() - last_packet
             if silent >= self.read_timeout_seconds * 0.9:

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from brokers import Mosquitto, WebhookReceiver, eventually
+from kakehashi.events import delivery as delivery_module
 from kakehashi.events.config import EventsConfig, build_sinks
 from kakehashi.events.delivery import Delivery
 from kakehashi.events.event import Event
@@ -189,6 +190,35 @@ def test_a_restarted_delivery_drains_the_backlog_in_order(tmp_path: Path) -> Non
                 await delivery.stop()
         assert [body["id"] for body in receiver.unique()] == [event.id for event in events]
         assert len(receiver.bodies) == len(events)
+
+    asyncio.run(scenario())
+
+
+def test_wake_starts_delivery_at_once_and_the_poll_is_only_a_fallback(tmp_path: Path, monkeypatch) -> None:
+    sink = "hook-wake"
+    monkeypatch.setattr(delivery_module, "POLL_SECONDS", 3600.0)  # only `wake` can start a delivery here
+
+    async def scenario() -> None:
+        async with WebhookReceiver() as receiver, Outbox(tmp_path / "outbox.db", [sink]) as outbox:
+            delivery = Delivery(outbox, [WebhookSink(sink, receiver.url)])
+            delivery_module.QUEUED.labels(sink).set(-1)  # the task sets it after reading the outbox, then waits
+            delivery.start()
+            await eventually(lambda: metric("kakehashi_sink_queued", sink) == 0, 5, "the task to find nothing")
+            await outbox.record([make_event(0)])
+            with pytest.raises(TimeoutError):  # recorded but not woken: the task sleeps on
+                await eventually(lambda: bool(receiver.bodies), 0.5, "an unwoken delivery")
+            delivery.wake()
+            await eventually(lambda: len(receiver.bodies) == 1, 5, "the woken delivery")
+            await delivery.stop()
+
+            monkeypatch.setattr(delivery_module, "POLL_SECONDS", 0.2)
+            delivery_module.QUEUED.labels(sink).set(-1)
+            delivery.start()
+            await eventually(lambda: metric("kakehashi_sink_queued", sink) == 0, 5, "the task to find nothing")
+            await outbox.record([make_event(1)])  # no wake: the poll finds it
+            await eventually(lambda: len(receiver.bodies) == 2, 5, "the polled delivery")
+            await delivery.stop()
+        assert [body["frame"] for body in receiver.bodies] == [0, 1]
 
     asyncio.run(scenario())
 

@@ -48,8 +48,8 @@ def _accepts(port: int) -> bool:
 
 
 class Mosquitto:
-    """A mosquitto broker on 127.0.0.1 and a free port. `persistence` keeps sessions (and their queued QoS 1
-    messages) across `restart`, which stays on the same port."""
+    """A mosquitto broker on 127.0.0.1 and a free port; `start` after `stop` restarts it on the same port.
+    `persistence` keeps sessions (and the QoS 1 messages queued for them) across such a restart."""
 
     def __init__(self, directory: Path, persistence: bool = False) -> None:
         self.port = free_port()
@@ -74,10 +74,6 @@ class Mosquitto:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def __enter__(self) -> Mosquitto:
         self.start()

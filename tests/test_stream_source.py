@@ -110,6 +110,19 @@ def test_frames_arrive_from_the_rtsp_server(rtsp):
     assert sum(step > 0 for step in steps) >= len(steps) - 2  # the astronaut walks right (allowing one loop)
 
 
+def test_the_rtsp_server_loops_its_video(short_video):
+    async def scenario(server: RtspServer) -> None:
+        source = await started(server.url)
+        try:
+            await until(lambda: source.read > 60, 10, "more frames than the 25 of the file")
+            assert source.state is SourceState.RUNNING and source.reconnects == 0
+        finally:
+            source.stop()
+
+    with RtspServer(short_video) as server:
+        asyncio.run(scenario(server))
+
+
 def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
     server = RtspServer(walk_video).start()
 

@@ -20,8 +20,9 @@ from kakehashi.events import delivery as delivery_module
 from kakehashi.events.config import EventsConfig, build_sinks
 from kakehashi.events.delivery import Delivery
 from kakehashi.events.event import Event
+from kakehashi.events.mqtt import MqttSink
 from kakehashi.events.outbox import Outbox
-from kakehashi.events.sinks import JsonlSink, MqttSink, WebhookSink
+from kakehashi.events.sinks import JsonlSink, WebhookSink
 from test_outbox import make_event
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kakehashi.events.sinks import JsonlSink, MqttSink, Sink, WebhookSink
+from kakehashi.events.sinks import JsonlSink, Sink, WebhookSink
 
 _TOPIC_FIELDS = {"stream", "rule", "kind"}
 
@@ -85,6 +85,8 @@ def build_sinks(config: EventsConfig) -> list[Sink]:
         if isinstance(sink, WebhookConfig):
             sinks.append(WebhookSink(name, sink.url, sink.headers, sink.timeout_seconds))
         elif isinstance(sink, MqttConfig):
+            from kakehashi.events.mqtt import MqttSink  # aiomqtt only where an MQTT sink is configured
+
             sinks.append(MqttSink(name, sink.host, sink.port, sink.topic, sink.username, sink.password, sink.client_id))
         else:
             sinks.append(JsonlSink(name, sink.path))

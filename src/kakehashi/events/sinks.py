@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import aiohttp
-import aiomqtt
 import orjson
 
 from kakehashi.events.event import Event
@@ -33,7 +32,7 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-def _payload(event: Event) -> bytes:
+def payload(event: Event) -> bytes:
     return orjson.dumps(event.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -52,7 +51,7 @@ class WebhookSink:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
         headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": event.id}
         try:
-            async with self._session.post(self.url, data=_payload(event), headers=headers) as response:
+            async with self._session.post(self.url, data=payload(event), headers=headers) as response:
                 if not 200 <= response.status < 300:
                     text = (await response.text(errors="replace"))[:200]
                     raise SinkError(f"webhook {self.url} answered {response.status}: {text}")
@@ -63,91 +62,6 @@ class WebhookSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-class MqttSink:
-    """QoS 1 publish on `topic` (formatted with the event's `stream`, `rule` and `kind`); `send` returns when the
-    broker acknowledged (PUBACK). One connection is kept; a failed publish or a dropped connection closes it and the
-    next `send` reconnects."""
-
-    def __init__(
-        self,
-        name: str,
-        host: str,
-        port: int = 1883,
-        topic: str = "kakehashi/{stream}/{rule}",
-        username: str | None = None,
-        password: str | None = None,
-        client_id: str | None = None,
-        timeout_seconds: float = 10,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self.topic = topic
-        self.username = username
-        self.password = password
-        self.client_id = client_id
-        self.timeout_seconds = timeout_seconds
-        self._connection: contextlib.AsyncExitStack | None = None
-        self._client: aiomqtt.Client | None = None
-        self._lost: asyncio.Task[None] | None = None
-
-    async def send(self, event: Event) -> None:
-        client, lost = await self._connect()
-        topic = self.topic.format(stream=event.stream, rule=event.rule, kind=event.kind)
-        publish = asyncio.ensure_future(client.publish(topic, _payload(event), qos=1, timeout=self.timeout_seconds))
-        try:
-            await asyncio.wait((publish, lost), return_when=asyncio.FIRST_COMPLETED)
-            if not publish.done():
-                raise SinkError(f"MQTT broker {self.host}:{self.port}: connection lost before PUBACK")
-            publish.result()
-        except aiomqtt.MqttError as exc:
-            await self.close()
-            raise SinkError(f"MQTT broker {self.host}:{self.port}: {exc}") from exc
-        except BaseException:
-            publish.cancel()
-            await self.close()
-            raise
-
-    async def _connect(self) -> tuple[aiomqtt.Client, asyncio.Task[None]]:
-        if self._client is not None and self._lost is not None and not self._lost.done():
-            return self._client, self._lost
-        await self.close()
-        stack = contextlib.AsyncExitStack()
-        client = aiomqtt.Client(
-            self.host,
-            self.port,
-            username=self.username,
-            password=self.password,
-            identifier=self.client_id,
-            timeout=self.timeout_seconds,
-        )
-        try:
-            await stack.enter_async_context(client)
-        except aiomqtt.MqttError as exc:
-            raise SinkError(f"MQTT broker {self.host}:{self.port}: {exc}") from exc
-        self._connection, self._client = stack, client
-        self._lost = asyncio.create_task(self._watch(client))
-        return client, self._lost
-
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        """Ends when the connection drops (the sink subscribes to nothing, so no message ever arrives)."""
-        with contextlib.suppress(aiomqtt.MqttError):
-            async for _ in client.messages:
-                pass
-
-    async def close(self) -> None:
-        lost, connection = self._lost, self._connection
-        self._lost = self._connection = self._client = None
-        if lost is not None:
-            lost.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lost
-        if connection is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await connection.aclose()
 
 
 class JsonlSink:
@@ -162,7 +76,7 @@ class JsonlSink:
     async def send(self, event: Event) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"jsonl-{self.name}")
-        line = _payload(event) + b"\n"
+        line = payload(event) + b"\n"
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._append, line)
         except OSError as exc:

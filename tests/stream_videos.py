@@ -49,3 +49,16 @@ def make_walk_video(path: Path, seconds: float = 4.0, fps: int = 25, size: tuple
             container.mux(stream.encode(av.VideoFrame.from_image(image)))
         container.mux(stream.encode())
     return path
+
+
+def make_hls(video: Path, folder: Path, segment_seconds: float = 1.0) -> Path:
+    """Remux `video` into an HLS playlist `cam.m3u8` (with all its segments) in `folder`; returns the playlist."""
+    playlist = folder / "cam.m3u8"
+    options = {"hls_time": f"{segment_seconds:g}", "hls_list_size": "0"}
+    with av.open(str(video)) as source, av.open(str(playlist), "w", format="hls", options=options) as output:
+        stream = output.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:  # not the demuxer's final empty packet
+                packet.stream = stream
+                output.mux(packet)
+    return playlist

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import http.server
 import io
+import itertools
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +24,7 @@ import inprocess
 from kakehashi.settings import default_model_path
 from kakehashi.streams.source import Frame, FrameSource, SourceClosed, SourceState
 from rtsp_server import RtspServer, free_port
-from stream_videos import make_walk_video, walk_frames
+from stream_videos import make_hls, make_walk_video, walk_frames
 
 SIZE = (640, 480)
 FAST_RECONNECT = {"reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
@@ -40,6 +44,47 @@ def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rtsp(walk_video: Path) -> Iterator[RtspServer]:
     with RtspServer(walk_video) as server:
         yield server
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Files from the server's folder (HLS), and /mjpeg: the walk as an endless multipart JPEG stream."""
+
+    jpegs: list[bytes] = []
+
+    def do_GET(self) -> None:
+        if self.path != "/mjpeg":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for data in itertools.cycle(self.jpegs):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                self.wfile.write(data + b"\r\n")
+                time.sleep(0.04)  # a 25 fps camera
+        except OSError:  # the reader went away
+            pass
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_camera(walk_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """http://127.0.0.1:PORT serving /mjpeg and /cam.m3u8 (HLS of the walk, one-second segments)."""
+    folder = make_hls(walk_video, tmp_path_factory.mktemp("hls")).parent
+    jpegs = []
+    for image in walk_frames(100, SIZE):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    handler = type("Handler", (_Handler,), {"jpegs": jpegs})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -121,6 +166,26 @@ def test_the_rtsp_server_loops_its_video(short_video):
 
     with RtspServer(short_video) as server:
         asyncio.run(scenario(server))
+
+
+@pytest.mark.parametrize("path", ["/mjpeg", "/cam.m3u8"])
+def test_frames_arrive_over_http(http_camera, path):
+    references = np.stack([small(image) for image in walk_frames(100, SIZE)])
+
+    async def scenario() -> list[Frame]:
+        source = await started(http_camera + path)
+        try:
+            frames = [await asyncio.wait_for(source.next(0), 10)]
+            for _ in range(9):
+                frames.append(await asyncio.wait_for(source.next(frames[-1].number), 5))
+            assert source.state is SourceState.RUNNING
+            return frames
+        finally:
+            source.stop()
+
+    frames = asyncio.run(scenario())
+    assert all(frame.image.size == SIZE for frame in frames)
+    assert max(walk_position(frame, references)[1] for frame in frames) < 12
 
 
 def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):

@@ -59,7 +59,7 @@ class AnalyticsConfig(ConfigModel):
 @dataclass(frozen=True)
 class FrameAnalysis:
     """One frame: `detections` (with `track_id` when tracking; untracked detections are left out then),
-    `zones` {name: {count, counts, tracks: {track_id: dwell seconds}}}, `lines` {name: {in, out}} (running counts),
+    `zones` {name: {count, counts, tracks: {track_id (as text, a JSON key): dwell seconds}}}, `lines` {name: {in, out}} (running counts),
     and the rules' `events`."""
 
     detections: list[dict[str, Any]]
@@ -90,7 +90,11 @@ class Analytics:
         return FrameAnalysis(
             detections=tracked,
             zones={
-                name: {"count": state.count, "counts": state.counts, "tracks": state.dwell}
+                name: {
+                    "count": state.count,
+                    "counts": state.counts,
+                    "tracks": {str(track): seconds for track, seconds in state.dwell.items()},
+                }
                 for name, state in zones.items()
             },
             lines={line.name: {"in": line.in_count, "out": line.out_count} for line in self._lines},

@@ -103,7 +103,7 @@ class FrameSource:
 
     Only the latest frame is kept: a frame replaced before anyone took it counts in `dropped`; frames beyond the
     `fps` cap are skipped before they are converted to images (`skipped`). `reconnects` counts the times the
-    source ran again after it was lost.
+    source ran again after it was lost or failed to connect.
     """
 
     def __init__(
@@ -160,7 +160,7 @@ class FrameSource:
         progress ends within the open/read timeouts, the daemon thread then exits by itself)."""
         self._stopping.set()
         self._set_state(SourceState.STOPPED, "stopped")
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join(timeout)
 
     async def next(self, after: int = 0) -> Frame:
@@ -230,22 +230,27 @@ class FrameSource:
                 pass
 
     def _run(self) -> None:
+        try:
+            self._read_until_closed()
+        except Exception as exc:  # a bug must not leave the source looking alive
+            log.exception("source %s: the reading thread failed", self._target.where)
+            self._set_state(SourceState.FAILED, f"internal error: {exc}")
+
+    def _read_until_closed(self) -> None:
         failures = 0  # connections in a row that gave no frame
-        ran = False  # a connection ever gave a frame
         while not self._stopping.is_set():
             target = self._target
             if target.is_file and not Path(target.location).is_file():
                 self._set_state(SourceState.FAILED, f"no such file: {target.location}")
                 return
             try:
-                got_frame = self._connect(ran)
+                got_frame = self._connect()
                 ended = True
                 reason = "" if target.is_file else f"the stream from {target.where} ended"
             except _Lost as lost:
                 got_frame, ended, reason = lost.got_frame, False, lost.reason
             if self._stopping.is_set():
                 return
-            ran = ran or got_frame
             failures = 0 if got_frame else failures + 1
             if target.is_file and ended:
                 if not self.loop:
@@ -266,11 +271,9 @@ class FrameSource:
         ceiling = min(self.reconnect_max_seconds, self.reconnect_min_seconds * 2 ** max(failures - 1, 0))
         return random.uniform(max(self.reconnect_min_seconds, ceiling / 2), ceiling)
 
-    def _connect(self, ran: bool) -> bool:
+    def _connect(self) -> bool:
         """One connection: open, read until its end; True if it gave a frame. Raises _Lost(reason, got_frame)."""
         target = self._target
-        if self.state is not SourceState.RUNNING:
-            self._set_state(SourceState.RECONNECTING if ran else SourceState.CONNECTING, self.reason)
         started = time.monotonic()
         try:
             container = av.open(
@@ -284,9 +287,9 @@ class FrameSource:
         with container:
             if not container.streams.video:
                 raise _Lost(f"no video in {target.where}", False)
-            return self._read_frames(container, ran)
+            return self._read_frames(container)
 
-    def _read_frames(self, container: av.container.InputContainer, ran: bool) -> bool:
+    def _read_frames(self, container: av.container.InputContainer) -> bool:
         stream = container.streams.video[0]
         got_frame = False
         paced_from: tuple[float, float] | None = None  # (monotonic, pts) of a file's first frame
@@ -311,7 +314,7 @@ class FrameSource:
                             return got_frame
                     if not got_frame:  # running before the frame is offered: whoever takes it sees RUNNING
                         got_frame = True
-                        if ran and self.state is not SourceState.RUNNING:
+                        if self.state is SourceState.RECONNECTING:
                             self.reconnects += 1
                         self._set_state(SourceState.RUNNING)
                     self._take(frame, per_frame)

@@ -155,9 +155,10 @@ class FrameSource:
         self._thread = threading.Thread(target=self._run, name=f"frame-source {self._target.where}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop reading; waiters get SourceClosed. Joins the thread for at most `timeout` seconds (a read in
-        progress ends within the open/read timeouts, the daemon thread then exits by itself)."""
+    def stop(self, timeout: float = 0.5) -> None:
+        """Stop reading; waiters get SourceClosed. Joins the thread for at most `timeout` seconds, short as it may
+        run on the event loop (a read still in progress ends within the open/read timeouts, then the daemon thread
+        exits by itself)."""
         self._stopping.set()
         self._set_state(SourceState.STOPPED, "stopped")
         if self._thread is not None:

@@ -59,8 +59,8 @@ class AnalyticsConfig(ConfigModel):
 @dataclass(frozen=True)
 class FrameAnalysis:
     """One frame: `detections` (with `track_id` when tracking; untracked detections are left out then),
-    `zones` {name: {count, counts, tracks: {track_id (as text, a JSON key): dwell seconds}}}, `lines` {name: {in, out}} (running counts),
-    and the rules' `events`."""
+    `zones` {name: {count, counts, tracks: {track_id (as text, a JSON key): dwell seconds}}}, `lines`
+    {name: {in, out}} (running counts), and the rules' `events`."""
 
     detections: list[dict[str, Any]]
     zones: dict[str, dict[str, Any]]

@@ -10,7 +10,7 @@ import jsonschema
 import numpy as np
 import orjson
 import pytest
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from conftest import image_bytes, quick_model
 from inprocess import load, predict
@@ -39,6 +39,8 @@ def _served() -> set[tuple[str, str]]:
     for route in routes:
         if isinstance(route, Mount):
             served.add((route.path + "/{path}", "get"))
+        elif isinstance(route, WebSocketRoute):
+            assert route.path.removesuffix("/ws") + "/results" in SPEC["paths"]  # named in its SSE twin's summary
         else:
             assert isinstance(route, Route), route
             served |= {(route.path, method.lower()) for method in route.methods or () if method != "HEAD"}

@@ -4,6 +4,7 @@ key gets 403 / PERMISSION_DENIED), and a route or method nobody classified fails
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from starlette.routing import Mount, Route
+import websockets
+from starlette.routing import Mount, Route, WebSocketRoute
 from tritonclient.grpc import service_pb2 as pb
 
 from kakehashi.repository.repository import ModelRepository
@@ -65,6 +67,8 @@ def _requests() -> list[tuple[str, str, str]]:
     for route in ROUTES:
         if isinstance(route, Mount):
             found.append(("GET", route.path, route.path + "/anything"))
+        elif isinstance(route, WebSocketRoute):
+            continue  # test_websocket_routes
         else:
             assert isinstance(route, Route), route
             for method in sorted(route.methods or ()):
@@ -98,10 +102,10 @@ def test_every_route_and_method_is_classified_and_the_policy_holds():
     assert not missing, f"classify these gRPC methods in kakehashi.server.auth.GRPC_ACCESS: {missing}"
     # the policy, stated apart from the tables: only reads are open, and model control is admin-only
     for method, path, _ in REQUESTS:
-        if auth.HTTP_ACCESS[path] is OPEN:
+        if auth.route_access(method, path) is OPEN:
             assert method in ("GET", "HEAD"), (method, path)
-        if path.startswith("/v2/repository/models/"):
-            assert auth.HTTP_ACCESS[path] is ADMIN, path
+        if path.startswith("/v2/repository/models/") or (path.startswith("/v1/streams") and method in ("POST", "DELETE")):
+            assert auth.route_access(method, path) is ADMIN, (method, path)
     assert auth.GRPC_ACCESS["RepositoryModelLoad"] is auth.GRPC_ACCESS["RepositoryModelUnload"] is ADMIN
     assert {m for m in METHODS if auth.GRPC_ACCESS[m] is OPEN} <= {"ServerLive", "ServerReady", "ModelReady"}
 
@@ -121,7 +125,7 @@ def _target(path: str, access: auth.Access) -> str:
 
 @pytest.mark.parametrize("method, route, path", REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
 def test_http_route(server, method, route, path):
-    access = auth.HTTP_ACCESS[route]
+    access = auth.route_access(method, route)
     path = _target(path, access)
 
     def status(key: str | None) -> int:
@@ -139,6 +143,32 @@ def test_http_route(server, method, route, path):
     else:
         assert ordinary not in (401, 403), ordinary
     assert admin not in (401, 403), admin
+
+
+WEBSOCKETS = [route.path for route in ROUTES if isinstance(route, WebSocketRoute)]
+
+
+@pytest.mark.parametrize("route", WEBSOCKETS)
+def test_websocket_route(server, route):
+    """A WebSocket needs its key as HTTP does: refused at the handshake without one (or with a wrong one); with one
+    it gets through to the route, which answers for the stream that does not exist (closed with 4404)."""
+    url = server.url.replace("http://", "ws://") + route.replace("{stream}", "nope")
+
+    async def close_code(key: str | None) -> int:
+        headers = {"X-API-Key": key} if key else None
+        try:
+            async with websockets.connect(url, additional_headers=headers, open_timeout=30) as socket:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await socket.recv()
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+        assert "no stream named 'nope'" in (closed.value.rcvd.reason if closed.value.rcvd else "")
+        return closed.value.rcvd.code if closed.value.rcvd else 0
+
+    assert asyncio.run(close_code(None)) == 403
+    assert asyncio.run(close_code("wrong")) == 403
+    assert asyncio.run(close_code(KEY_VALUE)) == 4404
+    assert auth.route_access("GET", route) is auth.KEY
 
 
 def test_a_path_no_route_matches_needs_a_key(server):

@@ -21,12 +21,13 @@ from kakehashi.cli_options import (
     runtime_options,
 )
 from kakehashi.dataplane import DataPlane
-from kakehashi.errors import KakehashiError
+from kakehashi.errors import InvalidInput, KakehashiError
 from kakehashi.protocols.vision import encode_predictions
 from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.handle import ImagePrediction
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits, Settings, default_model_path
+from kakehashi.streams.config import ServerConfig, load_server_config, stream_from_flag
 from kakehashi.tasks.annotate import annotate
 from kakehashi.tasks.images import decode_image, image_files
 
@@ -121,6 +122,26 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=click.FloatRange(min=0),
 )
 @_option(
+    "--config",
+    None,
+    "YAML file with `streams:` to start with the server (sources, model, tracking, zones, lines, rules) and "
+    "`events:` (the outbox and the sinks: webhook, mqtt, jsonl).",
+    type=_FILE,
+)
+@click.option(
+    "--stream",
+    "stream_flags",
+    multiple=True,
+    metavar="NAME=URL[,key=value...]",
+    help="Start a stream (repeatable): an RTSP/HTTP URL, a video file or a device; keys: model, fps, loop, snapshot, "
+    "and predict parameters (conf=0.5).",
+)
+@_option(
+    "--allow-local-streams/--no-allow-local-streams",
+    Settings.allow_local_streams,
+    "Let POST /v1/streams read files and devices of this machine (by default the API starts network sources only).",
+)
+@_option(
     "--edge/--no-edge",
     False,
     "Small-device profile: one ONNX Runtime instance, no batching, one "
@@ -143,6 +164,8 @@ def serve(
     max_tensor_elements: int,
     request_timeout_ms: float,
     max_queue_wait_ms: float,
+    config: Path | None,
+    stream_flags: tuple[str, ...],
     **options,
 ) -> None:
     """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
@@ -170,11 +193,22 @@ def serve(
             "and unload models (set --admin-keys-file)",
             settings.model_control,
         )
+    server_config = _server_config(config, stream_flags)
     repository, compute = load_repository(model, threads, limits, defaults, model_name)
     try:
-        run(ServerState(settings, repository, keys), log_level, access_log)
+        run(ServerState(settings, repository, keys, server_config), log_level, access_log)
     finally:
         compute.shutdown()
+
+
+def _server_config(path: Path | None, stream_flags: tuple[str, ...]) -> ServerConfig:
+    """The `--config` file with the `--stream` flags' streams added; a bad one stops the command, saying why."""
+    try:
+        loaded = load_server_config(path) if path is not None else ServerConfig()
+        streams = [*loaded.streams, *(stream_from_flag(flag) for flag in stream_flags)]
+        return ServerConfig.model_validate({**loaded.model_dump(), "streams": [s.model_dump() for s in streams]})
+    except (InvalidInput, ValueError) as exc:
+        raise click.UsageError(exc.message if isinstance(exc, InvalidInput) else str(exc)) from None
 
 
 @main.command()

@@ -53,3 +53,4 @@ class Settings:
     tls_cert: Path | None = None  # PEM certificate (chain) and key: HTTPS and gRPC over TLS
     tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    allow_local_streams: bool = False  # POST /v1/streams may name files and devices, not only network sources

@@ -13,7 +13,15 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 
 from kakehashi.errors import KakehashiError
-from kakehashi.server import metrics_routes, oip_routes, openapi, repository_routes, vision_routes, web_routes
+from kakehashi.server import (
+    metrics_routes,
+    oip_routes,
+    openapi,
+    repository_routes,
+    stream_routes,
+    vision_routes,
+    web_routes,
+)
 from kakehashi.server.auth import ApiKeyMiddleware, require_classified
 from kakehashi.server.body_limit import BodyLimit
 from kakehashi.server.header_limit import HeaderLimit
@@ -27,6 +35,7 @@ from kakehashi.server.responses import (
 )
 from kakehashi.server.state import ServerState
 from kakehashi.server.unread_body import CloseAfterUnreadBody
+from kakehashi.streams.manager import StreamManager
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +50,19 @@ def create_app(state: ServerState) -> Starlette:
                 await state.repository.load_at_start()
                 state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
+            await streams.open(state.config.streams)
+            state.streams = streams
             if state.settings.model_control == "poll" and not state.draining:
                 await state.repository.watch(state.settings.poll_seconds)
 
         state.loop = asyncio.get_running_loop()
+        streams = StreamManager(
+            state.plane,
+            state.plane.compute,
+            state.config.events,
+            state.settings.port,
+            state.settings.allow_local_streams,
+        )
         if state.settings.grpc_port:
             from kakehashi.server.grpc_server import start_grpc_server  # only processes serving gRPC load its stubs
 
@@ -60,6 +78,7 @@ def create_app(state: ServerState) -> Starlette:
             if state.loaded:
                 loading.cancel()  # stops the repository poller; a load in progress is left to finish
             await asyncio.gather(loading, return_exceptions=True)
+            await streams.close()  # frames in flight are answered and their events recorded before models close
             await state.repository.close_all()
 
     routes = [
@@ -69,6 +88,7 @@ def create_app(state: ServerState) -> Starlette:
         *metrics_routes.routes,
         *openapi.routes,
         *web_routes.routes,
+        *stream_routes.routes,
     ]
     require_classified(routes)
     app = Starlette(

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kakehashi.errors import KakehashiError
-from kakehashi.server.responses import error_response
+from kakehashi.server.responses import refuse
 
 KEYS_ENV = "KAKEHASHI_API_KEYS"
 ADMIN_KEYS_ENV = "KAKEHASHI_ADMIN_KEYS"
@@ -44,7 +44,8 @@ class Access(IntEnum):
 
 OPEN, KEY, ADMIN = Access.OPEN, Access.KEY, Access.ADMIN
 
-HTTP_ACCESS: dict[str, Access] = {  # by route path, as in the app's routes (a Mount by its prefix)
+# by route path, as in the app's routes (a Mount by its prefix); "METHOD path" where one method of a path differs
+HTTP_ACCESS: dict[str, Access] = {
     "/": OPEN,
     "/web": OPEN,
     "/docs": OPEN,
@@ -72,6 +73,14 @@ HTTP_ACCESS: dict[str, Access] = {  # by route path, as in the app's routes (a M
     "/v2/repository/index": KEY,
     "/v2/repository/models/{model}/load": ADMIN,
     "/v2/repository/models/{model}/unload": ADMIN,
+    "/v1/streams": KEY,
+    "POST /v1/streams": ADMIN,  # the server connects to the URL it is given
+    "/v1/streams/{stream}": KEY,
+    "DELETE /v1/streams/{stream}": ADMIN,
+    "/v1/streams/{stream}/frame.jpg": KEY,
+    "/v1/streams/{stream}/results": KEY,
+    "/v1/streams/{stream}/ws": KEY,
+    "/v1/events": KEY,
 }
 
 GRPC_ACCESS: dict[str, Access] = {  # by method name in `inference.GRPCInferenceService`
@@ -146,6 +155,11 @@ class ApiKeys:
         return ADMIN if admin else KEY if ordinary else OPEN
 
 
+def route_access(method: str, path: str) -> Access:
+    """The class of `method` on the route `path` (a WebSocket's method is GET)."""
+    return HTTP_ACCESS.get(f"{method} {path}", HTTP_ACCESS[path])
+
+
 def _path(route: BaseRoute) -> str | None:
     """A route's path template (a Mount's prefix); `BaseRoute` itself declares none."""
     return getattr(route, "path", None)
@@ -161,8 +175,8 @@ def require_classified(routes: Sequence[BaseRoute], service: ServiceDescriptor |
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: each HTTP request needs what its route's class asks (401 without a key, 403 with an
-    ordinary key on a control route)."""
+    """ASGI middleware: each HTTP request and WebSocket needs what its route's class asks (401 without a key, 403
+    with an ordinary key on a control route; a WebSocket is closed with 1008 before its handshake)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -176,13 +190,13 @@ class ApiKeyMiddleware:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return HTTP_ACCESS[str(_path(route))]
+                return route_access(scope.get("method", "GET"), str(_path(route)))
             if match is Match.PARTIAL and partial is None:
                 partial = HTTP_ACCESS[str(_path(route))]
         return KEY if partial is None else partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        required = self.required(scope) if scope["type"] == "http" else OPEN
+        required = self.required(scope) if scope["type"] in ("http", "websocket") else OPEN
         if required is OPEN:
             await self.app(scope, receive, send)
             return
@@ -191,9 +205,9 @@ class ApiKeyMiddleware:
         if granted >= required:
             await self.app(scope, receive, send)
         elif granted is OPEN:
-            await error_response(401, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await refuse(scope, receive, send, 401, "unauthorized", {"WWW-Authenticate": "Bearer"})
         else:
-            await error_response(403, ADMIN_NEEDED)(scope, receive, send)
+            await refuse(scope, receive, send, 403, ADMIN_NEEDED)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):

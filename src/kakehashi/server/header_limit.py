@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kakehashi.server.responses import error_response
+from kakehashi.server.responses import refuse
 
 _REQUEST_LINE_EXTRA = len(" ? HTTP/1.1\r\n")
 _HEADER_EXTRA = len(": \r\n")
 
 
 def head_size(scope: Scope) -> int:
-    """The size of the request line and headers of an HTTP scope (exact up to the HTTP version's digits)."""
-    size = len(scope["method"]) + len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    """The size of the request line and headers of an HTTP or WebSocket (GET) scope, exact up to the HTTP version's
+    digits."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    size = len(scope.get("method", "GET")) + target
     return size + _REQUEST_LINE_EXTRA + sum(len(name) + len(value) + _HEADER_EXTRA for name, value in scope["headers"])
 
 
@@ -29,8 +31,8 @@ class HeaderLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and head_size(scope) > self.limit:
+        if scope["type"] in ("http", "websocket") and head_size(scope) > self.limit:
             message = f"request line and headers are larger than the limit of {self.limit} bytes"
-            await error_response(431, message, {"Connection": "close"})(scope, receive, send)
+            await refuse(scope, receive, send, 431, message, {"Connection": "close"})
             return
         await self.app(scope, receive, send)

@@ -1,4 +1,4 @@
-"""ASGI middleware counting the HTTP requests in flight, so a drain can wait until every one is answered."""
+"""ASGI middleware counting the HTTP requests and WebSockets in flight, so a drain can wait until every one ends."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class InFlight:
-    """Wraps the app; `idle` is set while no HTTP request is being handled."""
+    """Wraps the app; `idle` is set while no HTTP request or WebSocket is being handled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -17,7 +17,7 @@ class InFlight:
         self.idle.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         self.count += 1

@@ -20,6 +20,7 @@ from kakehashi.protocols.predict_answer import Predictions
 from kakehashi.protocols.predict_query import QUERY_SCHEMAS
 from kakehashi.server.auth import HTTP_ACCESS, OPEN
 from kakehashi.server.responses import JSONBytes
+from kakehashi.streams.config import StreamConfig
 
 STATIC = Path(str(resources.files("kakehashi.server") / "static"))
 
@@ -39,6 +40,7 @@ COMPONENTS = (
     api_schemas.IndexRow,
     api_schemas.Status,
     Predictions,
+    StreamConfig,
 )
 _PREFIX = "#/components/schemas/"
 _NULL = {"type": "null"}
@@ -177,6 +179,69 @@ def _files(summary: str) -> dict:
     return {"get": _operation(summary, {"200": {"description": "The file"}}, 404, parameters=[_FILE])}
 
 
+def _stream_paths() -> dict:
+    stream = [{"name": "stream", "in": "path", "required": True, "schema": {"type": "string"}}]
+    any_object = {"type": "object"}
+    integer = {"type": "integer"}
+    return {
+        "/v1/streams": {
+            "get": _operation("Every stream with its state and figures, and the event sinks", {"200": _answer("OK")}),
+            "post": _operation(
+                "Start a stream: a network source (RTSP, HTTP MJPEG/HLS) through a served model, with tracking, "
+                "zones, lines and rules (an admin key when keys are on)",
+                {"201": _answer("Started: the stream's status", any_object)},
+                400,
+                403,
+                404,
+                409,
+                requestBody={"required": True, "content": _content("application/json", _ref(StreamConfig))},
+            ),
+        },
+        "/v1/streams/{stream}": {
+            "get": _operation(
+                "A stream's state and figures", {"200": _answer("OK", any_object)}, 404, parameters=stream
+            ),
+            "delete": _operation(
+                "Stop a stream (an admin key when keys are on)",
+                {"200": _answer("Stopped")},
+                403,
+                404,
+                parameters=stream,
+            ),
+        },
+        "/v1/streams/{stream}/frame.jpg": {
+            "get": _operation(
+                "The stream's newest analysed frame, annotated",
+                {"200": _answer("The frame", media_type="image/jpeg")},
+                404,
+                parameters=stream,
+            )
+        },
+        "/v1/streams/{stream}/results": {
+            "get": _operation(
+                "Each analysed frame's results (detections with track ids, zone and line counts, events) as "
+                "Server-Sent Events; the same as JSON messages on the WebSocket `/v1/streams/{stream}/ws`",
+                {"200": _answer("An event stream", media_type="text/event-stream")},
+                404,
+                429,
+                parameters=stream,
+            )
+        },
+        "/v1/events": {
+            "get": _operation(
+                "Recorded events in order, for replay (`after`: the last `seq` seen)",
+                {"200": _answer("OK", any_object)},
+                400,
+                parameters=[
+                    {"name": "stream", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "required": False, "schema": integer},
+                    {"name": "limit", "in": "query", "required": False, "schema": {**integer, "maximum": 1000}},
+                ],
+            )
+        },
+    }
+
+
 def _paths() -> dict:
     index_rows = {"type": "array", "items": _ref(api_schemas.IndexRow)}
     optional_body = {"required": False, "content": _content("application/json", _ref(api_schemas.LoadRequest))}
@@ -237,6 +302,7 @@ def _paths() -> dict:
                 "Every model version and live figures (the web page's status panel)", {"200": _json(api_schemas.Status)}
             )
         },
+        **_stream_paths(),
         "/": _page("The web page", "text/html"),
         "/web" + _STATIC: _files("The web page's files"),
         "/openapi.json": {"get": _operation("This document", {"200": _answer("OK", {"type": "object"})})},
@@ -269,12 +335,23 @@ def _with_common_errors(paths: dict) -> dict:
 
 def _openapi_30(node: object) -> object:
     """pydantic's JSON Schema in OpenAPI 3.0's dialect, the one the bundled Swagger UI (4.15) renders: a field
-    `X | None = None` is an X that may be left out, one `X | None` without a default an X that may be null."""
+    `X | None = None` is an X that may be left out, one `X | None` without a default an X that may be null; a
+    `const` is a one-value `enum`, a tuple an array of its item type, an
+    exclusive bound 3.0's limit and flag; `propertyNames` (no 3.0 keyword) is left out."""
     if isinstance(node, list):
         return [_openapi_30(item) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _openapi_30(value) for key, value in node.items()}
+    node = {key: _openapi_30(value) for key, value in node.items() if key != "propertyNames"}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if not isinstance(node.get(bound, True), bool):  # 3.1's number is 3.0's limit with a true flag
+            node[limit], node[bound] = node[bound], True
+    if "prefixItems" in node:  # a tuple: 3.0 knows arrays of one item type
+        items = node.pop("prefixItems")
+        assert isinstance(items, list)
+        node["items"] = items[0] if all(item == items[0] for item in items) else {}
     kinds = node.get("anyOf")
     if not isinstance(kinds, list) or _NULL not in kinds:
         return node

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kakehashi.server.responses import error_response
+from kakehashi.server.responses import refuse
 
 if TYPE_CHECKING:
     from kakehashi.server.state import ServerState
@@ -25,29 +25,30 @@ class PathGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or b""
-        if scope["type"] == "http" and _ENCODED_SEPARATOR.search(raw_path):
+        if scope["type"] in ("http", "websocket") and _ENCODED_SEPARATOR.search(raw_path):
             message = (
                 "invalid path: model names and versions cannot contain '/', '\\' or NUL (encoded as %2F, %5C, %00)"
             )
-            await error_response(400, message)(scope, receive, send)
+            await refuse(scope, receive, send, 400, message)
             return
         await self.app(scope, receive, send)
 
 
 class DrainGuard:
-    """While draining, answers 503 (`Connection: close`) to every new request but liveness and readiness."""
+    """While draining, answers 503 (`Connection: close`) to every new request but liveness and readiness, and
+    closes every new WebSocket (1013)."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.state.draining and scope["type"] == "http" and not scope["path"].startswith("/v2/health/"):
-            response = error_response(
-                503,
-                "the server is shutting down; retry on another replica",
-                {"Connection": "close", "Retry-After": "1"},
-            )
-            await response(scope, receive, send)
+        if (
+            self.state.draining
+            and scope["type"] in ("http", "websocket")
+            and not scope["path"].startswith("/v2/health/")
+        ):
+            message = "the server is shutting down; retry on another replica"
+            await refuse(scope, receive, send, 503, message, {"Connection": "close", "Retry-After": "1"})
             return
         await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from kakehashi.errors import KakehashiError
 
@@ -50,3 +51,20 @@ async def on_client_disconnect(request: Request, exc: Exception) -> Response:
 async def on_unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error; the server log has the details")
+
+
+# WebSocket close codes for refusals before the handshake is accepted (RFC 6455 §7.4.1)
+_WS_CLOSE = {401: 1008, 403: 1008, 404: 1008, 429: 1013, 431: 1009, 503: 1013}
+_WS_REASON_BYTES = 123  # the most a close frame's reason may hold
+
+
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """Refuse an HTTP request (`{"error": message}` with `status`) or a WebSocket before its handshake (closed with
+    the code nearest to `status`, the message as its reason): middlewares cover both alike."""
+    if scope["type"] == "websocket":
+        reason = message.encode()[:_WS_REASON_BYTES].decode(errors="ignore")
+        await send({"type": "websocket.close", "code": _WS_CLOSE.get(status, 1008), "reason": reason})
+        return
+    await error_response(status, message, headers)(scope, receive, send)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from kakehashi.dataplane import DataPlane
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.auth import ApiKeys, Forbidden
 from kakehashi.settings import Settings
+from kakehashi.streams.config import ServerConfig
+
+if TYPE_CHECKING:
+    from kakehashi.streams.manager import StreamManager
 
 log = logging.getLogger(__name__)
 LATE_REASON = (
@@ -25,6 +29,8 @@ class ServerState:
     settings: Settings
     repository: ModelRepository
     keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    config: ServerConfig = field(default_factory=ServerConfig)  # `--config`: streams and event sinks
+    streams: StreamManager | None = None  # opened once the models are loaded
     loaded: bool = False
     draining: bool = False  # set at the exit signal: accepted requests finish, new ones are refused
     loop: asyncio.AbstractEventLoop | None = None
@@ -54,6 +60,8 @@ class ServerState:
         grace period; from then on answer 503 whatever waits in a model's queue (queued before, or reaching it late
         from decoding), so each gets an answer rather than a cut connection. Runs until cancelled."""
         stopping = asyncio.ensure_future(self.stop_grpc())
+        if self.streams is not None:
+            self.streams.end_followers()  # SSE and WebSocket followers end now: they hold no answer to wait for
         await asyncio.sleep(self.settings.grace_seconds)
         count = self.repository.abandon_queued(LATE_REASON)
         if count:
@@ -76,9 +84,9 @@ class ServerState:
         await asyncio.shield(self.grpc_stopping)
 
 
-def server_state(request: Request) -> ServerState:
+def server_state(request: HTTPConnection) -> ServerState:
     return request.app.state.kakehashi
 
 
-def data_plane(request: Request) -> DataPlane:
+def data_plane(request: HTTPConnection) -> DataPlane:
     return request.app.state.kakehashi.plane

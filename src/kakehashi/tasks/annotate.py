@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from PIL import Image, ImageDraw, ImageFont
 
 # Ultralytics-like palette: distinct, readable on photos
@@ -63,3 +65,10 @@ def annotate(image: Image.Image, results: list[dict]) -> Image.Image:
         draw.rectangle((left_x, y, left_x + right - left + 2 * width, y + bottom - top + 2 * width), fill=colour)
         draw.text((left_x + width, y + width - top), label, fill="white", font=font)
     return canvas
+
+
+def annotated_jpeg(image: Image.Image, results: list[dict], quality: int = 85) -> bytes:
+    """`image` with `results` drawn, as JPEG bytes."""
+    buffer = io.BytesIO()
+    annotate(image, results).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

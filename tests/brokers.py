@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+import debian
 from conftest import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -62,6 +63,7 @@ class Mosquitto:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        debian.ensure(debian.MOSQUITTO, Path(MOSQUITTO).exists)
         with open(self.directory / "mosquitto.log", "ab") as log:
             process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
         self.process = process

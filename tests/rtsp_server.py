@@ -119,6 +119,9 @@ class RtspServer:
 
     def start(self, timeout: float = 15.0) -> RtspServer:
         """Start serving and return once a DESCRIBE gets the SDP (raises if not within `timeout` seconds)."""
+        import debian  # the venv's side only: the system Python runs the server
+
+        debian.ensure(debian.RTSP_SERVER)
         self.process = subprocess.Popen([SYSTEM_PYTHON, __file__, str(self.video), str(self.port)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -104,7 +104,8 @@ def test_every_route_and_method_is_classified_and_the_policy_holds():
     for method, path, _ in REQUESTS:
         if auth.route_access(method, path) is OPEN:
             assert method in ("GET", "HEAD"), (method, path)
-        if path.startswith("/v2/repository/models/") or (path.startswith("/v1/streams") and method in ("POST", "DELETE")):
+        controls = path.startswith("/v2/repository/models/") or path.startswith("/v1/streams")
+        if controls and method in ("POST", "DELETE"):
             assert auth.route_access(method, path) is ADMIN, (method, path)
     assert auth.GRPC_ACCESS["RepositoryModelLoad"] is auth.GRPC_ACCESS["RepositoryModelUnload"] is ADMIN
     assert {m for m in METHODS if auth.GRPC_ACCESS[m] is OPEN} <= {"ServerLive", "ServerReady", "ModelReady"}

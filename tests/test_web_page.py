@@ -3,14 +3,12 @@ test setup when missing; never a browser download). Screenshots go to test-artif
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import debian
 from conftest import IMAGES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,13 +23,7 @@ LIVE_FIGURES = (
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     """Debian's Chromium, installed with apt if it is not there yet."""
-    if not CHROMIUM.exists():
-        assert os.geteuid() == 0 and shutil.which("apt-get"), "install Debian's chromium: apt-get install chromium"
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=env, capture_output=True
-        )
+    debian.ensure(debian.CHROMIUM, CHROMIUM.exists)
     return CHROMIUM
 
 

@@ -1,8 +1,8 @@
 """Multi-object tracking with ByteTrack (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every
 Detection Box", ECCV 2022).
 
-Matching is class-agnostic: a track follows a box whatever class the detector gives it frame to frame (each output
-detection keeps its own class). Ids are given when a track is confirmed, so the ids a caller sees run 1, 2, 3...
+Matching is class-aware: a track follows boxes of the class it started with, so where a person walks in front of a
+table, neither takes the other's id. Ids are given when a track is confirmed, so the ids a caller sees run 1, 2, 3...
 without gaps and are never reused.
 """
 
@@ -86,6 +86,7 @@ class _Kalman:
 class _Track:
     kalman: _Kalman
     last_frame: int
+    label: int  # the class it follows
     track_id: int = 0  # 0 until confirmed
     lost: bool = False
 
@@ -95,15 +96,16 @@ class _Track:
 
 
 def _associate(
-    tracks: list[_Track], candidates: list[int], boxes: np.ndarray, min_iou: float
+    tracks: list[_Track], candidates: list[int], boxes: np.ndarray, labels: np.ndarray, min_iou: float
 ) -> tuple[list[tuple[_Track, int]], list[_Track], list[int]]:
-    """Hungarian assignment of tracks to detections (indices into `boxes`) on IoU, pairs under `min_iou` excluded:
-    the matches, the unmatched tracks and the unmatched detections."""
+    """Hungarian assignment of tracks to detections (indices into `boxes` and `labels`) of their class on IoU, pairs
+    under `min_iou` excluded: the matches, the unmatched tracks and the unmatched detections."""
     if not tracks or not candidates:
         return [], list(tracks), list(candidates)
     from scipy.optimize import linear_sum_assignment  # 0.6 s and 60 MB: loaded by the first stream that tracks
 
     iou = iou_matrix(np.array([t.kalman.box() for t in tracks]), boxes[candidates])
+    iou *= np.array([t.label for t in tracks])[:, None] == labels[candidates][None, :]
     cost = np.where(iou >= min_iou, 1.0 - iou, _NO_MATCH)
     rows, cols = linear_sum_assignment(cost)
     pairs = [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= min_iou]
@@ -149,6 +151,7 @@ class ByteTracker:
         `track_id` added."""
         self._frame += 1
         boxes = np.array([_box_of(d) for d in detections]).reshape(-1, 4)
+        labels = np.array([int(d.get("class", 0)) for d in detections], dtype=np.int64)
         scores = [float(d["confidence"]) for d in detections]
         high = [i for i, s in enumerate(scores) if s >= self.high_threshold]
         low = [i for i, s in enumerate(scores) if self.low_threshold <= s < self.high_threshold]
@@ -163,15 +166,15 @@ class ByteTracker:
                 output.append((index, track))
 
         confirmed = [t for t in self._tracks if t.confirmed]
-        pairs, unmatched, high_left = _associate(confirmed, high, boxes, self.match_iou)
+        pairs, unmatched, high_left = _associate(confirmed, high, boxes, labels, self.match_iou)
         matched(pairs)
-        pairs, unmatched, _ = _associate([t for t in unmatched if not t.lost], low, boxes, _LOW_MATCH_IOU)
+        pairs, unmatched, _ = _associate([t for t in unmatched if not t.lost], low, boxes, labels, _LOW_MATCH_IOU)
         matched(pairs)
         for track in unmatched:
             track.lost = True
 
         tentative = [t for t in self._tracks if not t.confirmed]
-        pairs, _, high_left = _associate(tentative, high_left, boxes, _UNCONFIRMED_MATCH_IOU)
+        pairs, _, high_left = _associate(tentative, high_left, boxes, labels, _UNCONFIRMED_MATCH_IOU)
         for track, _index in pairs:
             self._confirm(track)
         matched(pairs)
@@ -179,7 +182,7 @@ class ByteTracker:
         kept = [t for t in self._tracks if t.confirmed and self._frame - t.last_frame <= self.lost_frames]
         for index in high_left:
             if scores[index] >= self.new_track_threshold:
-                track = _Track(_Kalman(boxes[index]), last_frame=self._frame)
+                track = _Track(_Kalman(boxes[index]), last_frame=self._frame, label=int(labels[index]))
                 if self._frame == 1:
                     self._confirm(track)
                     output.append((index, track))

@@ -10,6 +10,8 @@ import pytest
 
 import debian
 from conftest import IMAGES
+from kakehashi.settings import coco_model_path
+from stream_videos import make_walk_video
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -247,4 +249,47 @@ def test_a_pipeline_is_served_on_the_page_with_each_detections_class(browser, pi
     timing = page.inner_text(".timing")
     assert "detect" in timing and "classify" in timing and "undefined" not in timing
     page.screenshot(path=str(artifacts / "web-page-pipeline.png"), full_page=True)
+    page.close()
+
+
+STREAM_CONFIG = """
+streams:
+  - name: walk
+    url: {video}
+    loop: true
+    zones: [{{name: right, points: [[320, 0], [640, 0], [640, 480], [320, 480]]}}]
+    lines: [{{name: middle, start: [320, 0], end: [320, 480]}}]
+    rules:
+      - {{kind: presence, name: person-right, classes: [person], zone: right, frames: 3, cooldown_seconds: 600}}
+events:
+  outbox: {outbox}
+"""
+
+
+def test_live_view_shows_a_stream_with_its_frame_figures_zones_and_events(browser, serve, tmp_path, artifacts):
+    """A stream of the walking astronaut (a looping file) on a keyed server: the page, given the key, follows the
+    stream's results (SSE with the key header) and shows its annotated frame, fps, lag, zone and line counts and the
+    events as they come."""
+    video = make_walk_video(tmp_path / "walk.mp4", seconds=3.0, fps=15)
+    config = tmp_path / "streams.yaml"
+    config.write_text(STREAM_CONFIG.format(video=video, outbox=tmp_path / "events.db"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KAKEHASHI_API_KEYS", "page-key")
+        server = serve(coco_model_path(), "--config", str(config))
+    page = _page(browser, server, [])
+    page.fill("#api-key", "page-key")
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_selector("#stream option[value='walk']", state="attached", timeout=30000)
+    page.wait_for_function("() => document.querySelector('#stream-frame').naturalWidth === 640", timeout=30000)
+    page.wait_for_function("() => Number(document.querySelector('#stream-fps').textContent) > 0", timeout=30000)
+    assert page.inner_text("#stream-state") == "running"
+    assert page.inner_text("#stream-lag").endswith(" ms") and int(page.inner_text("#stream-number")) > 0
+    page.wait_for_selector("#stream-zones tr[data-name='right']")
+    line = page.inner_text("#stream-zones tr[data-name='middle']")
+    assert "in " in line and " / out " in line
+    event = page.wait_for_selector("#stream-events li", timeout=30000)  # the walker reaches the right half
+    assert "person-right (presence) track" in event.inner_text()
+    recorded = server.client.get("/v1/events", params={"stream": "walk"}, headers={"X-API-Key": "page-key"})
+    assert {e["rule"] for e in recorded.json()["events"]} == {"person-right"}
+    page.screenshot(path=str(artifacts / "web-page-live-stream.png"), full_page=True)
     page.close()

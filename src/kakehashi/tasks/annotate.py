@@ -33,7 +33,7 @@ PALETTE = [
 
 def annotate(image: Image.Image, results: list[dict]) -> Image.Image:
     """A copy of `image` (RGB) with every result drawn: its box (rotated boxes as their four corners), mask
-    outline and visible keypoints, labelled with class name and confidence."""
+    outline and visible keypoints, labelled with class name, track id (a stream's) and confidence."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     width = max(2, round(max(canvas.size) / 400))
@@ -59,7 +59,8 @@ def annotate(image: Image.Image, results: list[dict]) -> Image.Image:
             for x, y, visible in zip(keypoints["x"], keypoints["y"], keypoints["visible"]):
                 if visible >= 0.5:
                     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
-        label = f"{result['name']} {result['confidence']:.2f}"
+        track = f" #{result['track_id']}" if "track_id" in result else ""
+        label = f"{result['name']}{track} {result['confidence']:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         y = max(0, top_y - (bottom - top) - 2 * width)
         draw.rectangle((left_x, y, left_x + right - left + 2 * width, y + bottom - top + 2 * width), fill=colour)

@@ -1,0 +1,417 @@
+"""Live streams end to end through a real `kakehashi serve` process: a real RTSP source (GStreamer), the bundled COCO
+detector, results over Server-Sent Events and WebSocket, events through the outbox to a real webhook receiver and
+a real mosquitto broker, the pulled cable, kill -9, and the drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import orjson
+import pytest
+import websockets
+import yaml
+
+from brokers import Mosquitto, WebhookReceiver, eventually
+from conftest import Server, free_port
+from kakehashi.settings import coco_model_path
+from rtsp_server import RtspServer
+from stream_videos import make_walk_video
+
+COCO = coco_model_path()
+WIDTH, HEIGHT = 640, 480
+FPS = 10
+WALK_SECONDS = 2.5  # one pass, left to right; the RTSP server and looping files start it again at once
+
+# The line runs up the middle of the frame, from the bottom edge to the top: its right (y down) is the right half,
+# so the astronaut walking left to right crosses it "in". The zone is the right half.
+MIDDLE = {"name": "middle", "start": [WIDTH / 2, HEIGHT], "end": [WIDTH / 2, 0]}
+RIGHT = {"name": "right", "points": [[WIDTH / 2, 0], [WIDTH, 0], [WIDTH, HEIGHT], [WIDTH / 2, HEIGHT]]}
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call `check` until it returns something truthy (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def status(server: Server, name: str) -> dict[str, Any]:
+    answer = server.client.get(f"/v1/streams/{name}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def recorded(server: Server, name: str | None = None) -> list[dict[str, Any]]:
+    """Every event the server's outbox holds (of stream `name`), oldest first."""
+    query = {"limit": 1000, **({"stream": name} if name else {})}
+    answer = server.client.get("/v1/events", params=query)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["events"]
+
+
+def sse_results(server: Server, name: str, enough: Callable[[list[dict]], bool], timeout: float) -> list[dict]:
+    """Follow the stream's Server-Sent Events until `enough(results)`, within `timeout` seconds."""
+    results: list[dict] = []
+    deadline = time.monotonic() + timeout
+    with server.client.stream("GET", f"/v1/streams/{name}/results", timeout=10) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in answer.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: "):
+                assert kind == "result"
+                results.append(orjson.loads(line[len("data: ") :]))
+                if enough(results):
+                    return results
+            if time.monotonic() > deadline:
+                break
+    pytest.fail(f"not within {timeout} s: enough results on stream {name} (got {len(results)})")
+
+
+def person(result: dict) -> dict | None:
+    """The frame's astronaut: its biggest person detection."""
+    people = [d for d in result["detections"] if d["name"] == "person"]
+    return max(people, key=lambda d: (d["box"]["x2"] - d["box"]["x1"]) * (d["box"]["y2"] - d["box"]["y1"]), default=None)
+
+
+def anchor_x(detection: dict) -> float:
+    return (detection["box"]["x1"] + detection["box"]["x2"]) / 2
+
+
+def passes(results: list[dict]) -> list[list[dict]]:
+    """The astronaut's detections split into walks: a new walk starts where he jumps back to the left."""
+    walks: list[list[dict]] = []
+    for result in results:
+        found = person(result)
+        if found is None:
+            continue
+        if not walks or found["box"]["x1"] < walks[-1][-1]["box"]["x1"] - WIDTH / 4:
+            walks.append([])
+        walks[-1].append(found)
+    return walks
+
+
+@pytest.fixture(scope="module")
+def walk_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_walk_video(tmp_path_factory.mktemp("videos") / "walk.mp4", WALK_SECONDS, FPS, (WIDTH, HEIGHT))
+
+
+@pytest.fixture(scope="module")
+def server(serve_module) -> Server:
+    """The COCO detector, API streams limited to network sources (no --allow-local-streams)."""
+    return serve_module(COCO)
+
+
+@pytest.fixture
+def rtsp(walk_video: Path) -> Iterator[RtspServer]:
+    with RtspServer(walk_video) as camera:
+        yield camera
+
+
+@pytest.fixture
+def deleted(server: Server) -> Iterator[list[str]]:
+    """Names of streams to delete after the test, if it did not."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        server.client.delete(f"/v1/streams/{name}")
+
+
+def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: RtspServer, deleted: list[str]) -> None:
+    bad = server.client.post("/v1/streams", json={"name": "walk", "url": rtsp.url, "max_in_flight": 99})
+    assert bad.status_code == 400 and "max_in_flight" in bad.json()["error"], bad.text
+    bad = server.client.post("/v1/streams", json={"name": "walk", "url": rtsp.url, "zoom": 2})
+    assert bad.status_code == 400 and "zoom" in bad.json()["error"], bad.text
+    local = server.client.post("/v1/streams", json={"name": "walk", "url": str(rtsp.video)})
+    assert local.status_code == 400 and "network sources only" in local.json()["error"], local.text
+    assert server.client.get("/v1/streams").json()["streams"] == []
+
+    config = {
+        "name": "walk",
+        "url": rtsp.url,
+        "model": "yolox-nano-coco",
+        "params": {"classes": [0]},  # people only: the line counts every tracked class (the table flickers on it)
+        "zones": [RIGHT],
+        "lines": [MIDDLE],
+        "rules": [
+            {"kind": "line", "name": "crossed", "line": "middle", "classes": ["person"]},
+            {"kind": "presence", "name": "arrived", "classes": ["person"], "zone": "right", "frames": 3,
+             "cooldown_seconds": 3600},
+        ],
+    }  # fmt: skip
+    created = server.client.post("/v1/streams", json=config)
+    deleted.append("walk")
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == "/v1/streams/walk"
+    poll(lambda: status(server, "walk")["state"] == "running", 20, "the stream running")
+
+    # two full walks across the middle, and a few frames more for the presence rule (3 frames in the right half)
+    results = sse_results(server, "walk", lambda got: got[-1]["lines"]["middle"]["in"] >= 2 and len(got) > 40, 40)
+    assert {"stream", "frame", "frame_time", "lag_ms", "shape", "detections", "zones", "lines", "events"} <= set(
+        results[0]
+    )
+    assert all(r["stream"] == "walk" and r["shape"] == [HEIGHT, WIDTH] for r in results)
+    assert {d["name"] for r in results for d in r["detections"]} == {"person"}, "the params reach the model"
+    frames = [r["frame"] for r in results]
+    assert frames == sorted(set(frames)), "results in frame order, each once"
+
+    walks = passes(results)
+    assert len(walks) >= 2, [len(w) for w in walks]
+    for walk in walks:
+        ids = {d["track_id"] for d in walk}
+        assert len(ids) == 1, f"one track id through a walk, got {ids}"
+        xs = [anchor_x(d) for d in walk]
+        assert all(b > a - 30 for a, b in zip(xs, xs[1:])), f"he walks left to right (jitter aside): {xs}"
+    assert len({walk[0]["track_id"] for walk in walks}) == len(walks), "each walk its own track"
+    assert all(r["lines"]["middle"]["out"] == 0 for r in results)
+
+    frame = server.client.get("/v1/streams/walk/frame.jpg")
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+    assert frame.content[:2] == b"\xff\xd8"
+
+    described = status(server, "walk")
+    assert described["inferred"] >= len(results) and described["failed"] == 0
+    assert described["url"] == rtsp.url and described["model"] == "yolox-nano-coco"
+    assert described["lines"]["middle"]["out"] == 0 and described["lines"]["middle"]["in"] >= 2
+
+    removed = server.client.delete("/v1/streams/walk")
+    assert removed.status_code == 200 and removed.json() == {"deleted": "walk"}
+    assert server.client.get("/v1/streams/walk").status_code == 404
+    assert "walk" not in [s["id"] for s in server.client.get("/v1/streams").json()["streams"]]
+
+    events = recorded(server, "walk")
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs))
+    assert [e["frame"] for e in events] == sorted(e["frame"] for e in events)
+    crossings = [e for e in events if e["rule"] == "crossed"]
+    arrivals = [e for e in events if e["rule"] == "arrived"]
+    counted = crossings[-1]["data"]["in_count"]
+    assert counted >= 2 and [e["data"]["in_count"] for e in crossings] == list(range(1, counted + 1))
+    assert all(e["kind"] == "line" and e["data"]["direction"] == "in" and e["data"]["out_count"] == 0 for e in crossings)
+    crossed = [e["track_id"] for e in crossings]
+    assert len(set(crossed)) == len(crossed), "one crossing per walk"
+    arrived = [e["track_id"] for e in arrivals]
+    assert len(set(arrived)) == len(arrived), "the presence rule fires once per track"
+    assert set(arrived) <= set(crossed) and len(arrived) >= len(crossed) - 1
+    for event in arrivals:
+        [detection] = event["detections"]
+        assert event["kind"] == "presence" and event["data"] == {"zone": "right"}
+        assert anchor_x(detection) > WIDTH / 2
+    for walk in walks:  # a walk seen on both sides of the middle on the live results crossed it in the replay
+        if anchor_x(walk[0]) < WIDTH / 2 - 10 and anchor_x(walk[-1]) > WIDTH / 2 + 10:
+            assert walk[0]["track_id"] in crossed
+    live = [event["id"] for result in results for event in result["events"]]
+    assert live and live == [e["id"] for e in events if e["id"] in live], "the live events are the recorded ones"
+
+
+def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: RtspServer, deleted: list[str]) -> None:
+    config = {"name": "cable", "url": rtsp.url, "reconnect_max_seconds": 1, "params": {"conf": 0.4}}
+    assert server.client.post("/v1/streams", json=config).status_code == 201
+    deleted.append("cable")
+    poll(lambda: (s := status(server, "cable"))["state"] == "running" and s["inferred"] > 0, 20, "frames inferred")
+
+    rtsp.stop()
+    lost = poll(lambda: (s := status(server, "cable"))["state"] == "reconnecting" and s, 15, "reconnecting")
+    assert lost["reason"] and lost["source"]["reconnects"] == 0, lost
+    assert f"127.0.0.1:{rtsp.port}" in lost["reason"]
+    before = lost["inferred"]
+
+    rtsp.start()
+    back = poll(
+        lambda: (s := status(server, "cable"))["state"] == "running" and s["inferred"] > before + 5 and s,
+        20,
+        "frames inferred again",
+    )
+    assert back["source"]["reconnects"] >= 1 and back["reason"] == ""
+    assert back["failed"] == 0
+
+
+# -- events through the sinks -----------------------------------------------------------------------------------
+
+
+def looping_stream(video: Path, name: str) -> dict[str, Any]:
+    """A looping file stream whose presence rule fires about twice a second while the astronaut is seen."""
+    return {
+        "name": name,
+        "url": str(video),
+        "model": "yolox-nano-coco",
+        "loop": True,
+        "fps": FPS,
+        "rules": [{"kind": "presence", "name": "seen", "classes": ["person"], "cooldown_seconds": 0.4}],
+    }
+
+
+def write_config(path: Path, streams: list[dict], outbox: Path, sinks: dict[str, dict]) -> Path:
+    path.write_text(yaml.safe_dump({"streams": streams, "events": {"outbox": str(outbox), "sinks": sinks}}))
+    return path
+
+
+class Subscriber:
+    """A real MQTT client subscribed at QoS 1 to `kakehashi/#`, collecting (topic, body)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Subscriber:
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._collect(subscribed))
+        await asyncio.wait_for(subscribed.wait(), 10)
+        return self
+
+    async def _collect(self, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port, identifier="streams-test") as client:
+            await client.subscribe("kakehashi/#", qos=1)
+            subscribed.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                self.received.append((str(message.topic), orjson.loads(message.payload)))
+
+    def unique(self) -> list[dict[str, Any]]:
+        first: dict[str, dict[str, Any]] = {}
+        for _, body in self.received:
+            first.setdefault(body["id"], body)
+        return list(first.values())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def without_seq(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in event.items() if k != "seq"} for event in events]
+
+
+def test_every_event_reaches_a_flaky_webhook_and_mosquitto_in_order_once(serve, walk_video: Path, tmp_path: Path):
+    async def scenario(broker: Mosquitto) -> None:
+        async with WebhookReceiver(fail_first=3) as receiver, Subscriber(broker.port) as subscriber:
+            sinks = {
+                "hook": {"type": "webhook", "url": receiver.url},
+                "broker": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port},
+            }
+            config = write_config(tmp_path / "serve.yaml", [looping_stream(walk_video, "lobby")], tmp_path / "o.db", sinks)
+            server = await asyncio.to_thread(serve, COCO, "--config", str(config))
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+                async def some_recorded() -> bool:
+                    return len((await client.get("/v1/events", params={"limit": 1000})).json()["events"]) >= 10
+
+                await eventually(some_recorded, 40, "10 events recorded")
+                assert (await client.delete("/v1/streams/lobby")).status_code == 200
+                events = (await client.get("/v1/events", params={"limit": 1000})).json()["events"]
+                everything = len(events)
+                await eventually(
+                    lambda: len(receiver.unique()) >= everything and len(subscriber.unique()) >= everything,
+                    30,
+                    f"{everything} events at both sinks",
+                )
+                sinks_status = (await client.get("/v1/streams")).json()["sinks"]
+
+        assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+        assert {e["rule"] for e in events} == {"seen"} and all(e["stream"] == "lobby" for e in events)
+        assert receiver.unique() == without_seq(events)
+        assert subscriber.unique() == without_seq(events)
+        assert [topic for topic, _ in subscriber.received] == ["kakehashi/lobby/seen"] * len(subscriber.received)
+        assert receiver.attempts[:4] == [events[0]["id"]] * 4, "the first event retried until accepted"
+        assert receiver.attempts[4:] == [e["id"] for e in events[1:]], "then each event once"
+        assert sinks_status["hook"]["failures"] == 3 and sinks_status["hook"]["delivered"] == everything
+        assert sinks_status["broker"]["delivered"] == everything and sinks_status["broker"]["queued"] == 0
+
+    with Mosquitto(tmp_path) as broker:
+        asyncio.run(scenario(broker))
+
+
+def test_events_recorded_before_kill_9_are_delivered_by_the_next_server(serve, walk_video: Path, tmp_path: Path):
+    outbox = tmp_path / "outbox.db"
+    nobody = {"hook": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "timeout_seconds": 1}}
+    first_config = write_config(tmp_path / "first.yaml", [looping_stream(walk_video, "dock")], outbox, nobody)
+    first = serve(COCO, "--config", str(first_config))
+    before = poll(lambda: (got := recorded(first)) if len(got) >= 6 else None, 40, "6 events recorded")
+    undelivered = first.client.get("/v1/streams").json()["sinks"]["hook"]
+    assert undelivered["delivered"] == 0 and undelivered["failures"] >= 1, undelivered
+    first.process.send_signal(signal.SIGKILL)
+    assert first.process.wait(10) == -signal.SIGKILL
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        async with WebhookReceiver() as receiver:
+            hook = {"hook": {"type": "webhook", "url": receiver.url}}
+            second_config = write_config(tmp_path / "second.yaml", [], outbox, hook)
+            second = await asyncio.to_thread(serve, COCO, "--config", str(second_config))
+            async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+                answer = await client.get("/v1/events", params={"limit": 1000})
+                after = answer.json()["events"]
+                assert (await client.get("/v1/streams")).json()["streams"] == []
+                await eventually(lambda: len(receiver.unique()) >= len(after), 30, f"{len(after)} events delivered")
+            return after, receiver.unique()
+
+    after, delivered = asyncio.run(scenario())
+    assert after[: len(before)] == before, "every event shown before the kill survived it"
+    assert delivered == without_seq(after), "all of them delivered, in order, once"
+
+
+# -- live followers ------------------------------------------------------------------------------------------
+
+
+def test_websocket_results_match_sse_and_both_end_promptly_on_sigterm(serve, walk_video: Path) -> None:
+    grace = 30
+    flag = f"door={walk_video},loop=true,fps={FPS},model=yolox-nano-coco"
+    server = serve(COCO, "--stream", flag, "--grace-seconds", str(grace))
+    poll(lambda: status(server, "door")["inferred"] > 0, 20, "the stream running")
+
+    async def scenario() -> tuple[list[dict], list[dict], float, float, float]:
+        sse: list[dict] = []
+        ws: list[dict] = []
+        ended: dict[str, float] = {}
+
+        async def follow_sse() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=grace) as client:
+                async with client.stream("GET", "/v1/streams/door/results") as answer:
+                    async for line in answer.aiter_lines():
+                        if line.startswith("data: "):
+                            sse.append(orjson.loads(line[len("data: ") :]))
+            ended["sse"] = time.monotonic()
+
+        async def follow_ws() -> None:
+            async with websockets.connect(f"ws://127.0.0.1:{server.port}/v1/streams/door/ws") as socket:
+                with contextlib.suppress(websockets.ConnectionClosedOK):
+                    async for message in socket:
+                        ws.append(orjson.loads(message))
+                ended["ws_code"] = socket.close_code or 0
+            ended["ws"] = time.monotonic()
+
+        followers = [asyncio.create_task(follow_sse()), asyncio.create_task(follow_ws())]
+        await eventually(lambda: len(sse) >= 5 and len(ws) >= 5, 20, "results at both followers")
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*followers), 10)
+        exited = await asyncio.to_thread(server.process.wait, grace)
+        assert exited == 0
+        assert ended["ws_code"] == 1001
+        return sse, ws, ended["sse"] - signalled, ended["ws"] - signalled, time.monotonic() - signalled
+
+    sse, ws, sse_end, ws_end, exit_after = asyncio.run(scenario())
+    assert sse_end < 5 and ws_end < 5, (sse_end, ws_end)
+    assert exit_after < grace / 3, f"the drain waited {exit_after:.1f} s (grace {grace} s)"
+    by_frame = {result["frame"]: result for result in sse}
+    common = [result for result in ws if result["frame"] in by_frame]
+    assert len(common) >= 3
+    assert all(by_frame[result["frame"]] == result for result in common), "the same result on both"
+    assert any(person(result) for result in common)

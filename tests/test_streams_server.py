@@ -344,7 +344,7 @@ def test_events_recorded_before_kill_9_are_delivered_by_the_next_server(serve, w
     nobody = {"hook": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "timeout_seconds": 1}}
     first_config = write_config(tmp_path / "first.yaml", [looping_stream(walk_video, "dock")], outbox, nobody)
     first = serve(COCO, "--config", str(first_config))
-    before = poll(lambda: (got := recorded(first)) if len(got) >= 6 else None, 40, "6 events recorded")
+    before = poll(lambda: got if len(got := recorded(first)) >= 6 else None, 40, "6 events recorded")
     undelivered = first.client.get("/v1/streams").json()["sinks"]["hook"]
     assert undelivered["delivered"] == 0 and undelivered["failures"] >= 1, undelivered
     first.process.send_signal(signal.SIGKILL)

@@ -1,0 +1,207 @@
+"""Live streams, one run: 1, 4 and 8 simultaneous 25 fps sources on the bundled COCO detector (YOLOX-Nano, 416),
+against the runtime's raw rate in-process on the same decoded frames.
+
+    .venv/bin/python benchmarks/streams.py [--video ../shared/videos/vtest.avi] [--seconds 20] [--sources 1,4,8]
+
+The video (default: OpenCV's pedestrian sample, 768x576 at 10 fps) is re-encoded at 25 fps, so each source offers
+25 frames a second (the walkers move 2.5x faster). Each source is a looping file read by the server as a camera (paced
+at its frame rate), with tracking, a zone and a line. For each number of sources the server runs with that many
+streams; over a window after a warm-up it reports the frames inferred per second in total, against the raw rate
+(prepare + ONNX Runtime + post-processing in one process, at the server's batch size, no HTTP, no decoding) and
+against what the sources offer, the share of frames dropped (replaced by a newer one before inference took them),
+and the lag from a frame's decode to its results pushed to a Server-Sent Events follower (p50, p99). Both sides run
+ONNX Runtime at f32, so the ratio compares serving with the same runtime. Writes `results/streams.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import httpx
+import numpy as np
+import orjson
+from PIL import Image
+
+from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.repository.config import load_model_config
+from kakehashi.settings import coco_model_path
+from kakehashi.tasks.image_task import prepare_image
+from kakehashi.tasks.params import PredictParams
+from kakehashi.tasks.resolve import resolve_task
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from throughput import Process, free_port  # noqa: E402
+
+SHARED = HERE.parent.parent / "shared"
+FPS = 25
+MODEL = "yolox-nano-coco"
+
+
+def at_25_fps(video: Path, target: Path, seconds: float = 30.0) -> tuple[Path, list[Image.Image]]:
+    """`video` re-encoded with its frames at 25 fps (H.264, at most `seconds`), and a sample of its frames."""
+    frames: list[Image.Image] = []
+    with av.open(str(video)) as source, av.open(str(target), "w") as output:
+        stream = output.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "crf": "23", "g": str(FPS)})
+        video_in = source.streams.video[0]
+        stream.width, stream.height, stream.pix_fmt = video_in.width, video_in.height, "yuv420p"
+        for index, frame in enumerate(source.decode(video_in)):
+            if index >= seconds * FPS:
+                break
+            picture = frame.to_image()
+            if index % 10 == 0:
+                frames.append(picture)
+            output.mux(stream.encode(av.VideoFrame.from_image(picture)))
+        output.mux(stream.encode(None))
+    return target, frames
+
+
+def raw_rate(frames: list[Image.Image], batch: int, seconds: float) -> float:
+    """Frames/s of the plain in-process loop on decoded frames: letterbox, ONNX Runtime, post-processing."""
+    folder = coco_model_path()
+    config = load_model_config(folder)
+    backend = OnnxRuntimeBackend(folder / "1" / "model.onnx")
+    task = resolve_task(backend, config, folder / "1" / "model.onnx")
+    assert task is not None
+    params = PredictParams(conf=config.defaults.conf, iou=config.defaults.iou)
+
+    def one_batch(first: int) -> None:
+        prepared = [prepare_image(frames[(first + i) % len(frames)], task.input, params, 10**9) for i in range(batch)]
+        outputs = backend.run({task.input.name: np.stack([p.tensor for p in prepared])})
+        for row, item in enumerate(prepared):
+            task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
+
+    one_batch(0)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        one_batch(done)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def stream_config(video: Path, sources: int, outbox: Path) -> str:
+    entries = []
+    for index in range(sources):
+        entries.append(
+            f"""  - name: cam{index}
+    url: {video}
+    loop: true
+    zones: [{{name: left, points: [[0, 0], [384, 0], [384, 576], [0, 576]]}}]
+    lines: [{{name: middle, start: [384, 0], end: [384, 576]}}]
+    rules: [{{kind: line, name: crossed, line: middle}}]
+"""
+        )
+    return "streams:\n" + "".join(entries) + f"events:\n  outbox: {outbox}\n"
+
+
+async def follow_lags(url: str, names: list[str], seconds: float) -> list[float]:
+    """Each result's lag (ms) from every stream's SSE results over `seconds`."""
+    lags: list[float] = []
+
+    async def one(session: aiohttp.ClientSession, name: str) -> None:
+        async with session.get(f"{url}/v1/streams/{name}/results") as response:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    lags.append(orjson.loads(line[6:])["lag_ms"])
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        tasks = [asyncio.ensure_future(one(session, name)) for name in names]
+        await asyncio.sleep(seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return lags
+
+
+def totals(url: str) -> dict[str, float]:
+    streams = httpx.get(f"{url}/v1/streams", timeout=10).json()["streams"]
+    sums = {"inferred": 0.0, "read": 0.0, "dropped": 0.0}
+    for stream in streams:
+        sums["inferred"] += stream["inferred"]
+        sums["read"] += stream["source"]["read"]
+        sums["dropped"] += stream["source"]["dropped"]
+    sums["running"] = sum(stream["state"] == "running" for stream in streams)
+    return sums
+
+
+def measure(video: Path, sources: int, seconds: float, warmup: float, work: Path) -> dict:
+    config = work / f"streams-{sources}.yaml"
+    config.write_text(stream_config(video, sources, work / f"events-{sources}.db"))
+    port = free_port()
+    args = [sys.executable, "-m", "kakehashi", "serve", str(coco_model_path()), "--port", str(port)]
+    args += ["--grpc-port", "0", "--backend", "onnxruntime", "--precision", "f32", "--config", str(config)]
+    env = {"KAKEHASHI_CACHE_DIR": str(work / "cache")}
+    server = Process(args, f"http://127.0.0.1:{port}", env=env, log=work / f"server-{sources}.log")
+    try:
+        server.ready()
+        deadline = time.monotonic() + 60
+        while totals(server.url)["running"] < sources and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(warmup)
+        before, started = totals(server.url), time.perf_counter()
+        lags = asyncio.run(follow_lags(server.url, [f"cam{i}" for i in range(sources)], seconds))
+        after, elapsed = totals(server.url), time.perf_counter() - started
+        batch = httpx.get(f"{server.url}/v2/models/{MODEL}/config").json()["max_batch_size"]
+    finally:
+        server.stop()
+    read = after["read"] - before["read"]
+    return {
+        "sources": sources,
+        "offered": sources * FPS,
+        "read_fps": read / elapsed,
+        "inferred_fps": (after["inferred"] - before["inferred"]) / elapsed,
+        "dropped_share": (after["dropped"] - before["dropped"]) / read if read else 0.0,
+        "lag_p50": float(np.percentile(lags, 50)) if lags else float("nan"),
+        "lag_p99": float(np.percentile(lags, 99)) if lags else float("nan"),
+        "batch": max(1, int(batch)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, default=SHARED / "videos" / "vtest.avi")
+    parser.add_argument("--sources", default="1,4,8")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "streams.md")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kakehashi-streams-"))
+    video, frames = at_25_fps(args.video, work / "video-25fps.mp4")
+    rows = [measure(video, int(n), args.seconds, args.warmup, work) for n in args.sources.split(",")]
+    raw = {batch: raw_rate(frames, batch, 10.0) for batch in sorted({1, *(row["batch"] for row in rows)})}
+    best = max(raw.values())
+    lines = [
+        "# Live streams: sources at 25 fps on the bundled COCO detector (YOLOX-Nano 416, ONNX Runtime f32)",
+        "",
+        f"One run of `benchmarks/streams.py` on {os.cpu_count()} cores, {args.seconds:.0f} s per step after a "
+        f"{args.warmup:.0f} s warm-up; video: `{args.video.name}` re-encoded at 25 fps.",
+        "Raw rate in-process (prepare + ONNX Runtime + post-processing on decoded frames), by batch size: "
+        + ", ".join(f"{b}: {r:.1f}/s" for b, r in raw.items())
+        + ".",
+        "",
+        "| sources | offered fps | read fps | inferred fps | ÷ raw rate | ÷ min(raw, offered) | dropped | lag p50 | "
+        "lag p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['sources']} | {row['offered']} | {row['read_fps']:.1f} | {row['inferred_fps']:.1f} | "
+            f"{row['inferred_fps'] / best:.2f} | {row['inferred_fps'] / min(best, row['read_fps']):.2f} | "
+            f"{row['dropped_share']:.0%} | {row['lag_p50']:.0f} ms | {row['lag_p99']:.0f} ms |"
+        )
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

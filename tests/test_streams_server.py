@@ -56,7 +56,7 @@ def status(server: Server, name: str) -> dict[str, Any]:
 
 def recorded(server: Server, name: str | None = None) -> list[dict[str, Any]]:
     """Every event the server's outbox holds (of stream `name`), oldest first."""
-    query = {"limit": 1000, **({"stream": name} if name else {})}
+    query: dict[str, str | int] = {"limit": 1000, **({"stream": name} if name else {})}
     answer = server.client.get("/v1/events", params=query)
     assert answer.status_code == 200, answer.text
     return answer.json()["events"]
@@ -86,7 +86,9 @@ def sse_results(server: Server, name: str, enough: Callable[[list[dict]], bool],
 def person(result: dict) -> dict | None:
     """The frame's astronaut: its biggest person detection."""
     people = [d for d in result["detections"] if d["name"] == "person"]
-    return max(people, key=lambda d: (d["box"]["x2"] - d["box"]["x1"]) * (d["box"]["y2"] - d["box"]["y1"]), default=None)
+    return max(
+        people, key=lambda d: (d["box"]["x2"] - d["box"]["x1"]) * (d["box"]["y2"] - d["box"]["y1"]), default=None
+    )
 
 
 def anchor_x(detection: dict) -> float:
@@ -202,7 +204,9 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
     arrivals = [e for e in events if e["rule"] == "arrived"]
     counted = crossings[-1]["data"]["in_count"]
     assert counted >= 2 and [e["data"]["in_count"] for e in crossings] == list(range(1, counted + 1))
-    assert all(e["kind"] == "line" and e["data"]["direction"] == "in" and e["data"]["out_count"] == 0 for e in crossings)
+    assert all(
+        e["kind"] == "line" and e["data"]["direction"] == "in" and e["data"]["out_count"] == 0 for e in crossings
+    )
     crossed = [e["track_id"] for e in crossings]
     assert len(set(crossed)) == len(crossed), "one crossing per walk"
     arrived = [e["track_id"] for e in arrivals]
@@ -256,7 +260,7 @@ def looping_stream(video: Path, name: str) -> dict[str, Any]:
     }
 
 
-def write_config(path: Path, streams: list[dict], outbox: Path, sinks: dict[str, dict]) -> Path:
+def write_config(path: Path, streams: list[dict], outbox: Path, sinks: dict[str, dict[str, Any]]) -> Path:
     path.write_text(yaml.safe_dump({"streams": streams, "events": {"outbox": str(outbox), "sinks": sinks}}))
     return path
 
@@ -303,11 +307,13 @@ def without_seq(events: list[dict]) -> list[dict]:
 def test_every_event_reaches_a_flaky_webhook_and_mosquitto_in_order_once(serve, walk_video: Path, tmp_path: Path):
     async def scenario(broker: Mosquitto) -> None:
         async with WebhookReceiver(fail_first=3) as receiver, Subscriber(broker.port) as subscriber:
-            sinks = {
+            sinks: dict[str, dict[str, Any]] = {
                 "hook": {"type": "webhook", "url": receiver.url},
                 "broker": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port},
             }
-            config = write_config(tmp_path / "serve.yaml", [looping_stream(walk_video, "lobby")], tmp_path / "o.db", sinks)
+            config = write_config(
+                tmp_path / "serve.yaml", [looping_stream(walk_video, "lobby")], tmp_path / "o.db", sinks
+            )
             server = await asyncio.to_thread(serve, COCO, "--config", str(config))
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
 

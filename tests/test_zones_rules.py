@@ -181,6 +181,24 @@ def test_count_rule_with_prices_gives_the_running_total() -> None:
     assert [len(e.detections) for _, e in events] == [1, 3, 2]
 
 
+def test_count_rule_with_frames_ignores_flicker_shorter_than_that() -> None:
+    config = AnalyticsConfig.model_validate(
+        {
+            "tracking": False,
+            "zones": [{"name": "tray", "points": [[0, 0], [300, 0], [300, 300], [0, 300]]}],
+            "rules": [{"kind": "count", "name": "till", "zone": "tray", "prices": {"cup": 3.5}, "frames": 3}],
+        }
+    )
+    analytics = Analytics("checkout", config)
+    cup, cup2 = detection(50, 100, name="cup"), detection(150, 100, name="cup")
+    # one cup; a second flickers in for 2 frames, a detection of the first is missed once; then the second stays
+    frames = [[cup], [cup], [cup], [cup, cup2], [cup, cup2], [cup], [], [cup], [cup, cup2], [cup, cup2], [cup, cup2]]
+    events = [
+        (frame, e) for frame, dets in enumerate(frames) for e in analytics.update(frame, 10.0 + frame, dets).events
+    ]
+    assert [(frame, e.data["total"]) for frame, e in events] == [(2, 3.5), (10, 7.0)]
+
+
 def test_line_rule_through_analytics_reports_crossings_in_its_direction() -> None:
     config = AnalyticsConfig.model_validate(
         {

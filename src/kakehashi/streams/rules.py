@@ -69,14 +69,16 @@ class PresenceRule(ConfigModel):
 
 
 class CountRule(ConfigModel):
-    """An event when the counts by class inside `zone` change. With `prices` {class: price}, only priced classes
-    count (all of `classes` must be priced) and the event carries the running total Σ count × price."""
+    """An event when the counts by class inside `zone` change and the new counts hold for `frames` consecutive
+    frames (a detection that flickers for fewer frames changes nothing). With `prices` {class: price}, only priced
+    classes count (all of `classes` must be priced) and the event carries the running total Σ count × price."""
 
     kind: Literal["count"]
     name: Name
     zone: Name
     classes: Classes = None
     prices: dict[Name, Annotated[FiniteFloat, Field(ge=0.0)]] | None = None
+    frames: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _priced(self) -> CountRule:
@@ -172,6 +174,8 @@ class Count:
         self.config = config
         self._classes = config.classes or (None if config.prices is None else list(config.prices))
         self._counts: dict[str, int] = {}
+        self._new: dict[str, int] | None = None  # counts that differ from the reported ones, and for how many frames
+        self._held = 0
 
     def evaluate(self, frame: FrameContext) -> list[Event]:
         inside = [d for d in frame.zones[self.config.zone].detections if _of_classes(d, self._classes)]
@@ -179,8 +183,13 @@ class Count:
         for detection in inside:
             counts[detection["name"]] = counts.get(detection["name"], 0) + 1
         if counts == self._counts:
+            self._new, self._held = None, 0
             return []
-        self._counts = counts
+        self._held = self._held + 1 if counts == self._new else 1
+        self._new = counts
+        if self._held < self.config.frames:
+            return []
+        self._counts, self._new, self._held = counts, None, 0
         data: dict[str, Any] = {"zone": self.config.zone, "counts": counts, "count": len(inside)}
         if self.config.prices is not None:
             data["total"] = sum(n * self.config.prices[name] for name, n in counts.items())

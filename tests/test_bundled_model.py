@@ -75,3 +75,21 @@ def test_server_and_model_metadata(default_server):
     }
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
+
+
+def test_the_bundled_coco_detector_is_served_by_name(serve_module):
+    """`kakehashi serve yolox-nano-coco`: the bundled COCO detector (real YOLOX-Nano weights) finds what the
+    shared models' README lists for these photos — the cup on the coffee table, the cat, the astronaut."""
+    server = serve_module("yolox-nano-coco")
+    found = {}
+    for name in ("coffee.png", "chelsea.png", "astronaut.png"):
+        response = server.client.post(
+            "/v1/models/yolox-nano-coco/predict",
+            content=(IMAGES / name).read_bytes(),
+            headers={"content-type": "image/png"},
+        )
+        assert response.status_code == 200, response.text
+        found[name] = {r["name"]: r["confidence"] for r in response.json()["images"][0]["results"]}
+    assert found["coffee.png"]["cup"] > 0.85 and "dining table" in found["coffee.png"]
+    assert set(found["chelsea.png"]) == {"cat"} and set(found["astronaut.png"]) == {"person"}
+    assert found["astronaut.png"]["person"] > 0.9

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from kakehashi import __version__
 from kakehashi.batch.command import batch
 from kakehashi.cli_options import (
+    MODEL_PATH,
     load_repository,
     only_model,
     prediction_options,
@@ -48,7 +49,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @main.command()
-@click.argument("model", required=False, type=click.Path(exists=True, path_type=Path), envvar="KAKEHASHI_MODEL")
+@click.argument("model", required=False, type=MODEL_PATH, envvar="KAKEHASHI_MODEL")
 @_option(
     "--model-name",
     None,
@@ -168,7 +169,8 @@ def serve(
     stream_flags: tuple[str, ...],
     **options,
 ) -> None:
-    """Serve MODEL (an .onnx file, a model folder or a repository; default: the bundled person detector)."""
+    """Serve MODEL (an .onnx file, a model folder, a repository or a bundled model: ssdlite-person, yolox-nano-coco;
+    default: the bundled person detector)."""
     from kakehashi.server.auth import ApiKeys
     from kakehashi.server.runner import run
     from kakehashi.server.state import ServerState
@@ -215,9 +217,9 @@ def _server_config(path: Path | None, stream_flags: tuple[str, ...]) -> ServerCo
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--model",
-    type=click.Path(exists=True, path_type=Path),
+    type=MODEL_PATH,
     envvar="KAKEHASHI_MODEL",
-    help="An .onnx file or model folder (default: the bundled person detector).",
+    help="An .onnx file, a model folder or a bundled model's name (default: the bundled person detector).",
 )
 @click.option("--name", help="The model to use when --model holds several.")
 @click.option(

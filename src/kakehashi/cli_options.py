@@ -14,8 +14,30 @@ from kakehashi.errors import KakehashiError
 from kakehashi.protocols.predict_query import QUERY_SCHEMAS
 from kakehashi.repository.config import PRECISIONS, ServerDefaults
 from kakehashi.repository.repository import ModelRepository
-from kakehashi.settings import Limits, default_model_path
+from kakehashi.settings import Limits, bundled_models, default_model_path
 
+
+class ModelPath(click.ParamType):
+    """An .onnx file, a model folder or a repository; or the name of a bundled model (`yolox-nano-coco`)."""
+
+    name = "model"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = model_path(str(value))
+        if not path.exists():
+            self.fail(
+                f"{value}: no such file or folder, nor a bundled model ({', '.join(bundled_models())})", param, ctx
+            )
+        return path
+
+
+def model_path(text: str) -> Path:
+    """`text` as a path, or the folder of the bundled model of that name where no such path exists."""
+    path = Path(text)
+    return path if path.exists() else bundled_models().get(text, path)
+
+
+MODEL_PATH = ModelPath()
 PREDICTION_OPTIONS = tuple(name for name in QUERY_SCHEMAS if name != "timeout")  # a deadline is the server's
 
 

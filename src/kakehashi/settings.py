@@ -19,6 +19,11 @@ def coco_model_path() -> Path:
     return Path(str(resources.files("kakehashi") / "assets" / "coco" / "yolox-nano-coco"))
 
 
+def bundled_models() -> dict[str, Path]:
+    """The models shipped in the package by name: what `serve NAME` takes where no file or folder has that name."""
+    return {"ssdlite-person": default_model_path() / "ssdlite-person", "yolox-nano-coco": coco_model_path()}
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of a model; the defaults protect a server, every one is configurable."""

@@ -15,7 +15,7 @@ from kakehashi.batch.progress import Progress
 from kakehashi.batch.runner import Summary, run_job
 from kakehashi.batch.sources import check_sources, count, items
 from kakehashi.batch.writers import write_table
-from kakehashi.cli_options import load_repository, only_model, prediction_options, prediction_values
+from kakehashi.cli_options import load_repository, model_path, only_model, prediction_options, prediction_values
 from kakehashi.dataplane import DataPlane
 from kakehashi.errors import KakehashiError
 from kakehashi.settings import Limits, Settings
@@ -40,7 +40,7 @@ def journal_path(out: Path) -> Path:
 @click.option(
     "--model",
     envvar="KAKEHASHI_MODEL",
-    help="An .onnx file, model folder or repository (default: the bundled person detector); "
+    help="An .onnx file, model folder, repository or bundled model (default: the bundled person detector); "
     "with --url, the served model's name.",
 )
 @click.option("--name", help="The model to use when --model is a repository holding several.")
@@ -96,7 +96,7 @@ def batch(
             )
         else:
             summary = _local(
-                Path(model) if model else None, name, values, inputs, record, progress, concurrency, save_images
+                model_path(model) if model else None, name, values, inputs, record, progress, concurrency, save_images
             )
         if out != journal:
             write_table(journal, out)

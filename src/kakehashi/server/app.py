@@ -50,8 +50,11 @@ def create_app(state: ServerState) -> Starlette:
                 await state.repository.load_at_start()
                 state.loaded = True
             log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
-            await streams.open(state.config.streams)
-            state.streams = streams
+            try:
+                await streams.open(state.config.streams)
+                state.streams = streams
+            except Exception:  # e.g. the outbox's folder cannot be written: models serve, streams answer 503
+                log.exception("streams and events not started (outbox %s)", streams.outbox_path)
             if state.settings.model_control == "poll" and not state.draining:
                 await state.repository.watch(state.settings.poll_seconds)
 

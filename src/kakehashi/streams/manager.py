@@ -64,7 +64,10 @@ class StreamManager:
         self._opened = True
         self.delivery.start()
         for config in configs:
-            await self.add(config, trusted=True)
+            try:
+                await self.add(config, trusted=True)
+            except KakehashiError as exc:  # e.g. its model failed to load: the other streams start
+                log.error("stream %s: not started: %s", config.name, exc.message)
 
     async def record(self, events: list[Event]) -> None:
         """Keep `events` durably, then wake the delivery."""

@@ -1,0 +1,164 @@
+"""The worked examples in `examples/`, run end to end as their READMEs tell a user to: the example's script makes
+its video from the repository's images, `kakehashi serve` runs the bundled COCO detector on it with the example's
+config (only the addresses of the test's broker or receiver, the video's and the outbox's paths changed), and what
+reaches the sink is checked against what the video shows."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiomqtt
+import orjson
+import yaml
+from PIL import Image
+
+from brokers import Mosquitto, eventually
+from conftest import Server
+from kakehashi.settings import coco_model_path
+from kakehashi.streams.zones import anchor_point, inside_polygon
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def example_script(example: str) -> ModuleType:
+    """The example's `make_video.py` as a module (its constants say what the video shows)."""
+    path = EXAMPLES / example / "make_video.py"
+    spec = importlib.util.spec_from_file_location(f"example_{example.replace('-', '_')}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_video(example: str, path: Path) -> Path:
+    """Run the example's script as a user does, writing its video to `path`."""
+    subprocess.run([sys.executable, str(EXAMPLES / example / "make_video.py"), str(path)], check=True, timeout=120)
+    return path
+
+
+def example_config(example: str, name: str, video: Path, folder: Path, sinks: dict[str, dict[str, Any]]) -> Path:
+    """A copy of the example's config in `folder`, its one stream reading `video`, the outbox in `folder` and the
+    named sinks' fields updated (the test's ports and paths); everything else as shipped."""
+    config = yaml.safe_load((EXAMPLES / example / name).read_text())
+    [stream] = config["streams"]
+    assert (EXAMPLES.parent / stream["url"]).exists() or stream["url"].endswith(video.name)
+    stream["url"] = str(video)
+    config["events"]["outbox"] = str(folder / "events.db")
+    for sink, changes in sinks.items():
+        config["events"]["sinks"][sink].update(changes)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_server(serve, config: Path) -> Server:
+    return serve(coco_model_path(), "--config", str(config), "--grpc-port", "0")
+
+
+def wait_for_end(server: Server, stream: str, timeout: float) -> dict[str, Any]:
+    """The stream's status once its video has ended and every recorded event went to every sink."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = server.client.get("/v1/streams")  # 503 for a moment after ready: the streams start after the model
+        if answer.status_code != 200:
+            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+            continue
+        listing = answer.json()
+        [status] = [s for s in listing["streams"] if s["id"] == stream]
+        if status["state"] == "ended" and all(sink["queued"] == 0 for sink in listing["sinks"].values()):
+            return status
+        assert status["state"] in ("connecting", "running", "ended"), status
+        assert time.monotonic() < deadline, f"the stream did not end in {timeout} s: {status}"
+        time.sleep(0.1)
+
+
+def recorded_events(server: Server, stream: str) -> list[dict[str, Any]]:
+    return server.client.get("/v1/events", params={"stream": stream, "limit": 1000}).json()["events"]
+
+
+# -- inspection line: a presence rule, MQTT alerts with snapshots ----------------------------------------------------
+
+
+def cup_frames(script: ModuleType) -> list[range]:
+    """For each cup on the belt (in order), the numbers of the frames (as a stream counts them, from 1) where some
+    of it is in view (the detector already finds it when a part has come in)."""
+    width = script.SIZE[0]
+    cup_width = script.product_image("cup").width
+    spans = []
+    for number, kind in enumerate(script.SEQUENCE):
+        if kind == "cup":  # its left edge is at (t - number * SPACING) * SPEED - cup_width
+            first = number * script.SPACING * script.FPS
+            last = (number * script.SPACING + (width + cup_width) / script.SPEED) * script.FPS
+            spans.append(range(int(first) + 1, int(last) + 2))
+    return spans
+
+
+def test_inspection_line_alerts_once_per_defect_over_mqtt(tmp_path: Path, serve) -> None:
+    script = example_script("inspection-line")
+    video = make_video("inspection-line", tmp_path / "belt.mp4")
+    shipped = yaml.safe_load((EXAMPLES / "inspection-line" / "inspection.yaml").read_text())
+    [zone] = shipped["streams"][0]["zones"]
+    [rule] = shipped["streams"][0]["rules"]
+    topic = shipped["events"]["sinks"]["alerts"]["topic"].format(stream="line1", rule=rule["name"], kind="presence")
+    defects = cup_frames(script)
+    assert len(defects) == 2  # the video carries two cups (and a box and a cat, which are not defects)
+
+    async def scenario(broker: Mosquitto) -> tuple[list[tuple[str, int, bytes]], Server]:
+        received: list[tuple[str, int, bytes]] = []
+        subscribed = asyncio.Event()
+
+        async def collect() -> None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", broker.port, identifier="inspection-test") as client:
+                    await client.subscribe(topic.rsplit("/", 1)[0] + "/#", qos=1)
+                    subscribed.set()
+                    async for message in client.messages:
+                        assert isinstance(message.payload, bytes)
+                        received.append((str(message.topic), message.qos, message.payload))
+
+        collector = asyncio.create_task(collect())
+        await asyncio.wait_for(subscribed.wait(), 10)
+        sinks = {"alerts": {"port": broker.port}}
+        config = example_config("inspection-line", "inspection.yaml", video, tmp_path, sinks)
+        server = await asyncio.to_thread(start_server, serve, config)
+        await asyncio.to_thread(wait_for_end, server, "line1", 40)
+        count = len(recorded_events(server, "line1"))
+        await eventually(lambda: len({orjson.loads(p)["id"] for _, _, p in received}) >= count, 10, "the alerts")
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        return received, server
+
+    with Mosquitto(tmp_path) as broker:
+        received, server = asyncio.run(scenario(broker))
+
+    recorded = recorded_events(server, "line1")
+    alerts: dict[str, dict[str, Any]] = {}
+    for message_topic, qos, body in received:
+        assert (message_topic, qos) == (topic, 1)
+        alert = orjson.loads(body)
+        alerts.setdefault(alert["id"], alert)
+    assert [a["id"] for a in alerts.values()] == [e["id"] for e in recorded], "MQTT and /v1/events differ"
+    alerts_in_order = sorted(alerts.values(), key=lambda a: a["frame"])
+    assert len(alerts_in_order) == len(defects), [(a["frame"], a["track_id"]) for a in alerts_in_order]
+    assert len({a["track_id"] for a in alerts_in_order}) == len(defects)
+    for alert, frames in zip(alerts_in_order, defects):
+        assert (alert["stream"], alert["rule"], alert["kind"]) == ("line1", rule["name"], "presence")
+        assert alert["frame"] in frames, f"alert on frame {alert['frame']}, the cup is in view on {frames}"
+        [detection] = alert["detections"]
+        assert detection["name"] == "cup" and detection["confidence"] >= rule["min_confidence"]
+        assert detection["track_id"] == alert["track_id"]
+        assert inside_polygon(anchor_point(detection, "bottom_center"), [tuple(p) for p in zone["points"]])
+        assert alert["data"] == {"zone": zone["name"]}
+        snapshot = Image.open(io.BytesIO(base64.b64decode(alert["snapshot_jpeg"])))
+        assert snapshot.format == "JPEG" and snapshot.size == script.SIZE

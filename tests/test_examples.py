@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import orjson
+import pytest
 import yaml
 from PIL import Image
 
@@ -162,3 +163,73 @@ def test_inspection_line_alerts_once_per_defect_over_mqtt(tmp_path: Path, serve)
         assert alert["data"] == {"zone": zone["name"]}
         snapshot = Image.open(io.BytesIO(base64.b64decode(alert["snapshot_jpeg"])))
         assert snapshot.format == "JPEG" and snapshot.size == script.SIZE
+
+
+# -- checkout counter: a count rule with prices, the running total to a JSON-lines file ------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory, serve_module) -> dict[str, Any]:
+    """One run of the checkout counter example: the events /v1/events recorded and the lines of the JSONL sink."""
+    folder = tmp_path_factory.mktemp("checkout")
+    video = make_video("checkout-counter", folder / "counter.mp4")
+    till = folder / "till.jsonl"
+    config = example_config("checkout-counter", "checkout.yaml", video, folder, {"till": {"path": str(till)}})
+    server = start_server(serve_module, config)
+    status = wait_for_end(server, "till1", 40)
+    return {
+        "recorded": recorded_events(server, "till1"),
+        "lines": [orjson.loads(line) for line in till.read_bytes().splitlines()],
+        "status": status,
+    }
+
+
+def checkout_totals(checkout: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The totals the events carried, in order, and the totals the cups that came should make (3.5, 7.0, 10.5)."""
+    script = example_script("checkout-counter")
+    shipped = yaml.safe_load((EXAMPLES / "checkout-counter" / "checkout.yaml").read_text())
+    price = shipped["streams"][0]["rules"][0]["prices"]["cup"]
+    totals = [round(event["data"]["total"], 2) for event in checkout["recorded"]]
+    return totals, [round(price * k, 2) for k in range(1, len(script.ARRIVALS) + 1)]
+
+
+def test_checkout_counter_rings_up_each_cup_as_it_arrives(checkout: dict[str, Any]) -> None:
+    script = example_script("checkout-counter")
+    shipped = yaml.safe_load((EXAMPLES / "checkout-counter" / "checkout.yaml").read_text())
+    [zone] = shipped["streams"][0]["zones"]
+    [rule] = shipped["streams"][0]["rules"]
+    recorded = checkout["recorded"]
+    assert recorded, checkout["status"]
+    lines = list({line["id"]: line for line in checkout["lines"]}.values())  # de-duplicated by id
+    assert [line["id"] for line in lines] == [event["id"] for event in recorded], "the JSONL file and /v1/events differ"
+    for event in recorded:
+        assert (event["stream"], event["rule"], event["kind"]) == ("till1", rule["name"], "count")
+        count = event["data"]["count"]
+        assert event["data"] == {
+            "zone": zone["name"],
+            "counts": {"cup": count} if count else {},
+            "count": count,
+            "total": pytest.approx(count * rule["prices"]["cup"]),
+        }
+        assert len(event["detections"]) == count
+        for detection in event["detections"]:
+            assert detection["name"] == "cup"
+            assert inside_polygon(anchor_point(detection, "bottom_center"), [tuple(p) for p in zone["points"]])
+    totals, expected = checkout_totals(checkout)
+    assert totals[-1] == expected[-1], totals
+    highs = [total for i, total in enumerate(totals) if total > max(totals[:i], default=0.0)]
+    assert highs == expected, totals  # each new high is one more cup
+    for total, arrival in zip(expected, script.ARRIVALS):  # reached while that cup slides onto the counter
+        frame = next(event["frame"] for event in recorded if round(event["data"]["total"], 2) == total)
+        slide = range(int(arrival * script.FPS) + 1, int((arrival + script.SLIDE_SECONDS) * script.FPS) + 5)
+        assert frame in slide, f"{total} on frame {frame}; the cup slides in on frames {slide}"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the count rule reports every change, and a sliding cup's confidence dips under the tracker's 0.5 for a "
+    "frame: the total goes 7.0, 3.5, 7.0 (a count rule option holding a change for N frames would fix it)",
+)
+def test_checkout_counter_totals_have_no_flicker(checkout: dict[str, Any]) -> None:
+    totals, expected = checkout_totals(checkout)
+    assert totals == expected

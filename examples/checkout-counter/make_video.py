@@ -76,6 +76,7 @@ def write_video(path: Path, frames: list[Image.Image], fps: int = FPS) -> Path:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = fps

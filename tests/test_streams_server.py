@@ -102,10 +102,16 @@ def passes(results: list[dict]) -> list[list[dict]]:
         found = person(result)
         if found is None:
             continue
-        if not walks or found["box"]["x1"] < walks[-1][-1]["box"]["x1"] - WIDTH / 4:
+        if not walks or anchor_x(found) < anchor_x(walks[-1][-1]) - 60:  # jitter stays under 30 pixels
             walks.append([])
         walks[-1].append(found)
     return walks
+
+
+def whole_walks(results: list[dict]) -> list[list[dict]]:
+    """The walks seen from their start (the first is not: it comes in a burst, see below) to the right edge."""
+    walks = passes(results)
+    return [w for w in walks[1:-1] if anchor_x(w[0]) < WIDTH / 4 and anchor_x(w[-1]) > WIDTH * 3 / 4]
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +153,15 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
         "name": "walk",
         "url": rtsp.url,
         "model": "yolox-nano-coco",
-        "params": {"classes": [0]},  # people only: the line counts every tracked class (the table flickers on it)
+        # people only (a line counts every tracked class: the table's box flickers across it); low scores too, as
+        # ByteTrack wants them (they keep a track through the frames where the astronaut scores under 0.5)
+        "params": {"classes": [0], "conf": 0.1},
         "zones": [RIGHT],
         "lines": [MIDDLE],
         "rules": [
             {"kind": "line", "name": "crossed", "line": "middle", "classes": ["person"]},
             {"kind": "presence", "name": "arrived", "classes": ["person"], "zone": "right", "frames": 3,
-             "cooldown_seconds": 3600},
+             "min_confidence": 0.3, "cooldown_seconds": 3600},  # the astronaut scores 0.3 to 0.8
         ],
     }  # fmt: skip
     created = server.client.post("/v1/streams", json=config)
@@ -162,8 +170,9 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
     assert created.headers["location"] == "/v1/streams/walk"
     poll(lambda: status(server, "walk")["state"] == "running", 20, "the stream running")
 
-    # two full walks across the middle, and a few frames more for the presence rule (3 frames in the right half)
-    results = sse_results(server, "walk", lambda got: got[-1]["lines"]["middle"]["in"] >= 2 and len(got) > 40, 40)
+    # The first walk comes in a burst (the frames FFmpeg read while probing the stream, all at once: the stream
+    # takes the newest, skipping many), so it is not judged; follow until two full walks are seen after it.
+    results = sse_results(server, "walk", lambda got: len(whole_walks(got)) >= 2, 40)
     assert {"stream", "frame", "frame_time", "lag_ms", "shape", "detections", "zones", "lines", "events"} <= set(
         results[0]
     )
@@ -171,16 +180,16 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
     assert {d["name"] for r in results for d in r["detections"]} == {"person"}, "the params reach the model"
     frames = [r["frame"] for r in results]
     assert frames == sorted(set(frames)), "results in frame order, each once"
+    assert all(r["lines"]["middle"]["out"] == 0 for r in results)
 
-    walks = passes(results)
-    assert len(walks) >= 2, [len(w) for w in walks]
+    walks = passes(results)[1:]  # the burst's walk aside
     for walk in walks:
         ids = {d["track_id"] for d in walk}
         assert len(ids) == 1, f"one track id through a walk, got {ids}"
         xs = [anchor_x(d) for d in walk]
         assert all(b > a - 30 for a, b in zip(xs, xs[1:])), f"he walks left to right (jitter aside): {xs}"
     assert len({walk[0]["track_id"] for walk in walks}) == len(walks), "each walk its own track"
-    assert all(r["lines"]["middle"]["out"] == 0 for r in results)
+    full = whole_walks(results)
 
     frame = server.client.get("/v1/streams/walk/frame.jpg")
     assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
@@ -211,14 +220,13 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
     assert len(set(crossed)) == len(crossed), "one crossing per walk"
     arrived = [e["track_id"] for e in arrivals]
     assert len(set(arrived)) == len(arrived), "the presence rule fires once per track"
-    assert set(arrived) <= set(crossed) and len(arrived) >= len(crossed) - 1
+    assert set(arrived) <= set(crossed), "he enters the right half by crossing the middle"
     for event in arrivals:
         [detection] = event["detections"]
         assert event["kind"] == "presence" and event["data"] == {"zone": "right"}
         assert anchor_x(detection) > WIDTH / 2
-    for walk in walks:  # a walk seen on both sides of the middle on the live results crossed it in the replay
-        if anchor_x(walk[0]) < WIDTH / 2 - 10 and anchor_x(walk[-1]) > WIDTH / 2 + 10:
-            assert walk[0]["track_id"] in crossed
+    for walk in full:  # each full walk crossed the middle once and had its 3 frames in the right half
+        assert crossed.count(walk[0]["track_id"]) == 1 and arrived.count(walk[0]["track_id"]) == 1
     live = [event["id"] for result in results for event in result["events"]]
     assert live and live == [e["id"] for e in events if e["id"] in live], "the live events are the recorded ones"
 

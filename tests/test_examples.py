@@ -30,10 +30,10 @@ from kakehashi.streams.zones import anchor_point, inside_polygon
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def example_script(example: str) -> ModuleType:
-    """The example's `make_video.py` as a module (its constants say what the video shows)."""
-    path = EXAMPLES / example / "make_video.py"
-    spec = importlib.util.spec_from_file_location(f"example_{example.replace('-', '_')}", path)
+def example_script(example: str, name: str = "make_video") -> ModuleType:
+    """The example's script `name` as a module (`make_video`'s constants say what the video shows)."""
+    path = EXAMPLES / example / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{example.replace('-', '_')}_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -106,6 +106,7 @@ def cup_frames(script: ModuleType) -> list[range]:
 
 def test_inspection_line_alerts_once_per_defect_over_mqtt(tmp_path: Path, serve) -> None:
     script = example_script("inspection-line")
+    watcher = example_script("inspection-line", "watch_alerts")
     video = make_video("inspection-line", tmp_path / "belt.mp4")
     shipped = yaml.safe_load((EXAMPLES / "inspection-line" / "inspection.yaml").read_text())
     [zone] = shipped["streams"][0]["zones"]
@@ -160,6 +161,7 @@ def test_inspection_line_alerts_once_per_defect_over_mqtt(tmp_path: Path, serve)
         assert detection["track_id"] == alert["track_id"]
         assert inside_polygon(anchor_point(detection, "bottom_center"), [tuple(p) for p in zone["points"]])
         assert alert["data"] == {"zone": zone["name"]}
+        assert f"line1/{rule['name']}: cup" in watcher.describe(alert)  # the example's watch_alerts.py
         snapshot = Image.open(io.BytesIO(base64.b64decode(alert["snapshot_jpeg"])))
         assert snapshot.format == "JPEG" and snapshot.size == script.SIZE
 

@@ -240,8 +240,10 @@ def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: Rtsp
     rtsp.stop()
     lost = poll(lambda: (s := status(server, "cable"))["state"] == "reconnecting" and s, 15, "reconnecting")
     assert lost["reason"] and lost["source"]["reconnects"] == 0, lost
-    assert f"127.0.0.1:{rtsp.port}" in lost["reason"]
-    before = lost["inferred"]
+    # the cable stays out until a connection has been refused: the stream keeps trying, it does not give up
+    refused = poll(lambda: "refused" in (s := status(server, "cable"))["reason"] and s, 15, "a refused connection")
+    assert refused["state"] == "reconnecting" and refused["reason"] == f"connection refused by 127.0.0.1:{rtsp.port}"
+    before = refused["inferred"]
 
     rtsp.start()
     back = poll(

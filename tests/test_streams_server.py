@@ -255,6 +255,28 @@ def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: Rtsp
     assert back["failed"] == 0
 
 
+@pytest.mark.slow  # the outage must outlast the 15 s heartbeat
+def test_a_follower_keeps_following_through_an_outage_longer_than_the_heartbeat(
+    server: Server, rtsp: RtspServer, deleted: list[str]
+) -> None:
+    config = {"name": "quiet", "url": rtsp.url, "reconnect_max_seconds": 1, "params": {"conf": 0.4}}
+    assert server.client.post("/v1/streams", json=config).status_code == 201
+    deleted.append("quiet")
+    poll(lambda: status(server, "quiet")["inferred"] > 0, 20, "frames inferred")
+    with server.client.stream("GET", "/v1/streams/quiet/results", timeout=30) as answer:
+        lines = answer.iter_lines()
+        first = next(orjson.loads(line[6:]) for line in lines if line.startswith("data: "))
+        rtsp.stop()
+        quiet = time.monotonic()
+        assert next((line for line in lines if line == ": heartbeat"), None) == ": heartbeat"
+        assert time.monotonic() - quiet > 10, "a heartbeat only after a quiet spell"
+        rtsp.start()
+        after = next((orjson.loads(line[6:]) for line in lines if line.startswith("data: ")), None)
+    assert after is not None, "the follower was dropped at the heartbeat"
+    assert after["stream"] == "quiet" and after["frame"] > first["frame"]
+    assert status(server, "quiet")["source"]["reconnects"] >= 1
+
+
 # -- events through the sinks -----------------------------------------------------------------------------------
 
 

@@ -95,19 +95,27 @@ async def results(request: Request) -> Response:
     subscription = _follow(stream)
 
     async def events() -> AsyncIterator[bytes]:
+        iterator = aiter(subscription)
+        waiting: asyncio.Future[dict] | None = None
         try:
             yield b": following stream " + stream.name.encode() + b"\n\n"
-            iterator = aiter(subscription)
             while True:
-                try:
-                    result = await asyncio.wait_for(anext(iterator), HEARTBEAT_SECONDS)
-                except TimeoutError:
+                # one wait for the next result across heartbeats: cancelling it (wait_for's timeout) would end the
+                # subscription's generator, and with it the follower, at the first quiet spell
+                waiting = waiting or asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({waiting}, timeout=HEARTBEAT_SECONDS)
+                if not done:
                     yield b": heartbeat\n\n"
                     continue
+                finished, waiting = waiting, None
+                try:
+                    result = finished.result()
                 except StopAsyncIteration:
                     return
                 yield b"event: result\ndata: " + orjson.dumps(result) + b"\n\n"
         finally:
+            if waiting is not None:
+                waiting.cancel()
             stream.unsubscribe(subscription)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

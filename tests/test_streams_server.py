@@ -5,6 +5,7 @@ a real mosquitto broker, the pulled cable, kill -9, and the drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import signal
 import time
@@ -253,6 +254,37 @@ def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: Rtsp
     )
     assert back["source"]["reconnects"] >= 1 and back["reason"] == ""
     assert back["failed"] == 0
+
+
+def metric(server: Server, name: str, stream: str) -> float | None:
+    for line in server.client.get("/metrics").text.splitlines():
+        if line.startswith(f'{name}{{stream="{stream}"}} '):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_stream_deleted_and_started_again_at_once_keeps_its_metrics(
+    server: Server, rtsp: RtspServer, deleted: list[str]
+) -> None:
+    config = {"name": "again", "url": rtsp.url, "params": {"conf": 0.4}}
+    assert server.client.post("/v1/streams", json=config).status_code == 201
+    deleted.append("again")
+    poll(lambda: (metric(server, "kakehashi_stream_frames_inferred_total", "again") or 0) > 0, 20, "frames inferred")
+
+    # the operator's restart: DELETE, and a POST of the same name racing it (409 while the old one stops)
+    answers: list[int] = []
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            removal = pool.submit(other.delete, "/v1/streams/again")
+            deadline = time.monotonic() + 20
+            while not answers or answers[-1] == 409:
+                assert time.monotonic() < deadline, answers
+                answers.append(server.client.post("/v1/streams", json=config).status_code)
+            assert removal.result().status_code == 200
+    assert answers[-1] == 201 and set(answers) <= {409, 201}, answers
+    assert status(server, "again")["state"] in ("connecting", "running")
+    poll(lambda: (metric(server, "kakehashi_stream_frames_inferred_total", "again") or 0) > 0, 20, "new frames counted")
+    assert metric(server, "kakehashi_stream_frames_read_total", "again") is not None, "the source's series"
 
 
 @pytest.mark.slow  # the outage must outlast the 15 s heartbeat

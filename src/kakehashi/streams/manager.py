@@ -114,11 +114,14 @@ class StreamManager:
         return stream
 
     async def remove(self, name: str) -> None:
+        """Stop the stream, then forget it: its name stays taken while it stops (frames in flight finish), so a new
+        stream of that name cannot start meanwhile and lose its metric series to the old one's cleanup."""
         stream = self.get(name)
-        del self.streams[name]
         await stream.stop()
-        SOURCES.sources.pop(name, None)
-        log.info("stream %s: stopped", name)
+        if self.streams.get(name) is stream:  # not already forgotten by a concurrent remove
+            del self.streams[name]
+            SOURCES.sources.pop(name, None)
+            log.info("stream %s: stopped", name)
 
     async def events(self, limit: int, stream: str | None, after: int | None) -> list[dict]:
         """Recorded events in order (each with its outbox sequence number), for replay."""

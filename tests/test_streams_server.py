@@ -287,6 +287,31 @@ def test_a_stream_deleted_and_started_again_at_once_keeps_its_metrics(
     assert metric(server, "kakehashi_stream_frames_read_total", "again") is not None, "the source's series"
 
 
+def test_followers_that_leave_during_an_outage_are_let_go_at_once(
+    server: Server, rtsp: RtspServer, deleted: list[str]
+) -> None:
+    config = {"name": "gone", "url": rtsp.url, "reconnect_max_seconds": 1, "params": {"conf": 0.4}}
+    assert server.client.post("/v1/streams", json=config).status_code == 201
+    deleted.append("gone")
+    poll(lambda: status(server, "gone")["inferred"] > 0, 20, "frames inferred")
+    rtsp.stop()  # no results from now on: nothing to send would reveal that a follower left
+    poll(lambda: status(server, "gone")["state"] == "reconnecting", 15, "reconnecting")
+
+    async def visit() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/v1/streams/gone/ws"):
+            await eventually(
+                lambda: asyncio.to_thread(lambda: status(server, "gone")["subscribers"] == 1), 5, "the follower"
+            )
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            async with client.stream("GET", "/v1/streams/gone/results") as answer:
+                await anext(answer.aiter_lines())  # the opening comment: it follows
+                assert status(server, "gone")["subscribers"] == 1
+
+    asyncio.run(visit())
+    poll(lambda: status(server, "gone")["subscribers"] == 0, 5, "the followers let go")
+    assert status(server, "gone")["state"] == "reconnecting", "still no result"
+
+
 @pytest.mark.slow  # the outage must outlast the 15 s heartbeat
 def test_a_follower_keeps_following_through_an_outage_longer_than_the_heartbeat(
     server: Server, rtsp: RtspServer, deleted: list[str]

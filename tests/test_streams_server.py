@@ -418,7 +418,13 @@ def test_every_event_reaches_a_flaky_webhook_and_mosquitto_in_order_once(serve, 
                     30,
                     f"{everything} events at both sinks",
                 )
-                sinks_status = (await client.get("/v1/streams")).json()["sinks"]
+                sinks_status: dict[str, Any] = {}
+
+                async def acknowledged() -> bool:  # the sink's answer reaches the server after the body arrived
+                    sinks_status.update((await client.get("/v1/streams")).json()["sinks"])
+                    return all(sinks_status[sink]["delivered"] == everything for sink in ("hook", "broker"))
+
+                await eventually(acknowledged, 10, "both sinks' acknowledgements")
 
         assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
         assert {e["rule"] for e in events} == {"seen"} and all(e["stream"] == "lobby" for e in events)

@@ -48,13 +48,13 @@ def create_app(state: ServerState) -> Starlette:
         async def load() -> None:
             if not state.loaded:  # an embedder (Ray Serve) may have loaded the models before starting the app
                 await state.repository.load_at_start()
-                state.loaded = True
-            log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
             try:
                 await streams.open(state.config.streams)
                 state.streams = streams
             except Exception:  # e.g. the outbox's folder cannot be written: models serve, streams answer 503
                 log.exception("streams and events not started (outbox %s)", streams.outbox_path)
+            state.loaded = True  # ready once the configured streams started too
+            log.info("models loaded; server %s", "ready" if state.ready else "NOT ready (see the model errors above)")
             if state.settings.model_control == "poll" and not state.draining:
                 await state.repository.watch(state.settings.poll_seconds)
 

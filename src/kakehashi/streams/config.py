@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from kakehashi.errors import InvalidInput
-from kakehashi.events.config import EventsConfig
+from kakehashi.events.config import EventsConfig, JsonlConfig
 from kakehashi.streams.analytics import AnalyticsConfig
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "srt")
@@ -79,15 +79,33 @@ class ServerConfig(BaseModel):
 
 
 def load_server_config(path: Path) -> ServerConfig:
-    """The config file at `path` (YAML), or `InvalidInput` saying what is wrong and where."""
+    """The config file at `path` (YAML), or `InvalidInput` saying what is wrong and where. Relative paths in it (a
+    stream's video file, the outbox, a JSONL sink) are relative to the file's folder."""
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"{path}: cannot be read as YAML: {exc}") from None
     try:
-        return ServerConfig.model_validate(content)
+        config = ServerConfig.model_validate(content)
     except ValueError as exc:
         raise InvalidInput(f"{path}: {exc}") from None
+    return _relative_to(config, path.parent)
+
+
+def _relative_to(config: ServerConfig, folder: Path) -> ServerConfig:
+    streams = [
+        stream if urlsplit(stream.url).scheme else stream.model_copy(update={"url": str(folder / stream.url)})
+        for stream in config.streams
+    ]
+    events = config.events
+    sinks = {
+        name: sink.model_copy(update={"path": folder / sink.path}) if isinstance(sink, JsonlConfig) else sink
+        for name, sink in events.sinks.items()
+    }
+    outbox = None if events.outbox is None else folder / events.outbox
+    return config.model_copy(
+        update={"streams": streams, "events": events.model_copy(update={"outbox": outbox, "sinks": sinks})}
+    )
 
 
 _FLAG = re.compile(r"^(?P<name>[^=,]+)=(?P<url>[^,]+)(?P<rest>(,[^=,]+=[^,]*)*)$")

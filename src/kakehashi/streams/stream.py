@@ -166,12 +166,12 @@ class Stream:
             log.error("stream %s: frame %d failed", self.name, frame.number, exc_info=exc)
             self._failed(f"internal error: {exc}")
             return
-        analysis = self._analytics.update(frame.number, frame.time, results)
+        loop = asyncio.get_running_loop()
+        # tracking (its assignment grows with the detections) and rules in the pool; frames stay in order
+        analysis = await loop.run_in_executor(self._compute, self._analytics.update, frame.number, frame.time, results)
         events = analysis.events
         if events and self.config.snapshot:
-            picture = await asyncio.get_running_loop().run_in_executor(
-                self._compute, annotated_jpeg, frame.image, analysis.detections
-            )
+            picture = await loop.run_in_executor(self._compute, annotated_jpeg, frame.image, analysis.detections)
             events = [_with_snapshot(event, picture) for event in events]
         if events:
             try:

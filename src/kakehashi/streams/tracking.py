@@ -102,7 +102,7 @@ def _associate(
     under `min_iou` excluded: the matches, the unmatched tracks and the unmatched detections."""
     if not tracks or not candidates:
         return [], list(tracks), list(candidates)
-    from scipy.optimize import linear_sum_assignment  # loaded by ByteTracker() already
+    from scipy.optimize import linear_sum_assignment  # imported off the event loop as a stream starts (manager)
 
     iou = iou_matrix(np.array([t.kalman.box() for t in tracks]), boxes[candidates])
     iou *= np.array([t.label for t in tracks])[:, None] == labels[candidates][None, :]
@@ -141,9 +141,6 @@ class ByteTracker:
         self._tracks: list[_Track] = []
         self._frame = 0
         self._last_id = 0
-        # 0.5 s and 60 MB: loaded with the stream that tracks, not on its first association, where the stall drops
-        # the frames of the first object seen (whose short track can then take a later object's detections)
-        import scipy.optimize  # noqa: F401
 
     def _confirm(self, track: _Track) -> None:
         self._last_id += 1

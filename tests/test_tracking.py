@@ -125,3 +125,23 @@ def test_one_off_detections_make_no_track() -> None:
     later = [detection("later", 200, 500)]
     assert tracker.update(later) == []
     assert [d["track_id"] for d in tracker.update(later)] == [2]
+
+
+def test_a_fast_object_seen_every_fourth_frame_keeps_its_id_when_the_tracker_knows_the_gap() -> None:
+    """Inference falls behind the camera: after 10 frames seen one by one, the tracker sees every 4th frame of an
+    object 120 px wide moving 30 px a frame (120 px between updates: its width). Told the gap, its prediction moves
+    as far and the id holds; not told, the track is lost."""
+    ids: dict[bool, list[list[int]]] = {}
+    for told in (True, False):
+        tracker = ByteTracker()
+        for t in range(10):
+            tracker.update([detection("fast", 50 + 30 * t, 200, w=120, h=240)])
+        ids[told] = [
+            [
+                d["track_id"]
+                for d in tracker.update([detection("fast", 50 + 30 * t, 200, w=120, h=240)], 4 if told else 1)
+            ]
+            for t in range(13, 60, 4)
+        ]
+    assert all(found == [1] for found in ids[True]), ids[True]
+    assert [1] not in ids[False][1:], ids[False]

@@ -78,11 +78,14 @@ class Analytics:
         self._zones = [PolygonZone(z.name, z.points, z.anchor) for z in config.zones]
         self._lines = [LineCounter(ln.name, ln.start, ln.end, ln.anchor, ln.margin) for ln in config.lines]
         self._rules = [build_rule(rule) for rule in config.rules]
+        self._last_frame: int | None = None
 
     def update(self, frame: int, frame_time: float, detections: list[dict[str, Any]]) -> FrameAnalysis:
         """`frame`: the frame's number in the stream; `frame_time`: seconds since the epoch when it was read (the
         events' time, so their ids are stable); `detections`: as the predict endpoint gives them."""
-        tracked = self._tracker.update(detections) if self._tracker else [dict(d) for d in detections]
+        steps = 1 if self._last_frame is None else frame - self._last_frame  # more than 1 after dropped frames
+        self._last_frame = frame
+        tracked = self._tracker.update(detections, steps) if self._tracker else [dict(d) for d in detections]
         zones = {zone.name: zone.update(tracked, frame_time) for zone in self._zones}
         crossings = {line.name: line.update(tracked) for line in self._lines}
         context = FrameContext(self.stream_name, frame, frame_time, tracked, zones, crossings)

@@ -146,17 +146,20 @@ class ByteTracker:
         self._last_id += 1
         track.track_id = self._last_id
 
-    def update(self, detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def update(self, detections: list[dict[str, Any]], steps: int = 1) -> list[dict[str, Any]]:
         """One frame's detections in, those that belong to confirmed tracks out (input order), each a copy with
-        `track_id` added."""
-        self._frame += 1
+        `track_id` added. `steps`: source frames since the last update (more than 1 where frames were dropped):
+        tracks move that many frames' worth, and `lost_frames` counts source frames."""
+        steps = max(1, min(steps, self.lost_frames + 1))  # beyond that every unmatched track is dropped anyway
+        self._frame += steps
         boxes = np.array([_box_of(d) for d in detections]).reshape(-1, 4)
         labels = np.array([int(d.get("class", 0)) for d in detections], dtype=np.int64)
         scores = [float(d["confidence"]) for d in detections]
         high = [i for i, s in enumerate(scores) if s >= self.high_threshold]
         low = [i for i, s in enumerate(scores) if self.low_threshold <= s < self.high_threshold]
         for track in self._tracks:
-            track.kalman.predict(track.lost)
+            for _ in range(steps):
+                track.kalman.predict(track.lost)
         output: list[tuple[int, _Track]] = []
 
         def matched(pairs: list[tuple[_Track, int]]) -> None:

@@ -221,7 +221,6 @@ def test_an_rtsp_walk_is_tracked_counted_and_replayed(server: Server, rtsp: Rtsp
     assert len(set(crossed)) == len(crossed), "one crossing per walk"
     arrived = [e["track_id"] for e in arrivals]
     assert len(set(arrived)) == len(arrived), "the presence rule fires once per track"
-    assert set(arrived) <= set(crossed), "he enters the right half by crossing the middle"
     for event in arrivals:
         [detection] = event["detections"]
         assert event["kind"] == "presence" and event["data"] == {"zone": "right"}
@@ -240,7 +239,7 @@ def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: Rtsp
 
     rtsp.stop()
     lost = poll(lambda: (s := status(server, "cable"))["state"] == "reconnecting" and s, 15, "reconnecting")
-    assert lost["reason"] and lost["source"]["reconnects"] == 0, lost
+    assert lost["reason"], lost
     # the cable stays out until a connection has been refused: the stream keeps trying, it does not give up
     refused = poll(lambda: "refused" in (s := status(server, "cable"))["reason"] and s, 15, "a refused connection")
     assert refused["state"] == "reconnecting" and refused["reason"] == f"connection refused by 127.0.0.1:{rtsp.port}"
@@ -252,7 +251,7 @@ def test_a_pulled_cable_reconnects_through_the_server(server: Server, rtsp: Rtsp
         20,
         "frames inferred again",
     )
-    assert back["source"]["reconnects"] >= 1 and back["reason"] == ""
+    assert back["source"]["reconnects"] > lost["source"]["reconnects"] and back["reason"] == ""
     assert back["failed"] == 0
 
 
@@ -287,7 +286,7 @@ def test_a_stream_deleted_and_started_again_at_once_keeps_its_metrics(
     assert metric(server, "kakehashi_stream_frames_read_total", "again") is not None, "the source's series"
 
 
-def test_followers_that_leave_during_an_outage_are_let_go_at_once(
+def test_a_websocket_follower_that_leaves_during_an_outage_is_let_go_at_once(
     server: Server, rtsp: RtspServer, deleted: list[str]
 ) -> None:
     config = {"name": "gone", "url": rtsp.url, "reconnect_max_seconds": 1, "params": {"conf": 0.4}}
@@ -298,17 +297,16 @@ def test_followers_that_leave_during_an_outage_are_let_go_at_once(
     poll(lambda: status(server, "gone")["state"] == "reconnecting", 15, "reconnecting")
 
     async def visit() -> None:
-        async with websockets.connect(f"ws://127.0.0.1:{server.port}/v1/streams/gone/ws"):
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/v1/streams/gone/ws") as socket:
             await eventually(
                 lambda: asyncio.to_thread(lambda: status(server, "gone")["subscribers"] == 1), 5, "the follower"
             )
-        async with httpx.AsyncClient(base_url=server.url) as client:
-            async with client.stream("GET", "/v1/streams/gone/results") as answer:
-                await anext(answer.aiter_lines())  # the opening comment: it follows
-                assert status(server, "gone")["subscribers"] == 1
+            for _ in range(10):  # it stays a follower while connected, with nothing to send
+                assert (await asyncio.to_thread(status, server, "gone"))["subscribers"] == 1
+                await socket.ping()
 
     asyncio.run(visit())
-    poll(lambda: status(server, "gone")["subscribers"] == 0, 5, "the followers let go")
+    poll(lambda: status(server, "gone")["subscribers"] == 0, 5, "the follower let go")
     assert status(server, "gone")["state"] == "reconnecting", "still no result"
 
 

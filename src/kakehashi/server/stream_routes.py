@@ -141,15 +141,28 @@ async def live(websocket: WebSocket) -> None:
             pass
 
     listening = asyncio.ensure_future(drain_client())
+    iterator = aiter(subscription)
+    waiting: asyncio.Future[dict] | None = None
     try:
-        async for result in subscription:
+        while True:
+            # the next result or the client leaving, whichever comes first: a client that leaves while no result
+            # comes (a camera down) is let go at once, not at the next result
+            waiting = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({waiting, listening}, return_when=asyncio.FIRST_COMPLETED)
             if listening.done():
                 return
+            finished, waiting = waiting, None
+            try:
+                result = finished.result()
+            except StopAsyncIteration:
+                break
             await websocket.send_text(orjson.dumps(result).decode())
         await websocket.close(1001, "the stream stopped")
     except WebSocketDisconnect:
         pass
     finally:
+        if waiting is not None:
+            waiting.cancel()
         listening.cancel()
         stream.unsubscribe(subscription)
 

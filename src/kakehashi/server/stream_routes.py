@@ -22,7 +22,7 @@ from kakehashi.streams.manager import StreamManager
 from kakehashi.tasks.annotate import annotated_jpeg
 
 if TYPE_CHECKING:
-    from kakehashi.streams.stream import Stream, Subscription
+    from kakehashi.streams.stream import Stream
 
 MAX_SUBSCRIBERS = 32  # live followers of one stream (SSE and WebSocket together)
 HEARTBEAT_SECONDS = 15.0  # an SSE comment line while no result comes, so proxies keep the connection
@@ -82,19 +82,21 @@ async def frame(request: Request) -> Response:
     return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-def _follow(stream: Stream) -> Subscription:
+def _room(stream: Stream) -> Stream:
+    """`stream`, if it takes another live follower (429 otherwise); each subscribes where its `finally` unsubscribes
+    it, so a client gone before its answer started holds no place."""
     if stream.subscribers >= MAX_SUBSCRIBERS:
         raise Overloaded(f"stream '{stream.name}' has {MAX_SUBSCRIBERS} live followers (the limit)", retry_after=5)
-    return stream.subscribe()
+    return stream
 
 
 async def results(request: Request) -> Response:
     """Each analysed frame's results as a Server-Sent Event (`event: result`), until the client leaves, the stream
     is deleted or the server drains."""
-    stream = _manager(server_state(request)).get(request.path_params["stream"])
-    subscription = _follow(stream)
+    stream = _room(_manager(server_state(request)).get(request.path_params["stream"]))
 
     async def events() -> AsyncIterator[bytes]:
+        subscription = stream.subscribe()
         iterator = aiter(subscription)
         waiting: asyncio.Future[dict] | None = None
         try:
@@ -128,8 +130,7 @@ async def live(websocket: WebSocket) -> None:
     4429: too many followers, 4503: not running yet) and the reason, which a browser can read. What the client
     sends is read and ignored."""
     try:
-        stream = _manager(server_state(websocket)).get(websocket.path_params["stream"])
-        subscription = _follow(stream)
+        stream = _room(_manager(server_state(websocket)).get(websocket.path_params["stream"]))
     except KakehashiError as exc:
         await websocket.accept()
         await websocket.close(4000 + exc.status, exc.message.encode()[:WS_REASON_BYTES].decode(errors="ignore"))
@@ -140,6 +141,7 @@ async def live(websocket: WebSocket) -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
 
+    subscription = stream.subscribe()
     listening = asyncio.ensure_future(drain_client())
     iterator = aiter(subscription)
     waiting: asyncio.Future[dict] | None = None
@@ -157,7 +159,7 @@ async def live(websocket: WebSocket) -> None:
             except StopAsyncIteration:
                 break
             await websocket.send_text(orjson.dumps(result).decode())
-        await websocket.close(1001, "the stream stopped")
+        await websocket.close(1001, "the stream stopped, or the server is shutting down")
     except WebSocketDisconnect:
         pass
     finally:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import av
 from PIL import Image, ImageDraw
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from video import write_video  # noqa: E402
+
 IMAGES = HERE.parent.parent / "tests" / "data" / "images"
 
 SIZE = (640, 360)  # width, height of the video
@@ -71,28 +73,9 @@ def counter_frames() -> list[Image.Image]:
     return frames
 
 
-def write_video(path: Path, frames: list[Image.Image], fps: int = FPS) -> Path:
-    """`frames` as an H.264 mp4 (MPEG-4 part 2 where PyAV has no libx264), a key frame every second."""
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = frames[0].size
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = fps
-        if codec == "libx264":
-            stream.codec_context.options = {"preset": "veryfast", "crf": "20"}
-        else:
-            stream.codec_context.bit_rate = 2_000_000
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_image(image)))
-        container.mux(stream.encode())
-    return path
-
-
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "counter.mp4"
-    write_video(path, counter_frames())
+    write_video(path, counter_frames(), FPS)
     print(f"wrote {path} ({SIZE[0]}x{SIZE[1]}, {FPS} fps)")
 
 

@@ -30,16 +30,12 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.repository.config import load_model_config
 from kakehashi.settings import coco_model_path
-from kakehashi.tasks.image_task import prepare_image
-from kakehashi.tasks.params import PredictParams
-from kakehashi.tasks.resolve import resolve_task
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from throughput import Process, free_port  # noqa: E402
+from throughput import Process, free_port, raw_limit  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared"
 FPS = 25
@@ -67,24 +63,9 @@ def at_25_fps(video: Path, target: Path, seconds: float = 30.0) -> tuple[Path, l
 def raw_rate(frames: list[Image.Image], batch: int, seconds: float) -> float:
     """Frames/s of the plain in-process loop on decoded frames: letterbox, ONNX Runtime, post-processing."""
     folder = coco_model_path()
-    config = load_model_config(folder)
-    backend = OnnxRuntimeBackend(folder / "1" / "model.onnx")
-    task = resolve_task(backend, config, folder / "1" / "model.onnx")
-    assert task is not None
-    params = PredictParams(conf=config.defaults.conf, iou=config.defaults.iou)
-
-    def one_batch(first: int) -> None:
-        prepared = [prepare_image(frames[(first + i) % len(frames)], task.input, params, 10**9) for i in range(batch)]
-        outputs = backend.run({task.input.name: np.stack([p.tensor for p in prepared])})
-        for row, item in enumerate(prepared):
-            task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
-
-    one_batch(0)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        one_batch(done)
-        done += batch
-    return done / (time.perf_counter() - started)
+    return raw_limit(
+        folder / "1" / "model.onnx", frames, batch, seconds, config=load_model_config(folder / "model.yaml")
+    )
 
 
 def stream_config(video: Path, sources: int, outbox: Path) -> str:

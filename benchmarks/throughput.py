@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -56,15 +57,23 @@ def jpegs(source: Path, target: Path) -> list[Path]:
 
 
 def raw_limit(
-    model: Path, images: list[Path], batch: int, seconds: float, backend: Backend | None = None, warmup: float = 0.0
+    model: Path,
+    images: Sequence[Path | Image.Image],
+    batch: int,
+    seconds: float,
+    backend: Backend | None = None,
+    warmup: float = 0.0,
+    config: ModelConfig | None = None,
 ) -> float:
-    """Images/s of a plain in-process loop: decode + letterbox, inference (ONNX Runtime, or `backend`: e.g. an
-    OpenVINO one), post-processing. The loop runs untimed for `warmup` seconds (at least one batch) first."""
+    """Images/s of a plain in-process loop: decode (files; decoded frames are taken as they are) + letterbox,
+    inference (ONNX Runtime, or `backend`: e.g. an OpenVINO one), post-processing, with the model's `config` (its
+    model.yaml) if given. The loop runs untimed for `warmup` seconds (at least one batch) first."""
     backend = backend or OnnxRuntimeBackend(model)
-    task = resolve_task(backend, ModelConfig(), model)
+    config = config or ModelConfig()
+    task = resolve_task(backend, config, model)
     assert task is not None, f"{model} has no image input"
-    data = [p.read_bytes() for p in images]
-    params = PredictParams()
+    data = [image.read_bytes() if isinstance(image, Path) else image for image in images]
+    params = PredictParams(conf=config.defaults.conf, iou=config.defaults.iou)
 
     def one_batch(first: int) -> None:
         prepared = [prepare_image(data[(first + i) % len(data)], task.input, params, 10**9) for i in range(batch)]

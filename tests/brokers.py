@@ -89,8 +89,10 @@ class WebhookReceiver:
     """An aiohttp server on 127.0.0.1 that answers 503 to the first `fail_first` attempts, then 200. It records
     every attempt's `Idempotency-Key` and every accepted body."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, port: int = 0) -> None:
+        """`port`: a fixed one (for a sink configured before the receiver is up), else any free one."""
         self.fail_first = fail_first
+        self.port = port
         self.attempts: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
@@ -119,7 +121,7 @@ class WebhookReceiver:
         app.router.add_post("/hook", self._receive)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}/hook"

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from brokers import Mosquitto, WebhookReceiver, eventually
+from conftest import free_port
 from kakehashi.events import delivery as delivery_module
 from kakehashi.events.config import EventsConfig, build_sinks
 from kakehashi.events.delivery import Delivery
@@ -62,6 +63,32 @@ def test_webhook_failing_at_first_gets_every_event_in_order_once(tmp_path: Path)
     assert metric("kakehashi_sink_retries_total", sink) - before["kakehashi_sink_retries_total"] == 3
     assert metric("kakehashi_sink_failures_total", sink) - before["kakehashi_sink_failures_total"] == 3
     assert metric("kakehashi_sink_delivered_total", sink) >= 10
+
+
+@pytest.mark.slow
+def test_a_webhook_down_for_a_minute_gets_every_event_once_it_is_back(tmp_path: Path) -> None:
+    """Nothing listens at the webhook's address for a minute while a stream records an event every 5 s; then the
+    receiver comes up there: every event arrives, in order, within the retry backoff's longest wait (30 s)."""
+    sink, port = "hook-down", free_port()
+
+    async def scenario() -> None:
+        async with Outbox(tmp_path / "outbox.db", [sink]) as outbox:
+            delivery = Delivery(outbox, [WebhookSink(sink, f"http://127.0.0.1:{port}/hook", timeout_seconds=5)])
+            delivery.start()
+            events = [make_event(i) for i in range(12)]
+            outage_ends = asyncio.get_running_loop().time() + 60
+            for event in events:  # the minute of the outage, an event every 5 s
+                await outbox.record([event])
+                delivery.wake()
+                await asyncio.sleep(max(0.0, min(5.0, outage_ends - asyncio.get_running_loop().time())))
+            down = delivery.status()[sink]
+            assert down["delivered"] == 0 and down["failures"] >= 5, down
+            async with WebhookReceiver(port=port) as receiver:
+                await eventually(lambda: drained(delivery, sink, 12), 45, "12 deliveries after the outage")
+            await delivery.stop()
+        assert [body["id"] for body in receiver.unique()] == [event.id for event in events]
+
+    asyncio.run(scenario())
 
 
 class Subscriber:

@@ -185,7 +185,9 @@ def _stream_paths() -> dict:
     integer = {"type": "integer"}
     return {
         "/v1/streams": {
-            "get": _operation("Every stream with its state and figures, and the event sinks", {"200": _answer("OK")}),
+            "get": _operation(
+                "Every stream with its state and figures, and the event sinks", {"200": _answer("OK", any_object)}
+            ),
             "post": _operation(
                 "Start a stream: a network source (RTSP, HTTP MJPEG/HLS) through a served model, with tracking, "
                 "zones, lines and rules (an admin key when keys are on)",
@@ -203,7 +205,7 @@ def _stream_paths() -> dict:
             ),
             "delete": _operation(
                 "Stop a stream (an admin key when keys are on)",
-                {"200": _answer("Stopped")},
+                {"200": _answer("Stopped", any_object)},
                 403,
                 404,
                 parameters=stream,

@@ -25,9 +25,7 @@ class ModelPath(click.ParamType):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         path = model_path(str(value))
         if not path.exists():
-            self.fail(
-                f"{value}: no such file or folder, nor a bundled model ({', '.join(bundled_models())})", param, ctx
-            )
+            self.fail(f"{value} does not exist, and is not a bundled model ({', '.join(bundled_models())})", param, ctx)
         return path
 
 

@@ -134,7 +134,10 @@ def test_frames_arrive_from_the_rtsp_server(rtsp):
         try:
             frames, number = [], 0
             while len(frames) < 30:
-                frame = await asyncio.wait_for(source.next(number), 15)
+                try:
+                    frame = await asyncio.wait_for(source.next(number), 15)
+                except TimeoutError:
+                    raise AssertionError(f"no frame after {number} within 15 s: {source.status()}") from None
                 frames.append(frame)
                 number = frame.number
             assert source.state is SourceState.RUNNING and source.reason == ""

@@ -106,9 +106,11 @@ _STOPPING: list[Server] = []
 # The slowest test files (summed test time in the fast loop, heaviest first). xdist's `loadfile` hands out whole
 # files in collection order, so starting these first keeps the two workers from ending on one long file.
 HEAVY_FILES_FIRST = (
+    "test_streams_server.py",
     "test_batch.py",
     "test_graceful_shutdown.py",
     "test_web_page.py",
+    "test_stream_source.py",
     "test_precision.py",
     "test_control_plane.py",
     "test_big_frames.py",

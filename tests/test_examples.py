@@ -27,6 +27,8 @@ from brokers import Mosquitto, eventually
 from conftest import Server
 from kakehashi.streams.zones import anchor_point, inside_polygon
 
+pytestmark = pytest.mark.slow  # each example end to end: a video made, a server, its sinks
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 

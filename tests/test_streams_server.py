@@ -391,6 +391,7 @@ def without_seq(events: list[dict]) -> list[dict]:
     return [{k: v for k, v in event.items() if k != "seq"} for event in events]
 
 
+@pytest.mark.slow  # a server, mosquitto and a webhook receiver (the fast loop has both sinks in test_event_delivery)
 def test_every_event_reaches_a_flaky_webhook_and_mosquitto_in_order_once(serve, walk_video: Path, tmp_path: Path):
     async def scenario(broker: Mosquitto) -> None:
         async with WebhookReceiver(fail_first=3) as receiver, Subscriber(broker.port) as subscriber:
@@ -438,6 +439,7 @@ def test_every_event_reaches_a_flaky_webhook_and_mosquitto_in_order_once(serve, 
         asyncio.run(scenario(broker))
 
 
+@pytest.mark.slow  # two servers (the fast loop has kill -9 of a recording process in test_outbox)
 def test_events_recorded_before_kill_9_are_delivered_by_the_next_server(serve, walk_video: Path, tmp_path: Path):
     outbox = tmp_path / "outbox.db"
     nobody = {"hook": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "timeout_seconds": 1}}

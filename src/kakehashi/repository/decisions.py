@@ -49,7 +49,7 @@ def cache_folder() -> Path | None:
 @cache
 def _machine() -> str:
     """The CPU model and the cores this process may use: decisions measured elsewhere do not apply here."""
-    name = platform.processor()
+    name = platform.machine()  # not platform.processor(): it forks `uname -p`, unsafe beside gRPC's threads
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)

@@ -1,4 +1,4 @@
-"""What the examples' `make_video.py` scripts share: writing frames as a video file with PyAV."""
+"""What the examples' `make_video.py` scripts share: the repo's photos, and writing frames as a video with PyAV."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import av
 from PIL import Image
+
+IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"  # the repo's photos
 
 
 def write_video(path: Path, frames: list[Image.Image], fps: int) -> Path:

@@ -17,9 +17,7 @@ from PIL import Image, ImageDraw
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from video import write_video  # noqa: E402
-
-IMAGES = HERE.parent.parent / "tests" / "data" / "images"
+from video import IMAGES, write_video  # noqa: E402
 
 SIZE = (640, 360)  # width, height of the video
 FPS = 10

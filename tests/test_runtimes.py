@@ -283,3 +283,25 @@ def test_an_openvino_compile_error_says_what_is_wrong_not_where_in_openvino(tmp_
     handle = load(tmp_path / "pose")
     assert not handle.ready and "OpenVINO cannot compile this model: Shapes" in handle.reason
     assert "Exception from" not in handle.reason
+
+
+def test_openvino_starts_no_process_and_sends_no_telemetry(tmp_path):
+    """`import openvino` forks a process to post usage telemetry; a server must neither fork (its gRPC and runtime
+    threads) nor phone home. Loading and running a model through the OpenVINO backend forks nothing."""
+    model = tiny_model(tmp_path / "tiny.onnx")
+    script = f"""
+import sys
+forks = []
+sys.addaudithook(lambda event, args: forks.append(event) if event in ("os.fork", "os.posix_spawn") else None)
+import numpy as np
+from pathlib import Path
+from kakehashi.backends.openvino import OpenVinoBackend
+backend = OpenVinoBackend(Path({str(model)!r}))
+backend.run({{spec.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec.shape], np.float32)
+             for spec in backend.inputs}})
+import openvino
+print(forks, sys.modules.get("openvino_telemetry"))
+"""
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == ["[]", "None"], answer.stdout

@@ -74,7 +74,7 @@ class OpenVinoBackend:
         """`cache_folder`: where OpenVINO keeps compiled models, so a later load of the same file and settings
         imports instead of compiling (a fifth of the time for YOLO11n)."""
         try:
-            import openvino as ov
+            from kakehashi.backends.openvino_import import ov
         except ImportError:
             raise ModelLoadError("backend openvino needs the openvino package: pip install openvino") from None
         core = ov.Core()
@@ -174,7 +174,7 @@ def _installed() -> bool:
 @cache
 def _precisions() -> tuple[str, ...]:
     """f32, and bf16 / f16 where the CPU plugin says this CPU computes in them."""
-    import openvino as ov
+    from kakehashi.backends.openvino_import import ov
 
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return ("f32", *(name for capability, name in _CAPABILITIES.items() if capability in capabilities))

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import inprocess
+from kakehashi.protocols.vision import parse_params
 from kakehashi.settings import default_model_path
 from kakehashi.streams.source import Frame, FrameSource, SourceClosed, SourceState
 from rtsp_server import RtspServer, free_port
@@ -108,7 +109,7 @@ def small(image) -> np.ndarray:
 
 def walk_position(frame: Frame, references: np.ndarray) -> tuple[int, float]:
     """Which frame of the walk (100 frames) this picture is, and how far it is from it (mean absolute error)."""
-    errors = np.abs(references - small(frame.image)).mean(axis=(1, 2, 3))
+    errors = np.abs(references - small(frame.rgb())).mean(axis=(1, 2, 3))
     return int(errors.argmin()), float(errors.min())
 
 
@@ -151,7 +152,7 @@ def test_frames_arrive_from_the_rtsp_server(rtsp):
     frames = asyncio.run(scenario())
     numbers = [frame.number for frame in frames]
     assert numbers == sorted(set(numbers))
-    assert all(frame.image.size == SIZE and frame.image.mode == "RGB" for frame in frames)
+    assert all(frame.rgb().size == SIZE and frame.rgb().mode == "RGB" for frame in frames)
     positions = [walk_position(frame, references) for frame in frames]
     assert max(error for _, error in positions) < 12  # each frame is a picture of the walk (H.264 twice over)
     steps = [b[0] - a[0] for a, b in zip(positions, positions[1:])]
@@ -187,7 +188,7 @@ def test_frames_arrive_over_http(http_camera, path):
             source.stop()
 
     frames = asyncio.run(scenario())
-    assert all(frame.image.size == SIZE for frame in frames)
+    assert all(frame.rgb().size == SIZE for frame in frames)
     assert max(walk_position(frame, references)[1] for frame in frames) < 12
 
 
@@ -206,7 +207,7 @@ def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
             server.start()
             await until(lambda: source.state is SourceState.RUNNING, 20, "running again after the server came back")
             after = await asyncio.wait_for(source.next(lost_at), 10)
-            assert after.number > before.number and after.image.size == SIZE
+            assert after.number > before.number and after.rgb().size == SIZE
             assert source.reconnects >= 1
         finally:
             source.stop()
@@ -363,3 +364,34 @@ def test_stop_returns_promptly_while_a_connection_hangs():
                 assert source.state is SourceState.STOPPED
 
         asyncio.run(scenario())
+
+
+def test_a_frame_scaled_in_one_pass_answers_like_the_whole_frame(walk_video):
+    """The model's input is scaled from the decoder's pixels by swscale in one pass (`Frame.scaled`): the bundled
+    model finds the same objects, with boxes in the source's pixels, as on the whole frame converted to RGB."""
+
+    async def some_frames() -> list[Frame]:
+        source = await started(str(walk_video))
+        frames: list[Frame] = []
+        try:
+            while len(frames) < 4:
+                frames.append(await asyncio.wait_for(source.next(frames[-1].number + 9 if frames else 0), 15))
+            return frames
+        finally:
+            source.stop()
+
+    handle = inprocess.load(default_model_path())
+    params = parse_params({}, handle.config.defaults)
+    found = 0
+    for frame in asyncio.run(some_frames()):
+        whole = frame.rgb()
+        assert whole.size == frame.size == SIZE
+        scaled, reference = asyncio.run(handle.predict([frame, whole], params))
+        assert scaled.shape == reference.shape == (SIZE[1], SIZE[0])
+        assert [r["name"] for r in scaled.results] == [r["name"] for r in reference.results]
+        for ours, theirs in zip(scaled.results, reference.results):
+            assert ours["confidence"] == pytest.approx(theirs["confidence"], abs=0.05)
+            box, expected = ours["box"], theirs["box"]
+            assert all(abs(box[k] - expected[k]) < 3 for k in ("x1", "y1", "x2", "y2")), (box, expected)
+        found += len(scaled.results)
+    assert found >= 4  # the walker, in every frame

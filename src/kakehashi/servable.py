@@ -8,12 +8,12 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from kakehashi.backends.base import TensorSpec
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.handle import ModelState
+from kakehashi.tasks.images import ImageData
 from kakehashi.tasks.params import PredictParams
 
 
@@ -77,5 +77,5 @@ class Servable(Protocol):
     async def infer(self, feeds: dict[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]: ...
 
     async def predict(
-        self, images: Sequence[bytes | Image.Image], params: PredictParams, timeout_ms: float | None = None
+        self, images: Sequence[ImageData], params: PredictParams, timeout_ms: float | None = None
     ) -> list: ...

@@ -10,7 +10,6 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image
 
 from kakehashi.dataplane.tracking import RequestTracker
 from kakehashi.errors import InvalidInput
@@ -21,6 +20,7 @@ from kakehashi.repository.handle import ImagePrediction, ModelHandle
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.servable import Servable
 from kakehashi.statistics import model_statistics
+from kakehashi.tasks.images import ImageData
 from kakehashi.tasks.params import PredictParams
 
 
@@ -58,9 +58,7 @@ class Call:
         results = await self.servable.infer(inputs, min(given) if given else None)
         return results if outputs is None else {name: results[name] for name in outputs}
 
-    async def predict(
-        self, images: Sequence[bytes | Image.Image], values: dict[str, list[str]]
-    ) -> list[ImagePrediction]:
+    async def predict(self, images: Sequence[ImageData], values: dict[str, list[str]]) -> list[ImagePrediction]:
         """Run images (encoded, or decoded frames) with the request's `parameters`; `timeout` (ms) among `values` is
         the client's deadline."""
         return await self.servable.predict(images, _parameters(self.servable, values), parse_timeout_ms(values))

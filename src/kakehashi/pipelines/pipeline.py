@@ -28,7 +28,7 @@ from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.handle import ImagePrediction, ModelState
 from kakehashi.servable import Servable
 from kakehashi.settings import Limits
-from kakehashi.tasks.images import decode_image
+from kakehashi.tasks.images import ImageData, rgb_image
 from kakehashi.tasks.nms import batched_nms
 from kakehashi.tasks.params import PredictParams
 from kakehashi.users import Users
@@ -180,7 +180,7 @@ class Pipeline:
         raise InvalidInput(f"'{self.name}' is a pipeline over images; use POST /v1/models/{self.name}/predict")
 
     async def predict(
-        self, images: Sequence[bytes | Image.Image], params: PredictParams, timeout_ms: float | None = None
+        self, images: Sequence[ImageData], params: PredictParams, timeout_ms: float | None = None
     ) -> list[ImagePrediction]:
         """Each image through the steps; the first failure cancels the request's other images."""
         spec = self._ready_spec()
@@ -195,14 +195,14 @@ class Pipeline:
         return [answer.result() for answer in answers]
 
     async def _one(
-        self, spec: PipelineConfig, data: bytes | Image.Image, params: PredictParams, deadline: float | None
+        self, spec: PipelineConfig, data: ImageData, params: PredictParams, deadline: float | None
     ) -> ImagePrediction:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         image = (
             data
             if isinstance(data, Image.Image)
-            else await loop.run_in_executor(self._compute, decode_image, data, self._limits.max_pixels)
+            else await loop.run_in_executor(self._compute, rgb_image, data, self._limits.max_pixels)
         )
         decoded = time.perf_counter()
         if spec.tile is not None:

@@ -52,6 +52,7 @@ from kakehashi.repository.decisions import LoadDecisions, cache_folder, decision
 from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
 from kakehashi.repository.precision_guard import PrecisionGuard, calibration_images
 from kakehashi.settings import Limits
+from kakehashi.tasks.images import ImageData
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 from kakehashi.users import Users
@@ -550,7 +551,7 @@ class ModelHandle:
     # -- images -------------------------------------------------------------------------------------
 
     async def predict(
-        self, images: Sequence[bytes | Image.Image], params: PredictParams, timeout_ms: float | None = None
+        self, images: Sequence[ImageData], params: PredictParams, timeout_ms: float | None = None
     ) -> list[ImagePrediction]:
         """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
         self.require_ready()
@@ -623,7 +624,7 @@ class ModelHandle:
             raise InferenceFailed(f"the model's handler made {rows} rows for one image; preprocess makes one row")
 
     async def _predict_one(
-        self, steps: ImageSteps, index: int, data: bytes | Image.Image, deadline: float | None, numbered: bool
+        self, steps: ImageSteps, index: int, data: ImageData, deadline: float | None, numbered: bool
     ) -> ImagePrediction:
         try:
             (feeds, shape, state), pre = await self._in_pool(steps.prepare, data)

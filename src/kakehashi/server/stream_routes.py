@@ -19,7 +19,6 @@ from kakehashi.server.responses import JSONBytes
 from kakehashi.server.state import server_state
 from kakehashi.streams.config import StreamConfig
 from kakehashi.streams.manager import StreamManager
-from kakehashi.tasks.annotate import annotated_jpeg
 
 if TYPE_CHECKING:
     from kakehashi.streams.stream import Stream
@@ -76,9 +75,7 @@ async def frame(request: Request) -> Response:
     latest = stream.latest
     if latest is None:
         return JSONBytes({"error": f"stream '{stream.name}' has no analysed frame yet"}, status_code=404)
-    picture = await asyncio.get_running_loop().run_in_executor(
-        state.plane.compute, annotated_jpeg, latest.frame.image, latest.analysis.detections
-    )
+    picture = await asyncio.get_running_loop().run_in_executor(state.plane.compute, latest.annotated_jpeg)
     return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 

@@ -33,6 +33,10 @@ class Processed:
     frame: Frame
     analysis: FrameAnalysis
 
+    def annotated_jpeg(self) -> bytes:
+        """The frame as a JPEG with its detections drawn (converting the whole frame: in a pool)."""
+        return annotated_jpeg(self.frame.rgb(), self.analysis.detections)
+
 
 class Subscription:
     """One live subscriber's results, newest kept: a subscriber that falls `SUBSCRIBER_BACKLOG` behind loses its
@@ -152,7 +156,7 @@ class Stream:
 
     async def _predict(self, frame: Frame) -> list[dict]:
         with self._plane.request("stream", self._model, self.config.version) as call:
-            [prediction] = await call.predict([frame.image], self._values)
+            [prediction] = await call.predict([frame], self._values)
         return prediction.results
 
     async def _finish(self, frame: Frame, task: asyncio.Task) -> None:
@@ -171,7 +175,7 @@ class Stream:
         analysis = await loop.run_in_executor(self._compute, self._analytics.update, frame.number, frame.time, results)
         events = analysis.events
         if events and self.config.snapshot:
-            picture = await loop.run_in_executor(self._compute, annotated_jpeg, frame.image, analysis.detections)
+            picture = await loop.run_in_executor(self._compute, Processed(frame, analysis).annotated_jpeg)
             events = [_with_snapshot(event, picture) for event in events]
         if events:
             try:
@@ -206,7 +210,7 @@ class Stream:
             "frame": frame.number,
             "frame_time": frame.time,
             "lag_ms": round(self.lag_seconds * 1000, 1),
-            "shape": [frame.image.height, frame.image.width],
+            "shape": [frame.size[1], frame.size[0]],
             "detections": analysis.detections,
             "zones": analysis.zones,
             "lines": analysis.lines,

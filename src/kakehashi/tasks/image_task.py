@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from kakehashi.tasks.images import Decoded, decode_reduced
+from kakehashi.tasks.images import Decoded, ImageData, Picture, decode_reduced
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput, request_size, resize_image, to_tensor
 
@@ -25,10 +25,14 @@ class Prepared:
         return self.transform.height, self.transform.width
 
 
-def prepare_image(data: bytes | Image.Image, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
-    """Decode (unless already decoded, e.g. a video frame; a big JPEG at a reduced scale, `decode_reduced`),
-    resize and convert one image for a model with input `spec`; the transform maps to the original's pixels."""
+def prepare_image(data: ImageData, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
+    """Decode (unless already decoded; a big JPEG at a reduced scale, `decode_reduced`; a video frame converted
+    and scaled at once), resize and convert one image for a model with input `spec`; the transform maps to the
+    original's pixels."""
     size = request_size(spec, params.imgsz)
+    if isinstance(data, Picture):
+        pixels, transform = resize_image(data, size, spec.resize, spec.pad_value)
+        return Prepared(to_tensor(pixels, spec), size, transform)
     decoded = (
         Decoded(data.convert("RGB"), data.size)
         if isinstance(data, Image.Image)

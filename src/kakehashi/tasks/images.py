@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -59,6 +60,37 @@ class Decoded:
     size: tuple[int, int]
     reduction: int = 1  # 1, 2, 4 or 8
     offset: tuple[int, int] = (0, 0)  # non-zero only on an axis mirrored by the orientation (padded blocks)
+
+
+@runtime_checkable
+class Picture(Protocol):
+    """A decoded picture not yet in RGB (a video frame): converted whole, or scaled to a model's input in the same
+    pass (swscale converts and scales a video frame at once, several times faster than converting then resizing)."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width, height."""
+        ...
+
+    def rgb(self) -> Image.Image:
+        """The whole picture in RGB."""
+        ...
+
+    def scaled(self, width: int, height: int) -> np.ndarray:
+        """The picture in RGB (height, width, 3 uint8), scaled to `width` x `height`."""
+        ...
+
+
+ImageData = bytes | Image.Image | Picture  # what a predict request carries per image
+
+
+def rgb_image(data: ImageData, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any image a request carries as a whole upright RGB image (decoded if bytes)."""
+    if isinstance(data, Image.Image):
+        return data.convert("RGB")
+    if isinstance(data, bytes | bytearray | memoryview):
+        return decode_image(bytes(data), max_pixels)
+    return data.rgb()
 
 
 def image_files(sources: list[Path]) -> list[Path]:

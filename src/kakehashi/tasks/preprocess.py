@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from kakehashi.errors import InvalidInput
+from kakehashi.tasks.images import Picture
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
@@ -72,28 +73,34 @@ class BoxTransform:
 
 
 def resize_image(
-    image: Image.Image, size: tuple[int, int], mode: str, pad_value: int
+    image: Image.Image | Picture, size: tuple[int, int], mode: str, pad_value: int
 ) -> tuple[np.ndarray, BoxTransform]:
     """Resize to `size` (height, width) the way `mode` says; returns HWC uint8 RGB and the box mapping."""
     height, width = size
     w0, h0 = image.size
     if mode == "stretch":
-        resized = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(resized), BoxTransform(width / w0, height / h0, 0.0, 0.0, w0, h0)
+        return _scaled(image, width, height), BoxTransform(width / w0, height / h0, 0.0, 0.0, w0, h0)
     if mode == "crop":
         ratio = max(height / h0, width / w0)
         new_w, new_h = max(width, round(w0 * ratio)), max(height, round(h0 * ratio))
         left, top = (new_w - width) // 2, (new_h - height) // 2
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        cropped = resized.crop((left, top, left + width, top + height))
-        return np.asarray(cropped), BoxTransform(ratio, ratio, -left, -top, w0, h0)
+        cropped = _scaled(image, new_w, new_h)[top : top + height, left : left + width]
+        return cropped, BoxTransform(ratio, ratio, -left, -top, w0, h0)
     ratio = min(height / h0, width / w0)
     new_w, new_h = round(w0 * ratio), round(h0 * ratio)
     left, top = round((width - new_w) / 2 - 0.1), round((height - new_h) / 2 - 0.1)
     canvas = np.full((height, width, 3), pad_value, dtype=np.uint8)
-    resized = image if (new_w, new_h) == (w0, h0) else image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    canvas[top : top + new_h, left : left + new_w] = np.asarray(resized)
+    canvas[top : top + new_h, left : left + new_w] = _scaled(image, new_w, new_h)
     return canvas, BoxTransform(ratio, ratio, float(left), float(top), w0, h0)
+
+
+def _scaled(image: Image.Image | Picture, width: int, height: int) -> np.ndarray:
+    """HWC uint8 RGB pixels of `image` at `width` x `height` (bilinear)."""
+    if not isinstance(image, Image.Image):
+        return image.scaled(width, height)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image)
 
 
 def to_tensor(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:

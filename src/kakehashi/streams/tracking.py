@@ -59,14 +59,25 @@ class _Kalman:
         std = np.array([position, position, 1e-2, position, velocity, velocity, 1e-5, velocity])
         self.covariance = np.diag(std**2)
 
-    def predict(self, lost: bool) -> None:
-        if lost:
-            self.mean[7] = 0.0  # a lost track keeps its size (as ByteTrack does)
-        h = self.mean[3]
-        position, velocity = _STD_POSITION * h, _STD_VELOCITY * h
-        noise = np.diag(np.array([position, position, 1e-2, position, velocity, velocity, 1e-5, velocity]) ** 2)
-        self.mean = _TRANSITION @ self.mean
-        self.covariance = _TRANSITION @ self.covariance @ _TRANSITION.T + noise
+    @staticmethod
+    def predict(filters: list[_Kalman], lost: list[bool], steps: int) -> None:
+        """Move every filter `steps` frames ahead, all at once (a lost track keeps its size, as ByteTrack does)."""
+        if not filters:
+            return
+        means = np.stack([f.mean for f in filters])
+        covariances = np.stack([f.covariance for f in filters])
+        means[np.asarray(lost), 7] = 0.0
+        diagonal = np.arange(8)
+        for _ in range(steps):
+            h = means[:, 3]
+            position, velocity = _STD_POSITION * h, _STD_VELOCITY * h
+            small = np.broadcast_to([1e-2], h.shape)
+            noise = np.stack([position, position, small, position, velocity, velocity, small / 1e3, velocity], 1)
+            means = means @ _TRANSITION.T
+            covariances = _TRANSITION @ covariances @ _TRANSITION.T
+            covariances[:, diagonal, diagonal] += noise**2
+        for index, kalman in enumerate(filters):
+            kalman.mean, kalman.covariance = means[index], covariances[index]
 
     def update(self, box: np.ndarray) -> None:
         h = self.mean[3]
@@ -157,9 +168,7 @@ class ByteTracker:
         scores = [float(d["confidence"]) for d in detections]
         high = [i for i, s in enumerate(scores) if s >= self.high_threshold]
         low = [i for i, s in enumerate(scores) if self.low_threshold <= s < self.high_threshold]
-        for track in self._tracks:
-            for _ in range(steps):
-                track.kalman.predict(track.lost)
+        _Kalman.predict([t.kalman for t in self._tracks], [t.lost for t in self._tracks], steps)
         output: list[tuple[int, _Track]] = []
 
         def matched(pairs: list[tuple[_Track, int]]) -> None:

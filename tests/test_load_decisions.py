@@ -145,12 +145,16 @@ class _Costed:
 FEEDS = {rows: {"x": np.zeros((rows, 1), np.float32)} for rows in range(1, 9)}
 
 
-def test_batch_sizes_are_timed_until_a_larger_one_stops_paying():
-    # rows per second: 1 → 25, 2 → 50, 4 → 40 (no gain: stop), so 8 is never run and 2 is chosen (4 loses by a
-    # fifth, so a late wake-up from sleep on a busy machine cannot turn it into a gain)
+def test_batch_sizes_are_timed_until_two_larger_ones_stop_paying():
+    # rows per second: 1 → 25, 2 → 50, 4 → 40, 8 → 40 (no gain twice: stop), so 16 is never run and 2 is chosen
+    # (4 and 8 lose by a fifth, so a late wake-up from sleep on a busy machine cannot turn one into a gain)
+    feeds = {rows: {"x": np.zeros((rows, 1), np.float32)} for rows in range(1, 17)}
     flat = _Costed(lambda rows: 0.04 if rows <= 2 else 0.025 * rows)
-    assert _fastest_batch_size(flat, FEEDS) == 2
-    assert sorted(set(flat.sizes)) == [1, 2, 4]
+    assert _fastest_batch_size(flat, feeds) == 2
+    assert sorted(set(flat.sizes)) == [1, 2, 4, 8]
+    # one size timed while the machine was busy does not end the search: 4 looks slow, 8 pays, 8 is chosen
+    busy_at_four = _Costed(lambda rows: {1: 0.04, 2: 0.05, 4: 0.2}.get(rows, 0.03 + 0.001 * rows))
+    assert _fastest_batch_size(busy_at_four, FEEDS) == 8
     # every doubling pays (a fixed cost per batch): all the powers of two up to 8 are timed, and 8 is chosen
     growing = _Costed(lambda rows: 0.04 + 0.002 * rows)
     assert _fastest_batch_size(growing, FEEDS) == 8

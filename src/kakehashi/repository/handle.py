@@ -681,20 +681,23 @@ def _rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarr
 
 
 def _fastest_batch_size(
-    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 2, stop: threading.Event | None = None
+    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 3, stop: threading.Event | None = None
 ) -> int:
     """The smallest batch size whose rows per second come within 3% of the best measured one. Sizes are timed at
-    the powers of two and the largest, smallest first, and timing stops once a size gains under 3% on the best
-    so far: throughput changes slowly with the size on CPUs, and the large batches cost the most to time."""
+    the powers of two and the largest, smallest first, and timing stops once two sizes in a row gain under 3% on
+    the best so far: throughput changes slowly with the size on CPUs, the large batches cost the most to time, and
+    one size timed while the machine was busy (streams starting, other models measuring) must not end the search."""
     largest = max(feeds)
     sizes = sorted({1 << power for power in range(largest.bit_length()) if 1 << power < largest} | {largest})
     throughput: dict[int, float] = {}
+    misses = 0
     for rows in sizes:
         check_stop(stop)
         best = best_seconds(backend, feeds[rows], runs)
         gains = not throughput or rows / best >= 1.03 * max(throughput.values())
         throughput[rows] = rows / best
-        if not gains:
+        misses = 0 if gains else misses + 1
+        if misses == 2:
             break
     top = max(throughput.values())
     chosen = min(rows for rows, value in throughput.items() if value >= 0.97 * top)

@@ -31,6 +31,7 @@ from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.bench import loadgen, payloads
 from kakehashi.repository.config import ModelConfig
 from kakehashi.tasks.image_task import prepare_image
+from kakehashi.tasks.images import Picture
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import resolve_task
 
@@ -58,7 +59,7 @@ def jpegs(source: Path, target: Path) -> list[Path]:
 
 def raw_limit(
     model: Path,
-    images: Sequence[Path | Image.Image],
+    images: Sequence[Path | Image.Image | Picture],
     batch: int,
     seconds: float,
     backend: Backend | None = None,

@@ -60,7 +60,7 @@ class Frame:
     presentation time in seconds (None when the stream has none)."""
 
     def __init__(
-        self, video: av.VideoFrame, number: int, time: float, pts: float | None, converters: _Converters
+        self, video: av.VideoFrame, number: int, time: float, pts: float | None, converters: Converters
     ) -> None:
         self._video = video
         self.number = number
@@ -85,7 +85,7 @@ class Frame:
         return self._rgb
 
 
-class _Converters:
+class Converters:
     """swscale contexts kept for reuse, one per output size in use at a time: setting one up costs more than a
     frame's conversion. Safe from several threads (each takes a context of its own)."""
 
@@ -196,7 +196,7 @@ class FrameSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._next_due = 0.0  # monotonic time the fps cap lets the next frame through
-        self._converters = _Converters()
+        self._converters = Converters()
 
     # -- the consumer's side (event loop) ------------------------------------------------------------
 

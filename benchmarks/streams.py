@@ -64,13 +64,21 @@ def at_25_fps(video: Path, target: Path, seconds: float = 30.0) -> tuple[Path, l
     return target, frames
 
 
-def raw_rate(frames: list[Frame], batch: int, seconds: float) -> float:
+def decode_cpu_seconds(video: Path) -> float:
+    """CPU seconds (every thread of this process) to decode one frame of `video`, as the server's sources do."""
+    with av.open(str(video)) as container:
+        started, frames = time.process_time(), 0
+        for _ in container.decode(video=0):
+            frames += 1
+    return (time.process_time() - started) / frames
+
+
+def raw_rate(frames: list[Frame], batch: int, seconds: float, instances: int) -> float:
     """Frames/s of the plain in-process loop on decoded frames: letterbox (swscale, as the server does), ONNX
-    Runtime, post-processing."""
+    Runtime, post-processing; `instances` sessions sharing the cores, each looping in its own thread."""
     folder = coco_model_path()
-    return raw_limit(
-        folder / "1" / "model.onnx", frames, batch, seconds, config=load_model_config(folder / "model.yaml")
-    )
+    config = load_model_config(folder / "model.yaml")
+    return raw_limit(folder / "1" / "model.onnx", frames, batch, seconds, config=config, instances=instances)
 
 
 def stream_config(video: Path, sources: int, outbox: Path) -> str:
@@ -109,12 +117,11 @@ async def follow_lags(url: str, names: list[str], seconds: float) -> list[float]
 
 def totals(url: str) -> dict[str, float]:
     streams = httpx.get(f"{url}/v1/streams", timeout=10).json()["streams"]
-    sums = {"inferred": 0.0, "read": 0.0, "dropped": 0.0, "decode_ms": 0.0}
+    sums = {"inferred": 0.0, "read": 0.0, "dropped": 0.0}
     for stream in streams:
         sums["inferred"] += stream["inferred"]
         sums["read"] += stream["source"]["read"]
         sums["dropped"] += stream["source"]["dropped"]
-        sums["decode_ms"] += stream["source"]["decode_ms"] / len(streams)  # each source's moving average
     sums["running"] = sum(stream["state"] == "running" for stream in streams)
     return sums
 
@@ -146,8 +153,6 @@ def measure(video: Path, sources: int, seconds: float, warmup: float, work: Path
         "read_fps": read / elapsed,
         "inferred_fps": (after["inferred"] - before["inferred"]) / elapsed,
         "dropped_share": (after["dropped"] - before["dropped"]) / read if read else 0.0,
-        # the cores' time spent decoding every frame read (dropped ones too): work the raw rate does not do
-        "decode_share": after["decode_ms"] / 1000 * read / elapsed / (os.cpu_count() or 1),
         "lag_p50": float(np.percentile(lags, 50)) if lags else float("nan"),
         "lag_p99": float(np.percentile(lags, 99)) if lags else float("nan"),
         "batch": max(1, int(batch)),
@@ -173,18 +178,31 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kakehashi-streams-"))
     video, frames = at_25_fps(args.video, work / "video-25fps.mp4")
     rows = [measure(video, int(n), args.seconds, args.warmup, work) for n in args.sources.split(",")]
-    raw = {batch: raw_rate(frames, batch, 10.0) for batch in sorted({1, *(row["batch"] for row in rows)})}
+    batches = sorted({1, *(row["batch"] for row in rows)})
+    layouts = sorted({1, os.cpu_count() or 1})  # one session with every core's threads; one single-thread per core
+    raw = {(n, b): raw_rate(frames, b, 10.0, n) for n in layouts for b in batches}
     best = max(raw.values())
+    instances = load_model_config(coco_model_path() / "model.yaml").instances
+    decode_cost = decode_cpu_seconds(video)
+    for row in rows:  # the cores' time decoding every frame read (dropped ones too): work the raw rate does not do
+        row["decode_share"] = row["read_fps"] * decode_cost / (os.cpu_count() or 1)
     lines = [
         "# Live streams: sources at 25 fps on the bundled COCO detector (YOLOX-Nano 416, ONNX Runtime f32)",
         "",
         f"One run of `benchmarks/streams.py` on {os.cpu_count()} cores, {args.seconds:.0f} s per step after a "
         f"{args.warmup:.0f} s warm-up; video: `{args.video.name}` re-encoded at 25 fps.",
         "Raw rate in-process (prepare with swscale as the server does + ONNX Runtime + post-processing, on decoded "
-        "frames), by batch size: " + ", ".join(f"{b}: {r:.1f}/s" for b, r in raw.items()) + ".",
+        "frames), by sessions × batch size: "
+        + ", ".join(f"{n} × {b}: {r:.1f}/s" for (n, b), r in raw.items())
+        + f" (several sessions share the cores' threads, each in a thread of its own); the best, {best:.1f}/s, is "
+        "the raw rate below.",
+        f"The server: the bundled model's configuration (`instances: {instances}`), batches of up to "
+        + ", ".join(sorted({str(row["batch"]) for row in rows}))
+        + ".",
         "",
-        "Decoding is the share of the cores spent decoding every frame read (dropped ones too), which the raw rate"
-        " does not do; the last ratio sets it aside: inferred ÷ (raw × (1 − decoding)), where the model sets the pace.",
+        f"Decoding a frame takes {decode_cost * 1000:.1f} ms of CPU (in-process); decoding is the share of the cores"
+        " spent decoding every frame read (dropped ones too), which the raw rate does not do; the last ratio sets it"
+        " aside: inferred ÷ (raw × (1 − decoding)), where the model sets the pace.",
         "",
         "| sources | offered fps | read fps | inferred fps | ÷ raw rate | ÷ min(raw, offered) | dropped | lag p50 | "
         "lag p99 | decoding | ÷ raw, decoding aside |",

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,32 +66,51 @@ def raw_limit(
     backend: Backend | None = None,
     warmup: float = 0.0,
     config: ModelConfig | None = None,
+    instances: int = 1,
 ) -> float:
     """Images/s of a plain in-process loop: decode (files; decoded frames are taken as they are) + letterbox,
     inference (ONNX Runtime, or `backend`: e.g. an OpenVINO one), post-processing, with the model's `config` (its
-    model.yaml) if given. The loop runs untimed for `warmup` seconds (at least one batch) first."""
-    backend = backend or OnnxRuntimeBackend(model)
+    model.yaml) if given. The loop runs untimed for `warmup` seconds (at least one batch) first. `instances` > 1:
+    that many ONNX Runtime sessions with an equal share of the cores' threads, each looping in a thread of its own."""
+    threads = 0 if instances == 1 else max(1, (os.cpu_count() or 1) // instances)
+    backends = [backend] if backend else [OnnxRuntimeBackend(model, threads=threads) for _ in range(instances)]
     config = config or ModelConfig()
-    task = resolve_task(backend, config, model)
+    task = resolve_task(backends[0], config, model)
     assert task is not None, f"{model} has no image input"
     data = [image.read_bytes() if isinstance(image, Path) else image for image in images]
     params = PredictParams(conf=config.defaults.conf, iou=config.defaults.iou)
 
-    def one_batch(first: int) -> None:
+    def one_batch(runner: Backend, first: int) -> None:
         prepared = [prepare_image(data[(first + i) % len(data)], task.input, params, 10**9) for i in range(batch)]
-        outputs = backend.run({task.input.name: np.stack([p.tensor for p in prepared])})
+        outputs = runner.run({task.input.name: np.stack([p.tensor for p in prepared])})
         for row, item in enumerate(prepared):
             task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
 
-    one_batch(0)  # first runs are slow: not timed
+    def loop(runner: Backend, until: float, done: list[int]) -> None:
+        while time.perf_counter() < until:
+            one_batch(runner, done[0])
+            done[0] += batch
+
+    for runner in backends:
+        one_batch(runner, 0)  # first runs are slow: not timed
+    _in_threads(backends, loop, time.perf_counter() + warmup)
     started = time.perf_counter()
-    while time.perf_counter() - started < warmup:
-        one_batch(0)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        one_batch(done)
-        done += batch
+    done = _in_threads(backends, loop, started + seconds)
     return done / (time.perf_counter() - started)
+
+
+def _in_threads(backends: list[Backend], loop, until: float) -> int:
+    """`loop(backend, until, counter)` for each backend, in threads of their own when more than one; rows done."""
+    counters = [[0] for _ in backends]
+    if len(backends) == 1:
+        loop(backends[0], until, counters[0])
+    else:
+        threads = [threading.Thread(target=loop, args=(b, until, c)) for b, c in zip(backends, counters)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return sum(counter[0] for counter in counters)
 
 
 class Process:

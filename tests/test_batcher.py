@@ -215,6 +215,21 @@ def test_instances_run_in_parallel():
     assert sorted(started) == [0, 1]
 
 
+def test_a_queue_is_shared_between_idle_instances():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=8, instances=2)
+        results = await asyncio.gather(*(b.submit(row(i), 1) for i in range(1, 7)))
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    # six requests queued at once, two instances idle: three each, not six on one while the other waits
+    assert sorted(recorder.batches) == [[1, 2, 3], [4, 5, 6]]
+    assert [r.batch_size for r in results] == [3] * 6
+
+
 def test_a_batch_whose_outputs_do_not_follow_its_rows_is_run_request_by_request():
     """An output with two rows per input row (a reshape; or a count of detections that happens to differ):
     split by input rows, each request would get others' values. The batch is re-run one request at a time and

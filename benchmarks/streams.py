@@ -7,10 +7,13 @@ The video (default: OpenCV's pedestrian sample, 768x576 at 10 fps) is re-encoded
 25 frames a second (the walkers move 2.5x faster). Each source is a looping file read by the server as a camera (paced
 at its frame rate), with tracking, a zone and a line. For each number of sources the server runs with that many
 streams; over a window after a warm-up it reports the frames inferred per second in total, against the raw rate
-(prepare + ONNX Runtime + post-processing in one process, at the server's batch size, no HTTP, no decoding) and
-against what the sources offer, the share of frames dropped (replaced by a newer one before inference took them),
-and the lag from a frame's decode to its results pushed to a Server-Sent Events follower (p50, p99). Both sides run
-ONNX Runtime at f32, so the ratio compares serving with the same runtime. Writes `results/streams.md`.
+and against what the sources offer, the share of frames dropped (replaced by a newer one before inference took them),
+and the lag from a frame's decode to its results pushed to a Server-Sent Events follower (p50, p99). The raw rate is
+the fastest plain loop in one process on decoded frames (prepare with swscale + ONNX Runtime + post-processing; no
+HTTP, no decoding, no tracking): one session with every core's threads, or one single-thread session per core each
+looping in its own thread, at batch 1 and at the server's batch size. Decoding every frame read is work the raw rate
+does not do: its CPU cost is measured in-process and its share of the cores reported. Both sides run ONNX Runtime
+at f32, so the ratio compares serving with the same runtime. Writes `results/streams.md`.
 """
 
 from __future__ import annotations

@@ -230,6 +230,13 @@ def pipeline_server(serve_module, tmp_path_factory):
     return serve_module(root)
 
 
+# each row of the detections table as [name, classified as]
+TABLE_ROWS = (
+    "[...document.querySelectorAll('table.detections tbody tr')]"
+    ".map((row) => [row.cells[2]?.textContent ?? '', row.cells[8]?.textContent ?? ''])"
+)
+
+
 def test_a_pipeline_is_served_on_the_page_with_each_detections_class(browser, pipeline_server, tmp_path, artifacts):
     from test_pipelines import _painted
 
@@ -240,11 +247,10 @@ def test_a_pipeline_is_served_on_the_page_with_each_detections_class(browser, pi
     page.select_option("#model", "inspect")
     page.set_input_files("#files", str(painted))
     page.wait_for_selector(".box[data-name='defect']")
-    rows = page.locator("table.detections tbody tr")
-    classified = {
-        rows.nth(i).locator("td").nth(2).inner_text(): rows.nth(i).locator("td").nth(8).inner_text()
-        for i in range(rows.count())
-    }
+    # the table read in one go: the model's change re-runs the prediction (debounced), which may replace the card
+    # between separate reads of its rows
+    page.wait_for_function(f"() => ['part', 'defect'].every((name) => ({TABLE_ROWS}).some((row) => row[0] === name))")
+    classified = dict(page.evaluate(f"() => {TABLE_ROWS}.map((row) => [row[0], row[1]])"))
     assert classified["part"].startswith("red ") and classified["defect"].startswith("blue ")
     timing = page.inner_text(".timing")
     assert "detect" in timing and "classify" in timing and "undefined" not in timing

@@ -146,7 +146,8 @@ def measure(video: Path, sources: int, seconds: float, warmup: float, work: Path
         before, started = totals(server.url), time.perf_counter()
         lags = asyncio.run(follow_lags(server.url, [f"cam{i}" for i in range(sources)], seconds))
         after, elapsed = totals(server.url), time.perf_counter() - started
-        batch = httpx.get(f"{server.url}/v2/models/{MODEL}/config").json()["max_batch_size"]
+        config = httpx.get(f"{server.url}/v2/models/{MODEL}/config").json()  # the measured batch size
+        batch = config.get("dynamic_batching", {}).get("preferred_batch_size", [1])[0]
     finally:
         server.stop()
     read = after["read"] - before["read"]
@@ -199,7 +200,7 @@ def main() -> None:
         + ", ".join(f"{n} × {b}: {r:.1f}/s" for (n, b), r in raw.items())
         + f" (several sessions share the cores' threads, each in a thread of its own); the best, {best:.1f}/s, is "
         "the raw rate below.",
-        f"The server: the bundled model's configuration (`instances: {instances}`), batches of up to "
+        f"The server: the bundled model's configuration (`instances: {instances}`), batch size measured at load: "
         + ", ".join(sorted({str(row["batch"]) for row in rows}))
         + ".",
         "",

@@ -230,6 +230,26 @@ def test_a_queue_is_shared_between_idle_instances():
     assert [r.batch_size for r in results] == [3] * 6
 
 
+def test_idle_instances_wait_for_company_together_then_share():
+    recorder = Recorder()
+
+    async def scenario():
+        b = batcher(recorder, max_batch=8, delay_ms=300, instances=2)
+        submitted = []
+        for value in range(1, 5):  # one at a time, each queued before the next comes
+            submitted.append(asyncio.ensure_future(b.submit(row(value), 1)))
+            await until(lambda: b.depth == len(submitted), f"request {value} queued")
+        results = await asyncio.gather(*submitted)
+        await b.close()
+        return results
+
+    asyncio.run(scenario())
+    # the first waited for company (not sent alone at once); once the delay passed, the four queued were shared by
+    # the two idle instances: two each, none taking all four
+    assert recorder.batches[0] == [1, 2] and max(len(batch) for batch in recorder.batches) == 2
+    assert sorted(value for batch in recorder.batches for value in batch) == [1, 2, 3, 4]
+
+
 def test_a_batch_whose_outputs_do_not_follow_its_rows_is_run_request_by_request():
     """An output with two rows per input row (a reshape; or a count of detections that happens to differ):
     split by input rows, each request would get others' values. The batch is re-run one request at a time and

@@ -233,7 +233,8 @@ def test_a_frozen_server_is_left_after_the_read_timeout(walk_video):
             lost_at = source.read  # frames numbered above it come from the new connection
             os.kill(pid, signal.SIGCONT)
             after = await asyncio.wait_for(source.next(lost_at), 15)
-            assert source.state is SourceState.RUNNING and source.reconnects == 1 and after.number > before.number
+            # reconnected (an attempt made while the server was still stopped may have timed out too: CI's load)
+            assert source.state is SourceState.RUNNING and source.reconnects >= 1 and after.number > before.number
         finally:
             source.stop()
 

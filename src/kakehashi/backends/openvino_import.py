@@ -6,7 +6,9 @@
   can deadlock holding the GIL (seen with openvino 2026.4 when versions were measured side by side), which
   silences the whole server.
 
-Python runs a module's body once, other importing threads waiting for it, so this import is the lock.
+Python runs a module's body once, other importing threads waiting for it, so this import is the lock (for
+Kakehashi's threads: code of the user's that touches `Tensor.data` before this import is not covered). With
+this module imported first, OpenVINO's model converter and NNCF use their telemetry stubs in this process too.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A batch is formed only when an instance is free, so while instances are busy the queue grows and the next
 batch is bigger ("natural" batching); an idle instance waits at most `max_queue_delay_ms` after the oldest
-request arrived for more requests to join; while several instances are idle, each takes an even share of the
-queue. A batch is always a prefix of the queue, so no request ever waits
+request arrived for more requests to join; while several instances are idle, they share the queue's head
+evenly. A batch is always a prefix of the queue, so no request ever waits
 behind one that arrived after it; requests whose tensors differ in shape or type never share a batch.
 """
 
@@ -204,24 +204,28 @@ class DynamicBatcher:
         self._queue = alive
 
     def _prefix(self) -> tuple[int, bool]:
-        """How many queued requests form the next batch, and whether it can still grow."""
-        limit = self._batch_limit()
-        head = self._queue[0]
-        count, rows = 1, head.rows
-        for pending in itertools.islice(self._queue, 1, None):
-            if pending.key != head.key or rows + pending.rows > limit:
-                return count, False
-            count, rows = count + 1, rows + pending.rows
-        return count, rows < limit
-
-    def _batch_limit(self) -> int:
-        """Rows the next batch may take: `max_batch_size`, or while other instances are idle too, an even share of
-        the queue, so they do not wait while one instance runs every queued request."""
+        """How many queued requests form the next batch, and whether it can still grow. While other instances are
+        idle too, the queue's head (up to `max_batch_size` rows for each) is shared evenly, so they do not wait while
+        one instance runs every queued request; it can grow until each would get a full batch."""
         idle = self._idle.qsize() + 1  # the instance this batch is for, and the others idle now
-        if idle == 1:
-            return self.max_batch_size
-        queued = sum(pending.rows for pending in self._queue)
-        return max(1, min(self.max_batch_size, -(-queued // idle)))
+        rows, can_grow = self._head_rows(self.max_batch_size * idle)
+        share = max(1, min(self.max_batch_size, -(-sum(rows) // idle)))
+        count, taken = 1, rows[0]
+        while count < len(rows) and taken + rows[count] <= share:
+            taken += rows[count]
+            count += 1
+        return count, can_grow
+
+    def _head_rows(self, limit: int) -> tuple[list[int], bool]:
+        """Rows of the queue's first requests that may share batches (same shapes, at most `limit` rows in all;
+        the first always), and whether more could join them."""
+        head = self._queue[0]
+        rows = [head.rows]
+        for pending in itertools.islice(self._queue, 1, None):
+            if pending.key != head.key or sum(rows) + pending.rows > limit:
+                return rows, False
+            rows.append(pending.rows)
+        return rows, sum(rows) < limit
 
     async def _next_batch(self) -> list[_Pending]:
         while True:

@@ -68,6 +68,7 @@ class Frame:
         self.pts = pts
         self._converters = converters
         self._rgb: Image.Image | None = None
+        self._lock = threading.Lock()  # PyAV sets and restores the frame's colour tags around a conversion
 
     def __repr__(self) -> str:
         return f"Frame(number={self.number}, time={self.time}, pts={self.pts}, size={self.size})"
@@ -77,11 +78,14 @@ class Frame:
         return self._video.width, self._video.height
 
     def scaled(self, width: int, height: int) -> np.ndarray:
-        return self._converters.convert(self._video, width, height)
+        with self._lock:
+            return self._converters.convert(self._video, width, height)
 
     def rgb(self) -> Image.Image:
-        if self._rgb is None:  # two threads at once convert twice, harmlessly
-            self._rgb = Image.fromarray(self.scaled(*self.size))
+        """The whole frame in RGB, converted once (shared: copy it before drawing on it)."""
+        if self._rgb is None:
+            whole = Image.fromarray(self.scaled(*self.size))
+            self._rgb = self._rgb or whole
         return self._rgb
 
 
@@ -102,8 +106,8 @@ class Converters:
         except queue.Empty:
             reformatter = VideoReformatter()
         try:
-            converted = reformatter.reformat(
-                video, width=width, height=height, format="rgb24", interpolation="BILINEAR"
+            converted = reformatter.reformat(  # one thread: conversions run side by side in the compute pool
+                video, width=width, height=height, format="rgb24", interpolation="BILINEAR", threads=1
             )
             return converted.to_ndarray()
         finally:

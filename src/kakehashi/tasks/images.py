@@ -85,12 +85,13 @@ ImageData = bytes | Image.Image | Picture  # what a predict request carries per 
 
 
 def rgb_image(data: ImageData, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Any image a request carries as a whole upright RGB image (decoded if bytes)."""
+    """Any image a request carries as a whole upright RGB image of the caller's own (decoded if bytes; a copy of a
+    picture's, which snapshots and the live view share)."""
     if isinstance(data, Image.Image):
         return data.convert("RGB")
     if isinstance(data, bytes | bytearray | memoryview):
         return decode_image(bytes(data), max_pixels)
-    return data.rgb()
+    return data.rgb().copy()
 
 
 def image_files(sources: list[Path]) -> list[Path]:

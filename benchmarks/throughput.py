@@ -87,9 +87,9 @@ def raw_limit(
         for row, item in enumerate(prepared):
             task.postprocess({k: v[row] for k, v in outputs.items()}, item, params)
 
-    def loop(runner: Backend, until: float, done: list[int]) -> None:
+    def loop(runner: Backend, first: int, until: float, done: list[int]) -> None:
         while time.perf_counter() < until:
-            one_batch(runner, done[0])
+            one_batch(runner, first + done[0])
             done[0] += batch
 
     for runner in backends:
@@ -101,17 +101,19 @@ def raw_limit(
 
 
 def _in_threads(backends: list[Backend], loop, until: float) -> int:
-    """`loop(backend, until, counter)` for each backend, in threads of their own when more than one; rows done."""
-    counters = [[index * 7] for index in range(len(backends))]  # each thread from a frame of its own
+    """`loop(backend, first image, until, counter)` for each backend, in threads of their own when more than one,
+    each from an image of its own; the rows done in all."""
+    counters = [[0] for _ in backends]
+    arguments = [(backend, 7 * index, until, counters[index]) for index, backend in enumerate(backends)]
     if len(backends) == 1:
-        loop(backends[0], until, counters[0])
+        loop(*arguments[0])
     else:
-        threads = [threading.Thread(target=loop, args=(b, until, c)) for b, c in zip(backends, counters)]
+        threads = [threading.Thread(target=loop, args=args) for args in arguments]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    return sum(counter[0] - index * 7 for index, counter in enumerate(counters))
+    return sum(counter[0] for counter in counters)
 
 
 class Process:

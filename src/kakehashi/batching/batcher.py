@@ -220,12 +220,13 @@ class DynamicBatcher:
         """Rows of the queue's first requests that may share batches (same shapes, at most `limit` rows in all;
         the first always), and whether more could join them."""
         head = self._queue[0]
-        rows = [head.rows]
+        rows, total = [head.rows], head.rows
         for pending in itertools.islice(self._queue, 1, None):
-            if pending.key != head.key or sum(rows) + pending.rows > limit:
+            if pending.key != head.key or total + pending.rows > limit:
                 return rows, False
             rows.append(pending.rows)
-        return rows, sum(rows) < limit
+            total += pending.rows
+        return rows, total < limit
 
     async def _next_batch(self) -> list[_Pending]:
         while True:

@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -52,6 +52,7 @@ class SourceClosed(Exception):
         self.reason = reason
 
 
+@dataclass(eq=False)
 class Frame:
     """One decoded frame, still in the decoder's pixel format until used: scaled to a model's input size and
     turned into RGB in one swscale pass (`scaled`, about 1 ms at 768x576 against 4 for converting then resizing),
@@ -59,33 +60,27 @@ class Frame:
     frame read (skipped and dropped ones too), `time` is the wall clock when it was offered, `pts` its
     presentation time in seconds (None when the stream has none)."""
 
-    def __init__(
-        self, video: av.VideoFrame, number: int, time: float, pts: float | None, converters: Converters
-    ) -> None:
-        self._video = video
-        self.number = number
-        self.time = time
-        self.pts = pts
-        self._converters = converters
-        self._rgb: Image.Image | None = None
-        self._lock = threading.Lock()  # PyAV sets and restores the frame's colour tags around a conversion
-
-    def __repr__(self) -> str:
-        return f"Frame(number={self.number}, time={self.time}, pts={self.pts}, size={self.size})"
+    video: av.VideoFrame = field(repr=False)
+    number: int
+    time: float
+    pts: float | None
+    converters: Converters = field(repr=False)
+    _rgb: Image.Image | None = field(default=None, init=False, repr=False)
+    # PyAV sets and restores the frame's colour tags around a conversion: one at a time
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
-        return self._video.width, self._video.height
+        return self.video.width, self.video.height
 
     def scaled(self, width: int, height: int) -> np.ndarray:
         with self._lock:
-            return self._converters.convert(self._video, width, height)
+            return self.converters.convert(self.video, width, height)
 
     def rgb(self) -> Image.Image:
-        """The whole frame in RGB, converted once (shared: copy it before drawing on it)."""
+        """The whole frame in RGB, converted once (two threads at once may both convert; either result serves)."""
         if self._rgb is None:
-            whole = Image.fromarray(self.scaled(*self.size))
-            self._rgb = self._rgb or whole
+            self._rgb = Image.fromarray(self.scaled(*self.size))
         return self._rgb
 
 

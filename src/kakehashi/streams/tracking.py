@@ -71,8 +71,8 @@ class _Kalman:
         for _ in range(steps):
             h = means[:, 3]
             position, velocity = _STD_POSITION * h, _STD_VELOCITY * h
-            small = np.broadcast_to([1e-2], h.shape)
-            noise = np.stack([position, position, small, position, velocity, velocity, small / 1e3, velocity], 1)
+            aspect, aspect_velocity = np.full_like(h, 1e-2), np.full_like(h, 1e-5)
+            noise = np.stack([position, position, aspect, position, velocity, velocity, aspect_velocity, velocity], 1)
             means = means @ _TRANSITION.T
             covariances = _TRANSITION @ covariances @ _TRANSITION.T
             covariances[:, diagonal, diagonal] += noise**2

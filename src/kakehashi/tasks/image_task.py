@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from kakehashi.tasks.images import Decoded, ImageData, Picture, decode_reduced
+from kakehashi.tasks.images import Decoded, ImageData, decode_reduced
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput, request_size, resize_image, to_tensor
 
@@ -30,7 +30,7 @@ def prepare_image(data: ImageData, spec: ImageInput, params: PredictParams, max_
     and scaled at once), resize and convert one image for a model with input `spec`; the transform maps to the
     original's pixels."""
     size = request_size(spec, params.imgsz)
-    if isinstance(data, Picture):
+    if not isinstance(data, bytes | Image.Image):  # a Picture: scaled to fit as it turns into RGB
         pixels, transform = resize_image(data, size, spec.resize, spec.pad_value)
         return Prepared(to_tensor(pixels, spec), size, transform)
     decoded = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,7 +62,6 @@ class Decoded:
     offset: tuple[int, int] = (0, 0)  # non-zero only on an axis mirrored by the orientation (padded blocks)
 
 
-@runtime_checkable
 class Picture(Protocol):
     """A decoded picture not yet in RGB (a video frame): converted whole, or scaled to a model's input in the same
     pass (swscale converts and scales a video frame at once, several times faster than converting then resizing)."""
@@ -89,8 +88,8 @@ def rgb_image(data: ImageData, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     picture's, which snapshots and the live view share)."""
     if isinstance(data, Image.Image):
         return data.convert("RGB")
-    if isinstance(data, bytes | bytearray | memoryview):
-        return decode_image(bytes(data), max_pixels)
+    if isinstance(data, bytes):
+        return decode_image(data, max_pixels)
     return data.rgb().copy()
 
 

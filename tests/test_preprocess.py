@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import image_bytes
 from kakehashi.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from kakehashi.tasks.images import decode_image
-from kakehashi.tasks.preprocess import ImageInput, request_size, resize_image, to_tensor
+from kakehashi.tasks.preprocess import BoxTransform, Fitted, ImageInput, fit_image, request_size, to_tensor
 
 
 def spec(**changes) -> ImageInput:
@@ -71,13 +71,15 @@ def test_bad_images_are_named():
 
 def test_letterbox_matches_ultralytics_geometry():
     image = Image.new("RGB", (810, 1080), (10, 20, 30))
-    pixels, transform = resize_image(image, (640, 640), "letterbox", 114)
-    assert pixels.shape == (640, 640, 3)
+    fitted = fit_image(image, (640, 640), "letterbox")
     ratio = 640 / 1080
     new_w = round(810 * ratio)  # 480
     left = round((640 - new_w) / 2 - 0.1)
+    transform = fitted.transform
     assert transform.scale_x == transform.scale_y == pytest.approx(ratio)
     assert (transform.pad_x, transform.pad_y) == (left, 0)
+    pixels = to_tensor(fitted, spec(scale=1.0), (640, 640)).transpose(1, 2, 0)  # back to HWC RGB
+    assert pixels.shape == (640, 640, 3)
     assert (pixels[:, :left] == 114).all() and (pixels[:, left + new_w :] == 114).all()
     assert (pixels[:, left : left + new_w] == (10, 20, 30)).all()
     box = np.asarray([[left, 0, left + new_w, 640]], np.float32)
@@ -86,11 +88,15 @@ def test_letterbox_matches_ultralytics_geometry():
 
 def test_stretch_and_crop():
     image = Image.new("RGB", (600, 300))
-    pixels, transform = resize_image(image, (100, 100), "stretch", 114)
-    assert pixels.shape == (100, 100, 3)
+    image.paste((255, 0, 0), (0, 0, 150, 300))  # the left quarter red: cut off by the crop, kept by the stretch
+    fitted = fit_image(image, (100, 100), "stretch")
+    assert fitted.pixels.shape == (100, 100, 3) and fitted.pixels[50, 10, 0] == 255
+    transform = fitted.transform
     assert transform.to_original(np.asarray([[50, 50, 100, 100]], np.float32)).tolist() == [[300, 150, 600, 300]]
-    pixels, _ = resize_image(image, (100, 100), "crop", 114)
-    assert pixels.shape == (100, 100, 3)
+    fitted = fit_image(image, (100, 100), "crop")
+    assert fitted.pixels.shape == (100, 100, 3) and (fitted.top, fitted.left) == (0, 0)
+    assert (fitted.pixels[:, 1:, 0] == 0).all()  # (the first column blends with the red one before it)
+    assert fitted.transform.to_original(np.asarray([[0, 0, 100, 100]], np.float32)).tolist() == [[150, 0, 450, 300]]
 
 
 def test_imgsz_is_stride_aligned_and_fixed_models_refuse_it():
@@ -104,10 +110,16 @@ def test_imgsz_is_stride_aligned_and_fixed_models_refuse_it():
 def test_tensor_layouts_and_types():
     pixels = np.zeros((2, 3, 3), np.uint8)
     pixels[..., 0], pixels[..., 2] = 255, 51  # R=255, B=51
-    nchw = to_tensor(pixels, spec())
-    assert nchw.shape == (3, 2, 3) and nchw.dtype == np.float32
-    assert nchw[0].max() == pytest.approx(1.0) and nchw[2].max() == pytest.approx(0.2)
-    bgr = to_tensor(pixels, spec(channels="bgr", layout="nhwc", dtype="uint8"))
-    assert bgr.shape == (2, 3, 3) and bgr.dtype == np.uint8 and bgr[0, 0].tolist() == [51, 0, 255]
-    half = to_tensor(pixels, spec(dtype="float16", scale=1.0, mean=(255.0, 0.0, 0.0), std=(1.0, 1.0, 51.0)))
-    assert half.dtype == np.float16 and half[0].max() == 0 and half[2].max() == 1
+    fitted = Fitted(pixels, 1, 0, BoxTransform(1.0, 1.0, 0.0, 1.0, 3, 2))  # one padding row above
+    nchw = to_tensor(fitted, spec(), (3, 3))
+    assert nchw.shape == (3, 3, 3) and nchw.dtype == np.float32
+    assert nchw[:, 0] == pytest.approx(np.full((3, 3), 114 / 255))  # the padding, scaled like the pixels
+    assert (nchw[0, 1:] == 1.0).all() and (nchw[1, 1:] == 0).all() and nchw[2, 1:] == pytest.approx(0.2)
+    bgr = to_tensor(fitted, spec(channels="bgr", layout="nhwc", dtype="uint8"), (3, 3))
+    assert bgr.shape == (3, 3, 3) and bgr.dtype == np.uint8
+    assert bgr[1, 0].tolist() == [51, 0, 255] and bgr[0, 0].tolist() == [114, 114, 114]
+    half = to_tensor(fitted, spec(dtype="float16", scale=1.0, mean=(255.0, 0.0, 0.0), std=(1.0, 1.0, 51.0)), (3, 3))
+    assert half.dtype == np.float16 and (half[0, 1:] == 0).all() and (half[2, 1:] == 1).all()
+    strided = np.zeros((2, 3, 4), np.uint8)[..., :3]  # a view of RGBA pixels, as video frames come
+    strided[..., 2] = 51
+    assert to_tensor(Fitted(strided, 0, 0, fitted.transform), spec(scale=1.0), (2, 3))[2].tolist() == [[51] * 3] * 2

@@ -21,7 +21,6 @@ _NO_MATCH = 1e6  # the cost of a pair under the IoU threshold, so the assignment
 
 _TRANSITION = np.eye(8)
 _TRANSITION[:4, 4:] = np.eye(4)
-_OBSERVATION = np.eye(4, 8)
 
 
 def _box_of(detection: dict[str, Any]) -> np.ndarray:
@@ -29,10 +28,10 @@ def _box_of(detection: dict[str, Any]) -> np.ndarray:
     return np.array([box["x1"], box["y1"], box["x2"], box["y2"]], dtype=np.float64)
 
 
-def _xyah(box: np.ndarray) -> np.ndarray:
-    """(x1, y1, x2, y2) -> (centre x, centre y, width / height, height)."""
-    width, height = box[2] - box[0], max(box[3] - box[1], 1e-6)
-    return np.array([box[0] + width / 2, box[1] + height / 2, width / height, height])
+def _xyah(boxes: np.ndarray) -> np.ndarray:
+    """(..., 4) boxes (x1, y1, x2, y2) -> (centre x, centre y, width / height, height)."""
+    width, height = boxes[..., 2] - boxes[..., 0], np.maximum(boxes[..., 3] - boxes[..., 1], 1e-6)
+    return np.stack([boxes[..., 0] + width / 2, boxes[..., 1] + height / 2, width / height, height], -1)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -79,13 +78,22 @@ class _Kalman:
         for index, kalman in enumerate(filters):
             kalman.mean, kalman.covariance = means[index], covariances[index]
 
-    def update(self, box: np.ndarray) -> None:
-        h = self.mean[3]
-        noise = np.diag(np.array([_STD_POSITION * h, _STD_POSITION * h, 1e-1, _STD_POSITION * h]) ** 2)
-        projected = _OBSERVATION @ self.covariance @ _OBSERVATION.T + noise
-        gain = np.linalg.solve(projected, _OBSERVATION @ self.covariance).T
-        self.mean = self.mean + gain @ (_xyah(box) - _OBSERVATION @ self.mean)
-        self.covariance = self.covariance - gain @ projected @ gain.T
+    @staticmethod
+    def update(filters: list[_Kalman], boxes: np.ndarray) -> None:
+        """Correct each filter with its measured box (`boxes`: one row per filter), all at once."""
+        if not filters:
+            return
+        means = np.stack([f.mean for f in filters])
+        covariances = np.stack([f.covariance for f in filters])
+        position = _STD_POSITION * means[:, 3]
+        noise = np.stack([position, position, np.full_like(position, 1e-1), position], 1) ** 2
+        projected = covariances[:, :4, :4].copy()  # the observation picks the first four of the state
+        projected[:, np.arange(4), np.arange(4)] += noise
+        gains = np.linalg.solve(projected, covariances[:, :4, :]).transpose(0, 2, 1)
+        means = means + (gains @ (_xyah(boxes) - means[:, :4])[..., None])[..., 0]
+        covariances = covariances - gains @ projected @ gains.transpose(0, 2, 1)
+        for index, kalman in enumerate(filters):
+            kalman.mean, kalman.covariance = means[index], covariances[index]
 
     def box(self) -> np.ndarray:
         cx, cy, aspect, height = self.mean[:4]
@@ -171,9 +179,8 @@ class ByteTracker:
         _Kalman.predict([t.kalman for t in self._tracks], [t.lost for t in self._tracks], steps)
         output: list[tuple[int, _Track]] = []
 
-        def matched(pairs: list[tuple[_Track, int]]) -> None:
+        def matched(pairs: list[tuple[_Track, int]]) -> None:  # corrected together once every match is known
             for track, index in pairs:
-                track.kalman.update(boxes[index])
                 track.last_frame, track.lost = self._frame, False
                 output.append((index, track))
 
@@ -191,6 +198,7 @@ class ByteTracker:
             self._confirm(track)
         matched(pairs)
 
+        _Kalman.update([track.kalman for _, track in output], boxes[[index for index, _ in output]])
         kept = [t for t in self._tracks if t.confirmed and self._frame - t.last_frame <= self.lost_frames]
         for index in high_left:
             if scores[index] >= self.new_track_threshold:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from kakehashi.tasks.images import Decoded, ImageData, decode_reduced
 from kakehashi.tasks.params import PredictParams
-from kakehashi.tasks.preprocess import BoxTransform, ImageInput, request_size, resize_image, to_tensor
+from kakehashi.tasks.preprocess import BoxTransform, ImageInput, fit_image, request_size, to_tensor
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,13 @@ def prepare_image(data: ImageData, spec: ImageInput, params: PredictParams, max_
     original's pixels."""
     size = request_size(spec, params.imgsz)
     if not isinstance(data, bytes | Image.Image):  # a Picture: scaled to fit as it turns into RGB
-        pixels, transform = resize_image(data, size, spec.resize, spec.pad_value)
-        return Prepared(to_tensor(pixels, spec), size, transform)
+        fitted = fit_image(data, size, spec.resize)
+        return Prepared(to_tensor(fitted, spec, size), size, fitted.transform)
     decoded = (
         Decoded(data.convert("RGB"), data.size)
         if isinstance(data, Image.Image)
         else decode_reduced(data, max_pixels, size)
     )
-    pixels, transform = resize_image(decoded.image, size, spec.resize, spec.pad_value)
-    original = transform.for_original(decoded.reduction, decoded.offset, decoded.size)
-    return Prepared(to_tensor(pixels, spec), size, original)
+    fitted = fit_image(decoded.image, size, spec.resize)
+    original = fitted.transform.for_original(decoded.reduction, decoded.offset, decoded.size)
+    return Prepared(to_tensor(fitted, spec, size), size, original)

@@ -69,6 +69,8 @@ class DataPlane:
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
+        self.begun = 0  # calls opened so far
+        self.open = 0  # calls open now
 
     @property
     def compute(self) -> Executor:
@@ -81,11 +83,16 @@ class DataPlane:
     ) -> Iterator[Call]:
         """Open a tracked call to `model` (a version, or the newest ready one): counted in flight, then by outcome
         (the status of the error that ends it, `gone` ones as cancelled); the servable is not closed under it."""
-        with RequestTracker(protocol, gone) as tracker:
-            servable = self.repository.get(model, version)
-            tracker.series = servable.series.requests
-            with servable.serving():
-                yield Call(servable, tracker)
+        self.begun += 1
+        self.open += 1
+        try:
+            with RequestTracker(protocol, gone) as tracker:
+                servable = self.repository.get(model, version)
+                tracker.series = servable.series.requests
+                with servable.serving():
+                    yield Call(servable, tracker)
+        finally:
+            self.open -= 1
 
     def servable(self, model: str, version: str | int | None = None) -> Servable:
         return self.repository.get(model, version)

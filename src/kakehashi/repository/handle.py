@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import os
 import threading
@@ -46,6 +44,7 @@ from kakehashi.errors import (
     runtime_message,
 )
 from kakehashi.handlers import Handler, HandlerContext, Runtime, call_hook, find_handler, setup
+from kakehashi.memory import give_back_freed_memory
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, cache_folder, decision_key, recall, remember
@@ -396,7 +395,7 @@ class ModelHandle:
             log.exception("model %s version %s: measuring in the background failed", self.name, self.version)
             return
         del instances
-        _give_back_freed_memory()
+        give_back_freed_memory()
         log.info(
             "model %s version %s: measured in the background; now serving %s, precision %s, batches of up to %d",
             self.name,
@@ -707,16 +706,6 @@ def _fastest_batch_size(
         chosen,
     )
     return chosen
-
-
-def _give_back_freed_memory() -> None:
-    """Return the memory of released runtime sessions to the system (glibc keeps freed blocks for reuse: after
-    measuring, the sessions that lost would otherwise stay in the process's resident memory)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator decides
-        pass
 
 
 def _timed(function, *args):

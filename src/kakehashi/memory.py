@@ -1,0 +1,45 @@
+"""Give memory the process no longer uses back to the system: glibc keeps freed blocks for reuse, so after a burst
+of requests (decoded images, tensors, runtime scratch) or released runtime sessions the resident memory would stay
+at its peak while the server rests."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def trim() -> None:
+    """Return the free pages of every malloc arena to the system (not glibc: its allocator decides)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def give_back_freed_memory() -> None:
+    """Collect unreachable objects first (released sessions may sit in reference cycles), then trim."""
+    gc.collect()
+    trim()
+
+
+async def trim_when_resting(
+    requests: Callable[[], int], in_flight: Callable[[], int], quiet: float = 2.0, give_back: Callable[[], None] = trim
+) -> None:
+    """`give_back` once each time requests stop: when `requests()` (a count of requests begun) has moved since the
+    last time and then stayed still for `quiet` seconds with none in flight. Runs until cancelled; `give_back` runs
+    in a thread."""
+    trimmed_at = seen = requests()
+    while True:
+        await asyncio.sleep(quiet)
+        count = requests()
+        resting = count == seen and not in_flight()
+        if resting and count != trimmed_at:
+            trimmed_at = count
+            await asyncio.to_thread(give_back)
+            log.debug("requests stopped: freed memory given back to the system")
+        seen = count

@@ -269,3 +269,71 @@ def test_a_batch_whose_outputs_do_not_follow_its_rows_is_run_request_by_request(
     for value, result in zip((0, 1, 2, 3), results, strict=True):
         assert result.outputs["y"].shape == (4, 1) and set(result.outputs["y"].ravel()) == {value}
     assert b.max_batch_size == 1 and [1.0, 2.0, 3.0] in recorder.batches  # the batch ran once, then each alone
+
+
+class Threads:
+    """A run function recording the thread each request ran on; `seconds` of work per run, `fail` to break it."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.fail = False
+        self.threads: list[int] = []
+        self.gate = threading.Event()  # cleared: a run of a 3-wide row waits at it
+        self.gate.set()
+
+    def __call__(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        if feeds["x"].shape[1] == 3:
+            self.gate.wait(10)
+        if self.seconds:
+            time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError("the runtime broke")
+        return {"y": feeds["x"] * 2}
+
+
+def test_cheap_requests_run_on_the_loop_once_measured_and_only_with_nothing_queued():
+    run = Threads()
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        b = DynamicBatcher(run, 1, 4, 0.0, 64, "test", inline_below=0.01)
+        first = await b.submit(row(1), 1)  # not measured yet: in the instance's thread
+        assert run.threads[-1] != loop_thread and first.outputs["y"][0, 0] == 2
+        second = await b.submit(row(2), 1)
+        assert run.threads[-1] == loop_thread and second.outputs["y"][0, 0] == 4 and second.queue == 0.0
+        await b.submit(row(3, width=5), 1)  # other shapes: their cost is not known yet
+        assert run.threads[-1] != loop_thread
+        assert (await b.submit(row(4, width=5), 1)).outputs["y"].shape == (1, 5)
+        assert run.threads[-1] == loop_thread
+        # the instance busy (a request of new shapes holds it): a cheap request queues, and runs in its turn
+        run.gate.clear()
+        busy = asyncio.ensure_future(b.submit(row(5, width=3), 1))
+        await until(lambda: len(run.threads) == 5, "the new shapes' request holds the instance")
+        queued = asyncio.ensure_future(b.submit(row(6), 1))
+        await until(lambda: b.depth == 1, "the cheap request queued")
+        run.gate.set()
+        assert (await queued).outputs["y"][0, 0] == 12 and (await busy).outputs["y"][0, 0] == 10
+        assert run.threads[-1] != loop_thread
+        run.fail = True  # a failure on the loop is the caller's, and the instance is not lost
+        with pytest.raises(RuntimeError, match="broke"):
+            await b.submit(row(8), 1)
+        run.fail = False
+        assert (await b.submit(row(9), 1)).outputs["y"][0, 0] == 18
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("seconds, delay_ms", [(0.02, 0.0), (0.0, 5.0)], ids=["costly", "waits-for-company"])
+def test_costly_requests_and_batchers_that_wait_for_company_never_run_on_the_loop(seconds, delay_ms):
+    run = Threads(seconds)
+
+    async def scenario() -> None:
+        b = DynamicBatcher(run, 1, 4, delay_ms, 64, "test", inline_below=0.01)
+        for value in range(4):
+            await b.submit(row(value), 1)
+        await b.close()
+        assert threading.get_ident() not in run.threads
+
+    asyncio.run(scenario())

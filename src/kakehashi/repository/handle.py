@@ -33,7 +33,7 @@ from kakehashi.backends import (
 )
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
-from kakehashi.batching.batcher import EWMA_WEIGHT, BatchResult, DynamicBatcher
+from kakehashi.batching.batcher import EWMA_WEIGHT, HOP_SECONDS, BatchResult, DynamicBatcher
 from kakehashi.datatypes import OIP_TO_NUMPY, oip_datatype
 from kakehashi.errors import (
     InferenceFailed,
@@ -61,10 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# what a round trip from the event loop to a thread pool and back costs (about 0.13 ms of CPU on this project's
-# 2-core machine): a classifier's post-processing (a top-k over its classes, whatever the request asks) that usually
-# takes less runs on the loop instead
-HOP_SECONDS = 100e-6
 
 
 class ModelState(str, Enum):
@@ -228,6 +224,7 @@ class ModelHandle:
             config.batching.max_queue_size,
             f"{self.name}:{self.version}",
             self._record_batch,
+            inline_below=HOP_SECONDS,
         )
         self.load_seconds = time.perf_counter() - started
         self.series.load_seconds.set(self.load_seconds)
@@ -642,6 +639,7 @@ class ModelHandle:
             result = await self._submit(feeds, 1, deadline)
             outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
             queue, inference = result.queue, result.inference
+        # a classifier's post-processing (a top-k over its classes) that usually takes less than a hop runs here
         if self._post_on_loop and self._postprocess_seconds < HOP_SECONDS:
             found, post = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
         else:

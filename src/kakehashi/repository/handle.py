@@ -391,7 +391,7 @@ class ModelHandle:
         except Exception:  # the model keeps serving on what it started with
             log.exception("model %s version %s: measuring in the background failed", self.name, self.version)
             return
-        del instances
+        del instances, feeds  # the warm-up batches too: what only measuring needed goes back to the system
         give_back_freed_memory()
         log.info(
             "model %s version %s: measured in the background; now serving %s, precision %s, batches of up to %d",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 
@@ -292,34 +293,37 @@ class Threads:
         return {"y": feeds["x"] * 2}
 
 
-def test_cheap_requests_run_on_the_loop_once_measured_and_only_with_nothing_queued():
+def test_cheap_lone_requests_run_on_the_loop_once_measured_and_only_with_nothing_queued():
     run = Threads()
 
     async def scenario() -> None:
         loop_thread = threading.get_ident()
         b = DynamicBatcher(run, 1, 4, 0.0, 64, "test", inline_below=0.01)
-        first = await b.submit(row(1), 1)  # not measured yet: in the instance's thread
+        submit = functools.partial(b.submit, alone=True)
+        first = await submit(row(1), 1)  # not measured yet: in the instance's thread
         assert run.threads[-1] != loop_thread and first.outputs["y"][0, 0] == 2
-        second = await b.submit(row(2), 1)
+        second = await submit(row(2), 1)
         assert run.threads[-1] == loop_thread and second.outputs["y"][0, 0] == 4 and second.queue == 0.0
-        await b.submit(row(3, width=5), 1)  # other shapes: their cost is not known yet
+        await submit(row(3, width=5), 1)  # other shapes: their cost is not known yet
         assert run.threads[-1] != loop_thread
-        assert (await b.submit(row(4, width=5), 1)).outputs["y"].shape == (1, 5)
+        assert (await submit(row(4, width=5), 1)).outputs["y"].shape == (1, 5)
         assert run.threads[-1] == loop_thread
         # the instance busy (a request of new shapes holds it): a cheap request queues, and runs in its turn
         run.gate.clear()
-        busy = asyncio.ensure_future(b.submit(row(5, width=3), 1))
+        busy = asyncio.ensure_future(submit(row(5, width=3), 1))
         await until(lambda: len(run.threads) == 5, "the new shapes' request holds the instance")
-        queued = asyncio.ensure_future(b.submit(row(6), 1))
+        queued = asyncio.ensure_future(submit(row(6), 1))
         await until(lambda: b.depth == 1, "the cheap request queued")
         run.gate.set()
         assert (await queued).outputs["y"][0, 0] == 12 and (await busy).outputs["y"][0, 0] == 10
         assert run.threads[-1] != loop_thread
         run.fail = True  # a failure on the loop is the caller's, and the instance is not lost
         with pytest.raises(RuntimeError, match="broke"):
-            await b.submit(row(8), 1)
+            await submit(row(8), 1)
         run.fail = False
-        assert (await b.submit(row(9), 1)).outputs["y"][0, 0] == 18
+        assert (await submit(row(9), 1)).outputs["y"][0, 0] == 18 and run.threads[-1] == loop_thread
+        await b.submit(row(10), 1)  # with other requests of its caller in flight: to the instance, as ever
+        assert run.threads[-1] != loop_thread
         await b.close()
 
     asyncio.run(scenario())
@@ -332,7 +336,7 @@ def test_costly_requests_and_batchers_that_wait_for_company_never_run_on_the_loo
     async def scenario() -> None:
         b = DynamicBatcher(run, 1, 4, delay_ms, 64, "test", inline_below=0.01)
         for value in range(4):
-            await b.submit(row(value), 1)
+            await b.submit(row(value), 1, alone=True)
         await b.close()
         assert threading.get_ident() not in run.threads
 

@@ -83,9 +83,9 @@ class DynamicBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         inline_below: float = 0.0,
     ) -> None:
-        """`inline_below`: with no wait for company (`max_queue_delay_ms` 0), a request that finds the queue empty
-        and an instance idle runs at once on the event loop, without the hop to the instance's thread, when
-        requests of its shapes took less than this many seconds (0: never)."""
+        """`inline_below`: with no wait for company (`max_queue_delay_ms` 0), a request submitted `alone` that finds
+        the queue empty and an instance idle runs at once on the event loop, without the hop to the instance's
+        thread, when requests of its shapes took less than this many seconds (0: never)."""
         self._run = run
         self.max_batch_size = max_batch_size
         self._delay = max_queue_delay_ms / 1000
@@ -121,8 +121,10 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._dispatcher = self._loop.create_task(self._dispatch(), name=f"{self._name}-batcher")
 
-    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> BatchResult:
-        """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs.
+    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None, alone: bool = False) -> BatchResult:
+        """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs. `alone`: the caller has no other request
+        in flight (only then may a cheap one run on the loop: with others about, the loop has their work to do while
+        an instance's thread runs this one).
 
         Raises `Overloaded` at once when the queue is full and `DeadlineExceeded` if `deadline`
         (a `time.perf_counter()` value) passes first; a cancelled caller's request is dropped from the queue.
@@ -134,7 +136,7 @@ class DynamicBatcher:
         if len(self._queue) >= self.max_queue_size:
             raise self.overloaded(len(self._queue))
         key = _key(feeds)
-        if self._runs_inline(key, rows):
+        if alone and self._runs_inline(key, rows):
             return self._run_inline(feeds, rows, key, deadline)
         future = asyncio.get_running_loop().create_future()
         pending = _Pending(feeds, rows, key, future, deadline=deadline)

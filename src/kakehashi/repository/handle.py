@@ -494,7 +494,7 @@ class ModelHandle:
         self.require_ready()
         assert self._batcher is not None, "a READY version has its batcher"
         try:
-            result = await self._batcher.submit(feeds, rows, deadline)
+            result = await self._batcher.submit(feeds, rows, deadline, alone=self._admitted == rows)
         except KakehashiError:
             raise
         except Exception as exc:
@@ -559,6 +559,8 @@ class ModelHandle:
         deadline = self.deadline(timeout_ms)
         numbered = len(images) > 1
         with self._admission(len(images), deadline):
+            if len(images) == 1:  # no siblings to cancel: no task group (and no task) to make
+                return [await self._predict_one(steps, 0, images[0], deadline, numbered)]
             try:
                 # the first failure cancels its siblings, and admission is held until every one of them is gone
                 async with asyncio.TaskGroup() as group:

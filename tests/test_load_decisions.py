@@ -159,3 +159,13 @@ def test_batch_sizes_are_timed_until_two_larger_ones_stop_paying():
     growing = _Costed(lambda rows: 0.04 + 0.002 * rows)
     assert _fastest_batch_size(growing, FEEDS) == 8
     assert sorted(set(growing.sizes)) == [1, 2, 4, 8]
+
+
+def test_a_larger_batch_size_is_chosen_only_where_it_pays_a_tenth_more():
+    # rows per second: 1 → 25, 2 → 26.7 (+7 %), 4 → 26.7, 8 → 20: the few per cent a larger batch gains on a CPU
+    # do not pay for its memory and latency: 1
+    modest = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.15}.get(rows, 0.05 * rows))
+    assert _fastest_batch_size(modest, FEEDS) == 1
+    # 2 gains 7 % on 1 (not enough), 4 gains 40 % on 1: 4
+    later = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.115}.get(rows, 0.05 * rows))
+    assert _fastest_batch_size(later, FEEDS) == 4

@@ -24,7 +24,7 @@ from kakehashi.backends.registry import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the meaning of a stored decision changes
+FORMAT = 3  # bump when the meaning of a stored decision changes
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LoadDecisions:
     runtime: str  # "onnxruntime" or "openvino": what serves the model
     precision: str  # f32, bf16, f16 or int8: what it computes in
     agreement: str  # how that precision's answers agreed with f32's ("" for f32)
-    batch_size: int  # the preferred batch size (rows per second within 3% of the best)
+    batch_size: int  # the preferred batch size (larger only where it pays 10% more rows per second)
     rows_follow_batch: bool  # outputs have one row per input row, so requests may be batched together
 
 

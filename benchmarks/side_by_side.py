@@ -48,6 +48,7 @@ from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.openvino import OpenVinoBackend
 from kakehashi.bench import loadgen, payloads
 from kakehashi.errors import KakehashiError
+from kakehashi.memory import QUIET_SECONDS
 from kakehashi.repository.config import ModelConfig
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
@@ -397,7 +398,7 @@ def cold_starts(run: Run, model: Path, workload: Workload, repeats: int, settle:
                 values = {"start": first_answer(process, path, body, workload)}
                 if label != FASTAPI:
                     wait_measured(process, ["yolo11n"])  # so the cache holds the decisions, and memory is idle
-                time.sleep(settle)
+                time.sleep(settle)  # idle: past the quiet time after which Kakehashi gives memory back
                 values["idle RSS"] = process.rss_mb()
                 if label != FASTAPI:
                     values |= log_times(log, process.wall)
@@ -537,7 +538,7 @@ def measure(run: Run) -> None:
         finally:
             process.stop()
 
-    cold_starts(run, MODELS["yolo11n"], workloads[SMALL], 1 if run.quick else 3, 1.0 if run.quick else 3.0)
+    cold_starts(run, MODELS["yolo11n"], workloads[SMALL], 1 if run.quick else 3, QUIET_SECONDS + 3.0)
 
 
 # -- the report ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kakehashi.memory import trim_when_resting
+from kakehashi.memory import rest_when_idle
 
 QUIET = 0.05
 
@@ -22,11 +22,11 @@ def test_memory_is_given_back_once_each_time_requests_stop():
         state = {"begun": 0, "open": 0}
         given: list[int] = []
 
-        def give_back() -> None:
+        async def give_back() -> None:
             given.append(state["begun"])
 
         begun, open_ = (lambda: state["begun"]), (lambda: state["open"])
-        watcher = asyncio.create_task(trim_when_resting(begun, open_, QUIET, give_back))
+        watcher = asyncio.create_task(rest_when_idle(begun, open_, give_back, QUIET))
         try:
             await asyncio.sleep(QUIET * 4)
             assert given == []  # nothing served yet: nothing to give back

@@ -11,13 +11,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import IMAGES, MODELS, YOLO11
 from inprocess import load, predict
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
-from kakehashi.settings import default_model_path
+from kakehashi.memory import trim
+from kakehashi.settings import coco_model_path, default_model_path
 from kakehashi.tasks.preprocess import ImageInput
 from kakehashi.tasks.registry import TASK_KINDS, ModelFacts, TaskKind
 from onnx_builders import identity_model, tiny_model
@@ -305,3 +307,28 @@ print(forks, sys.modules.get("openvino_telemetry"))
     answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.split() == ["[]", "None"], answer.stdout
+
+
+def _resident_mb() -> float:
+    trim()  # what the process freed goes back first: only memory still held counts
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_runtime_gives_back_the_memory_a_large_batch_took_and_answers_the_same_after(runtime):
+    model = coco_model_path() / "1" / "model.onnx"
+    [backend] = RUNTIMES[runtime].create(model, RuntimeOptions(instances=1))
+    name, row = backend.inputs[0].name, backend.inputs[0].shape[1:]
+    image = {name: np.random.default_rng(0).random((1, *row), dtype=np.float32)}
+    before = backend.run(image)
+    settled = _resident_mb()
+    backend.run({name: np.zeros((8, *row), np.float32)})  # activations for eight images stay for the next run
+    grown = _resident_mb()
+    backend.release_memory({name: np.zeros((1, *row), np.float32)})
+    released = _resident_mb()
+    assert grown - settled > 30, f"a batch of 8 took only {grown - settled:.0f} MB"
+    assert grown - released > (grown - settled) / 2, (
+        f"{runtime}: {settled:.0f} MB, {grown:.0f} MB after a batch of 8, {released:.0f} MB after giving back"
+    )
+    after = backend.run(image)
+    assert all(np.array_equal(before[output], after[output]) for output in before)

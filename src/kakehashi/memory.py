@@ -8,9 +8,12 @@ import asyncio
 import ctypes
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
+# how long requests must have stopped before memory is given back: the runtimes then run one row each to shrink to
+# it, and the next request allocates again, so a model asked every few seconds keeps its memory
+QUIET_SECONDS = 5.0
 
 
 def trim() -> None:
@@ -27,12 +30,14 @@ def give_back_freed_memory() -> None:
     trim()
 
 
-async def trim_when_resting(
-    requests: Callable[[], int], in_flight: Callable[[], int], quiet: float = 2.0, give_back: Callable[[], None] = trim
+async def rest_when_idle(
+    requests: Callable[[], int],
+    in_flight: Callable[[], int],
+    give_back: Callable[[], Awaitable[None]],
+    quiet: float = QUIET_SECONDS,
 ) -> None:
-    """`give_back` once each time requests stop: when `requests()` (a count of requests begun) has moved since the
-    last time and then stayed still for `quiet` seconds with none in flight. Runs until cancelled; `give_back` runs
-    in a thread."""
+    """Await `give_back()` once each time requests stop: when `requests()` (a count of requests begun) has moved since
+    the last time and then stayed still for `quiet` seconds with none in flight. Runs until cancelled."""
     trimmed_at = seen = requests()
     while True:
         await asyncio.sleep(quiet)
@@ -40,6 +45,6 @@ async def trim_when_resting(
         resting = count == seen and not in_flight()
         if resting and count != trimmed_at:
             trimmed_at = count
-            await asyncio.to_thread(give_back)
-            log.debug("requests stopped: freed memory given back to the system")
+            await give_back()
+            log.debug("requests stopped: memory given back to the system")
         seen = count

@@ -32,3 +32,8 @@ class Backend(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; returns every output by name."""
         ...
+
+    def release_memory(self, one_row: dict[str, np.ndarray] | None) -> None:
+        """Give back the scratch memory runs keep for reuse (the next run allocates what it needs again); safe while
+        other runs go on. `one_row`: zeros for a batch of one (None when the input shapes are not fixed)."""
+        ...

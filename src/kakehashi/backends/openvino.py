@@ -99,6 +99,7 @@ class OpenVinoBackend:
             compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:
             raise ModelLoadError(f"{path}: OpenVINO cannot compile this model: {runtime_message(exc)}") from None
+        self._compiled = compiled
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(requests):
             self._idle.put(compiled.create_infer_request())
@@ -124,6 +125,20 @@ class OpenVinoBackend:
             return outputs
         finally:
             self._idle.put(request)
+
+    def release_memory(self, one_row: dict[str, np.ndarray] | None) -> None:
+        """Shrink each infer request's tensors to a batch of one (a run of `one_row`), then free the compiled
+        model's intermediate buffers (allocated again at the next inference), holding every infer request: this
+        must not run while one infers."""
+        held = [self._idle.get() for _ in range(self.requests)]
+        try:
+            if one_row is not None:
+                for request in held:
+                    request.infer(one_row)
+            self._compiled.release_memory()
+        finally:
+            for request in held:
+                self._idle.put(request)
 
     def _recover(self, request) -> None:
         """After a failed inference, run zeros shaped like the last successful feeds with the first dynamic

@@ -332,21 +332,33 @@ class ModelHandle:
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
         """Zeros shaped like each batch the batcher may form, by rows; None when the input shapes are not fixed."""
+        rows_of = self._input_rows()
+        if rows_of is None:
+            log.info("model %s: input shapes are not fixed; no warm-up", self.name)
+            return None
+        return {rows: _zeros(rows_of, rows) for rows in range(1, self.max_batch_size + 1)}
+
+    def _input_rows(self) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
+        """Each input's row shape (without the batch dimension) and dtype; None when the shapes are not fixed."""
         if self.task is not None:
             spec = self.task.input
-            row_shapes = {spec.name: spec.tensor_shape(spec.size)}
-            dtypes = {spec.name: np.dtype(spec.dtype)}
-        else:
-            inputs = self._instances[0].inputs
-            if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
-                log.info("model %s: input shapes are not fixed; no warm-up", self.name)
-                return None
-            row_shapes = {s.name: s.shape[1:] for s in inputs}
-            dtypes = {s.name: OIP_TO_NUMPY[s.datatype] for s in inputs}
-        return {
-            rows: {name: np.zeros((rows, *shape), dtypes[name]) for name, shape in row_shapes.items()}
-            for rows in range(1, self.max_batch_size + 1)
-        }
+            return {spec.name: (spec.tensor_shape(spec.size), np.dtype(spec.dtype))}
+        inputs = self._instances[0].inputs
+        if any(d < 0 for s in inputs for d in s.shape[1:]) or any(s.datatype == "BYTES" for s in inputs):
+            return None
+        return {s.name: (s.shape[1:], np.dtype(OIP_TO_NUMPY[s.datatype])) for s in inputs}
+
+    def release_memory(self) -> None:
+        """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
+        largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
+        run. Not while measuring (its runs are under way) or while not serving."""
+        measuring = self._measuring is not None and self._measuring.is_alive()
+        if self.state is not ModelState.READY or measuring:
+            return
+        rows_of = self._input_rows()
+        one_row = None if rows_of is None else _zeros(rows_of, 1)
+        for backend in {id(instance): instance for instance in self._instances}.values():  # OpenVINO's: one, shared
+            backend.release_memory(one_row)
 
     def _apply(self, decided: LoadDecisions, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]]) -> bool:
         """Warm `instances` up for `decided` (the smallest and the chosen batch), then serve with them; False if the
@@ -711,6 +723,10 @@ def _fastest_batch_size(
         chosen,
     )
     return chosen
+
+
+def _zeros(rows_of: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros((rows, *shape), dtype) for name, (shape, dtype) in rows_of.items()}
 
 
 def _timed(function, *args):

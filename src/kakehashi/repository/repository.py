@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kakehashi.errors import InvalidInput, KakehashiError, ModelLoadError, NotFound, Unavailable
+from kakehashi.memory import trim
 from kakehashi.pipelines.config import PIPELINE_FILE
 from kakehashi.pipelines.pipeline import Pipeline
 from kakehashi.repository.config import ModelConfig, ServerDefaults, load_model_config
@@ -280,6 +281,12 @@ class ModelRepository:
         """Answer every request still queued, in every model, 503 with `reason`; how many."""
         return sum(handle.abandon_queued(reason) for handle in self.versions_of())
 
+    async def rest(self) -> None:
+        """Requests stopped: every model's runtimes give back their scratch memory, then the process what it freed
+        (in a thread: a release may wait for a run to end)."""
+        handles = [handle for handle in self.versions_of() if isinstance(handle, ModelHandle)]
+        await asyncio.to_thread(_rest, handles)
+
     async def close_all(self) -> None:
         """Stop every loaded version (running batches finish first), after any load or unload under way."""
         async with self._changing:
@@ -347,3 +354,12 @@ class ModelRepository:
                     }
                 )
         return [row for row in rows if row["state"] == "READY"] if ready_only else rows
+
+
+def _rest(handles: list[ModelHandle]) -> None:
+    for handle in handles:
+        try:
+            handle.release_memory()
+        except Exception:  # memory kept is no fault of a request's: log it and go on
+            log.exception("model %s version %s: giving back memory failed", handle.name, handle.version)
+    trim()

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 
 from kakehashi.errors import KakehashiError
-from kakehashi.memory import trim_when_resting
+from kakehashi.memory import rest_when_idle
 from kakehashi.server import (
     metrics_routes,
     oip_routes,
@@ -72,11 +72,13 @@ def create_app(state: ServerState) -> Starlette:
 
             state.grpc_server = await start_grpc_server(state)
         loading = asyncio.create_task(load())
-        trimming = asyncio.create_task(trim_when_resting(lambda: state.plane.begun, lambda: state.plane.open))
+        resting = asyncio.create_task(
+            rest_when_idle(lambda: state.plane.begun, lambda: state.plane.open, state.repository.rest)
+        )
         try:
             yield
         finally:
-            trimming.cancel()
+            resting.cancel()
             state.draining = True
             if state.drain_task is not None:
                 state.drain_task.cancel()  # everything finished within the grace: nothing left to cut

@@ -538,7 +538,7 @@ def measure(run: Run) -> None:
         finally:
             process.stop()
 
-    cold_starts(run, MODELS["yolo11n"], workloads[SMALL], 1 if run.quick else 3, QUIET_SECONDS + 3.0)
+    cold_starts(run, MODELS["yolo11n"], workloads[SMALL], 1 if run.quick else 3, 2 * QUIET_SECONDS + 3.0)
 
 
 # -- the report ---------------------------------------------------------------------------------------------------

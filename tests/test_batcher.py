@@ -341,3 +341,33 @@ def test_costly_requests_and_batchers_that_wait_for_company_never_run_on_the_loo
         assert threading.get_ident() not in run.threads
 
     asyncio.run(scenario())
+
+
+def test_after_runs_on_the_loop_both_instances_still_serve_and_a_late_request_never_runs():
+    run = Threads()
+    barrier = threading.Barrier(2, timeout=5)
+
+    def parallel(instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if feeds["x"].shape[1] == 3:  # only returns if both instances are inside run() at once
+            barrier.wait()
+        return run(instance, feeds)
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        b = DynamicBatcher(parallel, 2, 1, 0.0, 64, "test", inline_below=0.01)
+        await b.submit(row(1), 1, alone=True)
+        await b.submit(row(2), 1, alone=True)
+        run.fail = True
+        with pytest.raises(RuntimeError, match="broke"):
+            await b.submit(row(3), 1, alone=True)
+        run.fail = False
+        assert run.threads[1:] == [loop_thread] * 2
+        ran = len(run.threads)
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(row(4), 1, time.perf_counter() - 1, alone=True)
+        assert len(run.threads) == ran  # past its deadline: not run
+        both = await asyncio.gather(b.submit(row(5, width=3), 1), b.submit(row(6, width=3), 1))
+        assert [r.outputs["y"][0, 0] for r in both] == [10, 12]  # no instance was lost to the runs on the loop
+        await b.close()
+
+    asyncio.run(scenario())

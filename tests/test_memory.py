@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+from conftest import IMAGES
 from kakehashi.memory import rest_when_idle
+from kakehashi.protocols.vision import parse_params
+from kakehashi.repository.config import ServerDefaults
+from kakehashi.repository.handle import ModelHandle
+from kakehashi.repository.repository import ModelRepository
+from kakehashi.settings import Limits, coco_model_path
 
-QUIET = 0.05
+QUIET = 0.2
+_POOL = ThreadPoolExecutor(2)
 
 
-async def _until(condition, seconds: float = 5.0) -> None:
+async def _until(condition, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -19,30 +28,59 @@ async def _until(condition, seconds: float = 5.0) -> None:
 
 def test_memory_is_given_back_once_each_time_requests_stop():
     async def scenario() -> None:
-        state = {"begun": 0, "open": 0}
+        state = {"begun": 0, "open": 0, "ready": True}
         given: list[int] = []
+        refused = []  # the calls made while a model could not rest
 
-        async def give_back() -> None:
+        async def give_back() -> bool:
+            if not state["ready"]:
+                refused.append(state["begun"])
+                return False
             given.append(state["begun"])
+            return True
 
         begun, open_ = (lambda: state["begun"]), (lambda: state["open"])
         watcher = asyncio.create_task(rest_when_idle(begun, open_, give_back, QUIET))
         try:
-            await asyncio.sleep(QUIET * 4)
+            await asyncio.sleep(QUIET * 3)
             assert given == []  # nothing served yet: nothing to give back
-            for _ in range(20):  # requests keep coming: not resting
+            for _ in range(30):  # requests keep coming: not resting
                 state["begun"] += 1
-                await asyncio.sleep(QUIET / 3)
+                await asyncio.sleep(QUIET / 10)
             assert given == []
-            await _until(lambda: given == [20])  # they stopped: once
-            await asyncio.sleep(QUIET * 4)
-            assert given == [20]  # still resting: not again
-            state["begun"], state["open"] = 21, 1  # a long request: in flight, not resting
-            await asyncio.sleep(QUIET * 4)
-            assert given == [20]
-            state["open"] = 0
-            await _until(lambda: given == [20, 21])
+            await _until(lambda: given == [30])  # they stopped: once
+            await asyncio.sleep(QUIET * 3)
+            assert given == [30]  # still resting: not again
+            state["begun"], state["open"] = 31, 1  # a long request: in flight, not resting
+            await asyncio.sleep(QUIET * 3)
+            assert given == [30]
+            state["open"], state["ready"] = 0, False  # it ended, but a model could not rest yet: asked again
+            await _until(lambda: len(refused) >= 2)
+            assert given == [30] and set(refused) == {31}
+            state["ready"] = True
+            await _until(lambda: given == [30, 31])
+            await asyncio.sleep(QUIET * 3)
+            assert given == [30, 31]  # rested: not asked again
         finally:
             watcher.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_model_rests_only_once_measured_and_answers_the_same_after(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))  # a first start: measured after READY
+    folder = tmp_path / "models" / "coco"
+    shutil.copytree(coco_model_path(), folder)
+    repository = ModelRepository(folder.parent, _POOL, Limits(), ServerDefaults(measure_in_background=True))
+    repository.load_all()
+    handle = repository.get("coco")
+    assert isinstance(handle, ModelHandle)
+    image = (IMAGES / "astronaut.png").read_bytes()
+    params = parse_params({}, handle.config.defaults)
+    measuring = handle._measuring
+    assert measuring is not None and measuring.is_alive()  # (it times both runtimes: seconds)
+    assert asyncio.run(repository.rest()) is False  # its runs are under way: asked again at the next rest
+    measuring.join(120)
+    before = asyncio.run(handle.predict([image], params))[0].results
+    assert asyncio.run(repository.rest()) is True
+    assert asyncio.run(handle.predict([image], params))[0].results == before

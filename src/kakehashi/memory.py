@@ -33,18 +33,23 @@ def give_back_freed_memory() -> None:
 async def rest_when_idle(
     requests: Callable[[], int],
     in_flight: Callable[[], int],
-    give_back: Callable[[], Awaitable[None]],
+    give_back: Callable[[], Awaitable[bool]],
     quiet: float = QUIET_SECONDS,
 ) -> None:
     """Await `give_back()` once each time requests stop: when `requests()` (a count of requests begun) has moved since
-    the last time and then stayed still for `quiet` seconds with none in flight. Runs until cancelled."""
-    trimmed_at = seen = requests()
+    the last time and then stayed still with none in flight over a check every `quiet` seconds (so between `quiet`
+    and twice that after the last request began). `give_back` returns False when it could not rest yet (a model
+    still measuring): it is asked again at the next check. Runs until cancelled."""
+    rested_at = seen = requests()
     while True:
         await asyncio.sleep(quiet)
         count = requests()
-        resting = count == seen and not in_flight()
-        if resting and count != trimmed_at:
-            trimmed_at = count
-            await give_back()
-            log.debug("requests stopped: memory given back to the system")
+        if count == seen and not in_flight() and count != rested_at:
+            try:
+                if await give_back():
+                    rested_at = count
+                    log.debug("requests stopped: memory given back to the system")
+            except Exception:  # memory kept is no request's fault: say so, and try again at the next rest
+                log.exception("giving back memory at rest failed")
+                rested_at = count
         seen = count

@@ -35,5 +35,6 @@ class Backend(Protocol):
 
     def release_memory(self, one_row: dict[str, np.ndarray] | None) -> None:
         """Give back the scratch memory runs keep for reuse (the next run allocates what it needs again); safe while
-        other runs go on. `one_row`: zeros for a batch of one (None when the input shapes are not fixed)."""
+        other runs go on (it may wait for them to end). `one_row`: zeros for a batch of one (None when the input
+        shapes are not fixed)."""
         ...

@@ -122,9 +122,9 @@ class DynamicBatcher:
         self._dispatcher = self._loop.create_task(self._dispatch(), name=f"{self._name}-batcher")
 
     async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None, alone: bool = False) -> BatchResult:
-        """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs. `alone`: the caller has no other request
-        in flight (only then may a cheap one run on the loop: with others about, the loop has their work to do while
-        an instance's thread runs this one).
+        """Queue `feeds` (`rows` rows on axis 0) and wait for its outputs. `alone`: no other request of the model
+        is in flight (only then may a cheap one run on the loop: with others about, the loop has their work to do
+        while an instance's thread runs this one).
 
         Raises `Overloaded` at once when the queue is full and `DeadlineExceeded` if `deadline`
         (a `time.perf_counter()` value) passes first; a cancelled caller's request is dropped from the queue.
@@ -350,7 +350,7 @@ class DynamicBatcher:
         finally:
             self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
-        self._measured(rows, ended - started, batch[0].key)
+        self._measured(rows, ended - started, batch[0].key if len(batch) == 1 else None)
         if self._on_batch:
             self._on_batch(rows, ended - started)
         for pending, share in zip(batch, shares):
@@ -361,13 +361,14 @@ class DynamicBatcher:
             else:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
 
-    def _measured(self, rows: int, seconds: float, key: tuple) -> None:
-        """Fold one batch into the moving averages of batch seconds and rows, and of seconds per row for its
-        shapes (the first batch sets each)."""
-        if len(self._row_seconds) >= _COSTS_KEPT and key not in self._row_seconds:
-            self._row_seconds.clear()
-        cost = self._row_seconds.get(key)
-        self._row_seconds[key] = seconds / rows if cost is None else cost + EWMA_WEIGHT * (seconds / rows - cost)
+    def _measured(self, rows: int, seconds: float, key: tuple | None) -> None:
+        """Fold one batch into the moving averages of batch seconds and rows, and, for a batch of one request of
+        shapes `key`, of seconds per row for those shapes (what a request alone costs; the first sets each)."""
+        if key is not None:
+            if len(self._row_seconds) >= _COSTS_KEPT and key not in self._row_seconds:
+                self._row_seconds.clear()
+            cost, per_row = self._row_seconds.get(key), seconds / rows
+            self._row_seconds[key] = per_row if cost is None else cost + EWMA_WEIGHT * (per_row - cost)
         if self._batch_seconds is None:
             self._batch_seconds, self._batch_rows = seconds, float(rows)
         else:

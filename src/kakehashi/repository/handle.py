@@ -348,17 +348,21 @@ class ModelHandle:
             return None
         return {s.name: (s.shape[1:], np.dtype(OIP_TO_NUMPY[s.datatype])) for s in inputs}
 
-    def release_memory(self) -> None:
+    def release_memory(self) -> bool:
         """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
         largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
-        run. Not while measuring (its runs are under way) or while not serving."""
-        measuring = self._measuring is not None and self._measuring.is_alive()
-        if self.state is not ModelState.READY or measuring:
-            return
+        run. False, having done nothing, while the model loads or measures (its runs are under way or to come)."""
+        if self.state is ModelState.LOADING or self._background is not None:
+            return False
+        if self._measuring is not None and self._measuring.is_alive():
+            return False
+        if self.state is not ModelState.READY:
+            return True  # nothing to give back
         rows_of = self._input_rows()
         one_row = None if rows_of is None else _zeros(rows_of, 1)
         for backend in {id(instance): instance for instance in self._instances}.values():  # OpenVINO's: one, shared
             backend.release_memory(one_row)
+        return True
 
     def _apply(self, decided: LoadDecisions, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]]) -> bool:
         """Warm `instances` up for `decided` (the smallest and the chosen batch), then serve with them; False if the

@@ -281,11 +281,18 @@ class ModelRepository:
         """Answer every request still queued, in every model, 503 with `reason`; how many."""
         return sum(handle.abandon_queued(reason) for handle in self.versions_of())
 
-    async def rest(self) -> None:
-        """Requests stopped: every model's runtimes give back their scratch memory, then the process what it freed
-        (in a thread: a release may wait for a run to end)."""
-        handles = [handle for handle in self.versions_of() if isinstance(handle, ModelHandle)]
-        await asyncio.to_thread(_rest, handles)
+    async def rest(self) -> bool:
+        """Requests stopped: every model's runtimes give back their scratch memory, then the process what it freed;
+        False if a model was loading or measuring (it is asked again at the next rest). In a thread (a release may
+        wait for a run to end), never beside a load, unload or close: models are not closed under a release."""
+        async with self._changing:
+            handles = [handle for handle in self.versions_of() if isinstance(handle, ModelHandle)]
+            work = asyncio.ensure_future(asyncio.to_thread(_rest, handles))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait({work})  # the runtimes must not be mid-run when the models close
+                raise
 
     async def close_all(self) -> None:
         """Stop every loaded version (running batches finish first), after any load or unload under way."""
@@ -356,10 +363,12 @@ class ModelRepository:
         return [row for row in rows if row["state"] == "READY"] if ready_only else rows
 
 
-def _rest(handles: list[ModelHandle]) -> None:
+def _rest(handles: list[ModelHandle]) -> bool:
+    rested = True
     for handle in handles:
         try:
-            handle.release_memory()
+            rested = handle.release_memory() and rested
         except Exception:  # memory kept is no fault of a request's: log it and go on
             log.exception("model %s version %s: giving back memory failed", handle.name, handle.version)
     trim()
+    return rested

@@ -78,7 +78,8 @@ def create_app(state: ServerState) -> Starlette:
         try:
             yield
         finally:
-            resting.cancel()
+            resting.cancel()  # a release under way ends first: models are not closed under it
+            await asyncio.gather(resting, return_exceptions=True)
             state.draining = True
             if state.drain_task is not None:
                 state.drain_task.cancel()  # everything finished within the grace: nothing left to cut

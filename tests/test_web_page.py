@@ -247,10 +247,16 @@ def test_a_pipeline_is_served_on_the_page_with_each_detections_class(browser, pi
     page.select_option("#model", "inspect")
     page.set_input_files("#files", str(painted))
     page.wait_for_selector(".box[data-name='defect']")
-    # the table read in one go: the model's change re-runs the prediction (debounced), which may replace the card
-    # between separate reads of its rows
-    page.wait_for_function(f"() => ['part', 'defect'].every((name) => ({TABLE_ROWS}).some((row) => row[0] === name))")
-    classified = dict(page.evaluate(f"() => {TABLE_ROWS}.map((row) => [row[0], row[1]])"))
+    # the table checked and read in one evaluation: the model's change re-runs the prediction (debounced), which may
+    # replace the card between separate reads of it
+    complete = page.wait_for_function(
+        f"""() => {{
+            const rows = {TABLE_ROWS};
+            const both = ['part', 'defect'].every((name) => rows.some((row) => row[0] === name));
+            return both ? rows.map((row) => [row[0], row[1]]) : null;
+        }}"""
+    )
+    classified = dict(complete.json_value())
     assert classified["part"].startswith("red ") and classified["defect"].startswith("blue ")
     timing = page.inner_text(".timing")
     assert "detect" in timing and "classify" in timing and "undefined" not in timing

@@ -352,9 +352,8 @@ class ModelHandle:
         """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
         largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
         run. False, having done nothing, while the model loads or measures (its runs are under way or to come)."""
-        if self.state is ModelState.LOADING or self._background is not None:
-            return False
-        if self._measuring is not None and self._measuring.is_alive():
+        measuring = self._background is not None or (self._measuring is not None and self._measuring.is_alive())
+        if self.state is ModelState.LOADING or measuring:
             return False
         if self.state is not ModelState.READY:
             return True  # nothing to give back

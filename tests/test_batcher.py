@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -369,5 +371,30 @@ def test_after_runs_on_the_loop_both_instances_still_serve_and_a_late_request_ne
         both = await asyncio.gather(b.submit(row(5, width=3), 1), b.submit(row(6, width=3), 1))
         assert [r.outputs["y"][0, 0] for r in both] == [10, 12]  # no instance was lost to the runs on the loop
         await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_answered_request_leaves_nothing_of_its_own_behind():
+    """Once its caller lets go, nothing of a request stays alive: its outputs may hold a runtime's memory (an ONNX
+    Runtime output keeps its session's whole memory arena alive, even after the session is released)."""
+    made: list[weakref.ref] = []
+
+    def run(instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        output = feeds["x"] * 2
+        made.append(weakref.ref(output))
+        return {"y": output}
+
+    async def scenario() -> None:
+        b = batcher(run)
+        try:
+            for value in (1.0, 2.0):
+                result = await b.submit(row(value), 1)
+                assert result.outputs["y"][0, 0] == 2 * value
+            del result
+            gc.collect()
+            assert len(made) == 2 and [ref() for ref in made] == [None, None]
+        finally:
+            await b.close()
 
     asyncio.run(scenario())

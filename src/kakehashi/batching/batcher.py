@@ -234,6 +234,9 @@ class DynamicBatcher:
             task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            # waiting for the next idle instance holds no request: its tensors, and the runtime memory its outputs
+            # keep (an ONNX Runtime output keeps its session's whole memory arena, even past the session)
+            del batch, task
 
     def _drop_dead(self) -> None:
         """Remove cancelled requests and answer expired ones (504) from the head of the queue onwards."""

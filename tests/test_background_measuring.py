@@ -5,23 +5,43 @@ request; later starts reuse what it found."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import IMAGES, YOLO11
 from kakehashi.settings import default_model_path
 
 SWITCHED = "measured in the background; now serving"
+MEASURING = "kakehashi.repository.measuring"
 
 
-def _folder(root: Path) -> Path:
+def _measuring_children(pid: int) -> list[psutil.Process]:
+    """The processes measuring for the server `pid` (its children running the measuring module)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if MEASURING in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _openvino_mapped(pid: int) -> bool:
+    return "libopenvino" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _folder(root: Path, batch: int = 4, size: int = 320) -> Path:
     folder = root / "yolo"
     (folder / "1").mkdir(parents=True)
     shutil.copy(YOLO11, folder / "1" / "model.onnx")
-    (folder / "model.yaml").write_text("batching: {max_batch_size: 4}\ninput: {size: 320}\n")
+    (folder / "model.yaml").write_text(f"batching: {{max_batch_size: {batch}}}\ninput: {{size: {size}}}\n")
     return folder
 
 
@@ -33,7 +53,9 @@ def test_a_first_start_serves_at_once_then_switches_with_no_failed_request(serve
     image = (IMAGES / "coffee.png").read_bytes()
     before, after = 0, 0
     deadline = time.monotonic() + 180
+    measuring_seen = False
     while SWITCHED not in server.log():
+        measuring_seen = measuring_seen or bool(_measuring_children(server.process.pid))
         assert time.monotonic() < deadline, f"no switch after measuring: {server.log()}"
         answer = server.client.post("/v1/models/yolo/predict", content=image, headers={"content-type": "image/png"})
         assert answer.status_code == 200, answer.text
@@ -44,6 +66,8 @@ def test_a_first_start_serves_at_once_then_switches_with_no_failed_request(serve
         assert answer.status_code == 200 and answer.json()["images"][0]["shape"] == [400, 600], answer.text
         after += 1
     assert before >= 1  # requests were answered while it measured
+    assert measuring_seen, "the runtimes are measured in a child process"
+    assert not _measuring_children(server.process.pid)  # gone once it answered
     log = server.log()
     at_once = log.index("serving at once on onnxruntime f32")
     assert at_once < log.index("version 1 ready in") < log.index(" per inference") < log.index(SWITCHED)
@@ -52,6 +76,8 @@ def test_a_first_start_serves_at_once_then_switches_with_no_failed_request(serve
     decision = json.loads(stored.read_text())
     runtime = server.client.get("/v2/models/yolo/config").json()["parameters"]["runtime"]["string_value"]
     assert runtime.startswith(decision["runtime"])
+    # the server loaded only what won: OpenVINO's libraries are in it exactly when OpenVINO serves
+    assert _openvino_mapped(server.process.pid) == (decision["runtime"] == "openvino"), decision
     server.stop()
 
     again = serve(folder)
@@ -72,3 +98,27 @@ def test_a_precision_named_is_checked_before_serving_not_after(serve, tmp_path, 
     server = serve(folder, "--precision", precision)
     log = server.log()
     assert "serving at once" not in log and f"precision {precision} (agrees with f32" in log
+
+
+@pytest.mark.parametrize("end", ["unload", "kill -9"])
+def test_the_measuring_process_ends_with_its_model_or_its_server(serve, tmp_path, monkeypatch, end):
+    """Unloading the model stops its measuring (the child is killed); a server killed outright leaves no measuring
+    process behind (the child ends when its parent's end of the pipe closes)."""
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))
+    folder = _folder(tmp_path, batch=8, size=640)  # measuring takes tens of seconds: ending it is what ends it
+    server = serve(folder.parent, "--model-control", "explicit")
+    deadline = time.monotonic() + 60
+    while not (children := _measuring_children(server.process.pid)):
+        assert SWITCHED not in server.log() and time.monotonic() < deadline, f"no measuring process: {server.log()}"
+        time.sleep(0.02)
+    [child] = children
+    if end == "unload":
+        answer = server.client.post("/v2/repository/models/yolo/unload")
+        assert answer.status_code == 200, answer.text
+        assert "measuring stopped: the model is unloading" in server.log()
+        assert server.client.get("/v2/health/live").status_code == 200
+    else:
+        os.kill(server.process.pid, signal.SIGKILL)
+    gone, _ = psutil.wait_procs([child], timeout=5)
+    assert gone == [child], f"the measuring process outlived {end}"
+    assert SWITCHED not in server.log()

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import YOLO11, YOLO26
 from inprocess import load
-from kakehashi.repository.handle import _fastest_batch_size
+from kakehashi.repository.measuring import fastest_batch_size
 
 MEASURED = " per inference"  # the log line of `auto` timing the runtimes
 REUSED = "load decisions reused"
@@ -150,14 +150,14 @@ def test_batch_sizes_are_timed_until_two_larger_ones_stop_paying():
     # (4 and 8 lose by a fifth, so a late wake-up from sleep on a busy machine cannot turn one into a gain)
     feeds = {rows: {"x": np.zeros((rows, 1), np.float32)} for rows in range(1, 17)}
     flat = _Costed(lambda rows: 0.04 if rows <= 2 else 0.025 * rows)
-    assert _fastest_batch_size(flat, feeds) == 2
+    assert fastest_batch_size(flat, feeds) == 2
     assert sorted(set(flat.sizes)) == [1, 2, 4, 8]
     # one size timed while the machine was busy does not end the search: 4 looks slow, 8 pays, 8 is chosen
     busy_at_four = _Costed(lambda rows: {1: 0.04, 2: 0.05, 4: 0.2}.get(rows, 0.03 + 0.001 * rows))
-    assert _fastest_batch_size(busy_at_four, FEEDS) == 8
+    assert fastest_batch_size(busy_at_four, FEEDS) == 8
     # every doubling pays (a fixed cost per batch): all the powers of two up to 8 are timed, and 8 is chosen
     growing = _Costed(lambda rows: 0.04 + 0.002 * rows)
-    assert _fastest_batch_size(growing, FEEDS) == 8
+    assert fastest_batch_size(growing, FEEDS) == 8
     assert sorted(set(growing.sizes)) == [1, 2, 4, 8]
 
 
@@ -165,7 +165,7 @@ def test_a_larger_batch_size_is_chosen_only_where_it_pays_a_tenth_more():
     # rows per second: 1 → 25, 2 → 26.7 (+7 %), 4 → 26.7, 8 → 20: the few per cent a larger batch gains on a CPU
     # do not pay for its memory and latency: 1
     modest = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.15}.get(rows, 0.05 * rows))
-    assert _fastest_batch_size(modest, FEEDS) == 1
+    assert fastest_batch_size(modest, FEEDS) == 1
     # 2 gains 7 % on 1 (not enough), 4 gains 40 % on 1: 4
     later = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.115}.get(rows, 0.05 * rows))
-    assert _fastest_batch_size(later, FEEDS) == 4
+    assert fastest_batch_size(later, FEEDS) == 4

@@ -20,17 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi.backends import (
-    Choice,
-    MeasuringStopped,
-    best_seconds,
-    check_stop,
-    choices,
-    create_instances,
-    fastest_agreeing,
-    int8_file,
-    reference_choice,
-)
+from kakehashi.backends import Choice, MeasuringStopped, choices, create_instances, int8_file, reference_choice
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
 from kakehashi.batching.batcher import EWMA_WEIGHT, HOP_SECONDS, BatchResult, DynamicBatcher
@@ -49,7 +39,8 @@ from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, cache_folder, decision_key, recall, remember
 from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
-from kakehashi.repository.precision_guard import PrecisionGuard, calibration_images
+from kakehashi.repository.measuring import MeasureJob, measure, measure_in_child, zeros
+from kakehashi.repository.precision_guard import calibration_images
 from kakehashi.settings import Limits
 from kakehashi.tasks.images import ImageData
 from kakehashi.tasks.params import PredictParams
@@ -61,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BATCH_GAIN = 1.1  # the rows per second a larger batch size must reach, against the size chosen so far
 
 
 class ModelState(str, Enum):
@@ -308,27 +298,29 @@ class ModelHandle:
         the first runs. The first load on a machine also measures: whether outputs follow the batch, the fastest
         runtime and precision whose answers agree with f32's, and the batch size with the best throughput; they
         are kept under `key`, and `decided` holds them for later loads. With `measure_in_background`, a first load
-        of `precision: auto` or `f32` serves at once on f32 and batches of one, and measures after it is READY."""
+        of `precision: auto` or `f32` serves at once on f32 and batches of one, and measures after it is READY, in
+        a child process (`measuring`)."""
         feeds = self._warm_up_feeds()
         if feeds is None:
             self._serve_unchecked("its input shapes are not fixed")
             return
         if decided is not None:
             log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
-        elif self._measure_in_background and self.config.precision in ("auto", "f32"):
-            follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
-            decided = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, follows)
+            self._apply(decided, self._instances, feeds)
+            return
+        follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
+        if self._measure_in_background and self.config.precision in ("auto", "f32"):
             self._background = (key, feeds, follows)
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
-        else:
-            decided, self._instances = self._measure(feeds)
-            self.backend = self._instances[0]
-            self._apply(decided, self._instances, feeds)
-            remember(key, decided)  # once it has worked
+            at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, follows)
+            self._apply(at_once, self._instances, feeds)
             return
+        decided, self._instances = measure(self._job(follows), self._instances, self.task, self._stop)
+        self.backend = self._instances[0]
         self._apply(decided, self._instances, feeds)
+        remember(key, decided)  # once it has worked
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
         """Zeros shaped like each batch the batcher may form, by rows; None when the input shapes are not fixed."""
@@ -336,7 +328,7 @@ class ModelHandle:
         if rows_of is None:
             log.info("model %s: input shapes are not fixed; no warm-up", self.name)
             return None
-        return {rows: _zeros(rows_of, rows) for rows in range(1, self.max_batch_size + 1)}
+        return {rows: zeros(rows_of, rows) for rows in range(1, self.max_batch_size + 1)}
 
     def _input_rows(self) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
         """Each input's row shape (without the batch dimension) and dtype; None when the shapes are not fixed."""
@@ -358,7 +350,7 @@ class ModelHandle:
         if self.state is not ModelState.READY:
             return True  # nothing to give back
         rows_of = self._input_rows()
-        one_row = None if rows_of is None else _zeros(rows_of, 1)
+        one_row = None if rows_of is None else zeros(rows_of, 1)
         for backend in {id(instance): instance for instance in self._instances}.values():  # OpenVINO's: one, shared
             backend.release_memory(one_row)
         return True
@@ -397,7 +389,11 @@ class ModelHandle:
         key, feeds, follows = self._background
         self._background = None
         try:
-            decided, instances = self._measure(feeds, follows)
+            decided = measure_in_child(self._job(follows), self._stop)
+            choice = Choice(decided.runtime, decided.precision)
+            instances = self._instances
+            if choice != self.choice:  # only the winner's runtime is loaded here
+                instances = create_instances(self.path, choice, self._options())
             if not self._apply(decided, instances, feeds):
                 return
             remember(key, decided)  # once it has worked
@@ -434,28 +430,21 @@ class ModelHandle:
         self._instances = create_instances(self.path, self.choice, self._options())
         self.backend = self._instances[0]
 
-    def _measure(
-        self, feeds: dict[int, dict[str, np.ndarray]], follows: bool | None = None
-    ) -> tuple[LoadDecisions, list[Backend]]:
-        """Time what depends on this machine: whether outputs follow the batch (unless `follows` says), then the
-        fastest runtime and precision whose answers agree with f32's, and the batch size with the best throughput.
-        Returns the decisions and the instances to serve them with (those serving now, when they won)."""
-        if follows is None:
-            follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
-        choice, instances, agreement = self.choice, self._instances, self.agreement
-        candidates = choices(self.path, self.config.backend, self.config.precision)
-        if candidates != [choice]:
-            guard = PrecisionGuard(instances[0], self.task, self.config, self._limits.max_pixels)
-            choice, instances, agreement = fastest_agreeing(
-                self.path, self._options(), (choice, instances), candidates, feeds[1], guard.check, self._stop
-            )
-        batch_size = self.preferred_batch_size
-        if follows and self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
-            # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-            scratch = create_instances(self.path, choice, replace(self._options(), instances=1))[0]
-            batch_size = _fastest_batch_size(scratch, feeds, stop=self._stop)
-            del scratch
-        return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
+    def _job(self, rows_follow_batch: bool) -> MeasureJob:
+        rows_of = self._input_rows()
+        assert rows_of is not None, "measured only with fixed input shapes"
+        return MeasureJob(
+            self.path,
+            self.config,
+            self._options(),
+            self._limits.max_pixels,
+            self.task is not None,
+            rows_of,
+            self.max_batch_size,
+            self.preferred_batch_size,
+            self.choice,
+            rows_follow_batch,
+        )
 
     @property
     def runtime(self) -> str:
@@ -693,43 +682,6 @@ def _rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarr
         if any(value.ndim == 0 or value.shape[0] != rows for value in outputs.values()):
             return False
     return True
-
-
-def _fastest_batch_size(
-    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 3, stop: threading.Event | None = None
-) -> int:
-    """The batch size to prefer: the smallest one unless a larger one runs at least 10% more rows per second than
-    the size chosen so far (a batch costs memory, its activations grow with it, and its requests' latency; on CPUs
-    larger batches often gain a few per cent, within the timing's noise). Sizes are timed at the powers of two and
-    the largest, smallest first, and timing stops once two sizes in a row gain under 3% on the best so far:
-    throughput changes slowly with the size on CPUs, the large batches cost the most to time, and one size timed
-    while the machine was busy (streams starting, other models measuring) must not end the search."""
-    largest = max(feeds)
-    sizes = sorted({1 << power for power in range(largest.bit_length()) if 1 << power < largest} | {largest})
-    throughput: dict[int, float] = {}
-    misses = 0
-    for rows in sizes:
-        check_stop(stop)
-        best = best_seconds(backend, feeds[rows], runs)
-        gains = not throughput or rows / best >= 1.03 * max(throughput.values())
-        throughput[rows] = rows / best
-        misses = 0 if gains else misses + 1
-        if misses == 2:
-            break
-    chosen = sizes[0]
-    for rows in sorted(throughput):
-        if throughput[rows] >= BATCH_GAIN * throughput[chosen]:
-            chosen = rows
-    log.info(
-        "batch size throughput (rows/s): %s; batching up to %d",
-        {rows: round(value, 1) for rows, value in throughput.items()},
-        chosen,
-    )
-    return chosen
-
-
-def _zeros(rows_of: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int) -> dict[str, np.ndarray]:
-    return {name: np.zeros((rows, *shape), dtype) for name, (shape, dtype) in rows_of.items()}
 
 
 def _timed(function, *args):

@@ -1,0 +1,191 @@
+"""Measuring what serves a model fastest on this machine: the runtime and precision whose answers agree with f32's,
+and the batch size with the best throughput.
+
+A load that measures before it serves does so in its own process, with the instances it loaded as the reference. A
+first start that serves at once measures in a child process (`measure_in_child`): the runtimes, precisions and
+batch sizes it tries (their libraries, compiled candidates, scratch memory: hundreds of MB that a process does not
+give back) stay out of the server, which then loads only what won; and a runtime that crashes on a candidate takes
+the child down, not the server. The child exits when its parent does (its standard input closes), even after
+`kill -9`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from kakehashi.backends import (
+    Choice,
+    MeasuringStopped,
+    best_seconds,
+    check_stop,
+    choices,
+    create_instances,
+    fastest_agreeing,
+)
+from kakehashi.backends.base import Backend
+from kakehashi.backends.registry import RuntimeOptions
+from kakehashi.errors import ModelLoadError, runtime_message
+from kakehashi.repository.config import ModelConfig
+from kakehashi.repository.decisions import LoadDecisions
+from kakehashi.repository.precision_guard import PrecisionGuard
+from kakehashi.tasks.resolve import ImageTask, resolve_task
+
+log = logging.getLogger(__name__)
+BATCH_GAIN = 1.1  # the rows per second a larger batch size must reach, against the size chosen so far
+Rows = dict[str, tuple[tuple[int, ...], np.dtype]]  # each input's row shape (without the batch dimension), dtype
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """What measuring one model needs, as plain values (a child process receives it pickled)."""
+
+    path: Path
+    config: ModelConfig
+    options: RuntimeOptions  # the serving instances' (threads, the folder for compiled models)
+    max_pixels: int
+    image_task: bool  # answers are compared as the model's task decodes them (else: its raw outputs)
+    rows_of: Rows
+    max_batch_size: int
+    preferred_batch_size: int
+    reference: Choice  # what serves now: f32, the precision the others must agree with
+    rows_follow_batch: bool
+
+
+def zeros(rows_of: Rows, rows: int) -> dict[str, np.ndarray]:
+    """Zero inputs of `rows` rows."""
+    return {name: np.zeros((rows, *shape), dtype) for name, (shape, dtype) in rows_of.items()}
+
+
+def measure(
+    job: MeasureJob, reference: list[Backend], task: ImageTask | None, stop: threading.Event | None = None
+) -> tuple[LoadDecisions, list[Backend]]:
+    """The fastest runtime and precision whose answers agree with those of `reference` (instances of
+    `job.reference`), then the batch size with the best throughput. Returns the decisions and the instances to serve
+    them with (`reference`, when it won). Raises `ModelLoadError` when no precision asked for agrees,
+    `MeasuringStopped` when `stop` is set."""
+    choice, instances, agreement = job.reference, reference, ""
+    feeds = {rows: zeros(job.rows_of, rows) for rows in range(1, job.max_batch_size + 1)}
+    candidates = choices(job.path, job.config.backend, job.config.precision)
+    if candidates != [choice]:
+        guard = PrecisionGuard(reference[0], task, job.config, job.max_pixels)
+        choice, instances, agreement = fastest_agreeing(
+            job.path, job.options, (choice, reference), candidates, feeds[1], guard.check, stop
+        )
+    batch_size = job.preferred_batch_size
+    if job.rows_follow_batch and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
+        # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
+        scratch = create_instances(job.path, choice, replace(job.options, instances=1))[0]
+        batch_size = fastest_batch_size(scratch, feeds, stop=stop)
+        del scratch
+    return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, job.rows_follow_batch), instances
+
+
+def fastest_batch_size(
+    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 3, stop: threading.Event | None = None
+) -> int:
+    """The batch size to prefer: the smallest one unless a larger one runs at least 10% more rows per second than
+    the size chosen so far (a batch costs memory, its activations grow with it, and its requests' latency; on CPUs
+    larger batches often gain a few per cent, within the timing's noise). Sizes are timed at the powers of two and
+    the largest, smallest first, and timing stops once two sizes in a row gain under 3% on the best so far:
+    throughput changes slowly with the size on CPUs, the large batches cost the most to time, and one size timed
+    while the machine was busy (streams starting, other models measuring) must not end the search."""
+    largest = max(feeds)
+    sizes = sorted({1 << power for power in range(largest.bit_length()) if 1 << power < largest} | {largest})
+    throughput: dict[int, float] = {}
+    misses = 0
+    for rows in sizes:
+        check_stop(stop)
+        best = best_seconds(backend, feeds[rows], runs)
+        gains = not throughput or rows / best >= 1.03 * max(throughput.values())
+        throughput[rows] = rows / best
+        misses = 0 if gains else misses + 1
+        if misses == 2:
+            break
+    chosen = sizes[0]
+    for rows in sorted(throughput):
+        if throughput[rows] >= BATCH_GAIN * throughput[chosen]:
+            chosen = rows
+    log.info(
+        "batch size throughput (rows/s): %s; batching up to %d",
+        {rows: round(value, 1) for rows, value in throughput.items()},
+        chosen,
+    )
+    return chosen
+
+
+def measure_in_child(job: MeasureJob, stop: threading.Event | None = None) -> LoadDecisions:
+    """`measure(job)` in a child process, from a fresh instance of `job.reference`; its log lines go where this
+    process's go. Raises `ModelLoadError` when no precision agrees, `MeasuringStopped` (the child killed) when
+    `stop` is set, `RuntimeError` when the child fails or dies."""
+    root = logging.getLogger()
+    formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt]
+    payload = pickle.dumps((job, root.getEffectiveLevel(), formats[0] if formats else None))
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding `kakehashi`, wherever it runs from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", __name__]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            child.stdin.write(len(payload).to_bytes(8, "big") + payload)
+            child.stdin.flush()  # left open: the child ends when it closes
+            while not select.select([child.stdout], [], [], 0.2)[0]:
+                check_stop(stop)
+            answer = child.stdout.read()
+        except MeasuringStopped:
+            child.kill()
+            raise
+        child.wait()
+    if not answer:
+        raise RuntimeError(f"the measuring process ended without an answer (exit status {child.returncode})")
+    found = json.loads(answer)
+    if "refused" in found:
+        raise ModelLoadError(found["refused"])
+    if "failed" in found:
+        raise RuntimeError(f"measuring failed: {found['failed']}")
+    return LoadDecisions(**found["decisions"])
+
+
+def _exit_with_parent() -> None:
+    """End this process once the parent closes its end of standard input (it stopped measuring, or died)."""
+    sys.stdin.buffer.read()
+    os._exit(3)
+
+
+def _main() -> None:
+    """The child: read a job, measure, write the decisions as JSON to standard output, exit."""
+    answer_to = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever the runtimes print goes to the log, not into the answer
+    length = int.from_bytes(sys.stdin.buffer.read(8), "big")
+    job, level, form = pickle.loads(sys.stdin.buffer.read(length))
+    logging.basicConfig(level=level, **({"format": form} if form else {}))
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    try:
+        reference = create_instances(job.path, job.reference, job.options)
+        task = resolve_task(reference[0], job.config, job.path) if job.image_task else None
+        decided, _ = measure(job, reference, task)
+        answer: dict[str, object] = {"decisions": asdict(decided)}
+    except ModelLoadError as exc:
+        answer = {"refused": exc.message}
+    except Exception as exc:
+        log.exception("%s: measuring failed", job.path)
+        answer = {"failed": runtime_message(exc)}
+    answer_to.write(json.dumps(answer).encode())
+    answer_to.close()
+    os._exit(0)  # no waiting for the runtimes' threads to wind down
+
+
+if __name__ == "__main__":
+    from kakehashi.repository import measuring  # this module under its own name, for its logger and pickles
+
+    measuring._main()

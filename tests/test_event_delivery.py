@@ -23,7 +23,8 @@ from kakehashi.events.delivery import Delivery
 from kakehashi.events.event import Event
 from kakehashi.events.mqtt import MqttSink
 from kakehashi.events.outbox import Outbox
-from kakehashi.events.sinks import JsonlSink, WebhookSink
+from kakehashi.events.sinks import JsonlSink
+from kakehashi.events.webhook import WebhookSink
 from test_outbox import make_event
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kakehashi.events.sinks import JsonlSink, Sink, WebhookSink
+from kakehashi.events.sinks import JsonlSink, Sink
 
 _TOPIC_FIELDS = {"stream", "rule", "kind"}
 
@@ -83,6 +83,8 @@ def build_sinks(config: EventsConfig) -> list[Sink]:
     sinks: list[Sink] = []
     for name, sink in config.sinks.items():
         if isinstance(sink, WebhookConfig):
+            from kakehashi.events.webhook import WebhookSink  # aiohttp only where a webhook sink is configured
+
             sinks.append(WebhookSink(name, sink.url, sink.headers, sink.timeout_seconds))
         elif isinstance(sink, MqttConfig):
             from kakehashi.events.mqtt import MqttSink  # aiomqtt only where an MQTT sink is configured

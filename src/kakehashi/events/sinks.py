@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Protocol
 
-import aiohttp
 import orjson
 
 from kakehashi.events.event import Event
@@ -34,34 +33,6 @@ class Sink(Protocol):
 
 def payload(event: Event) -> bytes:
     return orjson.dumps(event.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-class WebhookSink:
-    """HTTP POST of the event's JSON with `Idempotency-Key: <event id>`; any 2xx answer acknowledges it."""
-
-    def __init__(self, name: str, url: str, headers: dict[str, str] | None = None, timeout_seconds: float = 10) -> None:
-        self.name = name
-        self.url = url
-        self.headers = dict(headers or {})
-        self.timeout_seconds = timeout_seconds
-        self._session: aiohttp.ClientSession | None = None
-
-    async def send(self, event: Event) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
-        headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": event.id}
-        try:
-            async with self._session.post(self.url, data=payload(event), headers=headers) as response:
-                if not 200 <= response.status < 300:
-                    text = (await response.text(errors="replace"))[:200]
-                    raise SinkError(f"webhook {self.url} answered {response.status}: {text}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SinkError(f"webhook {self.url}: {exc!r}") from exc
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 class JsonlSink:

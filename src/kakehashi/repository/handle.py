@@ -120,8 +120,8 @@ class ModelHandle:
         self.choice = reference_choice(config.backend)  # the runtime and precision serving
         self.agreement = ""  # how the precision serving agreed with f32's answers, and faster ones refused
         self._measure_in_background = measure_in_background
-        # what is left to measure: the decisions' key, the warm-up feeds, whether outputs follow the batch
-        self._background: tuple[str, dict[int, dict[str, np.ndarray]], bool] | None = None
+        # what is left to measure: the decisions' key, the warm-up feeds
+        self._background: tuple[str, dict[int, dict[str, np.ndarray]]] | None = None
         self._switching = threading.Lock()  # a switch after measuring, against `close`
         self._measuring: threading.Thread | None = None
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
@@ -308,16 +308,16 @@ class ModelHandle:
             log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
             self._apply(decided, self._instances, feeds)
             return
-        follows = self.max_batch_size == 1 or _rows_follow_the_batch(self._instances[0], feeds)
         if self._measure_in_background and self.config.precision in ("auto", "f32"):
-            self._background = (key, feeds, follows)
+            self._background = (key, feeds)
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
-            at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, follows)
+            # batches of one: whether outputs follow the batch is measured too
+            at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
             self._apply(at_once, self._instances, feeds)
             return
-        decided, self._instances = measure(self._job(follows), self._instances, self.task, self._stop)
+        decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
         self.backend = self._instances[0]
         self._apply(decided, self._instances, feeds)
         remember(key, decided)  # once it has worked
@@ -386,10 +386,10 @@ class ModelHandle:
         (requests keep flowing through the batcher meanwhile; the instances that lost are released)."""
         if self._background is None:
             return
-        key, feeds, follows = self._background
+        key, feeds = self._background
         self._background = None
         try:
-            decided = measure_in_child(self._job(follows), self._stop)
+            decided = measure_in_child(self._job(), self._stop)
             choice = Choice(decided.runtime, decided.precision)
             instances = self._instances
             if choice != self.choice:  # only the winner's runtime is loaded here
@@ -430,7 +430,7 @@ class ModelHandle:
         self._instances = create_instances(self.path, self.choice, self._options())
         self.backend = self._instances[0]
 
-    def _job(self, rows_follow_batch: bool) -> MeasureJob:
+    def _job(self) -> MeasureJob:
         rows_of = self._input_rows()
         assert rows_of is not None, "measured only with fixed input shapes"
         return MeasureJob(
@@ -443,7 +443,6 @@ class ModelHandle:
             self.max_batch_size,
             self.preferred_batch_size,
             self.choice,
-            rows_follow_batch,
         )
 
     @property
@@ -672,16 +671,6 @@ def _decodable(output: np.ndarray) -> np.ndarray:
     """An output as the tasks decode it: FP16 (a half-precision model's) widened to FP32, whose range holds box
     areas and whose precision holds IoUs."""
     return output.astype(np.float32) if output.dtype == np.float16 else output
-
-
-def _rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarray]]) -> bool:
-    """True if batches of 1 and 2 rows give outputs of 1 and 2 rows: otherwise rows of requests batched together
-    could not be told apart in the outputs (e.g. a count of detections, a reshape)."""
-    for rows in (1, 2):
-        outputs = backend.run(feeds[rows])
-        if any(value.ndim == 0 or value.shape[0] != rows for value in outputs.values()):
-            return False
-    return True
 
 
 def _timed(function, *args):

@@ -59,7 +59,6 @@ class MeasureJob:
     max_batch_size: int
     preferred_batch_size: int
     reference: Choice  # what serves now: f32, the precision the others must agree with
-    rows_follow_batch: bool
 
 
 def zeros(rows_of: Rows, rows: int) -> dict[str, np.ndarray]:
@@ -70,12 +69,14 @@ def zeros(rows_of: Rows, rows: int) -> dict[str, np.ndarray]:
 def measure(
     job: MeasureJob, reference: list[Backend], task: ImageTask | None, stop: threading.Event | None = None
 ) -> tuple[LoadDecisions, list[Backend]]:
-    """The fastest runtime and precision whose answers agree with those of `reference` (instances of
-    `job.reference`), then the batch size with the best throughput. Returns the decisions and the instances to serve
+    """Whether outputs follow the batch (have one row per input row), the fastest runtime and precision whose
+    answers agree with those of `reference` (instances of `job.reference`), then the batch size with the best
+    throughput. Returns the decisions and the instances to serve
     them with (`reference`, when it won). Raises `ModelLoadError` when no precision asked for agrees,
     `MeasuringStopped` when `stop` is set."""
     choice, instances, agreement = job.reference, reference, ""
     feeds = {rows: zeros(job.rows_of, rows) for rows in range(1, job.max_batch_size + 1)}
+    follows = job.max_batch_size == 1 or rows_follow_the_batch(reference[0], feeds)
     candidates = choices(job.path, job.config.backend, job.config.precision)
     if candidates != [choice]:
         guard = PrecisionGuard(reference[0], task, job.config, job.max_pixels)
@@ -83,12 +84,22 @@ def measure(
             job.path, job.options, (choice, reference), candidates, feeds[1], guard.check, stop
         )
     batch_size = job.preferred_batch_size
-    if job.rows_follow_batch and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
+    if follows and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
         # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
         scratch = create_instances(job.path, choice, replace(job.options, instances=1))[0]
         batch_size = fastest_batch_size(scratch, feeds, stop=stop)
         del scratch
-    return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, job.rows_follow_batch), instances
+    return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
+
+
+def rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarray]]) -> bool:
+    """True if batches of 1 and 2 rows give outputs of 1 and 2 rows: otherwise rows of requests batched together
+    could not be told apart in the outputs (e.g. a count of detections, a reshape)."""
+    for rows in (1, 2):
+        outputs = backend.run(feeds[rows])
+        if any(value.ndim == 0 or value.shape[0] != rows for value in outputs.values()):
+            return False
+    return True
 
 
 def fastest_batch_size(

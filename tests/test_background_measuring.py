@@ -122,3 +122,18 @@ def test_the_measuring_process_ends_with_its_model_or_its_server(serve, tmp_path
     gone, _ = psutil.wait_procs([child], timeout=5)
     assert gone == [child], f"the measuring process outlived {end}"
     assert SWITCHED not in server.log()
+
+
+def test_models_are_measured_one_at_a_time(serve, tmp_path, monkeypatch):
+    """Timings taken side by side disturb each other: a server starting with several models measures them in turn."""
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))
+    folder = _folder(tmp_path / "models")
+    shutil.copytree(folder, folder.parent / "again")
+    server = serve(folder.parent, wait="/v2/health/live")
+    most = 0
+    deadline = time.monotonic() + 180
+    while server.log().count(SWITCHED) < 2:
+        assert time.monotonic() < deadline, f"not both measured: {server.log()}"
+        most = max(most, len(_measuring_children(server.process.pid)))
+        time.sleep(0.01)
+    assert most == 1

@@ -19,6 +19,8 @@ import select
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -44,6 +46,9 @@ from kakehashi.tasks.resolve import ImageTask, resolve_task
 log = logging.getLogger(__name__)
 BATCH_GAIN = 1.1  # the rows per second a larger batch size must reach, against the size chosen so far
 Rows = dict[str, tuple[tuple[int, ...], np.dtype]]  # each input's row shape (without the batch dimension), dtype
+# one model measures at a time: timings taken side by side would disturb each other (a server starting with several
+# models would choose from noise)
+_ONE_AT_A_TIME = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,17 @@ class MeasureJob:
     reference: Choice  # what serves now: f32, the precision the others must agree with
 
 
+@contextmanager
+def _one_at_a_time(stop: threading.Event | None) -> Iterator[None]:
+    """Hold the measuring lock (waiting for it stops when `stop` is set)."""
+    while not _ONE_AT_A_TIME.acquire(timeout=0.2):
+        check_stop(stop)
+    try:
+        yield
+    finally:
+        _ONE_AT_A_TIME.release()
+
+
 def zeros(rows_of: Rows, rows: int) -> dict[str, np.ndarray]:
     """Zero inputs of `rows` rows."""
     return {name: np.zeros((rows, *shape), dtype) for name, (shape, dtype) in rows_of.items()}
@@ -73,7 +89,14 @@ def measure(
     answers agree with those of `reference` (instances of `job.reference`), then the batch size with the best
     throughput. Returns the decisions and the instances to serve
     them with (`reference`, when it won). Raises `ModelLoadError` when no precision asked for agrees,
-    `MeasuringStopped` when `stop` is set."""
+    `MeasuringStopped` when `stop` is set. Other models' measuring in this process finishes first."""
+    with _one_at_a_time(stop):
+        return _measure(job, reference, task, stop)
+
+
+def _measure(
+    job: MeasureJob, reference: list[Backend], task: ImageTask | None, stop: threading.Event | None
+) -> tuple[LoadDecisions, list[Backend]]:
     choice, instances, agreement = job.reference, reference, ""
     feeds = {rows: zeros(job.rows_of, rows) for rows in range(1, job.max_batch_size + 1)}
     follows = job.max_batch_size == 1 or rows_follow_the_batch(reference[0], feeds)
@@ -138,7 +161,12 @@ def fastest_batch_size(
 def measure_in_child(job: MeasureJob, stop: threading.Event | None = None) -> LoadDecisions:
     """`measure(job)` in a child process, from a fresh instance of `job.reference`; its log lines go where this
     process's go. Raises `ModelLoadError` when no precision agrees, `MeasuringStopped` (the child killed) when
-    `stop` is set, `RuntimeError` when the child fails or dies."""
+    `stop` is set, `RuntimeError` when the child fails or dies. Other models' measuring finishes first."""
+    with _one_at_a_time(stop):
+        return _measured_in_child(job, stop)
+
+
+def _measured_in_child(job: MeasureJob, stop: threading.Event | None) -> LoadDecisions:
     root = logging.getLogger()
     formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt]
     payload = pickle.dumps((job, root.getEffectiveLevel(), formats[0] if formats else None))

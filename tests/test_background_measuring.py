@@ -4,20 +4,27 @@ request; later starts reuse what it found."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
 
 from conftest import IMAGES, YOLO11
-from kakehashi.settings import default_model_path
+from kakehashi.protocols.vision import parse_params
+from kakehashi.repository.config import ServerDefaults
+from kakehashi.repository.repository import ModelRepository
+from kakehashi.settings import Limits, default_model_path
 
 SWITCHED = "measured in the background; now serving"
+_POOL = ThreadPoolExecutor(2)
 MEASURING = "kakehashi.repository.measuring"
 
 
@@ -137,3 +144,23 @@ def test_models_are_measured_one_at_a_time(serve, tmp_path, monkeypatch):
         most = max(most, len(_measuring_children(server.process.pid)))
         time.sleep(0.01)
     assert most == 1
+
+
+def test_a_model_file_gone_while_measuring_is_said_plainly_and_the_model_serves_on(tmp_path, monkeypatch, caplog):
+    """A poll may remove a model while it measures: the measuring's error is logged as such (no traceback), and
+    the instances loaded before keep answering."""
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))
+    folder = _folder(tmp_path / "models")
+    repository = ModelRepository(folder.parent, _POOL, Limits(), ServerDefaults(measure_in_background=True))
+    with caplog.at_level(logging.INFO):
+        repository.load_all()
+        handle = repository.get("yolo")
+        (folder / "1" / "model.onnx").unlink()  # before the child has read it (it first imports the runtimes)
+        assert handle._measuring is not None
+        handle._measuring.join(120)
+    assert "measuring in the background failed" in caplog.text and "model.onnx" in caplog.text
+    assert "Traceback" not in caplog.text and not any(record.exc_info for record in caplog.records)
+    image = (IMAGES / "coffee.png").read_bytes()
+    [answer] = asyncio.run(handle.predict([image], parse_params({}, handle.config.defaults)))
+    assert answer.shape == (400, 600)
+    asyncio.run(repository.close_all())

@@ -400,7 +400,16 @@ class ModelHandle:
         except MeasuringStopped:
             log.info("model %s version %s: measuring stopped: the model is unloading", self.name, self.version)
             return
-        except Exception:  # the model keeps serving on what it started with
+        except KakehashiError as exc:  # e.g. its file is gone (a poll removed it): said, not a fault of ours
+            log.error(
+                "model %s version %s: measuring in the background failed: %s; it serves on %s",
+                self.name,
+                self.version,
+                exc.message,
+                self.choice,
+            )
+            return
+        except Exception:  # ours, or a runtime's: the model keeps serving on what it started with
             log.exception("model %s version %s: measuring in the background failed", self.name, self.version)
             return
         del instances, feeds  # the warm-up batches too: what only measuring needed goes back to the system

@@ -423,8 +423,9 @@ def test_a_repository_model_in_process_runs_full_batches(tmp_path):
     for name in ("batched", "other"):
         (tmp_path / "repo" / name / "1").mkdir(parents=True)
         (tmp_path / "repo" / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
-    (tmp_path / "repo" / "batched" / "model.yaml").write_text(  # one runtime: batching is the point, not it
-        "backend: onnxruntime\nbatching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n"
+    (tmp_path / "repo" / "batched" / "model.yaml").write_text(  # one runtime, one run at a time: batches fill
+        "backend: onnxruntime\nthreads: 1\n"
+        "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n"
     )
     (tmp_path / "repo" / "other" / "model.yaml").write_text(QUICK_YAML)
     (tmp_path / "in").mkdir()
@@ -446,11 +447,11 @@ def test_a_repository_model_in_process_runs_full_batches(tmp_path):
 
 
 def test_against_a_server_keeps_several_requests_in_flight(serve, tmp_path):
-    # one instance, no batching, ~0.1 s an inference: requests sent together must wait in its queue
+    # one single-thread instance (one run at a time), no batching: requests sent together must wait in its queue
     (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "slow" / "1" / "model.onnx").symlink_to(YOLO11_PATH.resolve())
     (tmp_path / "repo" / "slow" / "model.yaml").write_text(
-        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\nbackend: onnxruntime\n"
+        "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1}\nbackend: onnxruntime\nthreads: 1\n"
     )
     server = serve(tmp_path / "repo")
     (tmp_path / "in").mkdir()

@@ -21,8 +21,10 @@ def server(serve_module, tmp_path_factory):
     lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
     # a long queue delay so concurrent requests surely share one batch
     # ONNX Runtime checks Gather indices (OpenVINO does not): the out-of-range one makes the whole run fail
+    # one run at a time (one thread), so they all wait for the same batch
     batching = (
-        "backend: onnxruntime\nbatching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
+        "backend: onnxruntime\nthreads: 1\n"
+        "batching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
     )
     (root / "lookup" / "model.yaml").write_text(batching)
     rows_of_three_model(root / "pairs" / "1" / "model.onnx", columns=6)

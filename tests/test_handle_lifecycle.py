@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.errors import Overloaded
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits
@@ -23,9 +25,9 @@ from onnx_builders import constant_model
 def repository(tmp_path, request):
     name = request.node.name.removeprefix("test_")  # Prometheus series live as long as the process: one name a test
     constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
-    # a row limit of 8 queued + 4 running = 12 rows
+    # a row limit of 8 queued + 4 running (one run at a time: one thread) = 12 rows
     (tmp_path / name / "model.yaml").write_text(
-        "backend: onnxruntime\nbatching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n"
+        "backend: onnxruntime\nthreads: 1\nbatching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n"
     )
     pool = ThreadPoolExecutor(2)
     repository = ModelRepository(tmp_path, pool, Limits())
@@ -85,3 +87,44 @@ def test_an_unloaded_version_is_garbage_collected(repository):
     gc.collect()
     assert gone() is None, gc.get_referrers(gone())
     assert series() is None
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_a_session_with_several_threads_takes_two_runs_at_once(tmp_path, monkeypatch, threads):
+    """ONNX Runtime's runs leave cores idle in their parallel sections that a second run on the same session fills:
+    one session (no second copy of the model) with several threads takes two runs at once; a single-thread session
+    takes one."""
+    name = f"runs_at_once_{threads}"
+    constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
+    (tmp_path / name / "model.yaml").write_text(
+        f"backend: onnxruntime\nthreads: {threads}\nbatching: {{max_batch_size: 1}}\n"
+    )
+    sessions: set[int] = set()
+    inside = threading.Barrier(2, timeout=2)  # passes only with two runs inside at once
+    met: list[bool] = []
+    run = OnnxRuntimeBackend.run
+
+    def meeting(self, feeds):
+        if feeds["images"][0, 0, 0, 0] == 1:  # the requests below (not the warm-up or measuring)
+            sessions.add(id(self))
+            try:
+                inside.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+        return run(self, feeds)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", meeting)
+    with ThreadPoolExecutor(2) as pool:
+        repository = ModelRepository(tmp_path, pool, Limits())
+        repository.load_all()
+        handle = repository.get(name)
+
+        async def two() -> list:
+            return await asyncio.gather(*(handle.infer({"images": np.ones((1, 3, 8, 8), np.float32)}) for _ in "ab"))
+
+        answers = asyncio.run(two())
+        asyncio.run(repository.close_all())
+    assert [answer["out"].tolist() for answer in answers] == [[[1.0, 1.0]]] * 2
+    assert len(sessions) == 1  # both on the one session
+    assert met == ([True, True] if threads > 1 else [False, False])

@@ -28,6 +28,7 @@ class Backend(Protocol):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metadata: dict[str, str]
+    concurrent_runs: int  # runs it takes at once to keep its cores busy (`run` is thread-safe)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; returns every output by name."""

@@ -4,6 +4,7 @@ session (about 35 MB a process that serves on OpenVINO does without)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,10 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
+        # a run's parallel sections leave cores idle (waiting for the slowest thread, between operators) that a
+        # second run on the same session fills: YOLO11n on 2 cores answered 16 clients about 15 % faster, one client
+        # as fast; a single-thread session gains nothing from it
+        self.concurrent_runs = 2 if (threads or os.cpu_count() or 1) > 1 else 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

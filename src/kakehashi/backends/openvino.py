@@ -104,6 +104,7 @@ class OpenVinoBackend:
         for _ in range(requests):
             self._idle.put(compiled.create_infer_request())
         self.requests = requests
+        self.concurrent_runs = requests  # its infer requests (the batcher's instances map onto them)
         computes_in = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16 or f16
         if computes_in != precision:
             raise ModelLoadError(f"{path}: OpenVINO computes in {computes_in} on this CPU, not {precision}")

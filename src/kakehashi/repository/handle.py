@@ -116,7 +116,8 @@ class ModelHandle:
         self.preferred_batch_size = 1
         self.load_seconds = 0.0
         self.last_inference_ms = 0
-        self._instances: list[Backend] = []
+        self._instance_list: list[Backend] = []
+        self._slots: list[Backend] = []  # the batcher's slots: each instance once per run it takes at once
         self.choice = reference_choice(config.backend)  # the runtime and precision serving
         self.agreement = ""  # how the precision serving agreed with f32's answers, and faster ones refused
         self._measure_in_background = measure_in_background
@@ -209,7 +210,7 @@ class ModelHandle:
             return
         self._batcher = DynamicBatcher(
             self._run_on,
-            len(self._instances),
+            self._runs_at_once(),
             self.preferred_batch_size,
             config.batching.max_queue_delay_ms,
             config.batching.max_queue_size,
@@ -226,7 +227,8 @@ class ModelHandle:
             else ("batching off" if self._batchable else "batching off: the graph's batch dimension is fixed")
         )
         log.info(
-            "model %s version %s ready in %.2f s: task %s, runtime %s, precision %s, %d instance(s), %s",
+            "model %s version %s ready in %.2f s: task %s, runtime %s, precision %s, %d instance(s), %d run(s) at "
+            "once, %s",
             self.name,
             self.version,
             self.load_seconds,
@@ -234,6 +236,7 @@ class ModelHandle:
             self.runtime,
             self.precision,
             len(self._instances),
+            self._runs_at_once(),
             batching,
         )
         if self._background is not None:
@@ -256,7 +259,7 @@ class ModelHandle:
         a request is refused with 429 before any decoding, so memory and waiting stay bounded under overload; a
         request larger than the limit is still taken when nothing else is waiting."""
         if self._admitted and self._batcher is not None:
-            limit = self.config.batching.max_queue_size + self.max_batch_size * len(self._instances)
+            limit = self.config.batching.max_queue_size + self.max_batch_size * self._runs_at_once()
             if self._admitted + count > limit:
                 raise self._batcher.overloaded(self._admitted)
             if late := self._batcher.too_late(self._admitted, self._queue_wait_budget, deadline):
@@ -490,8 +493,25 @@ class ModelHandle:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready ({self.state.value}){detail}")
         return self.backend
 
-    def _run_on(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._instances[instance].run(feeds)
+    @property
+    def _instances(self) -> list[Backend]:
+        """The runtime instances serving (OpenVINO's are one object, listed once per instance)."""
+        return self._instance_list
+
+    @_instances.setter
+    def _instances(self, instances: list[Backend]) -> None:
+        self._instance_list = instances
+        distinct = {id(instance): instance for instance in instances}.values()
+        self._slots = [instance for instance in distinct for _ in range(instance.concurrent_runs)]
+
+    def _runs_at_once(self) -> int:
+        """How many batches may run at once: the `concurrent_runs` of each instance."""
+        return len(self._slots)
+
+    def _run_on(self, slot: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run `feeds` on the batcher's `slot` (after a switch to instances that take fewer runs at once than the
+        batcher has slots, slots share them)."""
+        return self._slots[slot % len(self._slots)].run(feeds)
 
     def _record_batch(self, rows: int, seconds: float) -> None:
         self.last_inference_ms = int(time.time() * 1000)

@@ -87,9 +87,9 @@ def measure(
 ) -> tuple[LoadDecisions, list[Backend]]:
     """Whether outputs follow the batch (have one row per input row), the fastest runtime and precision whose
     answers agree with those of `reference` (instances of `job.reference`), then the batch size with the best
-    throughput. Returns the decisions and the instances to serve
-    them with (`reference`, when it won). Raises `ModelLoadError` when no precision asked for agrees,
-    `MeasuringStopped` when `stop` is set. Other models' measuring in this process finishes first."""
+    throughput. Returns the decisions and the instances to serve them with (`reference`, when it won). Raises
+    `ModelLoadError` when no precision asked for agrees, `MeasuringStopped` when `stop` is set. Other models'
+    measuring in this process finishes first."""
     with _one_at_a_time(stop):
         return _measure(job, reference, task, stop)
 

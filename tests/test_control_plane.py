@@ -141,7 +141,7 @@ def _slow_model(root, monkeypatch, batch: int = 1) -> None:
 
 
 def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path, monkeypatch):
-    """The attack: an unload 0.15 s after a (slow) reload answered 200 and left the model READY."""
+    """The attack: an unload sent while a (slow) reload ran answered 200 and left the model READY."""
     _slow_model(tmp_path, monkeypatch, batch=2)
     server = serve(tmp_path, "--model-control", "explicit")
     answered: dict[str, tuple[int, float]] = {}
@@ -153,7 +153,8 @@ def test_an_unload_sent_during_a_load_is_not_lost(serve, tmp_path, monkeypatch):
 
     loading = threading.Thread(target=load)
     loading.start()
-    time.sleep(0.15)  # the attack's timing: the unload is sent while the reload runs
+    loading_state = 'kakehashi_model_state{model="slow",state="LOADING",version="1"} 1.0'
+    _wait_for(lambda: loading_state in server.client.get("/metrics").text)  # the unload is sent while the load runs
     unload_sent = time.monotonic()
     unload = server.client.post("/v2/repository/models/slow/unload")
     loading.join()

@@ -6,7 +6,8 @@ first start that serves at once measures in a child process (`measure_in_child`)
 batch sizes it tries (their libraries, compiled candidates, scratch memory: hundreds of MB that a process does not
 give back) stay out of the server, which then loads only what won; and a runtime that crashes on a candidate takes
 the child down, not the server. The child exits when its parent does (its standard input closes), even after
-`kill -9`.
+`kill -9`. It runs at a lower priority (`CHILD_NICENESS`): requests served meanwhile come first, the first one
+especially, which a first start answers while its child is still importing the runtimes.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from kakehashi.tasks.resolve import ImageTask, resolve_task
 
 log = logging.getLogger(__name__)
 BATCH_GAIN = 1.1  # the rows per second a larger batch size must reach, against the size chosen so far
+CHILD_NICENESS = 10  # the measuring child's scheduling priority below the server's (0 = the same; 19 = the lowest)
 Rows = dict[str, tuple[tuple[int, ...], np.dtype]]  # each input's row shape (without the batch dimension), dtype
 # one model measures at a time: timings taken side by side would disturb each other (a server starting with several
 # models would choose from noise)
@@ -172,7 +174,7 @@ def _measured_in_child(job: MeasureJob, stop: threading.Event | None) -> LoadDec
     payload = pickle.dumps((job, root.getEffectiveLevel(), formats[0] if formats else None))
     package_root = str(Path(__file__).resolve().parents[2])  # the folder holding `kakehashi`, wherever it runs from
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", __name__]
+    command = [sys.executable, "-c", f"import os; os.nice({CHILD_NICENESS}); from {__name__} import _main; _main()"]
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as child:
         assert child.stdin is not None and child.stdout is not None
         try:
@@ -223,8 +225,3 @@ def _main() -> None:
     answer_to.close()
     os._exit(0)  # no waiting for the runtimes' threads to wind down
 
-
-if __name__ == "__main__":
-    from kakehashi.repository import measuring  # this module under its own name, for its logger and pickles
-
-    measuring._main()

@@ -224,4 +224,3 @@ def _main() -> None:
     answer_to.write(json.dumps(answer).encode())
     answer_to.close()
     os._exit(0)  # no waiting for the runtimes' threads to wind down
-

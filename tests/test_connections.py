@@ -5,11 +5,14 @@ limit while the server keeps serving everyone else."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
+from conftest import free_ports
 from onnx_builders import tiny_model
 
 HEADER_TIMEOUT, BODY_TIMEOUT = 1.5, 1.5
@@ -170,3 +173,25 @@ def test_a_body_cut_short_is_the_clients_fault_and_logs_no_traceback(server, hea
     assert 'outcome="error"' not in metrics  # counted as the client's (cancelled or invalid), not as our failure
     log = server.log()[logged:]
     assert "Traceback" not in log and "ERROR" not in log, log
+
+
+@pytest.mark.parametrize("taken", ["HTTP", "gRPC"])
+def test_a_second_server_on_a_taken_port_stops_saying_so_and_the_first_keeps_serving(server, tmp_path, taken):
+    """Granian and gRPC bind with SO_REUSEPORT: without a check, a second server would listen beside the first and
+    the kernel would share the connections between them."""
+    tiny_model(tmp_path / "tiny.onnx")
+    http_port, grpc_port = free_ports(2)
+    if taken == "HTTP":
+        http_port = server.port
+    else:
+        grpc_port = int(server.grpc_address.rsplit(":", 1)[1])
+    command = [sys.executable, "-m", "kakehashi", "serve", str(tmp_path), "--port", str(http_port)]
+    try:
+        second = subprocess.run([*command, "--grpc-port", str(grpc_port)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a second server on the first's {taken} port was still running after 60 s")
+    taken_port = http_port if taken == "HTTP" else grpc_port
+    message = f"cannot serve {taken} on 127.0.0.1:{taken_port}: another process listens on it"
+    assert second.returncode == 1 and message in second.stderr, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    assert server.client.get("/v2/health/ready").status_code == 200

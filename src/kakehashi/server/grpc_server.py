@@ -143,7 +143,11 @@ async def start_grpc_server(state: ServerState) -> grpc.aio.Server:
     settings = state.settings
     require_classified((), SERVICE)
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.max_send_message_length", -1)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port another server listens on is refused, never silently shared
+        ],
         interceptors=[ApiKeyInterceptor(state.keys, SERVICE.full_name)] if state.keys.enabled else None,
     )
     service.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)

@@ -18,8 +18,10 @@ batches finish); what still hangs `BACKSTOP_SECONDS` later is cut. The process e
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 
 import uvloop
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
@@ -65,8 +67,27 @@ def _granian(app: InFlight, state: ServerState, log_level: str, access_log: bool
     )
 
 
+def _refuse_a_taken_port(host: str, port: int, protocol: str) -> None:
+    """Stop with a clear message when another process listens on `host:port`, before anything starts. Granian
+    binds with SO_REUSEPORT (a socket per worker), as gRPC does by default: on a port another server bound that way
+    it would listen beside it, and the kernel would share the connections between the two servers without a word.
+    A bind without SO_REUSEPORT fails instead."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections closing from a last run are fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "another process listens on it" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise SystemExit(f"cannot serve {protocol} on {host}:{port}: {reason}") from None
+
+
 async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
     """Serve until SIGTERM/SIGINT, then drain (see the module's docstring)."""
+    _refuse_a_taken_port(state.settings.host, state.settings.port, "HTTP")
+    _refuse_a_taken_port(state.settings.host, state.settings.grpc_port, "gRPC")
     app = InFlight(create_app(state))
     server = _granian(app, state, log_level, access_log)
     exit_signal = asyncio.Event()

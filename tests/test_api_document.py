@@ -19,7 +19,7 @@ from kakehashi.protocols.vision import encode_predictions, parse_params
 from kakehashi.repository.config import Defaults
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.app import create_app
-from kakehashi.server.openapi import SPEC
+from kakehashi.server.openapi_document import SPEC
 from kakehashi.server.state import ServerState
 from kakehashi.settings import Limits, Settings, default_model_path
 from kakehashi.tasks.params import PredictParams

@@ -119,7 +119,7 @@ def test_predict_runs_on_the_runtime_asked_for(tmp_path, caplog, backend, runtim
 
 def test_predict_takes_every_documented_predict_parameter():
     from kakehashi.cli import main
-    from kakehashi.server.openapi import SPEC
+    from kakehashi.server.openapi_document import SPEC
 
     documented = SPEC["paths"]["/v1/models/{model}/predict"]["post"]["parameters"]
     options = {parameter.name for parameter in main.commands["predict"].params}

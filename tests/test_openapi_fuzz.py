@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from kakehashi.server.openapi import SPEC
+from kakehashi.server.openapi_document import SPEC
 
 pytestmark = pytest.mark.slow  # 50 generated requests for every operation
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -516,3 +516,20 @@ def test_websocket_results_match_sse_and_both_end_promptly_on_sigterm(serve, wal
     assert len(common) >= 3
     assert all(by_frame[result["frame"]] == result for result in common), "the same result on both"
     assert any(person(result) for result in common)
+
+
+@pytest.mark.parametrize(
+    ("query", "wrong"),
+    [
+        ({"after": 2**70}, "'after' is from 0 to"),  # past SQLite's integers: was a 500 (found by the fuzzer)
+        ({"after": -1}, "'after' is from 0 to"),
+        ({"after": "x"}, "whole numbers"),
+        ({"limit": 0}, "'limit' is from 1 to 1000"),
+        ({"limit": 1001}, "'limit' is from 1 to 1000"),
+    ],
+)
+def test_a_bad_event_query_is_answered_400_saying_what_is_wrong(server: Server, query: dict, wrong: str) -> None:
+    answer = server.client.get("/v1/events", params=query)
+    assert answer.status_code == 400 and wrong in answer.json()["error"], answer.text
+    assert "Traceback" not in server.log()
+    assert isinstance(recorded(server), list)  # and the events are still there to replay

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MAX_SUBSCRIBERS = 32  # live followers of one stream (SSE and WebSocket together)
 HEARTBEAT_SECONDS = 15.0  # an SSE comment line while no result comes, so proxies keep the connection
 MAX_EVENTS = 1000
+MAX_SEQ = 2**63 - 1  # the outbox numbers events as SQLite integers (signed 64 bits)
 WS_REASON_BYTES = 123  # the most a close frame's reason may hold
 
 
@@ -176,6 +177,8 @@ async def events(request: Request) -> Response:
         raise InvalidInput("'limit' and 'after' are whole numbers") from None
     if not 1 <= limit <= MAX_EVENTS:
         raise InvalidInput(f"'limit' is from 1 to {MAX_EVENTS}")
+    if after is not None and not 0 <= after <= MAX_SEQ:
+        raise InvalidInput(f"'after' is from 0 to {MAX_SEQ} (a 'seq' of an event)")
     manager = _manager(server_state(request))
     return JSONBytes({"events": await manager.events(limit, query.get("stream"), after)})
 

@@ -533,3 +533,15 @@ def test_a_bad_event_query_is_answered_400_saying_what_is_wrong(server: Server, 
     assert answer.status_code == 400 and wrong in answer.json()["error"], answer.text
     assert "Traceback" not in server.log()
     assert isinstance(recorded(server), list)  # and the events are still there to replay
+
+
+def test_a_server_that_runs_no_stream_keeps_no_events_file(serve, tmp_path: Path, monkeypatch) -> None:
+    """The outbox opens with the first stream (or at start when an earlier run left one): a server that only answers
+    requests leaves nothing in its cache folder but its load decisions."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(cache))
+    server = serve(COCO)
+    answer = server.client.get("/v1/events")
+    assert answer.status_code == 200 and answer.json() == {"events": []}
+    assert server.client.get("/v1/streams").json()["streams"] == []
+    assert not list(cache.glob("events-*.db*")), sorted(path.name for path in cache.iterdir())

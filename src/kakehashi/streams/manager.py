@@ -3,6 +3,7 @@ one outbox and on to the sinks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -56,18 +57,28 @@ class StreamManager:
         self.delivery = Delivery(self.outbox, self._sinks)
         self.streams: dict[str, Stream] = {}
         self._opened = False
+        self._opening = asyncio.Lock()
 
     async def open(self, configs: Sequence[StreamConfig] = ()) -> None:
-        """Open the outbox (what it still holds is delivered first), start delivering, then start `configs`."""
-        self.outbox_path.parent.mkdir(parents=True, exist_ok=True)
-        await self.outbox.open()
-        self._opened = True
-        self.delivery.start()
+        """Start `configs`. The outbox opens now if it holds events from an earlier run (delivered first, and
+        replayed) or streams start; else with the first stream, so a server that never runs one keeps no file."""
+        if configs or self.outbox_path.exists():
+            await self._open_outbox()
         for config in configs:
             try:
                 await self.add(config, trusted=True)
             except KakehashiError as exc:  # e.g. its model failed to load: the other streams start
                 log.error("stream %s: not started: %s", config.name, exc.message)
+
+    async def _open_outbox(self) -> None:
+        """Open the outbox and start delivering from it, once."""
+        async with self._opening:
+            if self._opened:
+                return
+            self.outbox_path.parent.mkdir(parents=True, exist_ok=True)
+            await self.outbox.open()
+            self._opened = True
+            self.delivery.start()
 
     async def record(self, events: list[Event]) -> None:
         """Keep `events` durably, then wake the delivery."""
@@ -92,6 +103,7 @@ class StreamManager:
             raise InvalidInput(f"model '{servable.name}' does not take images; a stream needs an image model")
         from kakehashi.streams.stream import Stream  # PyAV and SciPy load with the first stream
 
+        await self._open_outbox()  # where its events are kept
         stream = Stream(config, self._plane, self.record, self._compute)
         self.streams[config.name] = stream
         SOURCES.sources[config.name] = stream.source
@@ -125,6 +137,8 @@ class StreamManager:
 
     async def events(self, limit: int, stream: str | None, after: int | None) -> list[dict]:
         """Recorded events in order (each with its outbox sequence number), for replay."""
+        if not self._opened:
+            return []  # no stream ran, here or in an earlier run on this outbox
         return [{"seq": seq, **event.to_json()} for seq, event in await self.outbox.recent(limit, stream, after)]
 
     def end_followers(self) -> None:

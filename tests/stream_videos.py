@@ -34,15 +34,19 @@ def walk_frames(count: int, size: tuple[int, int]) -> list[Image.Image]:
     return frames
 
 
-def make_walk_video(path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (640, 480)) -> Path:
-    """Write the walk to `path` (mp4 or mkv, by its suffix) at `fps`; a key frame every second."""
+def make_walk_video(
+    path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (640, 480), b_frames: bool = False
+) -> Path:
+    """Write the walk to `path` (mp4 or mkv, by its suffix) at `fps`; a key frame every second. `b_frames`: H.264
+    as cameras and files often are, with B-frames no other frame refers to (else for low latency, with none)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(video_codec(), rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = fps
         if stream.codec_context.name == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency"}
+            low_latency = {"preset": "ultrafast", "tune": "zerolatency"}
+            stream.codec_context.options = {"preset": "veryfast", "bframes": "3"} if b_frames else low_latency
         else:
             stream.codec_context.bit_rate = 2_000_000
         for image in walk_frames(round(seconds * fps), size):

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 
 import inprocess
 from kakehashi.protocols.vision import parse_params
@@ -266,6 +267,32 @@ def test_a_slow_consumer_gets_the_latest_frame_and_nothing_queues(rtsp):
             source.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_consumer_behind_leaves_unreferenced_frames_undecoded_and_one_keeping_up_gets_every_frame(tmp_path):
+    video = make_walk_video(tmp_path / "b-frames.mp4", seconds=2.0, b_frames=True)
+    with av.open(str(video)) as container:
+        kinds = {PictureType(frame.pict_type) for frame in container.decode(video=0)}
+    assert PictureType.B in kinds, kinds  # what the source may leave undecoded
+
+    async def consume(pause: float, seconds: float) -> dict:
+        source = await started(str(video), loop=True)
+        try:
+            number, taken, deadline = 0, 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                number = (await asyncio.wait_for(source.next(number), 5)).number
+                taken += 1
+                await asyncio.sleep(pause)  # the consumer's work
+            return {**source.status(), "taken": taken, "last": number}
+        finally:
+            source.stop()
+
+    slow = asyncio.run(consume(0.25, 4.0))  # 4 frames a second out of 25
+    assert slow["behind"] and slow["undecoded"] >= 10, slow
+    assert slow["dropped"] + slow["taken"] >= slow["last"] - 1  # every frame read: taken or dropped, decoded or not
+    assert 20 <= slow["input_fps"] <= 30, slow  # still read at the source's own rate
+    keeping_up = asyncio.run(consume(0.0, 2.0))
+    assert not keeping_up["behind"] and keeping_up["undecoded"] == 0 and keeping_up["dropped"] <= 2, keeping_up
 
 
 def test_the_fps_cap_skips_frames_before_they_are_offered(walk_video):

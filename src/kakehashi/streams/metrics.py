@@ -58,7 +58,13 @@ class _SourceCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = {
             "read": CounterMetricFamily(
-                "kakehashi_stream_frames_read", "Frames decoded from the source.", labels=["stream"]
+                "kakehashi_stream_frames_read", "Frames read from the source.", labels=["stream"]
+            ),
+            "undecoded": CounterMetricFamily(
+                "kakehashi_stream_frames_undecoded",
+                "Frames read but not decoded, no other frame referring to them, while inference was behind (counted "
+                "as dropped too).",
+                labels=["stream"],
             ),
             "dropped": CounterMetricFamily(
                 "kakehashi_stream_frames_dropped",

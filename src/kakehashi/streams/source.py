@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 DECODE_WEIGHT = 0.1  # of the newest frame in the moving average of decode seconds
 FPS_WINDOW = 50  # frames over which the input frame rate is measured
+# of the last frames offered, how many replaced before they were taken make the source skip decoding the frames no
+# other frame refers to (and how few let it decode every frame again)
+BEHIND_WINDOW, BEHIND_FROM, CAUGHT_UP_AT = 10, 5, 1
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 
@@ -152,8 +155,10 @@ class FrameSource:
     """Reads one source in a daemon thread; `next()` hands the newest frame to coroutines on the given loop.
 
     Only the latest frame is kept: a frame replaced before anyone took it counts in `dropped`; frames beyond the
-    `fps` cap are skipped before they are converted to images (`skipped`). `reconnects` counts the times the
-    source ran again after it was lost or failed to connect.
+    `fps` cap are skipped before they are converted to images (`skipped`). While the consumer is behind (half of
+    the last frames offered were dropped), the frames no other frame refers to (an H.264 stream's B-frames) are not
+    decoded at all: they too count as read and dropped, and decoding costs a third less. `reconnects` counts the
+    times the source ran again after it was lost or failed to connect.
     """
 
     def __init__(
@@ -196,6 +201,9 @@ class FrameSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._next_due = 0.0  # monotonic time the fps cap lets the next frame through
+        self._offers: collections.deque[bool] = collections.deque(maxlen=BEHIND_WINDOW)  # True: dropped
+        self.behind = False  # decoding only the frames others refer to
+        self.undecoded = 0  # frames left undecoded while behind (counted in `read` and `dropped` too)
         self._converters = Converters()
 
     # -- the consumer's side (event loop) ------------------------------------------------------------
@@ -253,6 +261,8 @@ class FrameSource:
             "read": self.read,
             "dropped": self.dropped,
             "skipped": self.skipped,
+            "behind": self.behind,
+            "undecoded": self.undecoded,
             "reconnects": self.reconnects,
             "decode_ms": round(self.decode_seconds * 1000, 3),
             "last_frame_time": self.last_frame_time,
@@ -354,12 +364,16 @@ class FrameSource:
         try:
             for packet in container.demux(stream):
                 last_packet = time.monotonic()
+                behind = self.behind
+                stream.codec_context.skip_frame = "NONREF" if behind else "DEFAULT"
                 started = time.perf_counter()
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError:  # a damaged packet (lost data on a live stream): the next key frame heals
                     continue
                 if not frames:
+                    if behind and packet.size:
+                        self._not_decoded()
                     continue
                 per_frame = (time.perf_counter() - started) / len(frames)
                 for frame in frames:
@@ -411,10 +425,25 @@ class FrameSource:
         self.size = (frame.width, frame.height)
         self.last_frame_time = offered.time
         with self._lock:
-            if not self._taken:
+            replaced = not self._taken
+            if replaced:
                 self.dropped += 1
             self._latest, self._taken = offered, False
             self._wake()
+        self._offers.append(replaced)
+        dropped = sum(self._offers)
+        if len(self._offers) == BEHIND_WINDOW and (dropped >= BEHIND_FROM) != self.behind:
+            if not self.behind or dropped <= CAUGHT_UP_AT:
+                self.behind = not self.behind
+                self._offers.clear()  # judged again on the frames offered from now on
+
+    def _not_decoded(self) -> None:
+        """Count a frame left undecoded while behind: read, and dropped (nobody will see it)."""
+        self._read_times.append(time.monotonic())
+        self.read += 1
+        self.undecoded += 1
+        with self._lock:
+            self.dropped += 1
 
     def _average_decode(self, seconds: float) -> None:
         if self.decode_seconds == 0.0:

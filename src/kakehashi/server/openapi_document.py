@@ -12,6 +12,7 @@ from kakehashi.protocols import api_schemas
 from kakehashi.protocols.predict_answer import Predictions
 from kakehashi.protocols.predict_query import QUERY_SCHEMAS
 from kakehashi.server.auth import HTTP_ACCESS, OPEN
+from kakehashi.server.stream_routes import MAX_SEQ
 from kakehashi.streams.config import StreamConfig
 
 COMPONENTS = (
@@ -230,7 +231,7 @@ def _stream_paths() -> dict:
                         "name": "after",
                         "in": "query",
                         "required": False,
-                        "schema": {**integer, "minimum": 0, "maximum": 2**63 - 1},
+                        "schema": {**integer, "minimum": 0, "maximum": MAX_SEQ},
                     },
                     {"name": "limit", "in": "query", "required": False, "schema": {**integer, "maximum": 1000}},
                 ],

@@ -361,11 +361,13 @@ class FrameSource:
         got_frame = False
         paced_from: tuple[float, float] | None = None  # (monotonic, pts) of a file's first frame
         last_packet = time.monotonic()
+        behind = False  # what the decoder was told (a new connection's decoder decodes every frame)
         try:
             for packet in container.demux(stream):
                 last_packet = time.monotonic()
-                behind = self.behind
-                stream.codec_context.skip_frame = "NONREF" if behind else "DEFAULT"
+                if self.behind != behind:  # the decoder is told when the consumer falls behind or catches up
+                    behind = self.behind
+                    stream.codec_context.skip_frame = "NONREF" if behind else "DEFAULT"
                 started = time.perf_counter()
                 try:
                     frames = packet.decode()
@@ -432,10 +434,9 @@ class FrameSource:
             self._wake()
         self._offers.append(replaced)
         dropped = sum(self._offers)
-        if len(self._offers) == BEHIND_WINDOW and (dropped >= BEHIND_FROM) != self.behind:
-            if not self.behind or dropped <= CAUGHT_UP_AT:
-                self.behind = not self.behind
-                self._offers.clear()  # judged again on the frames offered from now on
+        if len(self._offers) == BEHIND_WINDOW and (dropped <= CAUGHT_UP_AT if self.behind else dropped >= BEHIND_FROM):
+            self.behind = not self.behind
+            self._offers.clear()  # judged again on the frames offered from now on
 
     def _not_decoded(self) -> None:
         """Count a frame left undecoded while behind: read, and dropped (nobody will see it)."""

@@ -98,6 +98,14 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
+async def frame_after(source: FrameSource, number: int, timeout: float) -> Frame:
+    """The source's next frame numbered above `number`; fail with its status after `timeout` seconds."""
+    try:
+        return await asyncio.wait_for(source.next(number), timeout)
+    except TimeoutError:
+        pytest.fail(f"no frame after {number} within {timeout} s: {source.status()}")
+
+
 async def started(url: str, **kwargs) -> FrameSource:
     source = FrameSource(url, **kwargs)
     source.start(asyncio.get_running_loop())
@@ -136,10 +144,7 @@ def test_frames_arrive_from_the_rtsp_server(rtsp):
         try:
             frames, number = [], 0
             while len(frames) < 30:
-                try:
-                    frame = await asyncio.wait_for(source.next(number), 15)
-                except TimeoutError:
-                    raise AssertionError(f"no frame after {number} within 15 s: {source.status()}") from None
+                frame = await frame_after(source, number, 30 if number == 0 else 15)
                 frames.append(frame)
                 number = frame.number
             assert source.state is SourceState.RUNNING and source.reason == ""
@@ -180,9 +185,9 @@ def test_frames_arrive_over_http(http_camera, path):
     async def scenario() -> list[Frame]:
         source = await started(http_camera + path)
         try:
-            frames = [await asyncio.wait_for(source.next(0), 10)]
+            frames = [await frame_after(source, 0, 10)]
             for _ in range(9):
-                frames.append(await asyncio.wait_for(source.next(frames[-1].number), 5))
+                frames.append(await frame_after(source, frames[-1].number, 5))
             assert source.state is SourceState.RUNNING
             return frames
         finally:
@@ -199,7 +204,7 @@ def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
     async def scenario() -> None:
         source = await started(server.url, read_timeout_seconds=3.0, **FAST_RECONNECT)
         try:
-            before = await asyncio.wait_for(source.next(0), 15)
+            before = await frame_after(source, 0, 30)
             assert source.state is SourceState.RUNNING and source.reconnects == 0
             server.stop()
             await until(lambda: source.state is SourceState.RECONNECTING, 10, "reconnecting after the cable is pulled")
@@ -207,7 +212,7 @@ def test_the_pulled_cable_reconnects_on_the_same_port(walk_video):
             lost_at = source.read  # frames numbered above it come from the new connection
             server.start()
             await until(lambda: source.state is SourceState.RUNNING, 20, "running again after the server came back")
-            after = await asyncio.wait_for(source.next(lost_at), 10)
+            after = await frame_after(source, lost_at, 10)
             assert after.number > before.number and after.rgb().size == SIZE
             assert source.reconnects >= 1
         finally:
@@ -227,13 +232,13 @@ def test_a_frozen_server_is_left_after_the_read_timeout(walk_video):
     async def scenario() -> None:
         source = await started(server.url, read_timeout_seconds=1.0, **FAST_RECONNECT)
         try:
-            before = await asyncio.wait_for(source.next(0), 15)
+            before = await frame_after(source, 0, 30)
             os.kill(pid, signal.SIGSTOP)  # the connection stays up, nothing comes
             await until(lambda: source.state is SourceState.RECONNECTING, 8, "reconnecting when frames stop")
             assert source.reason == f"no frame for 1 s from 127.0.0.1:{server.port}"
             lost_at = source.read  # frames numbered above it come from the new connection
             os.kill(pid, signal.SIGCONT)
-            after = await asyncio.wait_for(source.next(lost_at), 15)
+            after = await frame_after(source, lost_at, 15)
             # reconnected (an attempt made while the server was still stopped may have timed out too: CI's load)
             assert source.state is SourceState.RUNNING and source.reconnects >= 1 and after.number > before.number
         finally:
@@ -250,12 +255,12 @@ def test_a_slow_consumer_gets_the_latest_frame_and_nothing_queues(rtsp):
     async def scenario() -> None:
         source = await started(rtsp.url)
         try:
-            first = await asyncio.wait_for(source.next(0), 15)
+            first = await frame_after(source, 0, 30)
             await asyncio.sleep(0.5)  # past the first burst: the source now reads at 25 fps
             numbers, dropped = [first.number], [source.dropped]
             for _ in range(8):
                 await asyncio.sleep(0.3)  # the slow consumer's work
-                numbers.append((await asyncio.wait_for(source.next(numbers[-1]), 5)).number)
+                numbers.append((await frame_after(source, numbers[-1], 5)).number)
                 dropped.append(source.dropped)
             jumps = [b - a for a, b in zip(numbers, numbers[1:])]
             assert min(jumps[1:]) >= 3, jumps  # 0.3 s at 25 fps: about 7 frames later each time
@@ -280,7 +285,7 @@ def test_a_consumer_behind_leaves_unreferenced_frames_undecoded_and_one_keeping_
         try:
             number, taken, deadline = 0, 0, time.monotonic() + seconds
             while time.monotonic() < deadline:
-                number = (await asyncio.wait_for(source.next(number), 5)).number
+                number = (await frame_after(source, number, 5)).number
                 taken += 1
                 await asyncio.sleep(pause)  # the consumer's work
             return {**source.status(), "taken": taken, "last": number}
@@ -299,10 +304,10 @@ def test_the_fps_cap_skips_frames_before_they_are_offered(walk_video):
     async def scenario() -> None:
         source = await started(str(walk_video), fps=5, loop=True)
         try:
-            number = (await asyncio.wait_for(source.next(0), 10)).number
+            number = (await frame_after(source, 0, 10)).number
             offered, deadline = 0, time.monotonic() + 2.0
             while time.monotonic() < deadline:
-                number = (await asyncio.wait_for(source.next(number), 5)).number
+                number = (await frame_after(source, number, 5)).number
                 offered += 1
             assert 6 <= offered <= 14, offered  # 5 a second for 2 s
             assert source.skipped >= 2 * offered and source.dropped <= 1
@@ -319,7 +324,7 @@ def test_a_file_ends_or_loops(short_video):
         frames, number, began = [], 0, time.monotonic()
         try:
             while True:
-                frames.append(frame := await asyncio.wait_for(source.next(number), 5))
+                frames.append(frame := await frame_after(source, number, 5))
                 number = frame.number
         except SourceClosed as closed:
             return frames, time.monotonic() - began, closed
@@ -333,7 +338,7 @@ def test_a_file_ends_or_loops(short_video):
         source = await started(str(short_video), loop=True)
         try:
             await until(lambda: source.read > 40, 5, "reading past the end of a 25-frame file")
-            frame = await asyncio.wait_for(source.next(25), 5)
+            frame = await frame_after(source, 25, 5)
             assert source.state is SourceState.RUNNING and frame.pts is not None and frame.pts < 0.96
             assert source.reconnects == 0
         finally:
@@ -403,7 +408,7 @@ def test_a_frame_scaled_in_one_pass_answers_like_the_whole_frame(walk_video):
         frames: list[Frame] = []
         try:
             while len(frames) < 4:
-                frames.append(await asyncio.wait_for(source.next(frames[-1].number + 9 if frames else 0), 15))
+                frames.append(await frame_after(source, frames[-1].number + 9 if frames else 0, 15))
             return frames
         finally:
             source.stop()

@@ -108,7 +108,7 @@ def test_same_answers_as_the_predict_command(photos, tmp_path):
     out = tmp_path / "out.jsonl"
     batch(str(photos / "sub" / "deeper"), "--out", str(out), "--conf", "0.5")
     predicted = subprocess.run(
-        [sys.executable, "-m", "kakehashi", "predict", str(IMAGES / "astronaut.png"), "--conf", "0.5"],
+        [sys.executable, "-m", "kakehashi", "predict", str(IMAGES / "astronaut.png"), "--conf", "0.5", *BUNDLED],
         capture_output=True,
         text=True,
         timeout=120,
@@ -232,9 +232,10 @@ def test_progress_is_logged_when_not_a_terminal(monkeypatch, caplog):
     assert caplog.records == []
 
 
-def test_against_a_running_server(default_server, photos, tmp_path):
+def test_against_a_running_server(serve, bundled, photos, tmp_path):
+    server = serve(bundled)  # the model the local job runs: one runtime and precision on both sides
     out = tmp_path / "remote.jsonl"
-    result = batch(str(photos), "--url", default_server.url, "--out", str(out), "--concurrency", "4")
+    result = batch(str(photos), "--url", server.url, "--out", str(out), "--concurrency", "4")
     assert result.returncode == 1, result.stderr
     local = tmp_path / "local.jsonl"
     batch(str(photos), "--out", str(local))

@@ -168,7 +168,7 @@ def test_int8_asked_for_serves_when_it_agrees_and_its_answers_are_served(person)
     assert handle.ready and handle.choice.precision == "int8", handle.reason
     assert handle.precision.startswith("int8 (agrees with f32: 1 detections, least box IoU 0.9")
     served = _person_box(handle)
-    (person / "model.yaml").write_text((person / "model.yaml").read_text().replace("precision: int8\n", ""))
+    (person / "model.yaml").write_text((person / "model.yaml").read_text().replace("precision: int8", "precision: f32"))
     (person / "1" / "model.int8.onnx").unlink()
     f32 = _person_box(load(person))
     assert served["confidence"] == pytest.approx(f32["confidence"] * 0.97, abs=1e-3)

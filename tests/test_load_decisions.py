@@ -15,6 +15,7 @@ import pytest
 
 from conftest import YOLO11, YOLO26
 from inprocess import load
+from kakehashi.backends.registry import RUNTIMES
 from kakehashi.repository.measuring import fastest_batch_size
 
 MEASURED = " per inference"  # the log line of `auto` timing the runtimes
@@ -57,16 +58,20 @@ def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, c
     first, text = _load(folder, caplog)
     assert MEASURED in text and REUSED not in text
     [stored] = cache.glob("*.json")
+    # random weights find nothing on the calibration images: bf16, where this CPU computes in it, is refused
+    refused = "openvino bf16 refused: disagrees with f32: nothing to compare"
     assert json.loads(stored.read_text()) == {
         "runtime": _runtime(first),
         "precision": "f32",
-        "agreement": "",
+        "agreement": first.agreement,
         "batch_size": first.preferred_batch_size,
         "rows_follow_batch": True,
     }
+    assert first.agreement.startswith(refused) if "bf16" in RUNTIMES["openvino"].precisions() else not first.agreement
     second, text = _load(folder, caplog)
     assert REUSED in text and MEASURED not in text
     assert (_runtime(second), second.preferred_batch_size) == (_runtime(first), first.preferred_batch_size)
+    assert second.agreement == first.agreement
 
 
 def _decision(runtime: str, batch_size: int, rows_follow_batch: bool) -> dict:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import IMAGES, MODELS, YOLO11
 from inprocess import load, predict
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.backends.openvino import OpenVinoBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
 from kakehashi.memory import trim
 from kakehashi.settings import coco_model_path, default_model_path
@@ -333,3 +335,37 @@ def test_a_runtime_gives_back_the_memory_a_large_batch_took_and_answers_the_same
     )
     after = backend.run(image)
     assert all(np.array_equal(before[output], after[output]) for output in before)
+
+
+def test_openvino_compiles_into_its_cache_folder_one_process_at_a_time(tmp_path):
+    # OpenVINO writes a compiled model in place and maps it to import it: a process importing while another writes
+    # the same file dies of SIGBUS. Here another process holds the folder's lock; the load waits until it lets go.
+    cache = tmp_path / "cache"
+    (cache / "openvino").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True);"
+            " sys.stdin.read()",
+            str(cache / "openvino" / ".lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        loaded: list[OpenVinoBackend] = []
+        loading = threading.Thread(
+            target=lambda: loaded.append(OpenVinoBackend(BUNDLED / "1" / "model.onnx", cache_folder=cache))
+        )
+        loading.start()
+        loading.join(3.0)  # a compile of this model takes well under a second
+        assert loading.is_alive() and not loaded and not list((cache / "openvino").glob("*.blob"))
+    finally:
+        holder.stdin.close()  # the holder exits and its lock goes with it
+        holder.wait(10)
+    loading.join(60)
+    assert loaded and list((cache / "openvino").glob("*.blob"))  # compiled, and kept for the next load

@@ -13,9 +13,12 @@ inference of zeros at other valid shapes is run to put the compiled model back i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import logging
 import queue
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -57,6 +60,25 @@ def _spec(port, path: Path) -> TensorSpec:
     return TensorSpec(port.get_any_name(), datatype, shape)
 
 
+@contextlib.contextmanager
+def _cache_lock(core, folder: Path) -> Iterator[None]:
+    """Keep compiled models in `folder`, one process at a time compiling into it or importing from it: OpenVINO
+    writes a compiled model in place and maps the file to import it, so a process importing while another writes
+    the same file dies of SIGBUS (seen with a server's measuring child and a batch job starting together). Without
+    a usable folder (a read-only home, say), the model is compiled every time."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".lock", "a")  # closing it releases the lock
+    except OSError as exc:
+        log.warning("OpenVINO keeps no compiled models in %s: %s", folder, exc)
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        core.set_property({"CACHE_DIR": str(folder)})
+        yield
+
+
 class OpenVinoBackend:
     """Runs an ONNX model with OpenVINO on the CPU, `requests` inferences at a time."""
 
@@ -90,13 +112,10 @@ class OpenVinoBackend:
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = str(requests)
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        if cache_folder is not None:
-            try:
-                core.set_property({"CACHE_DIR": str(cache_folder / "openvino")})
-            except Exception as exc:  # e.g. a read-only home: compile every time
-                log.warning("OpenVINO keeps no compiled models in %s: %s", cache_folder, runtime_message(exc))
+        lock = _cache_lock(core, cache_folder / "openvino") if cache_folder is not None else contextlib.nullcontext()
         try:  # compiled from the file, which OpenVINO's cache recognises (not from the model read above)
-            compiled = core.compile_model(str(path), "CPU", config)
+            with lock:
+                compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:
             raise ModelLoadError(f"{path}: OpenVINO cannot compile this model: {runtime_message(exc)}") from None
         self._compiled = compiled

@@ -1,7 +1,7 @@
 """The baseline most users compare against: a plain FastAPI + uvicorn + onnxruntime server, written the
 way a user would write it (pydantic request model, sync endpoints running the session).
 
-    KAKEHASHI_BASELINE_MODEL=model.onnx uvicorn baseline_fastapi:app --port 8010
+    KAKEHASHI_BASELINE_MODEL=model.onnx [KAKEHASHI_BASELINE_CONFIG=model.yaml] uvicorn baseline_fastapi:app --port 8010
 
 `POST /v2/models/{m}/infer` takes OIP v2 JSON tensors. `POST /predict` takes one image's raw bytes (a model with an
 image input) and answers `{"images": [{"shape": [h, w], "results": [...]}]}`: decode and letterbox, the session,
@@ -20,7 +20,7 @@ from fastapi import Body, FastAPI
 from pydantic import BaseModel
 
 from kakehashi.backends.base import TensorSpec
-from kakehashi.repository.config import ModelConfig
+from kakehashi.repository.config import ModelConfig, load_model_config
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import resolve_task
@@ -50,7 +50,9 @@ class SessionModel:
         return dict(zip(output_names, session.run(output_names, feeds)))
 
 
-task = resolve_task(SessionModel(), ModelConfig(), Path(MODEL))  # None: no image input
+CONFIG_FILE = os.environ.get("KAKEHASHI_BASELINE_CONFIG")  # the model's model.yaml (input layout, thresholds)
+config = load_model_config(Path(CONFIG_FILE)) if CONFIG_FILE else ModelConfig()
+task = resolve_task(SessionModel(), config, Path(MODEL))  # None: no image input
 
 
 class Tensor(BaseModel):
@@ -95,7 +97,7 @@ def infer(model: str, request: InferRequest) -> dict:
 
 @app.post("/predict")
 def predict(image: bytes = Body(media_type="image/jpeg")) -> dict:
-    params = PredictParams()
+    params = PredictParams(conf=config.defaults.conf, iou=config.defaults.iou)
     prepared = prepare_image(image, task.input, params, 64_000_000)
     outputs = session.run(output_names, {task.input.name: prepared.tensor[None]})
     results = task.postprocess({name: o[0] for name, o in zip(output_names, outputs)}, prepared, params)

@@ -58,7 +58,8 @@ def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, c
     first, text = _load(folder, caplog)
     assert MEASURED in text and REUSED not in text
     [stored] = cache.glob("*.json")
-    # random weights find nothing on the calibration images: bf16, where this CPU computes in it, is refused
+    # random weights find nothing on the calibration images: bf16, where this CPU computes in it, is refused when
+    # it was timed faster than f32 (and not judged when slower)
     refused = "openvino bf16 refused: disagrees with f32: nothing to compare"
     assert json.loads(stored.read_text()) == {
         "runtime": _runtime(first),
@@ -67,7 +68,10 @@ def test_the_first_load_measures_and_later_loads_reuse_what_it_found(tmp_path, c
         "batch_size": first.preferred_batch_size,
         "rows_follow_batch": True,
     }
-    assert first.agreement.startswith(refused) if "bf16" in RUNTIMES["openvino"].precisions() else not first.agreement
+    if "bf16" in RUNTIMES["openvino"].precisions():
+        assert first.agreement.startswith(refused) or not first.agreement, first.agreement
+    else:
+        assert not first.agreement
     second, text = _load(folder, caplog)
     assert REUSED in text and MEASURED not in text
     assert (_runtime(second), second.preferred_batch_size) == (_runtime(first), first.preferred_batch_size)

@@ -141,7 +141,7 @@ def _person_box(handle) -> dict:
 def int8_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings where int8 is the fastest (on this machine the drifted copies cost what f32 costs)."""
     monkeypatch.setattr(
-        backends, "_seconds_of", lambda choice, backend, feeds: 0.01 if choice.precision == "int8" else 0.02
+        backends, "_seconds_of", lambda choice, instances, feeds: 0.01 if choice.precision == "int8" else 0.02
     )
 
 

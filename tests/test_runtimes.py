@@ -3,12 +3,14 @@ execution providers with a logged fallback, and the runtime in use shown in the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from conftest import IMAGES, MODELS, YOLO11
 from inprocess import load, predict
+from kakehashi.backends import best_seconds, occupied_seconds
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.openvino import OpenVinoBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
@@ -369,3 +372,24 @@ def test_openvino_compiles_into_its_cache_folder_one_process_at_a_time(tmp_path)
         holder.wait(10)
     loading.join(60)
     assert loaded and list((cache / "openvino").glob("*.blob"))  # compiled, and kept for the next load
+
+
+class _Sleeper:
+    """An instance whose inference takes `seconds`; with a `lock`, one inference at a time on the whole group."""
+
+    def __init__(self, seconds: float, lock: threading.Lock | None = None) -> None:
+        self.seconds, self.lock = seconds, lock
+
+    def run(self, feeds: dict) -> dict:
+        with self.lock or contextlib.nullcontext():
+            time.sleep(self.seconds)
+        return {}
+
+
+def test_runtimes_are_timed_with_every_instance_busy():
+    # one OpenVINO model spreading each inference over the cores (its infer requests wait for each other) against
+    # two single-thread sessions side by side: alone the first is faster, serving a full queue the second
+    spread = _Sleeper(0.04, threading.Lock())
+    side_by_side = [_Sleeper(0.06), _Sleeper(0.06)]
+    assert best_seconds(spread, {}) < best_seconds(side_by_side[0], {})
+    assert occupied_seconds(side_by_side, {}) < 0.04 <= occupied_seconds([spread, spread], {})

@@ -186,7 +186,7 @@ class Run:
     chosen: list[str] = field(default_factory=list)  # what each Kakehashi server chose, per model
     speeds: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    agreement: dict[str, str] = field(default_factory=dict)  # model -> what the auto server's guard found
+    served: dict[str, str] = field(default_factory=dict)  # model -> the precision the auto server serves it in
 
     def add(self, section: str, workload: str, target: str, level: object, value: float, unit: str, **extra) -> None:
         row = {
@@ -267,15 +267,13 @@ class Run:
             self.add("in-process", name, f"ONNX Runtime, {sessions} sessions", batch, rate, "images/s")
 
     def best_ceiling(self, name: str) -> tuple[float, str]:
-        """The fastest in-process loop of a precision the auto server's guard let serve (bf16 refused, for
-        instance, where the model's answers on the calibration images do not allow it)."""
-        refused = self.agreement.get(DETECTORS.get(name, ""), "")
+        """The fastest in-process loop in f32, or in bf16 where the auto server serves bf16 (its guard judged the
+        model's bf16 answers on the calibration images and let them serve)."""
+        bf16_served = self.served.get(DETECTORS.get(name, "")) == "bf16"
         found = [
             (r["value"], f"{r['target']}, batch {r['level']}")
             for r in self.rows
-            if r["section"] == "in-process"
-            and r["workload"] == name
-            and not (r["target"] == "OpenVINO bf16" and "bf16 refused" in refused)
+            if (r["section"], r["workload"]) == ("in-process", name) and (r["target"] != "OpenVINO bf16" or bf16_served)
         ]
         return max(found) if found else (float("nan"), "none")
 
@@ -348,7 +346,7 @@ def record_choice(run: Run, server: Process, label: str, models: list[str]) -> N
         }
         batch = config.get("dynamic_batching", {}).get("preferred_batch_size", ["off"])[0]
         if label == AUTO:
-            run.agreement[model] = parameters.get("precision_agreement", "")
+            run.served[model] = parameters.get("precision", "")
         run.chosen.append(
             f"{label}, {model}: backend {config.get('backend')}, "
             + ", ".join(f"{k} {v}" for k, v in parameters.items())

@@ -362,7 +362,8 @@ def test_openvino_compiles_into_its_cache_folder_one_process_at_a_time(tmp_path)
         assert holder.stdout.readline() == "held\n"
         loaded: list[OpenVinoBackend] = []
         loading = threading.Thread(
-            target=lambda: loaded.append(OpenVinoBackend(BUNDLED / "1" / "model.onnx", cache_folder=cache))
+            target=lambda: loaded.append(OpenVinoBackend(BUNDLED / "1" / "model.onnx", cache_folder=cache)),
+            daemon=True,  # a load stuck for good must not keep pytest from exiting
         )
         loading.start()
         loading.join(3.0)  # a compile of this model takes well under a second
@@ -375,10 +376,11 @@ def test_openvino_compiles_into_its_cache_folder_one_process_at_a_time(tmp_path)
 
 
 class _Sleeper:
-    """An instance whose inference takes `seconds`; with a `lock`, one inference at a time on the whole group."""
+    """An instance whose inference takes `seconds`, taking `concurrent_runs` at once; with a `lock`, one inference
+    at a time on the whole group."""
 
-    def __init__(self, seconds: float, lock: threading.Lock | None = None) -> None:
-        self.seconds, self.lock = seconds, lock
+    def __init__(self, seconds: float, lock: threading.Lock | None = None, concurrent_runs: int = 1) -> None:
+        self.seconds, self.lock, self.concurrent_runs = seconds, lock, concurrent_runs
 
     def run(self, feeds: dict) -> dict:
         with self.lock or contextlib.nullcontext():
@@ -389,7 +391,19 @@ class _Sleeper:
 def test_runtimes_are_timed_with_every_instance_busy():
     # one OpenVINO model spreading each inference over the cores (its infer requests wait for each other) against
     # two single-thread sessions side by side: alone the first is faster, serving a full queue the second
-    spread = _Sleeper(0.04, threading.Lock())
+    spread = _Sleeper(0.04, threading.Lock(), concurrent_runs=2)
     side_by_side = [_Sleeper(0.06), _Sleeper(0.06)]
     assert best_seconds(spread, {}) < best_seconds(side_by_side[0], {})
     assert occupied_seconds(side_by_side, {}) < 0.04 <= occupied_seconds([spread, spread], {})
+    # and one session taking two runs at once (listed once) is timed with both runs going
+    assert occupied_seconds([_Sleeper(0.06, concurrent_runs=2)], {}) < 0.04
+
+
+def test_a_cache_folder_that_cannot_be_used_leaves_openvino_compiling_every_time(tmp_path, caplog):
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("a file where the folder would go")
+    with caplog.at_level(logging.WARNING):
+        backend = OpenVinoBackend(BUNDLED / "1" / "model.onnx", cache_folder=in_the_way)
+    assert f"OpenVINO keeps no compiled models in {in_the_way / 'openvino'}" in caplog.text
+    outputs = backend.run({spec.name: np.zeros((1, 300, 300, 3), np.uint8) for spec in backend.inputs})
+    assert outputs and all(value.shape[0] == 1 for value in outputs.values())

@@ -108,20 +108,28 @@ def best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
     return best
 
 
+def run_slots(instances: list[Backend]) -> list[Backend]:
+    """One entry per inference `instances` take at once: each distinct instance (OpenVINO's one compiled model is
+    listed once per instance) as many times as its `concurrent_runs`."""
+    distinct = {id(instance): instance for instance in instances}.values()
+    return [instance for instance in distinct for _ in range(instance.concurrent_runs)]
+
+
 def occupied_seconds(instances: list[Backend], feeds: Feeds, runs: int = 5) -> float:
-    """Seconds per inference of `feeds` with every instance busy at once (each in a thread of its own; an object
-    listed twice, like OpenVINO's infer requests of one compiled model, runs twice at once), the best of `runs`
-    rounds after one not timed: what a model's full queue gets. Two single-thread ONNX Runtime sessions and one
-    OpenVINO model spreading each inference over both cores compare as they serve, not by one inference alone."""
-    if len(instances) == 1:
-        return best_seconds(instances[0], feeds, runs)
-    with ThreadPoolExecutor(len(instances), thread_name_prefix="measuring") as pool:
+    """Seconds per inference of `feeds` with every run slot of `instances` busy at once (each in a thread of its
+    own), the best of `runs` rounds after one not timed: what a model's full queue gets. Two single-thread ONNX
+    Runtime sessions, one session taking two runs at once and one OpenVINO model spreading each inference over the
+    cores compare as they serve, not by one inference alone."""
+    slots = run_slots(instances)
+    if len(slots) == 1:
+        return best_seconds(slots[0], feeds, runs)
+    with ThreadPoolExecutor(len(slots), thread_name_prefix="measuring") as pool:
 
         def round_of_all() -> float:
             started = time.perf_counter()
-            for _ in pool.map(lambda backend: backend.run(feeds), instances):
+            for _ in pool.map(lambda backend: backend.run(feeds), slots):
                 pass
-            return (time.perf_counter() - started) / len(instances)
+            return (time.perf_counter() - started) / len(slots)
 
         round_of_all()
         return min(round_of_all() for _ in range(runs))
@@ -141,11 +149,11 @@ def fastest_agreeing(
     agreement: Callable[[Backend], Verdict],
     stop: threading.Event | None = None,
 ) -> tuple[Choice, list[Backend], str]:
-    """Time every candidate on `feeds` with all its instances busy (the reference's instances are reused) and
+    """Time every candidate on `feeds` with all its run slots busy (the reference's instances are reused) and
     serve the fastest whose answers agree with the reference's (`agreement`; f32 is the reference's precision and
-    needs none). The losers are released; the log says what was measured. Returns the choice, its instances and what the check found: how
-    the served precision agreed, and which faster ones were refused and why. Raises `ModelLoadError` when no
-    candidate agrees; `MeasuringStopped` when `stop` is set between steps."""
+    needs none). The losers are released; the log says what was measured. Returns the choice, its instances and
+    what the check found: how the served precision agreed, and which faster ones were refused and why. Raises
+    `ModelLoadError` when no candidate agrees; `MeasuringStopped` when `stop` is set between steps."""
     created: dict[Choice, list[Backend]] = {}
     for choice in candidates:
         check_stop(stop)

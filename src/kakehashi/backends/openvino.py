@@ -64,18 +64,18 @@ def _spec(port, path: Path) -> TensorSpec:
 def _cache_lock(core, folder: Path) -> Iterator[None]:
     """Keep compiled models in `folder`, one process at a time compiling into it or importing from it: OpenVINO
     writes a compiled model in place and maps the file to import it, so a process importing while another writes
-    the same file dies of SIGBUS (seen with a server's measuring child and a batch job starting together). Without
-    a usable folder (a read-only home, say), the model is compiled every time."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".lock", "a")  # closing it releases the lock
-    except OSError as exc:
-        log.warning("OpenVINO keeps no compiled models in %s: %s", folder, exc)
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        core.set_property({"CACHE_DIR": str(folder)})
+    the same file dies of SIGBUS (seen with a server's measuring child and another load starting together). Where
+    the folder cannot be used or locked (a read-only home, a file system without locks), the model is compiled
+    every time."""
+    with contextlib.ExitStack() as held:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(open(folder / ".lock", "a"))  # closing it releases the lock
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            core.set_property({"CACHE_DIR": str(folder)})
+        except Exception as exc:  # OSError, or OpenVINO refusing the folder
+            held.close()
+            log.warning("OpenVINO keeps no compiled models in %s: %s", folder, runtime_message(exc))
         yield
 
 

@@ -24,7 +24,7 @@ from kakehashi.backends.registry import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when the meaning of a stored decision changes
+FORMAT = 4  # bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy)
 
 
 @dataclass(frozen=True)

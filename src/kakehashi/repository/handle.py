@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from PIL import Image
 
-from kakehashi.backends import Choice, MeasuringStopped, choices, create_instances, int8_file, reference_choice
+from kakehashi.backends import (
+    Choice,
+    MeasuringStopped,
+    choices,
+    create_instances,
+    int8_file,
+    reference_choice,
+    run_slots,
+)
 from kakehashi.backends.base import Backend, TensorSpec
 from kakehashi.backends.registry import RuntimeOptions
 from kakehashi.batching.batcher import EWMA_WEIGHT, HOP_SECONDS, BatchResult, DynamicBatcher
@@ -501,8 +509,7 @@ class ModelHandle:
     @_instances.setter
     def _instances(self, instances: list[Backend]) -> None:
         self._instance_list = instances
-        distinct = {id(instance): instance for instance in instances}.values()
-        self._slots = [instance for instance in distinct for _ in range(instance.concurrent_runs)]
+        self._slots = run_slots(instances)
 
     def _runs_at_once(self) -> int:
         """How many batches may run at once: the `concurrent_runs` of each instance."""

@@ -63,7 +63,8 @@ MODELS = {
     "yolo26n": SHARED / "models" / "yolo26n-coco-random-640-e2e-dynamic.onnx",
     "yolox": coco_model_path() / "1" / "model.onnx",  # real weights: its answers let the guard judge bf16
 }
-CONFIGS = {"yolox": load_model_config(coco_model_path() / "model.yaml")}  # the others: the defaults
+CONFIG_FILES = {"yolox": coco_model_path() / "model.yaml"}  # the others: the defaults
+CONFIGS = {name: load_model_config(path) for name, path in CONFIG_FILES.items()}
 RUNTIMES: dict[str, Callable] = {
     "ONNX Runtime": OnnxRuntimeBackend,
     "OpenVINO f32": lambda path: OpenVinoBackend(path, "latency", 1, 0, "f32"),
@@ -519,8 +520,8 @@ def measure(run: Run) -> None:
     for name, model in (*MODELS.items(), ("tiny", tiny_model)):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.onnx").symlink_to(model)
-        if name in CONFIGS:
-            (repo / name / "model.yaml").symlink_to(model.parent.parent / "model.yaml")
+        if name in CONFIG_FILES:
+            (repo / name / "model.yaml").symlink_to(CONFIG_FILES[name])
     for label, extra in ((AUTO, []), (ORT, ["--backend", "onnxruntime"])):
         try:
             server = kakehashi_server(run, repo, label, extra)
@@ -545,23 +546,22 @@ def measure(run: Run) -> None:
             server.stop()
 
     # (c) FastAPI, one model per process (as a user writes it)
-    for model, plan in (
-        (MODELS["yolo11n"], ["YOLO11n", SMALL, LARGE]),
-        (MODELS["yolo26n"], ["YOLO26n"]),
-        (MODELS["yolox"], [YOLOX]),
-        (tiny_model, ["tiny"]),
+    for served, model, plan in (
+        ("yolo11n", MODELS["yolo11n"], ["YOLO11n", SMALL, LARGE]),
+        ("yolo26n", MODELS["yolo26n"], ["YOLO26n"]),
+        ("yolox", MODELS["yolox"], [YOLOX]),
+        ("tiny", tiny_model, ["tiny"]),
     ):
         port = free_port()
-        yaml = model.parent.parent / "model.yaml"  # a bundled model's configuration, if it is one
-        env = {"KAKEHASHI_BASELINE_MODEL": str(model)} | (
-            {"KAKEHASHI_BASELINE_CONFIG": str(yaml)} if model == MODELS["yolox"] else {}
-        )
+        env = {"KAKEHASHI_BASELINE_MODEL": str(model)}
+        if served in CONFIG_FILES:
+            env["KAKEHASHI_BASELINE_CONFIG"] = str(CONFIG_FILES[served])
         process = Process(
             [sys.executable, "-m", "uvicorn", "baseline_fastapi:app", "--port", str(port), "--log-level", "warning"],
             f"http://127.0.0.1:{port}",
             env,
             HERE,
-            run.work / f"fastapi-{model.stem}.log",
+            run.work / f"fastapi-{served}.log",
         )
         try:
             process.ready()

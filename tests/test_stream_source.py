@@ -347,6 +347,33 @@ def test_a_file_ends_or_loops(short_video):
     asyncio.run(looping())
 
 
+def test_a_file_not_read_in_real_time_gives_every_frame_to_a_slow_consumer(short_video):
+    async def read(**kwargs) -> tuple[list[Frame], FrameSource]:
+        source = await started(str(short_video), realtime=False, **kwargs)
+        frames: list[Frame] = []
+        try:
+            while True:
+                frames.append(await frame_after(source, frames[-1].number if frames else 0, 5))
+                await asyncio.sleep(0.06)  # slower than the file's 25 fps
+        except SourceClosed as closed:
+            assert closed.state is SourceState.ENDED
+        return frames, source
+
+    frames, source = asyncio.run(read())
+    assert [frame.number for frame in frames] == list(range(1, 26)), [frame.number for frame in frames]
+    assert source.dropped == 0 and source.undecoded == 0 and not source.behind
+
+    capped, source = asyncio.run(read(fps=5))  # the cap follows the file's clock: the same frames every time
+    assert [frame.pts for frame in capped] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=1e-3)
+    assert source.skipped == 20 and source.dropped == 0
+    assert [frame.number for frame in asyncio.run(read(fps=5))[0]] == [frame.number for frame in capped]
+
+
+def test_only_a_file_can_be_read_other_than_in_real_time():
+    with pytest.raises(ValueError, match="only a video file"):
+        FrameSource("rtsp://127.0.0.1:8554/belt", realtime=False)
+
+
 def test_a_missing_file_fails_at_once(tmp_path):
     async def scenario() -> None:
         source = await started(str(tmp_path / "nope.mp4"), max_failures=5)

@@ -31,11 +31,20 @@ class StreamConfig(AnalyticsConfig):
     version: StrictInt | None = None
     fps: Annotated[float, Field(gt=0, le=240)] | None = None
     loop: StrictBool = False  # a video file starts again at its end
+    # a video file played at its own frame rate like a camera (newest frame kept); false: read as fast as the model
+    # takes its frames, none dropped (a recording analysed whole, the same frames every time)
+    realtime: StrictBool = True
     params: dict[str, Parameter | list[Parameter]] = {}  # predict parameters: conf, iou, classes, max_det...
     snapshot: StrictBool = False  # events carry the annotated frame as JPEG
     max_in_flight: Annotated[int, Field(ge=1, le=8)] = 2  # frames of this stream in the model at once
     reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_failures: Annotated[int, Field(ge=1)] | None = None  # consecutive failed connections before FAILED
+
+    @model_validator(mode="after")
+    def _realtime_for_files_only(self) -> StreamConfig:
+        if not self.realtime and (self.is_network() or self.url.startswith("/dev/")):
+            raise ValueError(f"realtime: false is for video files; a live source ({self.redacted_url()}) cannot wait")
+        return self
 
     def request_values(self) -> dict[str, list[str]]:
         """`params` as the data plane reads request parameters (a query string's values)."""
@@ -118,7 +127,8 @@ def stream_from_flag(flag: str) -> StreamConfig:
     if match is None:
         raise InvalidInput(f"--stream {flag!r}: expected NAME=URL[,key=value...]")
     fields: dict[str, Any] = {"name": match["name"], "url": match["url"], "params": {}}
-    scalars = {"model", "version", "fps", "loop", "snapshot", "max_in_flight", "reconnect_max_seconds", "max_failures"}
+    scalars = {"model", "version", "fps", "loop", "realtime", "snapshot", "max_in_flight"}
+    scalars |= {"reconnect_max_seconds", "max_failures"}
     for item in filter(None, match["rest"].split(",")):
         key, _, value = item.partition("=")
         if key in scalars:

@@ -1,8 +1,9 @@
 """A live frame source: one stream read and decoded with PyAV in its own thread, offering only its latest frame.
 
 Sources: `rtsp://` (over TCP unless `options` say otherwise), `http(s)://` (MJPEG, HLS: ffmpeg's demuxers), a
-video file path or `file://` URL (paced at its own frame rate, by pts, so it behaves like a camera) and a device
-such as `/dev/video0` (v4l2). A live source that drops is connected again with exponential backoff and jitter.
+video file path or `file://` URL (paced at its own frame rate, by pts, so it behaves like a camera; or, not
+`realtime`, read as fast as its frames are taken, none dropped) and a device such as `/dev/video0` (v4l2). A live
+source that drops is connected again with exponential backoff and jitter.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ class FrameSource:
     """Reads one source in a daemon thread; `next()` hands the newest frame to coroutines on the given loop.
 
     Only the latest frame is kept: a frame replaced before anyone took it counts in `dropped`; frames beyond the
-    `fps` cap are skipped before they are converted to images (`skipped`). While the consumer is behind (half of
+    `fps` cap are skipped before they are converted to images (`skipped`; a file that is not `realtime` is capped by
+    its frames' pts, so the same frames are kept every time). A file that is not `realtime` is not paced and drops
+    nothing: each frame waits until the one before it was taken. While the consumer is behind (half of
     the last frames offered were dropped), the frames no other frame refers to (an H.264 stream's B-frames) are not
     decoded at all: they too count as read and dropped, and decoding costs a third less. `reconnects` counts the
     times the source ran again after it was lost or failed to connect.
@@ -167,6 +170,7 @@ class FrameSource:
         *,
         fps: float | None = None,
         loop: bool = False,
+        realtime: bool = True,
         reconnect_min_seconds: float = 0.5,
         reconnect_max_seconds: float = 30.0,
         max_failures: int | None = None,
@@ -177,12 +181,15 @@ class FrameSource:
         self.url = url
         self.fps = fps
         self.loop = loop
+        self.realtime = realtime
         self.reconnect_min_seconds = reconnect_min_seconds
         self.reconnect_max_seconds = max(reconnect_max_seconds, reconnect_min_seconds)
         self.max_failures = max_failures
         self.open_timeout_seconds = open_timeout_seconds
         self.read_timeout_seconds = read_timeout_seconds
         self._target = _target(url, options)
+        if not realtime and not self._target.is_file:
+            raise ValueError(f"only a video file can be read other than in real time, not {url}")
         self.state = SourceState.CONNECTING
         self.reason = ""
         self.read = 0
@@ -197,10 +204,12 @@ class FrameSource:
         self._stopping = threading.Event()
         self._latest: Frame | None = None
         self._taken = True
+        self._was_taken = threading.Event()  # the reading thread of a file not read in real time waits on it
+        self._was_taken.set()
         self._waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._next_due = 0.0  # monotonic time the fps cap lets the next frame through
+        self._next_due = 0.0  # when the fps cap lets the next frame through (monotonic, or a file's pts)
         self._offers: collections.deque[bool] = collections.deque(maxlen=BEHIND_WINDOW)  # True: dropped
         self.behind = False  # decoding only the frames others refer to
         self.undecoded = 0  # frames left undecoded while behind (counted in `read` and `dropped` too)
@@ -219,6 +228,7 @@ class FrameSource:
         run on the event loop (a read still in progress ends within the open/read timeouts, then the daemon thread
         exits by itself)."""
         self._stopping.set()
+        self._was_taken.set()
         self._set_state(SourceState.STOPPED, "stopped")
         if self._thread is not None:
             self._thread.join(timeout)
@@ -232,6 +242,7 @@ class FrameSource:
                 latest = self._latest
                 if latest is not None and latest.number > after:
                     self._taken = True
+                    self._was_taken.set()
                 elif self.state in CLOSED:
                     raise SourceClosed(self.state, self.reason)
                 else:
@@ -359,6 +370,7 @@ class FrameSource:
         # ~15 % more CPU per frame than decoding on this thread alone (measured on H.264 768x576)
         stream.thread_count = 1
         got_frame = False
+        self._next_due = 0.0  # a file's pts start again at each loop
         paced_from: tuple[float, float] | None = None  # (monotonic, pts) of a file's first frame
         last_packet = time.monotonic()
         behind = False  # what the decoder was told (a new connection's decoder decodes every frame)
@@ -381,7 +393,7 @@ class FrameSource:
                 for frame in frames:
                     if self._stopping.is_set():
                         return got_frame
-                    if self._target.is_file and frame.time is not None:
+                    if self._target.is_file and self.realtime and frame.time is not None:
                         paced_from = paced_from or (time.monotonic(), frame.time)
                         if self._stopping.wait(paced_from[0] + frame.time - paced_from[1] - time.monotonic()):
                             return got_frame
@@ -411,18 +423,25 @@ class FrameSource:
         return f"cannot open {where}: {exc}"
 
     def _take(self, frame: av.VideoFrame, decode_seconds: float) -> None:
-        """Count a decoded frame; offer it as the latest unless the fps cap skips it."""
+        """Count a decoded frame; offer it as the latest unless the fps cap skips it (not in real time: once the
+        frame before it was taken)."""
         now = time.monotonic()
         self._read_times.append(now)
         self.read += 1
         if self.fps:
-            if now < self._next_due:
+            if not self.realtime and frame.time is not None:
+                now = frame.time  # capped by the file's own clock
+            if now < self._next_due - 1e-6:  # a file's pts add up to a hair under the due time
                 self.skipped += 1
                 self._average_decode(decode_seconds)
                 return
             interval = 1.0 / self.fps
             self._next_due = max(self._next_due + interval, now + interval / 2)
         self._average_decode(decode_seconds)
+        if not self.realtime:
+            self._was_taken.wait()  # set by `next()` taking the frame before, or by `stop()`
+            if self._stopping.is_set():
+                return
         offered = Frame(frame, self.read, time.time(), frame.time, self._converters)
         self.size = (frame.width, frame.height)
         self.last_frame_time = offered.time
@@ -431,6 +450,7 @@ class FrameSource:
             if replaced:
                 self.dropped += 1
             self._latest, self._taken = offered, False
+            self._was_taken.clear()
             self._wake()
         self._offers.append(replaced)
         dropped = sum(self._offers)

@@ -80,6 +80,7 @@ class Stream:
             config.url,
             fps=config.fps,
             loop=config.loop,
+            realtime=config.realtime,
             reconnect_max_seconds=config.reconnect_max_seconds,
             max_failures=config.max_failures,
         )

@@ -171,10 +171,11 @@ def decode_reduced(
     if width == 0 or height == 0:
         raise InvalidInput(f"the image has no pixels ({width}x{height})")
     try:
-        swapped, flip_x, flip_y = TURNS.get(image.getexif().get(ORIENTATION, 1), UNTURNED)
+        turn = TURNS.get(image.getexif().get(ORIENTATION, 1), UNTURNED)
+        swapped, flip_x, flip_y = turn
         reduction = _draft(image, at_least, swapped) if at_least else 1
         image.load()
-        upright = _rgb(ImageOps.exif_transpose(image))
+        upright = _rgb(image if turn == UNTURNED else ImageOps.exif_transpose(image))  # no copy when upright
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"the {image.format} image is truncated or corrupt: {exc}") from None
     if swapped:

@@ -21,11 +21,11 @@ def server(serve_module, tmp_path_factory):
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     # at 1280 px an inference takes ~0.1 s here: slow enough that queues build and deadlines pass in them (one
-    # runtime: which one serves is not the point, and timing both at 1280 px would slow every start); one thread,
-    # so one run at a time: first in, first out
+    # runtime: which one serves is not the point, and timing both at 1280 px would slow every start); one thread
+    # and one run at a time: first in, first out
     (folder / "model.yaml").write_text(
         "input: {size: [1280, 1280]}\nbatching: {max_batch_size: 1, max_queue_size: 10}\nbackend: onnxruntime\n"
-        "threads: 1\n"
+        "threads: 1\nruns_per_instance: 1\n"
     )
     folder = root / "batched"
     (folder / "1").mkdir(parents=True)

@@ -425,7 +425,7 @@ def test_a_repository_model_in_process_runs_full_batches(tmp_path):
         (tmp_path / "repo" / name / "1").mkdir(parents=True)
         (tmp_path / "repo" / name / "1" / "model.onnx").symlink_to(YOLO11.resolve())
     (tmp_path / "repo" / "batched" / "model.yaml").write_text(  # one runtime, one run at a time: batches fill
-        "backend: onnxruntime\nthreads: 1\n"
+        "backend: onnxruntime\nthreads: 1\nruns_per_instance: 1\n"
         "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 100}\n"
     )
     (tmp_path / "repo" / "other" / "model.yaml").write_text(QUICK_YAML)

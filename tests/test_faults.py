@@ -21,9 +21,9 @@ def server(serve_module, tmp_path_factory):
     lookup_model(root / "lookup" / "1" / "model.onnx", TABLE)
     # a long queue delay so concurrent requests surely share one batch
     # ONNX Runtime checks Gather indices (OpenVINO does not): the out-of-range one makes the whole run fail
-    # one run at a time (one thread), so they all wait for the same batch
+    # one run at a time, so they all wait for the same batch
     batching = (
-        "backend: onnxruntime\nthreads: 1\n"
+        "backend: onnxruntime\nthreads: 1\nruns_per_instance: 1\n"
         "batching: {max_batch_size: 8, preferred_batch_size: 8, max_queue_delay_ms: 1000}\n"
     )
     (root / "lookup" / "model.yaml").write_text(batching)

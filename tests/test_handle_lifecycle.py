@@ -25,9 +25,10 @@ from onnx_builders import constant_model
 def repository(tmp_path, request):
     name = request.node.name.removeprefix("test_")  # Prometheus series live as long as the process: one name a test
     constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
-    # a row limit of 8 queued + 4 running (one run at a time: one thread) = 12 rows
+    # a row limit of 8 queued + 4 running (one run at a time) = 12 rows
     (tmp_path / name / "model.yaml").write_text(
-        "backend: onnxruntime\nthreads: 1\nbatching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n"
+        "backend: onnxruntime\nthreads: 1\nruns_per_instance: 1\n"
+        "batching: {max_batch_size: 4, max_queue_size: 8, max_queue_delay_ms: 50}\n"
     )
     pool = ThreadPoolExecutor(2)
     repository = ModelRepository(tmp_path, pool, Limits())
@@ -89,15 +90,15 @@ def test_an_unloaded_version_is_garbage_collected(repository):
     assert series() is None
 
 
-@pytest.mark.parametrize("threads", [2, 1])
-def test_a_session_with_several_threads_takes_two_runs_at_once(tmp_path, monkeypatch, threads):
-    """ONNX Runtime's runs leave cores idle in their parallel sections that a second run on the same session fills:
-    one session (no second copy of the model) with several threads takes two runs at once; a single-thread session
-    takes one."""
-    name = f"runs_at_once_{threads}"
+@pytest.mark.parametrize("threads, runs", [(2, None), (1, None), (1, 1)])
+def test_a_session_takes_two_runs_at_once_unless_told_otherwise(tmp_path, monkeypatch, threads, runs):
+    """A second run on the same ONNX Runtime session fills the cores a run leaves idle: one session (no second copy
+    of the model), whatever its threads, takes two runs at once; `runs_per_instance: 1` makes it take one."""
+    name = f"runs_at_once_{threads}_{runs}"
     constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
     (tmp_path / name / "model.yaml").write_text(
         f"backend: onnxruntime\nthreads: {threads}\nbatching: {{max_batch_size: 1}}\n"
+        + (f"runs_per_instance: {runs}\n" if runs else "")
     )
     sessions: set[int] = set()
     inside = threading.Barrier(2, timeout=2)  # passes only with two runs inside at once
@@ -127,4 +128,4 @@ def test_a_session_with_several_threads_takes_two_runs_at_once(tmp_path, monkeyp
         asyncio.run(repository.close_all())
     assert [answer["out"].tolist() for answer in answers] == [[[1.0, 1.0]]] * 2
     assert len(sessions) == 1  # both on the one session
-    assert met == ([True, True] if threads > 1 else [False, False])
+    assert met == ([False, False] if runs == 1 else [True, True])

@@ -122,8 +122,9 @@ def server(serve_module, tmp_path_factory):
     ):
         (root / name / "1").mkdir(parents=True)
         shutil.copy(EXAMPLE / "1" / "model.onnx", root / name / "1" / "model.onnx")
-        # one run at a time (one thread): requests sent together share a batch
-        batching = "threads: 1\nbatching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 300}\n"
+        # one run at a time: requests sent together share a batch
+        batching = "threads: 1\nruns_per_instance: 1\n"
+        batching += "batching: {max_batch_size: 4, preferred_batch_size: 4, max_queue_delay_ms: 300}\n"
         (root / name / "model.yaml").write_text("backend: onnxruntime\n" + batching + yaml)
         if handler_file:
             file = {"fussy": "fussy.py", "opinion": "opinion.py"}.get(name, "handler.py")

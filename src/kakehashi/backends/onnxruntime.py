@@ -76,7 +76,9 @@ class OnnxRuntimeBackend:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0, runs: int = 2
+    ) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -93,12 +95,13 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
-        # a second run on the same session fills the cores a run leaves idle: a multi-thread run's parallel sections
-        # wait for the slowest thread and pause between operators (YOLO11n on 2 cores answered 16 clients about 15 %
-        # faster, one client as fast); a single-thread run leaves its core idle whenever the server's other work
-        # (pre- and post-processing, the event loop; all under one GIL) is not ready to take it (YOLOX-Nano, two
-        # single-thread sessions on 2 cores: 16 clients 9 % faster, 4 camera streams 16 % more frames)
-        self.concurrent_runs = 2
+        # `runs` at once (default 2): a second run on the same session fills the cores a run leaves idle. A
+        # multi-thread run's parallel sections wait for the slowest thread and pause between operators (YOLO11n on 2
+        # cores answered 16 clients about 15 % faster, one client as fast); a single-thread run leaves its core idle
+        # whenever the server's other work (pre- and post-processing, the event loop; all under one GIL) is not
+        # ready to take it (YOLOX-Nano, two single-thread sessions on 2 cores: 16 clients 9 % faster, 4 camera
+        # streams 16 % more frames)
+        self.concurrent_runs = runs
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
@@ -128,7 +131,10 @@ class OnnxRuntimeBackend:
 
 def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
     """One session per instance, each with its share of the threads."""
-    return [OnnxRuntimeBackend(path, options.providers, options.threads_per_instance) for _ in range(options.instances)]
+    return [
+        OnnxRuntimeBackend(path, options.providers, options.threads_per_instance, options.runs_per_instance)
+        for _ in range(options.instances)
+    ]
 
 
 register(Runtime("onnxruntime", OnnxRuntimeBackend.platform, _create))

@@ -7,6 +7,8 @@
     functions) around ONNX Runtime, OpenVINO f32 and OpenVINO bf16, and one single-thread ONNX Runtime session per
     core each looping in its own thread, at batch 1, 2, 4 and 8;
 (c) a plain FastAPI + uvicorn + onnxruntime server (`baseline_fastapi.py`) doing the same work per request;
+(d) for reference, an empty app (`empty_app.py`: Granian, no work) under the same load with the tiny model's JPEGs:
+    the most any Python server reaches here;
 
 on YOLO11n, YOLO26n, the tiny model (per-request overhead, image endpoint and JSON infer), a 12 MP JPEG against an
 810x1080 one (YOLO11n); then cold start (process start -> first correct answer) and idle RSS of Kakehashi (a
@@ -74,6 +76,7 @@ OPENVINO = REGISTERED["openvino"]
 MODEL_NAMES = ["yolo11n", "yolo26n", "yolox", "tiny"]  # in the repository the Kakehashi servers serve
 LEVELS = (1, 16)
 AUTO, ORT, FASTAPI = "Kakehashi (auto)", "Kakehashi (--backend onnxruntime)", "FastAPI"
+EMPTY = "an empty app (Granian, no work)"
 SMALL, LARGE = "YOLO11n, 810x1080 JPEG", "YOLO11n, 12 MP JPEG"
 YOLOX = "YOLOX-Nano"
 DETECTORS = {"YOLO11n": "yolo11n", "YOLO26n": "yolo26n", YOLOX: "yolox"}  # workload -> model name
@@ -572,7 +575,23 @@ def measure(run: Run) -> None:
         finally:
             process.stop()
 
+    # (d) the floor: an app doing no work at all, under the same load generator with the tiny model's JPEGs
+    port = free_port()
+    args = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--port", str(port)]
+    process = Process([*args, "empty_app:app"], f"http://127.0.0.1:{port}", None, HERE, run.work / "empty-app.log")
+    try:
+        process.ready("/")
+        bodies = [path.read_bytes() for path in images["tiny"]]
+        empty = payloads.Payload("/", bodies, {"content-type": "image/jpeg"}, _answered, "JPEGs to an empty app")
+        run.load(process.url, "tiny", EMPTY, empty, None)
+    finally:
+        process.stop()
+
     cold_starts(run, MODELS["yolo11n"], workloads[SMALL], 1 if run.quick else 3, 2 * QUIET_SECONDS + 3.0)
+
+
+def _answered(status: int, headers: Mapping[str, str], body: bytes) -> str | None:
+    return None if status == 200 and body == b'{"images":[]}' else f"HTTP {status}"
 
 
 # -- the report ---------------------------------------------------------------------------------------------------
@@ -616,6 +635,14 @@ def ratios(run: Run) -> list[dict]:
                         ">= 1.5",
                         lambda v: v >= 1.5,
                     )
+    for level in LEVELS:
+        ratio(
+            f"tiny model, image: {EMPTY} / FastAPI, c={level} (for reference: what no work at all reaches)",
+            run.value("server", "tiny", EMPTY, level),
+            run.value("server", "tiny", f"{FASTAPI}, image", level),
+            "-",
+            lambda v: True,
+        )
     for label in (AUTO, FASTAPI):
         for level in LEVELS:
             ratio(

@@ -103,7 +103,7 @@ def test_the_queue_full_retry_after_is_the_expected_wait():
 @pytest.fixture(scope="module")
 def server(serve_module, tmp_path_factory):
     """`budget`: YOLO11 at 1280 px (0.1 s an inference on an idle 2-core machine, over 1 s on a busy one), one
-    row a batch, one run at a time (one thread), a queue-wait budget of a few rows at most; `open`: the same
+    row a batch, one run at a time, a queue-wait budget of a few rows at most; `open`: the same
     without a budget (a queue of 64)."""
     root = tmp_path_factory.mktemp("repo")
     for name, extra in (("budget", f", max_queue_wait_ms: {BUDGET_MS}"), ("open", "")):
@@ -111,7 +111,7 @@ def server(serve_module, tmp_path_factory):
         (folder / "1").mkdir(parents=True)
         (folder / "1" / "model.onnx").symlink_to(YOLO11.resolve())
         (folder / "model.yaml").write_text(
-            "input: {size: [1280, 1280]}\nbackend: onnxruntime\nthreads: 1\n"
+            "input: {size: [1280, 1280]}\nbackend: onnxruntime\nthreads: 1\nruns_per_instance: 1\n"
             f"batching: {{max_batch_size: 1, max_queue_size: 64{extra}}}\n"
         )
     return serve_module(root)

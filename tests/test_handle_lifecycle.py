@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +94,8 @@ def test_an_unloaded_version_is_garbage_collected(repository):
 @pytest.mark.parametrize("threads, runs", [(2, None), (1, None), (1, 1)])
 def test_a_session_takes_two_runs_at_once_unless_told_otherwise(tmp_path, monkeypatch, threads, runs):
     """A second run on the same ONNX Runtime session fills the cores a run leaves idle: one session (no second copy
-    of the model), whatever its threads, takes two runs at once; `runs_per_instance: 1` makes it take one."""
+    of the model), whatever its threads, takes two runs at once on a machine of several cores (one on a single
+    core); `runs_per_instance: 1` makes it take one."""
     name = f"runs_at_once_{threads}_{runs}"
     constant_model(tmp_path / name / "1" / "model.onnx", {"out": np.ones((1, 2), np.float32)})
     (tmp_path / name / "model.yaml").write_text(
@@ -128,4 +130,4 @@ def test_a_session_takes_two_runs_at_once_unless_told_otherwise(tmp_path, monkey
         asyncio.run(repository.close_all())
     assert [answer["out"].tolist() for answer in answers] == [[[1.0, 1.0]]] * 2
     assert len(sessions) == 1  # both on the one session
-    assert met == ([False, False] if runs == 1 else [True, True])
+    assert met == ([False, False] if runs == 1 or (os.cpu_count() or 1) == 1 else [True, True])

@@ -49,6 +49,7 @@ def test_relative_paths_are_from_the_config_files_folder(tmp_path: Path) -> None
         ("streams: [unclosed", "cannot be read as YAML"),
         ("streams: [{name: a, url: 'rtsp://cam.local/a', realtime: false}]", "a live source (rtsp://cam.local/a)"),
         ("streams: [{name: a, url: /dev/video0, realtime: false}]", "realtime: false is for video files"),
+        ("streams: [{name: a, url: 'udp://239.0.0.1:5000', realtime: false}]", "a live source (udp://239.0.0.1:5000)"),
     ],
 )
 def test_a_bad_config_file_says_what_and_where(tmp_path: Path, text: str, message: str) -> None:
@@ -70,6 +71,7 @@ def test_stream_flag_takes_fields_and_predict_parameters() -> None:
     )
     assert stream.request_values() == {"conf": ["0.5"]}
     assert not stream_from_flag("shift=recording.mp4,realtime=false").realtime
+    assert not stream_from_flag("shm=/dev/shm/recording.mp4,realtime=false").realtime  # a file, though under /dev
     for bad in ("no-url", "gate=rtsp://x,fps=fast"):
         with pytest.raises(InvalidInput, match="--stream"):
             stream_from_flag(bad)

@@ -369,6 +369,45 @@ def test_a_file_not_read_in_real_time_gives_every_frame_to_a_slow_consumer(short
     assert [frame.number for frame in asyncio.run(read(fps=5))[0]] == [frame.number for frame in capped]
 
 
+def test_a_file_not_read_in_real_time_keeps_the_videos_clock(short_video, tmp_path):
+    """Frame times follow the video (rules' durations, zones' dwell), not how fast the model took the frames: across
+    a loop too, where they go on from the last frame; a file whose frames have no pts is capped by its frame rate."""
+
+    async def read(url: str, count: int, **kwargs) -> list[Frame]:
+        source = await started(url, realtime=False, **kwargs)
+        frames: list[Frame] = []
+        try:
+            while len(frames) < count:
+                frames.append(await frame_after(source, frames[-1].number if frames else 0, 5))
+                await asyncio.sleep(0.06)  # slower than the file's 25 fps
+        finally:
+            source.stop()
+        return frames
+
+    looped = asyncio.run(read(str(short_video), 30, loop=True))
+    assert [frame.number for frame in looped] == list(range(1, 31))  # none dropped, on into the second round
+    steps = np.diff([frame.time for frame in looped])
+    assert steps[:24] == pytest.approx([0.04] * 24, abs=2e-3), steps  # the video's 25 fps, not the consumer's pace
+    assert steps[24] > 0 and steps[25:] == pytest.approx([0.04] * 4, abs=2e-3), steps  # the loop goes on later
+    assert all(frame.offered is not None and frame.offered >= frame.time - 0.06 for frame in looped[:3])
+
+    raw = make_walk_video(tmp_path / "short.h264", seconds=1.0)  # an elementary stream: no pts at all
+    capped = asyncio.run(read(str(raw), 5, fps=5))
+    assert [frame.number for frame in capped] == [1, 6, 11, 16, 21]
+
+
+def test_stop_ends_a_reader_waiting_for_its_frame_to_be_taken(short_video):
+    async def scenario() -> None:
+        source = await started(str(short_video), realtime=False)
+        await frame_after(source, 0, 5)  # taken: the reader offers the second and waits for it to be taken
+        await until(lambda: source.read >= 2, 5, "the second frame offered")
+        assert source._thread is not None and source._thread.is_alive()
+        source.stop(timeout=2)
+        assert not source._thread.is_alive()
+
+    asyncio.run(scenario())
+
+
 def test_only_a_file_can_be_read_other_than_in_real_time():
     with pytest.raises(ValueError, match="only a video file"):
         FrameSource("rtsp://127.0.0.1:8554/belt", realtime=False)

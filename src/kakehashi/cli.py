@@ -134,8 +134,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     "stream_flags",
     multiple=True,
     metavar="NAME=URL[,key=value...]",
-    help="Start a stream (repeatable): an RTSP/HTTP URL, a video file or a device; keys: model, fps, loop, snapshot, "
-    "and predict parameters (conf=0.5).",
+    help="Start a stream (repeatable): an RTSP/HTTP URL, a video file or a device; keys: model, fps, loop, "
+    "realtime (false: a file's every frame, as fast as the model takes them), snapshot, and predict parameters "
+    "(conf=0.5).",
 )
 @_option(
     "--allow-local-streams/--no-allow-local-streams",

@@ -4,6 +4,7 @@ session (about 35 MB a process that serves on OpenVINO does without)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,7 @@ class OnnxRuntimeBackend:
     platform = "onnxruntime_onnx"
 
     def __init__(
-        self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0, runs: int = 2
+        self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0, runs: int = 0
     ) -> None:
         import onnxruntime as ort
 
@@ -95,13 +96,13 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
-        # `runs` at once (default 2): a second run on the same session fills the cores a run leaves idle. A
-        # multi-thread run's parallel sections wait for the slowest thread and pause between operators (YOLO11n on 2
-        # cores answered 16 clients about 15 % faster, one client as fast); a single-thread run leaves its core idle
-        # whenever the server's other work (pre- and post-processing, the event loop; all under one GIL) is not
-        # ready to take it (YOLOX-Nano, two single-thread sessions on 2 cores: 16 clients 9 % faster, 4 camera
-        # streams 16 % more frames)
-        self.concurrent_runs = runs
+        # `runs` at once (0: two on a machine of several cores, else one): a second run on the same session fills
+        # the cores a run leaves idle. A multi-thread run's parallel sections wait for the slowest thread and pause
+        # between operators (YOLO11n on 2 cores answered 16 clients about 15 % faster, one client as fast); a
+        # single-thread run leaves its core idle whenever the server's other work (pre- and post-processing, the
+        # event loop; all under one GIL) is not ready to take it (YOLOX-Nano, two single-thread sessions on 2
+        # cores: 16 clients 9 % faster, 4 camera streams 16 % more frames)
+        self.concurrent_runs = runs or (2 if (os.cpu_count() or 1) > 1 else 1)
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

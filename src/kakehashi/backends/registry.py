@@ -20,7 +20,7 @@ class RuntimeOptions:
     instances: int = 1  # how many inferences may run at once
     threads: int = 0  # threads the configuration asked for (0: the runtime decides)
     threads_per_instance: int = 0  # threads for each of `instances` sessions (0: the runtime decides)
-    runs_per_instance: int = 2  # ONNX Runtime: runs a session takes at once
+    runs_per_instance: int = 0  # ONNX Runtime: runs a session takes at once (0: two on a machine of several cores)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime's execution providers, best first
     performance_hint: str = "latency"  # OpenVINO: latency | throughput
     precision: str = "f32"  # the floating-point precision to compute in: f32 | bf16 | f16 (see `Runtime.precisions`)

@@ -163,8 +163,9 @@ class ModelConfig(_Section):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     instances: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
-    # ONNX Runtime: runs each session takes at once (a second fills the cores the first leaves idle)
-    runs_per_instance: Annotated[StrictInt, Field(ge=1, le=8)] = 2
+    # ONNX Runtime: runs each session takes at once (None: two where there are several cores, a second filling the
+    # cores the first leaves idle; one on a single core)
+    runs_per_instance: Annotated[StrictInt, Field(ge=1, le=8)] | None = None
     warmup: StrictBool = True
     backend: Annotated[StrictStr, _one_of(runtime_choices)] = AUTO  # auto or a registered runtime
     performance_hint: Literal["latency", "throughput"] = "latency"  # OpenVINO
@@ -182,7 +183,7 @@ class ModelConfig(_Section):
             instances=self.instances,
             threads=self.threads or 0,
             threads_per_instance=threads_per_instance,
-            runs_per_instance=self.runs_per_instance,
+            runs_per_instance=self.runs_per_instance or 0,
             providers=self.providers or RuntimeOptions.providers,
             performance_hint=self.performance_hint,
         )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from kakehashi.errors import InvalidInput
 from kakehashi.events.config import EventsConfig, JsonlConfig
 from kakehashi.streams.analytics import AnalyticsConfig
+from kakehashi.streams.locations import locate
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "srt")
 Parameter = StrictStr | StrictBool | StrictInt | StrictFloat
@@ -42,7 +43,7 @@ class StreamConfig(AnalyticsConfig):
 
     @model_validator(mode="after")
     def _realtime_for_files_only(self) -> StreamConfig:
-        if not self.realtime and (self.is_network() or self.url.startswith("/dev/")):
+        if not self.realtime and not locate(self.url).is_file:
             raise ValueError(f"realtime: false is for video files; a live source ({self.redacted_url()}) cannot wait")
         return self
 

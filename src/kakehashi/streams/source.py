@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import queue
 import random
 import threading
@@ -18,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
+
+from kakehashi.streams.locations import locate
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ FPS_WINDOW = 50  # frames over which the input frame rate is measured
 # of the last frames offered, how many replaced before they were taken make the source skip decoding the frames no
 # other frame refers to (and how few let it decode every frame again)
 BEHIND_WINDOW, BEHIND_FROM, CAUGHT_UP_AT = 10, 5, 1
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 
 class SourceState(str, Enum):
@@ -61,14 +62,17 @@ class Frame:
     """One decoded frame, still in the decoder's pixel format until used: scaled to a model's input size and
     turned into RGB in one swscale pass (`scaled`, about 1 ms at 768x576 against 4 for converting then resizing),
     or whole (`rgb()`, for snapshots and the live view). Frames dropped are never converted. `number` counts every
-    frame read (skipped and dropped ones too), `time` is the wall clock when it was offered, `pts` its
-    presentation time in seconds (None when the stream has none)."""
+    frame read (skipped and dropped ones too), `time` is the wall clock when it was offered (a file not read in real
+    time: the wall clock when its reading began plus the frame's own time in the video, so durations between frames
+    are the video's), `offered` the wall clock when it was offered, `pts` its presentation time in seconds (None
+    when the stream has none)."""
 
     video: av.VideoFrame = field(repr=False)
     number: int
     time: float
     pts: float | None
     converters: Converters = field(repr=False)
+    offered: float | None = None  # None: `time`
     _rgb: Image.Image | None = field(default=None, init=False, repr=False)
     # PyAV sets and restores the frame's colour tags around a conversion: one at a time
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -112,35 +116,6 @@ class Converters:
             return converted.to_ndarray()[..., :3]
         finally:
             idle.put(reformatter)
-
-
-@dataclass(frozen=True)
-class _Target:
-    """What to open: location and format for av.open, and how to name it in messages."""
-
-    location: str
-    format: str | None
-    options: dict[str, str]
-    where: str  # host:port or path
-    is_file: bool
-
-
-def _target(url: str, options: dict[str, str] | None) -> _Target:
-    given = dict(options or {})
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in DEFAULT_PORTS:
-        where = f"{parts.hostname}:{parts.port or DEFAULT_PORTS[scheme]}"
-        defaults = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
-        return _Target(url, None, defaults | given, where, is_file=False)
-    if scheme == "file":
-        path = unquote(parts.path)
-        return _Target(path, None, given, path, is_file=True)
-    if url.startswith("/dev/video"):
-        return _Target(url, "v4l2", given, url, is_file=False)
-    if scheme and "://" in url:  # rtmp, srt, udp...: whatever ffmpeg reads
-        return _Target(url, None, given, parts.hostname or url, is_file=False)
-    return _Target(url, None, given, url, is_file=True)
 
 
 class _Lost(Exception):
@@ -187,7 +162,7 @@ class FrameSource:
         self.max_failures = max_failures
         self.open_timeout_seconds = open_timeout_seconds
         self.read_timeout_seconds = read_timeout_seconds
-        self._target = _target(url, options)
+        self._target = locate(url, options)
         if not realtime and not self._target.is_file:
             raise ValueError(f"only a video file can be read other than in real time, not {url}")
         self.state = SourceState.CONNECTING
@@ -209,7 +184,8 @@ class FrameSource:
         self._waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._next_due = 0.0  # when the fps cap lets the next frame through (monotonic, or a file's pts)
+        self._next_due = -math.inf  # when the fps cap lets the next frame through (monotonic, or the video's clock)
+        self._clock_base = 0.0  # a file not read in real time: the wall clock its video clock starts at
         self._offers: collections.deque[bool] = collections.deque(maxlen=BEHIND_WINDOW)  # True: dropped
         self.behind = False  # decoding only the frames others refer to
         self.undecoded = 0  # frames left undecoded while behind (counted in `read` and `dropped` too)
@@ -370,7 +346,10 @@ class FrameSource:
         # ~15 % more CPU per frame than decoding on this thread alone (measured on H.264 768x576)
         stream.thread_count = 1
         got_frame = False
-        self._next_due = 0.0  # a file's pts start again at each loop
+        self._next_due = -math.inf  # a file's clock starts again at each loop
+        rate = float(stream.average_rate or stream.guessed_rate or 25)  # for a video clock where frames have no pts
+        clock: float | None = None  # a file not read in real time: the video's own time of the frame (seconds)
+        decoded = 0
         paced_from: tuple[float, float] | None = None  # (monotonic, pts) of a file's first frame
         last_packet = time.monotonic()
         behind = False  # what the decoder was told (a new connection's decoder decodes every frame)
@@ -393,6 +372,9 @@ class FrameSource:
                 for frame in frames:
                     if self._stopping.is_set():
                         return got_frame
+                    if not self.realtime:
+                        clock = self._video_clock(frame.time if frame.time is not None else decoded / rate, clock)
+                    decoded += 1
                     if self._target.is_file and self.realtime and frame.time is not None:
                         paced_from = paced_from or (time.monotonic(), frame.time)
                         if self._stopping.wait(paced_from[0] + frame.time - paced_from[1] - time.monotonic()):
@@ -402,7 +384,8 @@ class FrameSource:
                         if self.state is SourceState.RECONNECTING:
                             self.reconnects += 1
                         self._set_state(SourceState.RUNNING)
-                    self._take(frame, per_frame)
+                    self._take(frame, per_frame, clock)
+                last_packet = time.monotonic()  # not the time spent waiting for the consumer
         except av.FFmpegError as exc:
             silent = time.monotonic() - last_packet
             if silent >= self.read_timeout_seconds * 0.9:
@@ -422,27 +405,40 @@ class FrameSource:
             return f"cannot open {where}: {exc.strerror}"
         return f"cannot open {where}: {exc}"
 
-    def _take(self, frame: av.VideoFrame, decode_seconds: float) -> None:
-        """Count a decoded frame; offer it as the latest unless the fps cap skips it (not in real time: once the
-        frame before it was taken)."""
+    def _video_clock(self, seconds: float, before: float | None) -> float:
+        """A file not read in real time: the frame's time in the video; where the video's clock starts (again, at a
+        loop) or runs backwards, the wall clock it counts from moves on past the last frame, and the fps cap starts
+        over."""
+        if before is None or seconds < before:
+            self._clock_base = max(time.time(), (self.last_frame_time or 0.0) + 1e-3) - seconds
+            self._next_due = -math.inf
+        return seconds
+
+    def _take(self, frame: av.VideoFrame, decode_seconds: float, clock: float | None) -> None:
+        """Count a decoded frame; offer it as the latest unless the fps cap skips it (`clock`: the video's time of
+        a file not read in real time, which is offered once the frame before it was taken, and capped by it)."""
         now = time.monotonic()
         self._read_times.append(now)
         self.read += 1
         if self.fps:
-            if not self.realtime and frame.time is not None:
-                now = frame.time  # capped by the file's own clock
+            if clock is not None:
+                now = clock  # capped by the file's own clock
             if now < self._next_due - 1e-6:  # a file's pts add up to a hair under the due time
                 self.skipped += 1
                 self._average_decode(decode_seconds)
                 return
             interval = 1.0 / self.fps
-            self._next_due = max(self._next_due + interval, now + interval / 2)
+            self._next_due = (
+                now + interval if self._next_due == -math.inf else max(self._next_due + interval, now + interval / 2)
+            )
         self._average_decode(decode_seconds)
         if not self.realtime:
             self._was_taken.wait()  # set by `next()` taking the frame before, or by `stop()`
             if self._stopping.is_set():
                 return
-        offered = Frame(frame, self.read, time.time(), frame.time, self._converters)
+        wall = time.time()
+        moment = wall if clock is None else self._clock_base + clock
+        offered = Frame(frame, self.read, moment, frame.time, self._converters, offered=wall)
         self.size = (frame.width, frame.height)
         self.last_frame_time = offered.time
         with self._lock:

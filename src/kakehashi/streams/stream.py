@@ -92,7 +92,7 @@ class Stream:
         self.failed = 0
         self.events = 0
         self.last_error = ""
-        self.lag_seconds = 0.0  # frame time → results pushed, of the newest frame
+        self.lag_seconds = 0.0  # frame offered → results pushed, of the newest frame
         self.recent_events: collections.deque[dict] = collections.deque(maxlen=20)
         self._inferred_times: collections.deque[float] = collections.deque(maxlen=50)
         self.series = StreamSeries(config.name)
@@ -192,7 +192,7 @@ class Stream:
         self.inferred += 1
         now = time.time()
         self._inferred_times.append(now)
-        self.lag_seconds = now - frame.time
+        self.lag_seconds = now - (frame.offered or frame.time)  # from when it was offered (a file's frames wait)
         self.series.inferred(self.lag_seconds)
         self._publish(self._result(frame, analysis, events))
 

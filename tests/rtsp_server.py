@@ -117,8 +117,10 @@ class RtspServer:
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}{MOUNT}"
 
-    def start(self, timeout: float = 15.0) -> RtspServer:
-        """Start serving and return once a DESCRIBE gets the SDP (raises if not within `timeout` seconds)."""
+    def start(self, timeout: float = 30.0) -> RtspServer:
+        """Start serving and return once a DESCRIBE gets the SDP (raises if not within `timeout` seconds). Once the
+        server listens, one DESCRIBE waits as long as it takes: each new connection prepares a new media (decoder
+        and encoder), which on a busy machine can take longer than any short wait would allow."""
         import debian  # the venv's side only: the system Python runs the server
 
         debian.ensure(debian.RTSP_SERVER)
@@ -128,7 +130,7 @@ class RtspServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the RTSP server exited with {self.process.returncode}")
             try:
-                if "RTSP/1.0 200 OK" in describe(self.url, self.port, timeout=2.0):
+                if "RTSP/1.0 200 OK" in describe(self.url, self.port, timeout=max(1.0, deadline - time.monotonic())):
                     return self
             except OSError:
                 pass

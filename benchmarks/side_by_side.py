@@ -43,6 +43,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+from empty_app import ANSWER as EMPTY_ANSWER
 from PIL import Image
 from throughput import SHARED, Process, free_port, jpegs, raw_limit
 from tiny_model import build as build_tiny
@@ -591,7 +592,7 @@ def measure(run: Run) -> None:
 
 
 def _answered(status: int, headers: Mapping[str, str], body: bytes) -> str | None:
-    return None if status == 200 and body == b'{"images":[]}' else f"HTTP {status}"
+    return None if status == 200 and body == EMPTY_ANSWER else f"HTTP {status}"
 
 
 # -- the report ---------------------------------------------------------------------------------------------------

@@ -373,7 +373,10 @@ class FrameSource:
                     if self._stopping.is_set():
                         return got_frame
                     if not self.realtime:
-                        clock = self._video_clock(frame.time if frame.time is not None else decoded / rate, clock)
+                        seconds = frame.time if frame.time is not None else decoded / rate
+                        if clock is None or seconds < clock:  # its clock starts (again, at a loop) or jumps back
+                            self._restart_clock(seconds)
+                        clock = seconds
                     decoded += 1
                     if self._target.is_file and self.realtime and frame.time is not None:
                         paced_from = paced_from or (time.monotonic(), frame.time)
@@ -405,14 +408,11 @@ class FrameSource:
             return f"cannot open {where}: {exc.strerror}"
         return f"cannot open {where}: {exc}"
 
-    def _video_clock(self, seconds: float, before: float | None) -> float:
-        """A file not read in real time: the frame's time in the video; where the video's clock starts (again, at a
-        loop) or runs backwards, the wall clock it counts from moves on past the last frame, and the fps cap starts
-        over."""
-        if before is None or seconds < before:
-            self._clock_base = max(time.time(), (self.last_frame_time or 0.0) + 1e-3) - seconds
-            self._next_due = -math.inf
-        return seconds
+    def _restart_clock(self, seconds: float) -> None:
+        """A file not read in real time whose clock starts at `seconds`: frame times count on from now (past the
+        last frame's), and the fps cap starts over."""
+        self._clock_base = max(time.time(), (self.last_frame_time or 0.0) + 1e-3) - seconds
+        self._next_due = -math.inf
 
     def _take(self, frame: av.VideoFrame, decode_seconds: float, clock: float | None) -> None:
         """Count a decoded frame; offer it as the latest unless the fps cap skips it (`clock`: the video's time of

@@ -20,7 +20,7 @@ from kakehashi.protocols.oip_grpc import grpc_service_pb2 as pb
 from kakehashi.protocols.oip_grpc import grpc_service_pb2_grpc as service
 from kakehashi.server.auth import ApiKeyInterceptor, require_classified
 from kakehashi.server.offload import off_loop
-from kakehashi.server.state import ServerState
+from kakehashi.server.state import DRAINING_REASON, ServerState
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,29 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 Method = Callable[["InferenceServicer", object, grpc.aio.ServicerContext], Awaitable[object]]
 
 
+HEALTH = {"ServerLive", "ServerReady"}  # answered while draining, as HTTP's /v2/health/
+
+
 def _rpc(method: Method) -> Method:
-    """Answer a `KakehashiError` with its status code and message, anything unexpected with INTERNAL."""
+    """Count the call while it runs (a drain waits for it); refuse it while draining (UNAVAILABLE) unless it asks
+    for health; answer a `KakehashiError` with its status code and message, anything unexpected with INTERNAL."""
+    refused_while_draining = method.__name__ not in HEALTH
 
     @wraps(method)
     async def call(self: InferenceServicer, request: object, context: grpc.aio.ServicerContext) -> object:
-        try:
-            return await method(self, request, context)
-        except KakehashiError as exc:
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after:
-                context.set_trailing_metadata((("retry-after", str(retry_after)),))
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-        except Exception:
-            log.exception("unexpected error in gRPC %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+        with self._state.grpc_calls.one():
+            try:
+                if refused_while_draining and self._state.draining:
+                    raise Unavailable(DRAINING_REASON)
+                return await method(self, request, context)
+            except KakehashiError as exc:
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after:
+                    context.set_trailing_metadata((("retry-after", str(retry_after)),))
+                await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            except Exception:
+                log.exception("unexpected error in gRPC %s", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
         raise AssertionError("context.abort raises")
 
     return call

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kakehashi.server.responses import refuse
+from kakehashi.server.state import DRAINING_REASON
 
 if TYPE_CHECKING:
     from kakehashi.server.state import ServerState
@@ -48,7 +49,6 @@ class DrainGuard:
             and scope["type"] in ("http", "websocket")
             and not scope["path"].startswith("/v2/health/")
         ):
-            message = "the server is shutting down; retry on another replica"
-            await refuse(scope, receive, send, 503, message, {"Connection": "close", "Retry-After": "1"})
+            await refuse(scope, receive, send, 503, DRAINING_REASON, {"Connection": "close", "Retry-After": "1"})
             return
         await self.app(scope, receive, send)

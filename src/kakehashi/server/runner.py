@@ -7,12 +7,12 @@ byte — or of its previous answer, which also closes idle keep-alive connection
 connections are served at once (more wait in the listen backlog until one closes). A stalled body is cut by
 `read_timeout.BodyReadTimeout`.
 
-On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, gRPC stops taking calls
-(UNAVAILABLE), new HTTP requests get 503, while requests already accepted — running or queued — are answered.
-The HTTP port keeps accepting (answering 503) for at least `ACCEPT_LINGER_SECONDS` and until every request
-in flight is answered, so neither a connection queued in the kernel nor a request still arriving is reset; then
-the port closes. When `grace_seconds` run out, requests still queued, or queued later, are answered 503 (running
-batches finish); what still hangs `BACKSTOP_SECONDS` later is cut. The process exits with status 0.
+On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, new HTTP requests get 503 and new gRPC
+calls UNAVAILABLE, while requests already accepted — running or queued — are answered. Both ports keep accepting
+(and refusing) for at least `ACCEPT_LINGER_SECONDS` and until every request and call in flight is answered, so
+neither a connection queued in the kernel nor a request still arriving is reset or cancelled; then they close.
+When `grace_seconds` run out, requests still queued, or queued later, are answered 503 (running batches finish);
+what still hangs `BACKSTOP_SECONDS` later is cut. The process exits with status 0.
 """
 
 from __future__ import annotations
@@ -105,14 +105,19 @@ async def serve(state: ServerState, log_level: str, access_log: bool) -> None:
     log.info("exit signal: draining (finishing accepted requests, up to %.0f s)", settings.grace_seconds)
     state.draining = True
     state.drain_task = asyncio.create_task(state.drain())
+    grace = BACKSTOP_SECONDS  # what gRPC's stop gives a call it hands on at the last moment
     try:
         await asyncio.sleep(min(ACCEPT_LINGER_SECONDS, settings.grace_seconds))
-        # HTTP requests and gRPC calls alike (the gRPC stop lets its calls finish within the grace)
+        # both ports stay open, refusing new work, until every HTTP request and gRPC call accepted is answered
         await asyncio.wait_for(
-            asyncio.gather(app.idle.wait(), state.stop_grpc()), settings.grace_seconds + BACKSTOP_SECONDS
+            asyncio.gather(app.calls.idle.wait(), state.grpc_calls.idle.wait()),
+            settings.grace_seconds + BACKSTOP_SECONDS,
         )
     except TimeoutError:
-        log.warning("%d request(s) still unanswered %.0f s after the grace period: cut", app.count, BACKSTOP_SECONDS)
+        grace = 0
+        unanswered = app.calls.count + state.grpc_calls.count
+        log.warning("%d request(s) still unanswered %.0f s after the grace period: cut", unanswered, BACKSTOP_SECONDS)
+    await state.stop_grpc(grace)
     server.stop()
     try:
         await asyncio.wait_for(serving, BACKSTOP_SECONDS)

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from kakehashi.dataplane import DataPlane
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.server.auth import ApiKeys, Forbidden
+from kakehashi.server.in_flight import Calls
 from kakehashi.settings import Settings
 from kakehashi.streams.config import ServerConfig
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from kakehashi.streams.manager import StreamManager
 
 log = logging.getLogger(__name__)
+DRAINING_REASON = "the server is shutting down; retry on another replica"
 LATE_REASON = (
     "the server is shutting down and its grace period ran out before this request's turn; retry on another replica"
 )
@@ -36,6 +38,7 @@ class ServerState:
     loop: asyncio.AbstractEventLoop | None = None
     grpc_server: Any = None  # grpc.aio.Server when gRPC is on (typed loosely: grpc loads only when used)
     drain_task: asyncio.Task | None = None  # `drain`, started at the exit signal (held: the loop keeps tasks weakly)
+    grpc_calls: Calls = field(default_factory=Calls)  # gRPC calls being answered
     grpc_stopping: asyncio.Future | None = None  # the one gRPC stop, once started
     plane: DataPlane = field(init=False)  # what the transports call
 
@@ -56,31 +59,35 @@ class ServerState:
             )
 
     async def drain(self) -> None:
-        """From the exit signal: stop taking gRPC calls (new ones get UNAVAILABLE) and give accepted requests the
-        grace period; from then on answer 503 whatever waits in a model's queue (queued before, or reaching it late
-        from decoding), so each gets an answer rather than a cut connection. Runs until cancelled."""
-        stopping = asyncio.ensure_future(self.stop_grpc())
+        """From the exit signal: give accepted requests the grace period; from then on answer 503 whatever waits in a
+        model's queue (queued before, or reaching it late from decoding), so each gets an answer rather than a cut
+        connection. Runs until cancelled."""
         if self.streams is not None:
             self.streams.end_followers()  # SSE and WebSocket followers end now: they hold no answer to wait for
         await asyncio.sleep(self.settings.grace_seconds)
         count = self.repository.abandon_queued(LATE_REASON)
         if count:
             log.warning("grace period over: %d queued request(s) answered 503", count)
-        await asyncio.gather(stopping, self._answer_late_arrivals())
+        await self._answer_late_arrivals()
 
     async def _answer_late_arrivals(self) -> None:
         while True:
             await asyncio.sleep(0.05)
             self.repository.abandon_queued(LATE_REASON)
 
-    async def stop_grpc(self) -> None:
-        """Stop taking gRPC calls (new ones get UNAVAILABLE) and let running ones finish within the grace period;
-        every caller waits for the same stop (a cancelled caller does not cut it short)."""
+    async def stop_grpc(self, grace: float) -> None:
+        """Stop the gRPC server, giving the calls it is answering `grace` seconds; every caller waits for the same
+        stop (a cancelled caller does not cut it short).
+
+        A drain calls it only once the calls accepted are answered: until then the server keeps taking calls and
+        the handlers refuse new ones (UNAVAILABLE, see `draining`), because gRPC's own stop answers a call it
+        received but had not yet handed to a handler with a bare CANCELLED (grpc/grpc#41785), as if the client had
+        cancelled it."""
         if self.grpc_stopping is None:
             server, self.grpc_server = self.grpc_server, None
             if server is None:
                 return
-            self.grpc_stopping = asyncio.ensure_future(server.stop(grace=self.settings.grace_seconds))
+            self.grpc_stopping = asyncio.ensure_future(server.stop(grace=grace))
         await asyncio.shield(self.grpc_stopping)
 
 

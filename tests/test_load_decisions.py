@@ -4,10 +4,12 @@ or the machine change."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -143,7 +145,9 @@ def test_without_kakehashi_cache_dir_decisions_go_to_the_xdg_cache(tmp_path, mon
 
 
 class _Costed:
-    """A backend whose batch of n rows takes `cost(n)` seconds, recording the sizes it ran."""
+    """A backend whose batch of n rows takes `cost(n)` seconds, one run at a time, recording the sizes it ran."""
+
+    concurrent_runs = 1
 
     def __init__(self, cost) -> None:
         self.cost, self.sizes = cost, []
@@ -163,14 +167,14 @@ def test_batch_sizes_are_timed_until_two_larger_ones_stop_paying():
     # (4 and 8 lose by a fifth, so a late wake-up from sleep on a busy machine cannot turn one into a gain)
     feeds = {rows: {"x": np.zeros((rows, 1), np.float32)} for rows in range(1, 17)}
     flat = _Costed(lambda rows: 0.04 if rows <= 2 else 0.025 * rows)
-    assert fastest_batch_size(flat, feeds) == 2
+    assert fastest_batch_size([flat], feeds) == 2
     assert sorted(set(flat.sizes)) == [1, 2, 4, 8]
     # one size timed while the machine was busy does not end the search: 4 looks slow, 8 pays, 8 is chosen
     busy_at_four = _Costed(lambda rows: {1: 0.04, 2: 0.05, 4: 0.2}.get(rows, 0.03 + 0.001 * rows))
-    assert fastest_batch_size(busy_at_four, FEEDS) == 8
+    assert fastest_batch_size([busy_at_four], FEEDS) == 8
     # every doubling pays (a fixed cost per batch): all the powers of two up to 8 are timed, and 8 is chosen
     growing = _Costed(lambda rows: 0.04 + 0.002 * rows)
-    assert fastest_batch_size(growing, FEEDS) == 8
+    assert fastest_batch_size([growing], FEEDS) == 8
     assert sorted(set(growing.sizes)) == [1, 2, 4, 8]
 
 
@@ -178,7 +182,29 @@ def test_a_larger_batch_size_is_chosen_only_where_it_pays_a_tenth_more():
     # rows per second: 1 → 25, 2 → 26.7 (+7 %), 4 → 26.7, 8 → 20: the few per cent a larger batch gains on a CPU
     # do not pay for its memory and latency: 1
     modest = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.15}.get(rows, 0.05 * rows))
-    assert fastest_batch_size(modest, FEEDS) == 1
+    assert fastest_batch_size([modest], FEEDS) == 1
     # 2 gains 7 % on 1 (not enough), 4 gains 40 % on 1: 4
     later = _Costed(lambda rows: {1: 0.04, 2: 0.075, 4: 0.115}.get(rows, 0.05 * rows))
-    assert fastest_batch_size(later, FEEDS) == 4
+    assert fastest_batch_size([later], FEEDS) == 4
+
+
+class _SpreadWhenLarge:
+    """A session taking two runs at once whose batches of more than one row spread over every core (one such run
+    at a time): alone, 1 row takes 40 ms and 8 rows 200 ms (8 pays 1.6x); two runs at once, the 1-row runs go side
+    by side (20 ms a run) while the 8-row ones wait for each other (still 200 ms a run)."""
+
+    concurrent_runs = 2
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def run(self, feeds):
+        rows = len(next(iter(feeds.values())))
+        with self.lock if rows > 1 else contextlib.nullcontext():
+            time.sleep(0.04 if rows == 1 else 0.025 * rows)
+        return {}
+
+
+def test_batch_sizes_are_timed_with_every_run_slot_busy_as_a_full_queue_serves_them():
+    # (2 and 4 lose too: 40 rows/s at most against 50 for 1 row)
+    assert fastest_batch_size([_SpreadWhenLarge()], FEEDS) == 1  # timed one run at a time, 8 would win

@@ -24,7 +24,8 @@ from kakehashi.backends.registry import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy)
+# bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy; 5: batch sizes too)
+FORMAT = 5
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ import numpy as np
 from kakehashi.backends import (
     Choice,
     MeasuringStopped,
-    best_seconds,
     check_stop,
     choices,
     create_instances,
     fastest_agreeing,
+    occupied_seconds,
 )
 from kakehashi.backends.base import Backend
 from kakehashi.backends.registry import RuntimeOptions
@@ -111,7 +111,7 @@ def _measure(
     batch_size = job.preferred_batch_size
     if follows and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
         # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-        scratch = create_instances(job.path, choice, replace(job.options, instances=1))[0]
+        scratch = create_instances(job.path, choice, replace(job.options, instances=1))
         batch_size = fastest_batch_size(scratch, feeds, stop=stop)
         del scratch
     return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
@@ -128,21 +128,27 @@ def rows_follow_the_batch(backend: Backend, feeds: dict[int, dict[str, np.ndarra
 
 
 def fastest_batch_size(
-    backend: Backend, feeds: dict[int, dict[str, np.ndarray]], runs: int = 3, stop: threading.Event | None = None
+    instances: list[Backend],
+    feeds: dict[int, dict[str, np.ndarray]],
+    runs: int = 3,
+    stop: threading.Event | None = None,
 ) -> int:
     """The batch size to prefer: the smallest one unless a larger one runs at least 10% more rows per second than
     the size chosen so far (a batch costs memory, its activations grow with it, and its requests' latency; on CPUs
-    larger batches often gain a few per cent, within the timing's noise). Sizes are timed at the powers of two and
-    the largest, smallest first, and timing stops once two sizes in a row gain under 3% on the best so far:
-    throughput changes slowly with the size on CPUs, the large batches cost the most to time, and one size timed
-    while the machine was busy (streams starting, other models measuring) must not end the search."""
+    larger batches often gain a few per cent, within the timing's noise). Each size is timed with every run slot of
+    `instances` busy, as a full queue serves it: one batch alone may run faster large (its parallel sections keep
+    the cores busy) while two runs at once do better small (YOLO11n and YOLO26n on 2 cores: 1 row gave the most
+    rows per second with both runs going, 4 or 8 alone). Sizes are timed at the powers of two and the largest,
+    smallest first, and timing stops once two sizes in a row gain under 3% on the best so far: throughput changes
+    slowly with the size on CPUs, the large batches cost the most to time, and one size timed while the machine
+    was busy (streams starting, other models measuring) must not end the search."""
     largest = max(feeds)
     sizes = sorted({1 << power for power in range(largest.bit_length()) if 1 << power < largest} | {largest})
     throughput: dict[int, float] = {}
     misses = 0
     for rows in sizes:
         check_stop(stop)
-        best = best_seconds(backend, feeds[rows], runs)
+        best = occupied_seconds(instances, feeds[rows], runs)
         gains = not throughput or rows / best >= 1.03 * max(throughput.values())
         throughput[rows] = rows / best
         misses = 0 if gains else misses + 1

@@ -54,7 +54,7 @@ from kakehashi.backends.registry import RUNTIMES as REGISTERED
 from kakehashi.bench import loadgen, payloads
 from kakehashi.errors import KakehashiError
 from kakehashi.memory import QUIET_SECONDS
-from kakehashi.repository.config import ModelConfig, load_model_config
+from kakehashi.repository.config import AgreementConfig, ModelConfig, load_model_config
 from kakehashi.settings import coco_model_path
 from kakehashi.tasks.image_task import prepare_image
 from kakehashi.tasks.params import PredictParams
@@ -155,18 +155,21 @@ class Workload:
 
 
 def tiny_infer_payload(model: Path) -> payloads.Payload:
-    """The OIP v2 JSON infer of one 1x3x64x64 tensor; the answer's `y` must be the in-process one (within 0.1 %)."""
+    """The OIP v2 JSON infer of one 1x3x64x64 tensor; the answer's `y` must be the in-process f32 one, within the
+    precision guard's tolerance for raw outputs (`agreement.output`, of f32's largest magnitude): what `auto`
+    promises when it serves a lower precision (bf16 moves the tiny model's outputs by about 0.5 % of it)."""
     spec = [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 64, 64]}]
     payload = payloads.infer_payload("tiny", spec, {"x": [1, 3, 64, 64]}, [{"name": "y"}])
     (tensor,) = orjson.loads(payload.bodies[0])["inputs"]
     x = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
     want = OnnxRuntimeBackend(model).run({"x": x})["y"].ravel()
+    tolerance = AgreementConfig().output * np.abs(want).max()
 
     def check(status: int, headers: Mapping[str, str], body: bytes) -> str | None:
         problem = payload.check(status, headers, body)
         if problem is None:
             got = np.asarray(orjson.loads(body)["outputs"][0]["data"], np.float32)
-            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-5):
+            if got.shape != want.shape or np.abs(got - want).max() > tolerance:
                 return "wrong outputs"
         return problem
 

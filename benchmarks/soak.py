@@ -1,9 +1,9 @@
-"""Soak and overload (issue 5): drive `kakehashi serve` (the bundled person detector) at about twice its
-measured capacity with a mix of valid, invalid and cancelled requests, check every answer, and report.
+"""Soak and overload (issue 5): drive `kakehashi serve` (the bundled person detector) at `--overload` times
+(2 by default) its measured capacity with a mix of valid, invalid and cancelled requests, check every answer, and report.
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/soak.py --duration 600 --out benchmarks/results   # the committed report
-    .venv/bin/python benchmarks/soak.py --duration 60 --out /tmp/soak              # the CI version (a test)
+    .venv/bin/python benchmarks/soak.py --duration 60 --overload 3 --out /tmp/soak  # the CI version (a test)
 
 Steps: start the server; record the expected detections of each image once; measure capacity with a short
 closed loop; warm up with the soak's own load for a tenth of its duration (at least 20 s), so queues and
@@ -212,12 +212,16 @@ def main() -> int:
                 return expected, await capacity(session, url, images["astronaut.png"], min(20.0, args.duration / 6))
 
         expected, rps = asyncio.run(measure())
+        if not rps:
+            raise SystemExit("the server answered no request while its capacity was measured")
         rate = rps * args.overload
         warmup = max(20.0, args.duration / 10)
         # the same load, so queues and buffers reach their working size; the baseline is the peak RSS during it
+        warm_ups: list[str] = []  # each warm-up's rate and refusals, for the report
         for attempt in range(3):
             warm = soak(url, rate, warmup, images, expected, seed=1 + attempt)
             rss_start, warmed = asyncio.run(peak_rss_during(server.pid, warm))
+            warm_ups.append(f"{rate:.1f} req/s: {warmed.outcomes['refused']} refused")
             if warmed.outcomes["refused"] or attempt == 2:
                 break
             rate *= 2  # nothing refused: the server kept up, so this was no overload
@@ -236,7 +240,7 @@ def main() -> int:
         f"# Soak and overload ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)", "",
         f"Bundled `{MODEL}`; capacity {rps:.1f} req/s measured first (closed loop, 4 clients); then "
         f"{warmup:.0f} s warm-up and {args.duration:.0f} s measured, open loop at {rate:.1f} req/s "
-        f"({rate / rps:.1f}x{', raised after a warm-up refused nothing' if attempt else ''}): 80 % valid images "
+        f"({rate / rps:.1f}x; warm-ups at {'; '.join(warm_ups)}): 80 % valid images "
         f"(checked against the expected detections), 10 % invalid bodies, 10 % cancelled by the client.", "",
         "| outcome | requests |", "|---|---|",
         *[f"| {kind} | {count} |" for kind, count in sorted(tally.outcomes.items())],

@@ -177,8 +177,8 @@ def test_when_the_grace_period_runs_out_the_queued_rest_gets_503_and_the_process
 
 
 def test_grpc_calls_in_flight_at_sigterm_are_all_answered(serve, tmp_path):
-    """Only gRPC calls in flight, more work than the 5 s backstop after HTTP goes idle: the server waits for
-    the gRPC stop (which lets its calls finish within the grace) before it stops, so every call is answered."""
+    """Only gRPC calls in flight, more work than the 5 s backstop after HTTP goes idle: the server waits until
+    its gRPC calls are answered too before it stops, so every call is answered."""
     # no request deadline: on a busy machine 32 calls at once could be expected to wait past 60 s, and be refused
     # on arrival (admission by expected wait), which is not what this test is about
     server = _slow_yolo(serve, tmp_path, "60", "--request-timeout-ms", "0")

@@ -190,8 +190,9 @@ def test_a_larger_batch_size_is_chosen_only_where_it_pays_a_tenth_more():
 
 class _SpreadWhenLarge:
     """A session taking two runs at once whose batches of more than one row spread over every core (one such run
-    at a time): alone, 1 row takes 40 ms and 8 rows 200 ms (8 pays 1.6x); two runs at once, the 1-row runs go side
-    by side (20 ms a run) while the 8-row ones wait for each other (still 200 ms a run)."""
+    at a time): alone, 1 row takes 40 ms and n rows 25n ms (25 against 40 rows/s: 2, 4 and 8 pay 1.6x); two runs
+    at once, the 1-row runs go side by side (20 ms a run: 50 rows/s) while the larger ones wait for each other
+    (still 40 rows/s)."""
 
     concurrent_runs = 2
 
@@ -207,4 +208,4 @@ class _SpreadWhenLarge:
 
 def test_batch_sizes_are_timed_with_every_run_slot_busy_as_a_full_queue_serves_them():
     # (2 and 4 lose too: 40 rows/s at most against 50 for 1 row)
-    assert fastest_batch_size([_SpreadWhenLarge()], FEEDS) == 1  # timed one run at a time, 8 would win
+    assert fastest_batch_size([_SpreadWhenLarge()], FEEDS) == 1  # timed one run at a time, 2 would win

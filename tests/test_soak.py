@@ -1,5 +1,6 @@
-"""The 60-second version of the soak benchmark (`benchmarks/soak.py`): twice the measured capacity, valid,
-invalid and cancelled requests; no accepted request may fail or be wrong, and RSS must stay flat."""
+"""The 60-second version of the soak benchmark (`benchmarks/soak.py`): three times the measured capacity (another
+test shares the cores, so the capacity measured may be half of what the server does alone), valid, invalid and
+cancelled requests; no accepted request may fail or be wrong, and RSS must stay flat."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ SOAK = Path(__file__).parent.parent / "benchmarks" / "soak.py"
 pytestmark = pytest.mark.slow  # a minute of load and its setup
 
 
-def test_a_minute_at_twice_capacity(tmp_path, artifacts):
+def test_a_minute_past_capacity(tmp_path, artifacts):
     run = subprocess.run(
-        [sys.executable, str(SOAK), "--duration", "60", "--out", str(tmp_path)],
+        [sys.executable, str(SOAK), "--duration", "60", "--overload", "3", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

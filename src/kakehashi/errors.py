@@ -36,9 +36,13 @@ class UnsupportedMedia(KakehashiError):
 
 
 class Unavailable(KakehashiError):
-    """The server or model cannot take requests now (HTTP 503)."""
+    """The server or model cannot take requests now (HTTP 503); with `retry_after`, when to try again (seconds)."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelLoadError(KakehashiError):

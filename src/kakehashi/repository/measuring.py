@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +110,9 @@ def _measure(
         )
     batch_size = job.preferred_batch_size
     if follows and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
-        # timed on a scratch session, so the serving sessions' memory arenas only grow to the chosen size
-        scratch = create_instances(job.path, choice, replace(job.options, instances=1))
+        # timed on scratch instances laid out as the serving ones (their run slots busy as a full queue keeps them),
+        # so the serving sessions' memory arenas only grow to the chosen size
+        scratch = create_instances(job.path, choice, job.options)
         batch_size = fastest_batch_size(scratch, feeds, stop=stop)
         del scratch
     return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
@@ -138,7 +139,8 @@ def fastest_batch_size(
     larger batches often gain a few per cent, within the timing's noise). Each size is timed with every run slot of
     `instances` busy, as a full queue serves it: one batch alone may run faster large (its parallel sections keep
     the cores busy) while two runs at once do better small (YOLO11n and YOLO26n on 2 cores: 1 row gave the most
-    rows per second with both runs going, 4 or 8 alone). Sizes are timed at the powers of two and the largest,
+    rows per second with both runs going, 4 or 8 alone); it takes about as many times longer to time, and as many
+    batches' activations at once, as there are run slots. Sizes are timed at the powers of two and the largest,
     smallest first, and timing stops once two sizes in a row gain under 3% on the best so far: throughput changes
     slowly with the size on CPUs, the large batches cost the most to time, and one size timed while the machine
     was busy (streams starting, other models measuring) must not end the search."""

@@ -83,7 +83,7 @@ def create_app(state: ServerState) -> Starlette:
             state.draining = True
             if state.drain_task is not None:
                 state.drain_task.cancel()  # everything finished within the grace: nothing left to cut
-            await state.stop_grpc(state.settings.grace_seconds)  # a drain has stopped it already
+            await state.stop_grpc(state.settings.grace_seconds)  # stopped already after a drain (runner.py)
             if state.loaded:
                 loading.cancel()  # stops the repository poller; a load in progress is left to finish
             await asyncio.gather(loading, return_exceptions=True)

@@ -54,7 +54,7 @@ def _rpc(method: Method) -> Method:
         with self._state.grpc_calls.one():
             try:
                 if refused_while_draining and self._state.draining:
-                    raise Unavailable(DRAINING_REASON)
+                    raise Unavailable(DRAINING_REASON, retry_after=1)  # as HTTP's Retry-After
                 return await method(self, request, context)
             except KakehashiError as exc:
                 retry_after = getattr(exc, "retry_after", None)

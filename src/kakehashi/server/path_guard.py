@@ -4,15 +4,11 @@ become part of a name), and new requests while the server drains."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kakehashi.server.responses import refuse
-from kakehashi.server.state import DRAINING_REASON
-
-if TYPE_CHECKING:
-    from kakehashi.server.state import ServerState
+from kakehashi.server.state import DRAINING_REASON, ServerState
 
 # percent-encoded '/', '\' and NUL: a path segment (a model name or version) must never contain them
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)

@@ -10,7 +10,8 @@ connections are served at once (more wait in the listen backlog until one closes
 On SIGTERM/SIGINT the server starts draining at once: readiness turns 503, new HTTP requests get 503 and new gRPC
 calls UNAVAILABLE, while requests already accepted — running or queued — are answered. Both ports keep accepting
 (and refusing) for at least `ACCEPT_LINGER_SECONDS` and until every request and call in flight is answered, so
-neither a connection queued in the kernel nor a request still arriving is reset or cancelled; then they close.
+neither a connection queued in the kernel nor a request still arriving is reset, and no call accepted is answered
+CANCELLED; then they close.
 When `grace_seconds` run out, requests still queued, or queued later, are answered 503 (running batches finish);
 what still hangs `BACKSTOP_SECONDS` later is cut. The process exits with status 0.
 """

@@ -79,10 +79,10 @@ class ServerState:
         """Stop the gRPC server, giving the calls it is answering `grace` seconds; every caller waits for the same
         stop (a cancelled caller does not cut it short).
 
-        A drain calls it only once the calls accepted are answered: until then the server keeps taking calls and
-        the handlers refuse new ones (UNAVAILABLE, see `draining`), because gRPC's own stop answers a call it
-        received but had not yet handed to a handler with a bare CANCELLED (grpc/grpc#41785), as if the client had
-        cancelled it."""
+        A drain calls it once the calls handed to a handler are answered (or the grace period ran out): until then
+        the server keeps taking calls and the handlers refuse new ones (UNAVAILABLE, see `draining`), because
+        gRPC's own stop answers a call it received but had not yet handed to a handler with a bare CANCELLED
+        (grpc/grpc#41785), as if the client had cancelled it."""
         if self.grpc_stopping is None:
             server, self.grpc_server = self.grpc_server, None
             if server is None:

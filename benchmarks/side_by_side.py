@@ -176,7 +176,8 @@ def tiny_infer_payload(model: Path) -> payloads.Payload:
     def answer(y: np.ndarray) -> bytes:
         return orjson.dumps({"outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 8], "data": y.tolist()}]})
 
-    assert check(200, {}, answer(want)) is None and check(200, {}, answer(want + 0.1)) == "wrong outputs"
+    assert check(200, {}, answer(want + tolerance / 2)) is None
+    assert check(200, {}, answer(want + 2 * tolerance)) == "wrong outputs", "the check must refuse a wrong answer"
     return replace(payload, check=check)
 
 

@@ -145,6 +145,22 @@ def int8_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_a_busy_spell_while_one_candidate_is_timed_does_not_decide(person, monkeypatch):
+    # int8 costs 10 ms, f32 15 ms, the rest 50; the machine is busy (+20 ms) during int8's first two timings: one
+    # timing per candidate made int8 look slower than f32, rounds taking turns find it faster
+    cost, busy = {"int8": 0.01, "f32": 0.015}, {"int8": 2}
+
+    def seconds_of(choice, instances, feeds) -> float:
+        spell = busy.get(choice.precision, 0) > 0
+        busy[choice.precision] = busy.get(choice.precision, 0) - 1
+        return cost.get(choice.precision, 0.05) + (0.02 if spell else 0.0)
+
+    monkeypatch.setattr(backends, "_seconds_of", seconds_of)
+    _with_int8(person, score_scale=0.97, box_shift=0.004)
+    handle = load(person)
+    assert handle.ready and handle.choice.precision == "int8", handle.precision
+
+
 def test_auto_refuses_a_faster_int8_copy_whose_answers_drift_and_serves_f32(person, int8_fastest, caplog):
     _with_int8(person, score_scale=0.5, box_shift=0.0)
     with caplog.at_level(logging.INFO):

@@ -398,3 +398,54 @@ def test_an_answered_request_leaves_nothing_of_its_own_behind():
             await b.close()
 
     asyncio.run(scenario())
+
+
+class Starts:
+    """A run function recording each batch's instance and the instances running as it started; a run of a row of
+    value 0 holds its instance until `gate` is set."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds = seconds
+        self.started: list[tuple[int, set[int]]] = []
+        self.running: set[int] = set()
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+
+    def __call__(self, instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.started.append((instance, set(self.running)))
+            self.running.add(instance)
+        try:
+            if feeds["x"][0, 0] == 0:
+                self.gate.wait(10)
+            time.sleep(self.seconds)
+            return {"y": feeds["x"]}
+        finally:
+            with self.lock:
+                self.running.discard(instance)
+
+
+def test_a_solo_instance_takes_a_request_alone_and_never_a_queue():
+    run = Starts()
+
+    async def scenario() -> None:
+        b = DynamicBatcher(run, 3, 1, 0.0, 64, "test", solo=True)
+        for value in (1, 2, 3):  # one at a time: each alone, on the instance that spreads over every core
+            await b.submit(row(value), 1)
+        assert [instance for instance, _ in run.started] == [0, 0, 0]
+        run.started.clear()
+        await asyncio.gather(*(b.submit(row(value), 1) for value in range(1, 9)))  # a queue: side by side
+        assert {instance for instance, _ in run.started} == {1, 2}, run.started
+        assert len(run.started) == 8
+        run.started.clear()
+        held = asyncio.ensure_future(b.submit(row(0), 1))  # alone: solo, held there
+        await until(lambda: run.running == {0}, "the lone request runs on the solo instance")
+        late = await b.submit(row(5), 1)  # meanwhile: at once on a queue instance, not behind the solo one
+        assert late.outputs["y"][0, 0] == 5 and run.started[-1] in [(1, {0}), (2, {0})]
+        run.gate.set()
+        await held
+        await b.close()
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="other instances"):
+        DynamicBatcher(run, 1, 1, 0.0, 64, "test", solo=True)

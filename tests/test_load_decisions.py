@@ -148,6 +148,7 @@ class _Costed:
     """A backend whose batch of n rows takes `cost(n)` seconds, one run at a time, recording the sizes it ran."""
 
     concurrent_runs = 1
+    solo = False
 
     def __init__(self, cost) -> None:
         self.cost, self.sizes = cost, []
@@ -195,6 +196,7 @@ class _SpreadWhenLarge:
     (still 40 rows/s)."""
 
     concurrent_runs = 2
+    solo = False
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -202,7 +203,8 @@ def _register_renamed(monkeypatch) -> list[RuntimeOptions]:
     def create(path: Path, options: RuntimeOptions) -> list:
         asked.append(options)
         return [
-            _RenamedBackend(path, options.providers, options.threads_per_instance) for _ in range(options.instances)
+            _RenamedBackend(path, options.providers, options.threads_per_instance)
+            for _ in range(options.instances or 1)
         ]
 
     monkeypatch.setitem(RUNTIMES, "renamed", Runtime("renamed", _RenamedBackend.platform, create))
@@ -383,7 +385,7 @@ class _Sleeper:
     at a time on the whole group."""
 
     def __init__(self, seconds: float, lock: threading.Lock | None = None, concurrent_runs: int = 1) -> None:
-        self.seconds, self.lock, self.concurrent_runs = seconds, lock, concurrent_runs
+        self.seconds, self.lock, self.concurrent_runs, self.solo = seconds, lock, concurrent_runs, False
 
     def run(self, feeds: dict) -> dict:
         with self.lock or contextlib.nullcontext():
@@ -400,6 +402,24 @@ def test_runtimes_are_timed_with_every_instance_busy():
     assert occupied_seconds(side_by_side, {}) < 0.04 <= occupied_seconds([spread, spread], {})
     # and one session taking two runs at once (listed once) is timed with both runs going
     assert occupied_seconds([_Sleeper(0.06, concurrent_runs=2)], {}) < 0.04
+
+
+def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_ones_for_a_queue(tmp_path, monkeypatch):
+    path = tiny_model(tmp_path / "model.onnx")
+
+    def layout(cores: int, options: RuntimeOptions) -> list[tuple[bool, int, int]]:
+        """(solo, runs at once, threads) of each session made on a machine of `cores` cores."""
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        made = RUNTIMES["onnxruntime"].create(path, options)
+        return [(b.solo, b.concurrent_runs, b._session.get_session_options().intra_op_num_threads) for b in made]
+
+    # left to the runtime: every core's threads for a request alone, one single-thread session per core for a queue
+    assert layout(2, RuntimeOptions()) == [(True, 1, 2), (False, 1, 1), (False, 1, 1)]
+    assert layout(8, RuntimeOptions()) == [(True, 1, 8)] + [(False, 1, 2)] * 4  # at most 4, sharing the cores
+    # a configuration that names instances, threads or runs gets exactly that, and nothing solo
+    assert layout(2, RuntimeOptions(instances=2, threads_per_instance=1)) == [(False, 2, 1)] * 2
+    assert layout(2, RuntimeOptions(threads=2, threads_per_instance=2)) == [(False, 2, 2)]
+    assert layout(1, RuntimeOptions()) == [(False, 1, 0)]  # one core: one session
 
 
 def test_a_cache_folder_that_cannot_be_used_leaves_openvino_compiling_every_time(tmp_path, caplog):

@@ -112,17 +112,17 @@ def best_seconds(backend: Backend, feeds: Feeds, runs: int = 5) -> float:
 
 def run_slots(instances: list[Backend]) -> list[Backend]:
     """One entry per inference `instances` take at once: each distinct instance (OpenVINO's one compiled model is
-    listed once per instance) as many times as its `concurrent_runs`."""
+    listed once per instance) as many times as its `concurrent_runs` (a `solo` instance first)."""
     distinct = {id(instance): instance for instance in instances}.values()
     return [instance for instance in distinct for _ in range(instance.concurrent_runs)]
 
 
 def occupied_seconds(instances: list[Backend], feeds: Feeds, runs: int = 5) -> float:
-    """Seconds per inference of `feeds` with every run slot of `instances` busy at once (each in a thread of its
-    own), the best of `runs` rounds after one not timed: what a model's full queue gets. Two single-thread ONNX
-    Runtime sessions, one session taking two runs at once and one OpenVINO model spreading each inference over the
-    cores compare as they serve, not by one inference alone."""
-    slots = run_slots(instances)
+    """Seconds per inference of `feeds` with every run slot serving a queue busy at once (each in a thread of its
+    own; a `solo` instance takes no part), the best of `runs` rounds after one not timed: what a model's full queue
+    gets. Two single-thread ONNX Runtime sessions, one session taking two runs at once and one OpenVINO model
+    spreading each inference over the cores compare as they serve, not by one inference alone."""
+    slots = [slot for slot in run_slots(instances) if not slot.solo]
     if len(slots) == 1:
         return best_seconds(slots[0], feeds, runs)
     with ThreadPoolExecutor(len(slots), thread_name_prefix="measuring") as pool:

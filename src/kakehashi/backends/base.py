@@ -29,6 +29,9 @@ class Backend(Protocol):
     outputs: list[TensorSpec]
     metadata: dict[str, str]
     concurrent_runs: int  # runs it takes at once to keep its cores busy (`run` is thread-safe)
+    # True: it spreads one run over every core, and runs only what would otherwise run alone (the instances after
+    # it serve a queue side by side); listed first
+    solo: bool
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; returns every output by name."""

@@ -124,6 +124,7 @@ class OpenVinoBackend:
             self._idle.put(compiled.create_infer_request())
         self.requests = requests
         self.concurrent_runs = requests  # its infer requests (the batcher's instances map onto them)
+        self.solo = False
         computes_in = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16 or f16
         if computes_in != precision:
             raise ModelLoadError(f"{path}: OpenVINO computes in {computes_in} on this CPU, not {precision}")
@@ -196,10 +197,11 @@ def _metadata(model) -> dict[str, str]:
 
 def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
     """One compiled model with an infer request per instance (the same object once per instance)."""
+    instances = options.instances or 1
     backend = OpenVinoBackend(
-        path, options.performance_hint, options.instances, options.threads, options.precision, options.cache_folder
+        path, options.performance_hint, instances, options.threads, options.precision, options.cache_folder
     )
-    return [backend] * options.instances
+    return [backend] * instances
 
 
 def _installed() -> bool:

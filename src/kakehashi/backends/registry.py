@@ -17,7 +17,7 @@ AUTO = "auto"  # not a runtime: measure the available ones at load and keep the 
 class RuntimeOptions:
     """What a model's configuration asks of its runtime, as plain values."""
 
-    instances: int = 1  # how many inferences may run at once
+    instances: int = 0  # sessions or infer requests (0: the runtime lays them out)
     threads: int = 0  # threads the configuration asked for (0: the runtime decides)
     threads_per_instance: int = 0  # threads for each of `instances` sessions (0: the runtime decides)
     runs_per_instance: int = 0  # ONNX Runtime: runs a session takes at once (0: two on a machine of several cores)

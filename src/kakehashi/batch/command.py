@@ -131,7 +131,8 @@ def _local(
             servable = plane.check(chosen, values)
             predictor = LocalPredictor(plane, chosen, values)
             # enough in flight that a full batch waits on every instance while the next ones are decoded
-            slots = concurrency or 2 * servable.preferred_batch_size * servable.config.instances + (os.cpu_count() or 2)
+            instances = servable.config.instances or 1
+            slots = concurrency or 2 * servable.preferred_batch_size * instances + (os.cpu_count() or 2)
             return await run_job(predictor, inputs, journal, slots, progress, save_images)
         finally:
             await repository.close_all()

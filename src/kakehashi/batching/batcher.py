@@ -4,7 +4,8 @@ A batch is formed only when an instance is free, so while instances are busy the
 batch is bigger ("natural" batching); an idle instance waits at most `max_queue_delay_ms` after the oldest
 request arrived for more requests to join; while several instances are idle, they share the queue's head
 evenly. A batch is always a prefix of the queue, so no request ever waits
-behind one that arrived after it; requests whose tensors differ in shape or type never share a batch.
+behind one that arrived after it; requests whose tensors differ in shape or type never share a batch. A `solo`
+instance (one spreading a batch over every core) takes only a batch that would otherwise run alone.
 """
 
 from __future__ import annotations
@@ -82,10 +83,17 @@ class DynamicBatcher:
         name: str,
         on_batch: Callable[[int, float], None] | None = None,
         inline_below: float = 0.0,
+        solo: bool = False,
     ) -> None:
         """`inline_below`: with no wait for company (`max_queue_delay_ms` 0), a request submitted `alone` that finds
         the queue empty and an instance idle runs at once on the event loop, without the hop to the instance's
-        thread, when requests of its shapes took less than this many seconds (0: never)."""
+        thread, when requests of its shapes took less than this many seconds (0: never).
+
+        `solo`: instance 0 runs a batch only when it would otherwise run alone (every other instance idle, nothing
+        else queued): an instance spreading one batch over every core, for the latency of a request alone, beside
+        instances that serve a queue side by side (two of them and it at once would crowd the cores)."""
+        if solo and instances < 2:
+            raise ValueError("a solo instance needs other instances for the queue")
         self._run = run
         self.max_batch_size = max_batch_size
         self._delay = max_queue_delay_ms / 1000
@@ -106,6 +114,9 @@ class DynamicBatcher:
         self._inline_below = inline_below if max_queue_delay_ms == 0 else 0.0
         self._row_seconds: dict[tuple, float] = {}  # moving average of seconds per row, by request shapes
         self._held: int | None = None  # the idle instance the dispatcher holds while the queue is empty
+        self._solo = solo
+        self._solo_idle = solo
+        self._queue_instances = instances - 1 if solo else instances  # those serving a queue side by side
 
     @property
     def depth(self) -> int:
@@ -115,9 +126,10 @@ class DynamicBatcher:
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue.clear()
-        self._idle = asyncio.Queue()
-        for instance in range(len(self._executors)):
+        self._idle = asyncio.Queue()  # the queue instances (the solo one is `_solo_idle`)
+        for instance in range(len(self._executors) - self._queue_instances, len(self._executors)):
             self._idle.put_nowait(instance)
+        self._solo_idle = self._solo
         self._arrived = asyncio.Event()
         self._dispatcher = self._loop.create_task(self._dispatch(), name=f"{self._name}-batcher")
 
@@ -166,18 +178,30 @@ class DynamicBatcher:
         with this run), and a failure is the caller's to report, as from a batch of one."""
         if deadline is not None and time.perf_counter() >= deadline:
             raise self._expired()
-        instance = self._held if self._held is not None else self._idle.get_nowait()
+        solo = self._runs_solo()
+        if solo:
+            self._solo_idle, instance = False, 0
+        else:
+            instance = self._held if self._held is not None else self._idle.get_nowait()
         try:
             started = time.perf_counter()
             outputs = self._run(instance, feeds)
             seconds = time.perf_counter() - started
         finally:
-            if instance != self._held:
+            if solo:
+                self._solo_idle = True
+            elif instance != self._held:
                 self._idle.put_nowait(instance)
         self._measured(rows, seconds, key)
         if self._on_batch:
             self._on_batch(rows, seconds)
         return BatchResult(outputs, 0.0, seconds, rows)
+
+    def _runs_solo(self) -> bool:
+        """Whether the batch taken now (the queue's last) runs on the solo instance: it is idle, and so is every
+        queue instance (the one the dispatcher holds counts as idle)."""
+        held = 0 if self._held is None else 1
+        return self._solo_idle and not self._queue and self._idle.qsize() + held == self._queue_instances
 
     def _forget(self, pending: _Pending) -> None:
         """Take a request that will never run out of the queue at once, so the depth counts only live ones."""
@@ -198,7 +222,7 @@ class DynamicBatcher:
         they form, all instances at once; None before a batch was measured."""
         if self._batch_seconds is None:
             return None
-        return rows * self._batch_seconds / (self._batch_rows * len(self._executors))
+        return rows * self._batch_seconds / (self._batch_rows * self._queue_instances)
 
     def too_late(self, ahead: int, budget: float | None, deadline: float | None) -> Overloaded | None:
         """The 429 for a request behind `ahead` rows whose expected wait exceeds `budget` (seconds) or the time left
@@ -229,6 +253,9 @@ class DynamicBatcher:
             self._held = instance
             try:
                 batch = await self._next_batch()
+                if self._runs_solo():
+                    self._idle.put_nowait(instance)
+                    self._solo_idle, instance = False, 0
             finally:
                 self._held = None
             task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
@@ -351,7 +378,10 @@ class DynamicBatcher:
         except Exception as exc:  # outside the model run (e.g. out of memory stacking): answer, never leave waiting
             shares, started, ended = [exc] * len(batch), time.perf_counter(), time.perf_counter()
         finally:
-            self._idle.put_nowait(instance)
+            if self._solo and instance == 0:
+                self._solo_idle = True
+            else:
+                self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
         self._measured(rows, ended - started, batch[0].key if len(batch) == 1 else None)
         if self._on_batch:

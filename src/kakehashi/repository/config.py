@@ -161,7 +161,9 @@ class ModelConfig(_Section):
     defaults: Defaults = Field(default_factory=Defaults)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    instances: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    # runtime instances (None: the runtime's layout; ONNX Runtime: a session using every core for a request alone,
+    # single-thread sessions for a queue)
+    instances: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
     # ONNX Runtime: runs each session takes at once (None: two where there are several cores, a second filling the
     # cores the first leaves idle; one on a single core)
@@ -180,7 +182,7 @@ class ModelConfig(_Section):
     def runtime_options(self, threads_per_instance: int) -> RuntimeOptions:
         """What this configuration asks of its runtime, in the backends' terms."""
         return RuntimeOptions(
-            instances=self.instances,
+            instances=self.instances or 0,
             threads=self.threads or 0,
             threads_per_instance=threads_per_instance,
             runs_per_instance=self.runs_per_instance or 0,

@@ -169,7 +169,7 @@ class ModelHandle:
         """Load the instances, resolve the task and warm up; on failure the state says why."""
         started = time.perf_counter()
         config = self.config
-        threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
+        threads = self._threads = config.threads or max(1, (os.cpu_count() or 1) // (config.instances or 1))
         try:
             settings = f"{config!r} threads={threads}"
             key = decision_key(self.path, settings, self._related_files()) if config.warmup else ""
@@ -193,7 +193,7 @@ class ModelHandle:
                 setup(self.handler, context)
                 if callable(getattr(self.handler, "predict", None)):
                     self._hook_pool = ThreadPoolExecutor(
-                        max(4, config.batching.max_batch_size * config.instances), f"{self.name}-handler"
+                        max(4, config.batching.max_batch_size * (config.instances or 1)), f"{self.name}-handler"
                     )
             else:
                 self.task = resolve_task(backend, config, self.path)
@@ -225,6 +225,7 @@ class ModelHandle:
             f"{self.name}:{self.version}",
             self._record_batch,
             inline_below=HOP_SECONDS,
+            solo=self._slots[0].solo,
         )
         self.load_seconds = time.perf_counter() - started
         self.series.load_seconds.set(self.load_seconds)
@@ -379,9 +380,13 @@ class ModelHandle:
         preferred = self.preferred_batch_size
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             preferred = min(decided.batch_size, self.max_batch_size)
-        for instance in instances:  # the largest batch sizes the arenas; sizes in between cost no more later
+
+        def warm(instance: Backend) -> None:  # the largest batch sizes the arenas; sizes in between cost no more later
             for rows in sorted({1, preferred}):
                 instance.run(feeds[rows])
+
+        with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
+            list(pool.map(warm, instances))  # side by side: a load waits for the slowest, not for all in turn
         with self._switching:
             if self.state in (ModelState.UNLOADED, ModelState.FAILED):
                 return False  # closed while measuring: nothing to switch

@@ -413,13 +413,17 @@ def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_on
         made = RUNTIMES["onnxruntime"].create(path, options)
         return [(b.solo, b.concurrent_runs, b._session.get_session_options().intra_op_num_threads) for b in made]
 
-    # left to the runtime: every core's threads for a request alone, one single-thread session per core for a queue
+    # left to the runtime: every core's threads for a request alone, two sessions sharing the cores for a queue
     assert layout(2, RuntimeOptions()) == [(True, 1, 2), (False, 1, 1), (False, 1, 1)]
-    assert layout(8, RuntimeOptions()) == [(True, 1, 8)] + [(False, 1, 2)] * 4  # at most 4, sharing the cores
+    assert layout(8, RuntimeOptions()) == [(True, 1, 8), (False, 1, 4), (False, 1, 4)]
     # a configuration that names instances, threads or runs gets exactly that, and nothing solo
     assert layout(2, RuntimeOptions(instances=2, threads_per_instance=1)) == [(False, 2, 1)] * 2
     assert layout(2, RuntimeOptions(threads=2, threads_per_instance=2)) == [(False, 2, 2)]
     assert layout(1, RuntimeOptions()) == [(False, 1, 0)]  # one core: one session
+    # sessions on a GPU: one, as asked (the cores are not what they share)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    gpu = RuntimeOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert [(b.solo, b.concurrent_runs) for b in RUNTIMES["onnxruntime"].create(path, gpu)] == [(False, 2)]
 
 
 def test_a_cache_folder_that_cannot_be_used_leaves_openvino_compiling_every_time(tmp_path, caplog):

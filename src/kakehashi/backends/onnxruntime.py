@@ -37,7 +37,9 @@ _ORT_TO_OIP = {
 }
 
 
-QUEUE_SESSIONS = 4  # sessions at most serving a queue side by side, when the layout is the runtime's to choose
+# sessions at most serving a queue side by side, when the layout is the runtime's to choose (each holds its own
+# weights and scratch memory: a third session costs YOLO11n about 25 MB at rest)
+QUEUE_SESSIONS = 2
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -141,13 +143,14 @@ class OnnxRuntimeBackend:
 
 def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
     """One session per instance, each with its share of the threads. Where the configuration leaves the layout to
-    the runtime (no instances, threads or runs per instance) on several cores: a session with every core's threads
-    for a request alone (`solo`), and single-thread sessions, one per core (at most `QUEUE_SESSIONS`, sharing the
-    cores), serving a queue side by side: alone a request gets every core, and under load no run's parallel section
+    the runtime (no instances, threads or runs per instance) on several cores, on the CPU: a session with every
+    core's threads for a request alone (`solo`), and `QUEUE_SESSIONS` sessions sharing the cores (single-thread on 2
+    cores) serving a queue side by side: alone a request gets every core, and under load no run's parallel section
     waits on a thread another run holds (YOLO11n on 2 cores, 16 clients: 17.6 requests a second against 14.2 for one
     session of two threads taking two runs at once; one client as fast). Sessions are made side by side."""
     cores = os.cpu_count() or 1
-    if not (options.instances or options.threads or options.runs_per_instance) and cores > 1:
+    on_cpu = set(options.providers) <= {"CPUExecutionProvider"}  # a GPU's sessions do not share the CPU's cores
+    if not (options.instances or options.threads or options.runs_per_instance) and cores > 1 and on_cpu:
         sessions = min(cores, QUEUE_SESSIONS)
         made = [(cores, 1, True)] + [(cores // sessions, 1, False)] * sessions
     else:

@@ -192,7 +192,7 @@ class DynamicBatcher:
                 self._solo_idle = True
             elif instance != self._held:
                 self._idle.put_nowait(instance)
-        self._measured(rows, seconds, key)
+        self._measured(rows, seconds, key, queued=not solo)
         if self._on_batch:
             self._on_batch(rows, seconds)
         return BatchResult(outputs, 0.0, seconds, rows)
@@ -383,7 +383,8 @@ class DynamicBatcher:
             else:
                 self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
-        self._measured(rows, ended - started, batch[0].key if len(batch) == 1 else None)
+        solo = self._solo and instance == 0
+        self._measured(rows, ended - started, batch[0].key if len(batch) == 1 else None, queued=not solo)
         if self._on_batch:
             self._on_batch(rows, ended - started)
         for pending, share in zip(batch, shares):
@@ -394,14 +395,17 @@ class DynamicBatcher:
             else:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
 
-    def _measured(self, rows: int, seconds: float, key: tuple | None) -> None:
-        """Fold one batch into the moving averages of batch seconds and rows, and, for a batch of one request of
-        shapes `key`, of seconds per row for those shapes (what a request alone costs; the first sets each)."""
+    def _measured(self, rows: int, seconds: float, key: tuple | None, queued: bool = True) -> None:
+        """Fold one batch into the moving averages of batch seconds and rows (`queued`: run by a queue instance, whose
+        pace the expected wait is of; not the solo one), and, for a batch of one request of shapes `key`, of seconds
+        per row for those shapes (what a request alone costs; the first sets each)."""
         if key is not None:
             if len(self._row_seconds) >= _COSTS_KEPT and key not in self._row_seconds:
                 self._row_seconds.clear()
             cost, per_row = self._row_seconds.get(key), seconds / rows
             self._row_seconds[key] = per_row if cost is None else cost + EWMA_WEIGHT * (per_row - cost)
+        if not queued:
+            return
         if self._batch_seconds is None:
             self._batch_seconds, self._batch_rows = seconds, float(rows)
         else:

@@ -161,8 +161,8 @@ class ModelConfig(_Section):
     defaults: Defaults = Field(default_factory=Defaults)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    # runtime instances (None: the runtime's layout; ONNX Runtime: a session using every core for a request alone,
-    # single-thread sessions for a queue)
+    # runtime instances (None: the runtime's layout; ONNX Runtime on the CPU: a session using every core for a request
+    # alone, two sessions sharing the cores for a queue)
     instances: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
     # ONNX Runtime: runs each session takes at once (None: two where there are several cores, a second filling the

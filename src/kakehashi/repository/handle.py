@@ -325,9 +325,10 @@ class ModelHandle:
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
-            # batches of one: whether outputs follow the batch is measured too
+            # batches of one: whether outputs follow the batch is measured too. Only a solo instance is warmed now
+            # (a first request runs alone): the background's switch warms every instance that will serve
             at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
-            self._apply(at_once, self._instances, feeds)
+            self._apply(at_once, self._instances, feeds, [i for i in self._instances if i.solo] or self._instances)
             return
         decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
         self.backend = self._instances[0]
@@ -367,9 +368,15 @@ class ModelHandle:
             backend.release_memory(one_row)
         return True
 
-    def _apply(self, decided: LoadDecisions, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]]) -> bool:
-        """Warm `instances` up for `decided` (the smallest and the chosen batch), then serve with them; False if the
-        handle was closed meanwhile."""
+    def _apply(
+        self,
+        decided: LoadDecisions,
+        instances: list[Backend],
+        feeds: dict[int, dict[str, np.ndarray]],
+        warmed: list[Backend] | None = None,
+    ) -> bool:
+        """Warm `instances` (or only those `warmed`) up for `decided` (the smallest and the chosen batch), then serve
+        with them; False if the handle was closed meanwhile."""
         if self.max_batch_size > 1 and not decided.rows_follow_batch:
             log.warning(
                 "model %s: its outputs do not have one row per input row (their first dimension is not the "
@@ -385,8 +392,9 @@ class ModelHandle:
             for rows in sorted({1, preferred}):
                 instance.run(feeds[rows])
 
-        with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
-            list(pool.map(warm, instances))  # side by side: a load waits for the slowest, not for all in turn
+        warmed = instances if warmed is None else warmed
+        with ThreadPoolExecutor(len(warmed), thread_name_prefix=f"{self.name}-warm-up") as pool:
+            list(pool.map(warm, warmed))  # side by side: a load waits for the slowest, not for all in turn
         with self._switching:
             if self.state in (ModelState.UNLOADED, ModelState.FAILED):
                 return False  # closed while measuring: nothing to switch

@@ -416,6 +416,7 @@ def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_on
     # left to the runtime: every core's threads for a request alone, two sessions sharing the cores for a queue
     assert layout(2, RuntimeOptions()) == [(True, 1, 2), (False, 1, 1), (False, 1, 1)]
     assert layout(8, RuntimeOptions()) == [(True, 1, 8), (False, 1, 4), (False, 1, 4)]
+    assert layout(3, RuntimeOptions()) == [(True, 1, 3), (False, 1, 2), (False, 1, 1)]  # every core serves the queue
     # a configuration that names instances, threads or runs gets exactly that, and nothing solo
     assert layout(2, RuntimeOptions(instances=2, threads_per_instance=1)) == [(False, 2, 1)] * 2
     assert layout(2, RuntimeOptions(threads=2, threads_per_instance=2)) == [(False, 2, 2)]

@@ -152,7 +152,8 @@ def _create(path: Path, options: RuntimeOptions) -> list[Backend]:
     on_cpu = set(options.providers) <= {"CPUExecutionProvider"}  # a GPU's sessions do not share the CPU's cores
     if not (options.instances or options.threads or options.runs_per_instance) and cores > 1 and on_cpu:
         sessions = min(cores, QUEUE_SESSIONS)
-        made = [(cores, 1, True)] + [(cores // sessions, 1, False)] * sessions
+        shares = [cores // sessions + (index < cores % sessions) for index in range(sessions)]  # every core used
+        made = [(cores, 1, True)] + [(threads, 1, False) for threads in shares]
     else:
         made = [(options.threads_per_instance, options.runs_per_instance, False)] * (options.instances or 1)
     if len(made) == 1:

@@ -110,6 +110,7 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         # moving averages of the measured batches (None: nothing measured yet), for the expected wait
         self._batch_seconds: float | None = None
+        self._queue_measured = False  # a queue instance ran a batch (before: the solo instance's stand in)
         self._batch_rows = 1.0
         self._inline_below = inline_below if max_queue_delay_ms == 0 else 0.0
         self._row_seconds: dict[tuple, float] = {}  # moving average of seconds per row, by request shapes
@@ -396,18 +397,20 @@ class DynamicBatcher:
                 pending.future.set_result(BatchResult(share, started - pending.enqueued, ended - started, rows))
 
     def _measured(self, rows: int, seconds: float, key: tuple | None, queued: bool = True) -> None:
-        """Fold one batch into the moving averages of batch seconds and rows (`queued`: run by a queue instance, whose
-        pace the expected wait is of; not the solo one), and, for a batch of one request of shapes `key`, of seconds
-        per row for those shapes (what a request alone costs; the first sets each)."""
+        """Fold one batch into the moving averages of batch seconds and rows (the expected wait is at the queue
+        instances' pace: the solo instance's batches, `queued` False, stand in only until a queue instance's first
+        batch, which replaces them), and, for a batch of one request of shapes `key`, of seconds per row for those
+        shapes (what a request alone costs; the first sets each)."""
         if key is not None:
             if len(self._row_seconds) >= _COSTS_KEPT and key not in self._row_seconds:
                 self._row_seconds.clear()
             cost, per_row = self._row_seconds.get(key), seconds / rows
             self._row_seconds[key] = per_row if cost is None else cost + EWMA_WEIGHT * (per_row - cost)
-        if not queued:
+        if not queued and self._queue_measured:
             return
-        if self._batch_seconds is None:
+        if self._batch_seconds is None or (queued and not self._queue_measured):
             self._batch_seconds, self._batch_rows = seconds, float(rows)
+            self._queue_measured = queued
         else:
             self._batch_seconds += EWMA_WEIGHT * (seconds - self._batch_seconds)
             self._batch_rows += EWMA_WEIGHT * (rows - self._batch_rows)

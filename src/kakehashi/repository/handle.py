@@ -307,11 +307,12 @@ class ModelHandle:
 
     def _warm_up(self, key: str, decided: LoadDecisions | None) -> None:
         """Run the smallest and largest batch the batcher may form on every instance, so no user request pays for
-        the first runs. The first load on a machine also measures: whether outputs follow the batch, the fastest
-        runtime and precision whose answers agree with f32's, and the batch size with the best throughput; they
-        are kept under `key`, and `decided` holds them for later loads. With `measure_in_background`, a first load
-        of `precision: auto` or `f32` serves at once on f32 and batches of one, and measures after it is READY, in
-        a child process (`measuring`)."""
+        the first runs (a first start serving at once warms only a solo instance, which a lone request runs on, and
+        the others as its measuring in the background begins). The first load on a machine also measures: whether
+        outputs follow the batch, the fastest runtime and precision whose answers agree with f32's, and the batch
+        size with the best throughput; they are kept under `key`, and `decided` holds them for later loads. With
+        `measure_in_background`, a first load of `precision: auto` or `f32` serves at once on f32 and batches of
+        one, and measures after it is READY, in a child process (`measuring`)."""
         feeds = self._warm_up_feeds()
         if feeds is None:
             self._serve_unchecked("its input shapes are not fixed")
@@ -387,14 +388,7 @@ class ModelHandle:
         preferred = self.preferred_batch_size
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             preferred = min(decided.batch_size, self.max_batch_size)
-
-        def warm(instance: Backend) -> None:  # the largest batch sizes the arenas; sizes in between cost no more later
-            for rows in sorted({1, preferred}):
-                instance.run(feeds[rows])
-
-        warmed = instances if warmed is None else warmed
-        with ThreadPoolExecutor(len(warmed), thread_name_prefix=f"{self.name}-warm-up") as pool:
-            list(pool.map(warm, warmed))  # side by side: a load waits for the slowest, not for all in turn
+        self._warm(instances if warmed is None else warmed, feeds, preferred)
         with self._switching:
             if self.state in (ModelState.UNLOADED, ModelState.FAILED):
                 return False  # closed while measuring: nothing to switch
@@ -405,6 +399,19 @@ class ModelHandle:
                 self._batcher.max_batch_size = preferred
         return True
 
+    def _warm(self, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]], preferred: int) -> None:
+        """Run a batch of one and of `preferred` rows on each of `instances` (the largest sizes the arenas; sizes in
+        between cost no more later), side by side: a load waits for the slowest, not for all in turn."""
+        if not instances:
+            return
+
+        def warm(instance: Backend) -> None:
+            for rows in sorted({1, preferred}):
+                instance.run(feeds[rows])
+
+        with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
+            list(pool.map(warm, instances))
+
     def measure_in_background(self) -> None:
         """After a first load that served at once: measure, keep the decisions and switch to what was found
         (requests keep flowing through the batcher meanwhile; the instances that lost are released)."""
@@ -413,6 +420,8 @@ class ModelHandle:
         key, feeds = self._background
         self._background = None
         try:
+            # the instances a first start left cold (all but the solo one) are warmed first, whatever measuring finds
+            self._warm([i for i in self._instances if not i.solo], feeds, 1)
             decided = measure_in_child(self._job(), self._stop)
             choice = Choice(decided.runtime, decided.precision)
             instances = self._instances

@@ -1,8 +1,9 @@
 """The check a faster precision passes before it serves: its answers on calibration images against f32's.
 
-An image model (a task) is compared by its answers, decoded at the model's default confidence threshold lowered by
-the tolerance (`tasks.agreement`). A raw-tensor model, or one with a handler, is compared by its outputs on fixed
-pseudo-random inputs (its own code may do anything with them).
+An image model (a task of Kakehashi's) is compared by its answers, decoded at the model's default confidence
+threshold lowered by the tolerance (`tasks.agreement`). A raw-tensor model, one with a handler, or one of a task
+registered from outside (their own code may do anything with the outputs) is compared by its raw outputs: on fixed
+pseudo-random inputs, or on the calibration images as its task prepares them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask
 
 Feeds = dict[str, np.ndarray]
+ANSWERS_COMPARED = {"detect", "segment", "pose", "obb", "classify"}  # the tasks whose answers `tasks.agreement` reads
 
 
 def shipped_calibration_folder() -> Path:
@@ -43,6 +45,7 @@ class PrecisionGuard:
     def __init__(self, reference: Backend, task: ImageTask | None, config: ModelConfig, max_pixels: int) -> None:
         self._reference = reference
         self._task = task
+        self._by_answers = task is not None and task.kind in ANSWERS_COMPARED  # else: raw outputs
         self._config = config
         self._max_pixels = max_pixels
         agreement = config.agreement
@@ -95,17 +98,21 @@ class PrecisionGuard:
             answers.append(self._steps.finish({name: value[0] for name, value in outputs.items()}, state))
         return answers
 
+    def _outputs(self, backend: Backend) -> list[Feeds]:
+        if self._task is None:
+            return [backend.run(feeds) for feeds in self._tensor_feeds]
+        return [backend.run(feeds) for feeds, _state in self._prepared]
+
     @cached_property
     def _expected(self) -> list:
-        if self._task is None:
-            return [self._reference.run(feeds) for feeds in self._tensor_feeds]
-        return self._answers(self._reference)
+        return self._answers(self._reference) if self._by_answers else self._outputs(self._reference)
 
     def check(self, candidate: Backend) -> Agreement:
         """How `candidate`'s answers agree with the reference's."""
-        if self._task is None:
-            return compare_outputs(self._expected, [candidate.run(f) for f in self._tensor_feeds], self._tolerances)
+        if not self._by_answers:
+            return compare_outputs(self._expected, self._outputs(candidate), self._tolerances)
         labels = [path.name for path in self._images]
+        assert self._task is not None
         if self._task.kind == "classify":
             return compare_top1(self._expected, self._answers(candidate), self._tolerances, labels)
         threshold = self._config.defaults.conf

@@ -374,17 +374,17 @@ class DynamicBatcher:
 
     async def _execute(self, instance: int, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        solo = self._solo and instance == 0
         try:
             shares, started, ended = await loop.run_in_executor(self._executors[instance], self._work, instance, batch)
         except Exception as exc:  # outside the model run (e.g. out of memory stacking): answer, never leave waiting
             shares, started, ended = [exc] * len(batch), time.perf_counter(), time.perf_counter()
         finally:
-            if self._solo and instance == 0:
+            if solo:
                 self._solo_idle = True
             else:
                 self._idle.put_nowait(instance)
         rows = sum(p.rows for p in batch)
-        solo = self._solo and instance == 0
         self._measured(rows, ended - started, batch[0].key if len(batch) == 1 else None, queued=not solo)
         if self._on_batch:
             self._on_batch(rows, ended - started)

@@ -26,6 +26,10 @@ Feeds = dict[str, np.ndarray]
 AUTO_STARTS_ON = "onnxruntime"  # serves every ONNX model; `auto` then times the other runtimes against it
 FLOAT_PRECISIONS = ("f32", "bf16", "f16")
 TIMING_ROUNDS = 3  # rounds of every candidate in turn when runtimes and precisions are timed (each: 1 untimed, 1 timed)
+# how much faster than the reference (f32 on the configured runtime) another choice must time to serve instead: within
+# it the timings' noise decides (on a shared machine two runtimes within 10% swap places from one load to the next),
+# while a switch costs memory (a second runtime's libraries: ~50 MB) and lower precisions' answers drift
+SWITCH_GAIN = 1.1
 
 
 class Verdict(Protocol):
@@ -154,9 +158,10 @@ def fastest_agreeing(
 ) -> tuple[Choice, list[Backend], str]:
     """Time every candidate on `feeds` with all its run slots busy (the reference's instances are reused) and
     serve the fastest whose answers agree with the reference's (`agreement`; f32 is the reference's precision and
-    needs none). The losers are released; the log says what was measured. Returns the choice, its instances and
-    what the check found: how the served precision agreed, and which faster ones were refused and why. Raises
-    `ModelLoadError` when no candidate agrees; `MeasuringStopped` when `stop` is set between steps."""
+    needs none); another choice than the reference must be `SWITCH_GAIN` times faster. The losers are released;
+    the log says what was measured. Returns the choice, its instances and what the check found: how the served
+    precision agreed, and which faster ones were refused and why. Raises `ModelLoadError` when no candidate
+    agrees; `MeasuringStopped` when `stop` is set between steps."""
     created: dict[Choice, list[Backend]] = {}
     for choice in candidates:
         check_stop(stop)
@@ -179,7 +184,11 @@ def fastest_agreeing(
     timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
     log.info("%s: %s per inference", path, timings)
     refused: list[str] = []
-    for choice in sorted(created, key=seconds.__getitem__):
+
+    def ranked(choice: Choice) -> float:
+        return seconds[choice] * (1.0 if choice == reference[0] else SWITCH_GAIN)
+
+    for choice in sorted(created, key=ranked):
         check_stop(stop)
         found = None if choice.precision == "f32" else agreement(created[choice][0])
         if found is None or found.agrees:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -19,7 +20,11 @@ import pytest
 from conftest import YOLO11, YOLO26
 from inprocess import load
 from kakehashi.backends import SWITCH_GAIN
+from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.repository.handle import WARM_NICENESS, ModelHandle
 from kakehashi.repository.measuring import fastest_batch_size
+from kakehashi.servable import ModelState
+from onnx_builders import tiny_model
 
 MEASURED = " per inference"  # the log line of `auto` timing the runtimes
 REUSED = "load decisions reused"
@@ -107,6 +112,38 @@ def test_a_stored_decision_is_what_serves(tmp_path, cache, caplog):
     stored.write_text(json.dumps(_decision(_runtime(first), 2, False)))
     third, text = _load(folder, caplog)
     assert third.max_batch_size == 1 and "never batched together" in text
+
+
+def test_a_reused_decision_serves_once_the_solo_session_is_warm_and_warms_the_others_after_at_a_lower_priority(
+    tmp_path, cache, monkeypatch
+):
+    # two cores: ONNX Runtime lays out a solo session (both cores) and two single-thread ones for a queue
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    tiny_model(tmp_path / "tiny" / "1" / "model.onnx")
+    (tmp_path / "tiny" / "model.yaml").write_text("backend: onnxruntime\ntask: tensor\n")
+    assert load(tmp_path).ready  # measures and keeps its decisions
+    events: list[tuple] = []  # ("run", solo, the running thread's niceness) and ("state", state), in order
+    run, set_state = OnnxRuntimeBackend.run, ModelHandle._set_state
+
+    def recorded_run(self, feeds):
+        events.append(("run", self.solo, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return run(self, feeds)
+
+    def recorded_state(self, state):
+        events.append(("state", state))
+        set_state(self, state)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", recorded_run)
+    monkeypatch.setattr(ModelHandle, "_set_state", recorded_state)
+    assert load(tmp_path).ready  # reuses them
+    deadline = time.monotonic() + 30
+    while sum(1 for e in events if e[:2] == ("run", False)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ready = events.index(("state", ModelState.READY))
+    before, after = events[:ready], events[ready:]
+    assert before and all(e[:2] == ("run", True) for e in before if e[0] == "run"), before
+    lower = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WARM_NICENESS)
+    assert {e for e in after if e[0] == "run"} == {("run", False, lower)}, after  # both queue sessions, low
 
 
 def test_another_model_or_configuration_is_measured_again(tmp_path, cache, caplog):

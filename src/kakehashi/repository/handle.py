@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# the scheduling priority below the server's at which instances left cold are warmed while the model serves
+WARM_NICENESS = 10
 
 
 class ModelState(str, Enum):
@@ -131,8 +133,10 @@ class ModelHandle:
         self._measure_in_background = measure_in_background
         # what is left to measure: the decisions' key, the warm-up feeds
         self._background: tuple[str, dict[int, dict[str, np.ndarray]]] | None = None
+        # the instances left cold when the model became READY (all but a solo one), warmed just after, and the feeds
+        self._cold: tuple[list[Backend], dict[int, dict[str, np.ndarray]]] | None = None
         self._switching = threading.Lock()  # a switch after measuring, against `close`
-        self._measuring: threading.Thread | None = None
+        self._measuring: threading.Thread | None = None  # warms what was left cold, then measures (a first start)
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
         self._postprocess_seconds = 1.0  # moving average; the first answers are post-processed in the pool
         self._post_on_loop = False  # a classifier: its post-processing may run on the event loop when cheap
@@ -248,8 +252,8 @@ class ModelHandle:
             self._runs_at_once(),
             batching,
         )
-        if self._background is not None:
-            self._measuring = threading.Thread(target=self.measure_in_background, name=f"{self.name}-measure")
+        if self._background is not None or self._cold is not None:
+            self._measuring = threading.Thread(target=self._settle, name=f"{self.name}-measure")
             self._measuring.start()
 
     def _fail(self, reason: str) -> None:
@@ -307,8 +311,8 @@ class ModelHandle:
 
     def _warm_up(self, key: str, decided: LoadDecisions | None) -> None:
         """Run the smallest and largest batch the batcher may form on every instance, so no user request pays for
-        the first runs (a first start serving at once warms only a solo instance, which a lone request runs on, and
-        the others as its measuring in the background begins). The first load on a machine also measures: whether
+        the first runs (a load that serves at once or reuses decisions warms only a solo instance, which a lone
+        request runs on, and the others just after it is READY). The first load on a machine also measures: whether
         outputs follow the batch, the fastest runtime and precision whose answers agree with f32's, and the batch
         size with the best throughput; they are kept under `key`, and `decided` holds them for later loads. With
         `measure_in_background`, a first load of `precision: auto` or `f32` serves at once on f32 and batches of
@@ -317,19 +321,23 @@ class ModelHandle:
         if feeds is None:
             self._serve_unchecked("its input shapes are not fixed")
             return
+        solo = [i for i in self._instances if i.solo]
+        left_cold = ([i for i in self._instances if not i.solo], feeds) if solo else None
         if decided is not None:
             log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
-            self._apply(decided, self._instances, feeds)
+            self._apply(decided, self._instances, feeds, solo or None)
+            self._cold = left_cold
             return
         if self._measure_in_background and self.config.precision in ("auto", "f32"):
             self._background = (key, feeds)
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
-            # batches of one: whether outputs follow the batch is measured too. Only a solo instance is warmed now
-            # (a first request runs alone): the background's switch warms every instance that will serve
+            # batches of one: whether outputs follow the batch is measured too; the background's switch warms
+            # every instance that will serve
             at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
-            self._apply(at_once, self._instances, feeds, [i for i in self._instances if i.solo] or self._instances)
+            self._apply(at_once, self._instances, feeds, solo or None)
+            self._cold = left_cold
             return
         decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
         self.backend = self._instances[0]
@@ -399,18 +407,39 @@ class ModelHandle:
                 self._batcher.max_batch_size = preferred
         return True
 
-    def _warm(self, instances: list[Backend], feeds: dict[int, dict[str, np.ndarray]], preferred: int) -> None:
+    def _warm(
+        self,
+        instances: list[Backend],
+        feeds: dict[int, dict[str, np.ndarray]],
+        preferred: int,
+        serving: bool = False,
+    ) -> None:
         """Run a batch of one and of `preferred` rows on each of `instances` (the largest sizes the arenas; sizes in
-        between cost no more later), side by side: a load waits for the slowest, not for all in turn."""
+        between cost no more later), side by side: a load waits for the slowest, not for all in turn. While the
+        model is `serving`, at a lower priority (`WARM_NICENESS`): its requests come first (single-thread sessions
+        run on the calling thread)."""
         if not instances:
             return
 
         def warm(instance: Backend) -> None:
+            if serving:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICENESS)  # this thread's only
             for rows in sorted({1, preferred}):
                 instance.run(feeds[rows])
 
         with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
             list(pool.map(warm, instances))
+
+    def _settle(self) -> None:
+        """Just after READY, in a thread: warm the instances the load left cold (requests meanwhile run on them
+        cold, or on the solo one), then measure if a first start asked to."""
+        if self._cold is not None:
+            (cold, feeds), self._cold = self._cold, None
+            try:
+                self._warm(cold, feeds, self.preferred_batch_size, serving=True)
+            except Exception:  # a runtime's or ours: requests on those instances will say so
+                log.exception("model %s version %s: warming up failed", self.name, self.version)
+        self.measure_in_background()
 
     def measure_in_background(self) -> None:
         """After a first load that served at once: measure, keep the decisions and switch to what was found
@@ -420,8 +449,6 @@ class ModelHandle:
         key, feeds = self._background
         self._background = None
         try:
-            # the instances a first start left cold (all but the solo one) are warmed first, whatever measuring finds
-            self._warm([i for i in self._instances if not i.solo], feeds, 1)
             decided = measure_in_child(self._job(), self._stop)
             choice = Choice(decided.runtime, decided.precision)
             instances = self._instances

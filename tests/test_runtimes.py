@@ -448,6 +448,23 @@ def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_on
     assert [(b.solo, b.concurrent_runs) for b in RUNTIMES["onnxruntime"].create(path, gpu)] == [(False, 2)]
 
 
+@pytest.mark.parametrize(
+    ("layout", "runs"),
+    [("", 3), ("instances: 2\nruns_per_instance: 2\n", 4), ("instances: 1\nruns_per_instance: 1\n", 1)],
+)
+def test_triton_config_counts_every_run_the_model_takes_at_once(tmp_path, monkeypatch, layout, runs):
+    """`instance_group.count`: two cores, ONNX Runtime's own layout (a solo session and two for a queue) or the
+    one `model.yaml` names."""
+    from kakehashi.protocols.triton_config import model_config
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    tiny_model(tmp_path / "tiny" / "1" / "model.onnx")
+    (tmp_path / "tiny" / "model.yaml").write_text("backend: onnxruntime\ntask: tensor\n" + NO_BATCHING + layout)
+    handle = load(tmp_path / "tiny")
+    assert handle.ready, handle.reason
+    assert model_config(handle)["instance_group"][0]["count"] == runs
+
+
 def test_a_cache_folder_that_cannot_be_used_leaves_openvino_compiling_every_time(tmp_path, caplog):
     in_the_way = tmp_path / "cache"
     in_the_way.write_text("a file where the folder would go")

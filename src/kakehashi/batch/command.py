@@ -130,9 +130,8 @@ def _local(
             plane = DataPlane(repository)
             servable = plane.check(chosen, values)
             predictor = LocalPredictor(plane, chosen, values)
-            # enough in flight that a full batch waits on every instance while the next ones are decoded
-            instances = servable.config.instances or 1
-            slots = concurrency or 2 * servable.preferred_batch_size * instances + (os.cpu_count() or 2)
+            # enough in flight that a full batch waits on every run slot while the next ones are decoded
+            slots = concurrency or 2 * servable.preferred_batch_size * servable.runs_at_once + (os.cpu_count() or 2)
             return await run_job(predictor, inputs, journal, slots, progress, save_images)
         finally:
             await repository.close_all()

@@ -152,6 +152,10 @@ class Pipeline:
     def preferred_batch_size(self) -> int:
         return self._member(self._ready_spec().detect).preferred_batch_size
 
+    @property
+    def runs_at_once(self) -> int:
+        return self._member(self._ready_spec().detect).runs_at_once
+
     def require_ready(self) -> PipelineSignature:
         self._ready_spec()
         return PipelineSignature()

@@ -60,7 +60,7 @@ def model_config(handle: ModelHandle) -> dict:
         "max_batch_size": handle.max_batch_size if batching else 0,
         "input": [tensor(spec) for spec in backend.inputs],
         "output": [tensor(spec) for spec in backend.outputs],
-        "instance_group": [{"name": handle.name, "kind": "KIND_CPU", "count": handle.config.instances or 1}],
+        "instance_group": [{"name": handle.name, "kind": "KIND_CPU", "count": handle.runs_at_once}],
         "parameters": {
             "metadata": {"string_value": repr(_metadata(handle))},
             "runtime": {"string_value": handle.runtime},

@@ -197,7 +197,7 @@ class ModelHandle:
                 setup(self.handler, context)
                 if callable(getattr(self.handler, "predict", None)):
                     self._hook_pool = ThreadPoolExecutor(
-                        max(4, config.batching.max_batch_size * (config.instances or 1)), f"{self.name}-handler"
+                        max(4, config.batching.max_batch_size * self.runs_at_once), f"{self.name}-handler"
                     )
             else:
                 self.task = resolve_task(backend, config, self.path)
@@ -222,7 +222,7 @@ class ModelHandle:
             return
         self._batcher = DynamicBatcher(
             self._run_on,
-            self._runs_at_once(),
+            self.runs_at_once,
             self.preferred_batch_size,
             config.batching.max_queue_delay_ms,
             config.batching.max_queue_size,
@@ -249,7 +249,7 @@ class ModelHandle:
             self.runtime,
             self.precision,
             len(self._instances),
-            self._runs_at_once(),
+            self.runs_at_once,
             batching,
         )
         if self._background is not None or self._cold is not None:
@@ -272,7 +272,7 @@ class ModelHandle:
         a request is refused with 429 before any decoding, so memory and waiting stay bounded under overload; a
         request larger than the limit is still taken when nothing else is waiting."""
         if self._admitted and self._batcher is not None:
-            limit = self.config.batching.max_queue_size + self.max_batch_size * self._runs_at_once()
+            limit = self.config.batching.max_queue_size + self.max_batch_size * self.runs_at_once
             if self._admitted + count > limit:
                 raise self._batcher.overloaded(self._admitted)
             if late := self._batcher.too_late(self._admitted, self._queue_wait_budget, deadline):
@@ -560,8 +560,9 @@ class ModelHandle:
         self._instance_list = instances
         self._slots = run_slots(instances)
 
-    def _runs_at_once(self) -> int:
-        """How many batches may run at once: the `concurrent_runs` of each instance."""
+    @property
+    def runs_at_once(self) -> int:
+        """How many batches may run at once: the `concurrent_runs` of each instance (a solo one's too)."""
         return len(self._slots)
 
     def _run_on(self, slot: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -191,7 +191,7 @@ def test_edge_profile_overrides_the_model_for_a_small_device(serve, tmp_path):
     server = serve(folder.parent, "--edge")
     config = server.client.get(f"/v2/models/{folder.name}/config").json()
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config  # no batching, no waiting
-    assert config["instance_group"][0]["count"] == 1
+    assert config["instance_group"][0]["count"] == 1  # one instance, one inference at a time
     assert config["parameters"]["runtime"]["string_value"] == "onnxruntime CPUExecutionProvider"
     response = server.client.post(
         f"/v1/models/{folder.name}/predict",

@@ -289,9 +289,11 @@ class ServerDefaults:
 
 
 def edge_profile(config: ModelConfig) -> ModelConfig:
-    """A model's configuration for a small device (`serve --edge`): one ONNX Runtime instance, no batching (so no
-    batch buffers and no waiting), whatever else `model.yaml` says."""
+    """A model's configuration for a small device (`serve --edge`): one ONNX Runtime instance running one inference
+    at a time on every core (one set of activations), no batching (so no batch buffers and no waiting), whatever
+    else `model.yaml` says."""
     batching = config.batching.model_copy(
         update={"max_batch_size": 1, "preferred_batch_size": 1, "max_queue_delay_ms": 0.0}
     )
-    return config.model_copy(update={"batching": batching, "instances": 1, "backend": "onnxruntime"})
+    one = {"instances": 1, "runs_per_instance": 1}
+    return config.model_copy(update={"batching": batching, **one, "backend": "onnxruntime"})

@@ -4,6 +4,7 @@ or the machine change."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -12,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,9 @@ from kakehashi.backends import SWITCH_GAIN
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.repository.handle import WARM_NICENESS, ModelHandle
 from kakehashi.repository.measuring import fastest_batch_size
+from kakehashi.repository.repository import ModelRepository
 from kakehashi.servable import ModelState
+from kakehashi.settings import Limits
 from onnx_builders import tiny_model
 
 MEASURED = " per inference"  # the log line of `auto` timing the runtimes
@@ -114,20 +118,28 @@ def test_a_stored_decision_is_what_serves(tmp_path, cache, caplog):
     assert third.max_batch_size == 1 and "never batched together" in text
 
 
-def test_a_reused_decision_serves_once_the_solo_session_is_warm_and_warms_the_others_after_at_a_lower_priority(
-    tmp_path, cache, monkeypatch
-):
-    # two cores: ONNX Runtime lays out a solo session (both cores) and two single-thread ones for a queue
+def _tiny_on_two_cores(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny model whose ONNX Runtime layout on two cores is a solo session (both cores) and two single-thread
+    sessions for a queue, loaded once so its decisions are kept."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    tiny_model(tmp_path / "tiny" / "1" / "model.onnx")
-    (tmp_path / "tiny" / "model.yaml").write_text("backend: onnxruntime\ntask: tensor\n")
-    assert load(tmp_path).ready  # measures and keeps its decisions
-    events: list[tuple] = []  # ("run", solo, the running thread's niceness) and ("state", state), in order
+    tiny_model(root / "tiny" / "1" / "model.onnx")
+    (root / "tiny" / "model.yaml").write_text("backend: onnxruntime\ntask: tensor\n")
+    assert load(root).ready  # measures and keeps its decisions
+    return root
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch, queue_run_seconds: float = 0.0) -> list[tuple]:
+    """Events in order as they end: ("run", session id, solo, the running thread's niceness) of every ONNX Runtime
+    run, and ("state", state) of every handle; a queue session's run takes `queue_run_seconds` longer."""
+    events: list[tuple] = []
     run, set_state = OnnxRuntimeBackend.run, ModelHandle._set_state
 
     def recorded_run(self, feeds):
-        events.append(("run", self.solo, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        return run(self, feeds)
+        answer = run(self, feeds)
+        if not self.solo:
+            time.sleep(queue_run_seconds)
+        events.append(("run", id(self), self.solo, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return answer
 
     def recorded_state(self, state):
         events.append(("state", state))
@@ -135,15 +147,44 @@ def test_a_reused_decision_serves_once_the_solo_session_is_warm_and_warms_the_ot
 
     monkeypatch.setattr(OnnxRuntimeBackend, "run", recorded_run)
     monkeypatch.setattr(ModelHandle, "_set_state", recorded_state)
-    assert load(tmp_path).ready  # reuses them
-    deadline = time.monotonic() + 30
-    while sum(1 for e in events if e[:2] == ("run", False)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    return events
+
+
+def _queue_sessions(handle: ModelHandle) -> set[int]:
+    return {id(instance) for instance in handle._instances if not instance.solo}
+
+
+def test_a_reused_decision_serves_once_the_solo_session_is_warm_and_warms_the_others_after_at_a_lower_priority(
+    tmp_path, cache, monkeypatch
+):
+    root = _tiny_on_two_cores(tmp_path, monkeypatch)
+    events = _recorded(monkeypatch)
+    handle = load(root)  # reuses the decisions
+    assert handle.ready and handle._measuring is not None
+    handle._measuring.join(30)
+    assert not handle._measuring.is_alive()
     ready = events.index(("state", ModelState.READY))
-    before, after = events[:ready], events[ready:]
-    assert before and all(e[:2] == ("run", True) for e in before if e[0] == "run"), before
+    before = [e for e in events[:ready] if e[0] == "run"]
+    after = [e for e in events[ready:] if e[0] == "run"]
+    assert before and all(solo for _, _, solo, _ in before), before
     lower = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WARM_NICENESS)
-    assert {e for e in after if e[0] == "run"} == {("run", False, lower)}, after  # both queue sessions, low
+    assert {(solo, niceness) for _, _, solo, niceness in after} == {(False, lower)}, after
+    assert {session for _, session, _, _ in after} == _queue_sessions(handle)  # both queue sessions warmed
+
+
+def test_a_reload_takes_over_once_every_session_of_the_new_version_is_warm(tmp_path, cache, monkeypatch):
+    root = _tiny_on_two_cores(tmp_path, monkeypatch)
+    repository = ModelRepository(root, ThreadPoolExecutor(2), Limits())
+    repository.load_all()
+    old = repository.get("tiny")
+    assert old._measuring is not None
+    old._measuring.join(30)  # its own queue sessions warmed
+    events = _recorded(monkeypatch, queue_run_seconds=0.3)  # warming a queue session takes a while
+    asyncio.run(repository.load("tiny"))  # a reload reusing the decisions
+    new = repository.get("tiny")
+    assert new is not old and new.ready and old.state is ModelState.UNLOADED
+    warmed = {session for _, session, solo, _ in (e for e in events if e[0] == "run") if not solo}
+    assert warmed == _queue_sessions(new)  # before the reload returned: the old version served meanwhile
 
 
 def test_another_model_or_configuration_is_measured_again(tmp_path, cache, caplog):

@@ -146,7 +146,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @_option(
     "--edge/--no-edge",
     False,
-    "Small-device profile: one ONNX Runtime instance, no batching, one "
+    "Small-device profile: one ONNX Runtime instance running one inference at a time, no batching, one "
     "pre/post-processing thread, no gRPC (fewer imports, less memory).",
 )
 @_option("--log-level", "info", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))

@@ -182,7 +182,8 @@ def fastest_agreeing(
             check_stop(stop)
             seconds[choice] = min(seconds[choice], _seconds_of(choice, each, feeds))
     timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
-    log.info("%s: %s per inference", path, timings)
+    gain = f" (another choice than {reference[0]} serves only if {SWITCH_GAIN:.2f}x faster)"
+    log.info("%s: %s per inference%s", path, timings, gain)
     refused: list[str] = []
 
     def ranked(choice: Choice) -> float:

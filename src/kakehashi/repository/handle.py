@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# the scheduling priority below the server's at which instances left cold are warmed while the model serves
+# how far below the server's scheduling priority instances left cold are warmed while the model serves (Linux)
 WARM_NICENESS = 10
 
 
@@ -137,6 +138,8 @@ class ModelHandle:
         self._cold: tuple[list[Backend], dict[int, dict[str, np.ndarray]]] | None = None
         self._switching = threading.Lock()  # a switch after measuring, against `close`
         self._measuring: threading.Thread | None = None  # warms what was left cold, then measures (a first start)
+        self._warm_done = threading.Event()  # clear while instances left cold wait for their warm-up
+        self._warm_done.set()
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
         self._postprocess_seconds = 1.0  # moving average; the first answers are post-processed in the pool
         self._post_on_loop = False  # a classifier: its post-processing may run on the event loop when cheap
@@ -326,7 +329,7 @@ class ModelHandle:
         if decided is not None:
             log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
             self._apply(decided, self._instances, feeds, solo or None)
-            self._cold = left_cold
+            self._leave_cold(left_cold)
             return
         if self._measure_in_background and self.config.precision in ("auto", "f32"):
             self._background = (key, feeds)
@@ -337,12 +340,22 @@ class ModelHandle:
             # every instance that will serve
             at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
             self._apply(at_once, self._instances, feeds, solo or None)
-            self._cold = left_cold
+            self._leave_cold(left_cold)
             return
         decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
         self.backend = self._instances[0]
         self._apply(decided, self._instances, feeds)
         remember(key, decided)  # once it has worked
+
+    def _leave_cold(self, cold: tuple[list[Backend], dict[int, dict[str, np.ndarray]]] | None) -> None:
+        """Keep `cold` instances to warm once the model is READY (`_settle`)."""
+        self._cold = cold
+        if cold is not None:
+            self._warm_done.clear()
+
+    def wait_warm(self) -> None:
+        """Return once every instance is warm (a reload swaps versions then: the old one serves meanwhile)."""
+        self._warm_done.wait()
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
         """Zeros shaped like each batch the batcher may form, by rows; None when the input shapes are not fixed."""
@@ -366,7 +379,8 @@ class ModelHandle:
         """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
         largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
         run. False, having done nothing, while the model loads or measures (its runs are under way or to come)."""
-        measuring = self._background is not None or (self._measuring is not None and self._measuring.is_alive())
+        measuring = self._background is not None or self._cold is not None
+        measuring = measuring or (self._measuring is not None and self._measuring.is_alive())
         if self.state is ModelState.LOADING or measuring:
             return False
         if self.state is not ModelState.READY:
@@ -383,9 +397,10 @@ class ModelHandle:
         instances: list[Backend],
         feeds: dict[int, dict[str, np.ndarray]],
         warmed: list[Backend] | None = None,
+        serving: bool = False,
     ) -> bool:
-        """Warm `instances` (or only those `warmed`) up for `decided` (the smallest and the chosen batch), then serve
-        with them; False if the handle was closed meanwhile."""
+        """Warm `instances` (or only those `warmed`) up for `decided` (the smallest and the chosen batch; at a lower
+        priority while the model is `serving`), then serve with them; False if the handle was closed meanwhile."""
         if self.max_batch_size > 1 and not decided.rows_follow_batch:
             log.warning(
                 "model %s: its outputs do not have one row per input row (their first dimension is not the "
@@ -396,7 +411,7 @@ class ModelHandle:
         preferred = self.preferred_batch_size
         if self.max_batch_size > 1 and self.config.batching.preferred_batch_size is None:
             preferred = min(decided.batch_size, self.max_batch_size)
-        self._warm(instances if warmed is None else warmed, feeds, preferred)
+        self._warm(instances if warmed is None else warmed, feeds, preferred, serving)
         with self._switching:
             if self.state in (ModelState.UNLOADED, ModelState.FAILED):
                 return False  # closed while measuring: nothing to switch
@@ -416,15 +431,18 @@ class ModelHandle:
     ) -> None:
         """Run a batch of one and of `preferred` rows on each of `instances` (the largest sizes the arenas; sizes in
         between cost no more later), side by side: a load waits for the slowest, not for all in turn. While the
-        model is `serving`, at a lower priority (`WARM_NICENESS`): its requests come first (single-thread sessions
-        run on the calling thread)."""
+        model is `serving`, each warming thread runs `WARM_NICENESS` below the server's priority so requests come
+        first (on Linux; a single-thread session runs on its caller, a runtime's own threads keep their priority),
+        and stops between runs once the handle closes."""
         if not instances:
             return
 
         def warm(instance: Backend) -> None:
             if serving:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICENESS)  # this thread's only
+                _lower_this_threads_priority()
             for rows in sorted({1, preferred}):
+                if serving and self._stop.is_set():
+                    return
                 instance.run(feeds[rows])
 
         with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
@@ -439,6 +457,8 @@ class ModelHandle:
                 self._warm(cold, feeds, self.preferred_batch_size, serving=True)
             except Exception:  # a runtime's or ours: requests on those instances will say so
                 log.exception("model %s version %s: warming up failed", self.name, self.version)
+            finally:
+                self._warm_done.set()
         self.measure_in_background()
 
     def measure_in_background(self) -> None:
@@ -454,7 +474,7 @@ class ModelHandle:
             instances = self._instances
             if choice != self.choice:  # only the winner's runtime is loaded here
                 instances = create_instances(self.path, choice, self._options())
-            if not self._apply(decided, instances, feeds):
+            if not self._apply(decided, instances, feeds, serving=True):
                 return
             remember(key, decided)  # once it has worked
         except MeasuringStopped:
@@ -751,6 +771,18 @@ class ModelHandle:
             if not future.cancel():
                 await asyncio.wait({asyncio.wrap_future(future)})
             raise
+
+
+def _lower_this_threads_priority() -> None:
+    """Run the calling thread `WARM_NICENESS` below its current priority (Linux sets niceness per thread; elsewhere
+    the call would name a process: left alone)."""
+    if not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_NICENESS))
+    except OSError as exc:  # e.g. a sandbox refusing it: the warm-up runs at the server's priority
+        log.debug("the warm-up's priority stays the server's: %s", exc)
 
 
 def _decodable(output: np.ndarray) -> np.ndarray:

@@ -223,6 +223,9 @@ class ModelRepository:
                 raise ModelLoadError(f"model '{name}' failed to load: {reason}; the previous versions keep serving")
             self.entries[name] = fresh
             raise ModelLoadError(f"model '{name}' failed to load: {reason}")
+        if old is not None:  # the new versions take over once every instance is warm; the old ones serve meanwhile
+            for handle in fresh.handles.values():
+                await asyncio.to_thread(handle.wait_warm)
         self.entries[name] = fresh
         self._expected.add(name)
         if old is not None:

@@ -413,8 +413,8 @@ class ModelHandle:
             preferred = min(decided.batch_size, self.max_batch_size)
         self._warm(instances if warmed is None else warmed, feeds, preferred, serving)
         with self._switching:
-            if self.state in (ModelState.UNLOADED, ModelState.FAILED):
-                return False  # closed while measuring: nothing to switch
+            if self.state in (ModelState.UNLOADED, ModelState.FAILED) or self._stop.is_set():
+                return False  # closing (its warm-up may have stopped short) or closed: nothing to switch
             self.choice = Choice(decided.runtime, decided.precision)
             self.agreement = decided.agreement
             self._instances, self.backend, self.preferred_batch_size = instances, instances[0], preferred
@@ -438,27 +438,26 @@ class ModelHandle:
             return
 
         def warm(instance: Backend) -> None:
-            if serving:
-                _lower_this_threads_priority()
             for rows in sorted({1, preferred}):
                 if serving and self._stop.is_set():
                     return
                 instance.run(feeds[rows])
 
-        with ThreadPoolExecutor(len(instances), thread_name_prefix=f"{self.name}-warm-up") as pool:
+        lower = _lower_this_threads_priority if serving else None  # once per thread: a thread may warm two
+        with ThreadPoolExecutor(len(instances), f"{self.name}-warm-up", initializer=lower) as pool:
             list(pool.map(warm, instances))
 
     def _settle(self) -> None:
         """Just after READY, in a thread: warm the instances the load left cold (requests meanwhile run on them
         cold, or on the solo one), then measure if a first start asked to."""
-        if self._cold is not None:
-            (cold, feeds), self._cold = self._cold, None
-            try:
+        try:
+            if self._cold is not None:
+                (cold, feeds), self._cold = self._cold, None
                 self._warm(cold, feeds, self.preferred_batch_size, serving=True)
-            except Exception:  # a runtime's or ours: requests on those instances will say so
-                log.exception("model %s version %s: warming up failed", self.name, self.version)
-            finally:
-                self._warm_done.set()
+        except Exception:  # a runtime's or ours: requests on those instances will say so
+            log.exception("model %s version %s: warming up failed", self.name, self.version)
+        finally:
+            self._warm_done.set()
         self.measure_in_background()
 
     def measure_in_background(self) -> None:

@@ -143,18 +143,24 @@ def test_the_measuring_process_ends_with_its_model_or_its_server(serve, tmp_path
 
 
 def test_models_are_measured_one_at_a_time(serve, tmp_path, monkeypatch):
-    """Timings taken side by side disturb each other: a server starting with several models measures them in turn."""
+    """Timings taken side by side disturb each other: a server starting with several models measures them in turn,
+    and the next one only once the first has switched (the instances a switch creates and warms would slow it)."""
     monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))
     folder = _folder(tmp_path / "models")
     shutil.copytree(folder, folder.parent / "again")
     server = serve(folder.parent, wait="/v2/health/live")
     most = 0
+    switched_before: dict[int, int] = {}  # each measuring process: the switches logged when it was first seen
     deadline = time.monotonic() + 180
-    while server.log().count(SWITCHED) < 2:
-        assert time.monotonic() < deadline, f"not both measured: {server.log()}"
-        most = max(most, len(_measuring_children(server.process.pid)))
+    while (log := server.log()).count(SWITCHED) < 2:
+        assert time.monotonic() < deadline, f"not both measured: {log}"
+        children = _measuring_children(server.process.pid)
+        most = max(most, len(children))
+        for child in children:
+            switched_before.setdefault(child.pid, log.count(SWITCHED))
         time.sleep(0.01)
     assert most == 1
+    assert sorted(switched_before.values()) == [0, 1], switched_before
 
 
 def test_a_model_file_gone_while_measuring_is_said_plainly_and_the_model_serves_on(tmp_path, monkeypatch, caplog):

@@ -48,7 +48,7 @@ from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, cache_folder, decision_key, recall, remember
 from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
-from kakehashi.repository.measuring import MeasureJob, measure, measure_in_child, zeros
+from kakehashi.repository.measuring import MeasureJob, measure, measure_in_child, one_at_a_time, zeros
 from kakehashi.repository.precision_guard import calibration_images
 from kakehashi.settings import Limits
 from kakehashi.tasks.images import ImageData
@@ -462,23 +462,24 @@ class ModelHandle:
 
     def measure_in_background(self) -> None:
         """After a first load that served at once: measure, keep the decisions and switch to what was found
-        (requests keep flowing through the batcher meanwhile; the instances that lost are released)."""
+        (requests keep flowing through the batcher meanwhile; the instances that lost are released). The next
+        model's measuring waits for the switch too: the instances it creates and warms would slow its timings."""
         if self._background is None:
             return
-        key, feeds = self._background
-        self._background = None
         try:
-            decided = measure_in_child(self._job(), self._stop)
-            choice = Choice(decided.runtime, decided.precision)
-            instances = self._instances
-            if choice != self.choice:  # only the winner's runtime is loaded here
-                instances = create_instances(self.path, choice, self._options())
-            if not self._apply(decided, instances, feeds, serving=True):
-                return
-            remember(key, decided)  # once it has worked
+            with one_at_a_time(self._stop):
+                if self._measure_and_switch():
+                    log.info(
+                        "model %s version %s: measured in the background; now serving %s, precision %s, "
+                        "batches of up to %d",
+                        self.name,
+                        self.version,
+                        self.runtime,
+                        self.precision,
+                        self.preferred_batch_size,
+                    )
         except MeasuringStopped:
             log.info("model %s version %s: measuring stopped: the model is unloading", self.name, self.version)
-            return
         except KakehashiError as exc:  # e.g. its file is gone (a poll removed it): said, not a fault of ours
             log.error(
                 "model %s version %s: measuring in the background failed: %s; it serves on %s",
@@ -487,20 +488,24 @@ class ModelHandle:
                 exc.message,
                 self.choice,
             )
-            return
         except Exception:  # ours, or a runtime's: the model keeps serving on what it started with
             log.exception("model %s version %s: measuring in the background failed", self.name, self.version)
-            return
+
+    def _measure_and_switch(self) -> bool:
+        """Measure in a child, switch to what it found and keep it; False if the handle closed meanwhile."""
+        assert self._background is not None
+        (key, feeds), self._background = self._background, None
+        decided = measure_in_child(self._job(), self._stop)
+        choice = Choice(decided.runtime, decided.precision)
+        instances = self._instances
+        if choice != self.choice:  # only the winner's runtime is loaded here
+            instances = create_instances(self.path, choice, self._options())
+        if not self._apply(decided, instances, feeds, serving=True):
+            return False
+        remember(key, decided)  # once it has worked
         del instances, feeds  # the warm-up batches too: what only measuring needed goes back to the system
         give_back_freed_memory()
-        log.info(
-            "model %s version %s: measured in the background; now serving %s, precision %s, batches of up to %d",
-            self.name,
-            self.version,
-            self.runtime,
-            self.precision,
-            self.preferred_batch_size,
-        )
+        return True
 
     def _options(self) -> RuntimeOptions:
         return replace(self.config.runtime_options(self._threads), cache_folder=self._compiled)

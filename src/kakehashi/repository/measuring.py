@@ -49,8 +49,8 @@ BATCH_GAIN = 1.1  # the rows per second a larger batch size must reach, against 
 CHILD_NICENESS = 10  # the measuring child's scheduling priority below the server's (0 = the same; 19 = the lowest)
 Rows = dict[str, tuple[tuple[int, ...], np.dtype]]  # each input's row shape (without the batch dimension), dtype
 # one model measures at a time: timings taken side by side would disturb each other (a server starting with several
-# models would choose from noise)
-_ONE_AT_A_TIME = threading.Lock()
+# models would choose from noise); a server's switch after measuring holds it too (`one_at_a_time`)
+_ONE_AT_A_TIME = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,10 @@ class MeasureJob:
 
 
 @contextmanager
-def _one_at_a_time(stop: threading.Event | None) -> Iterator[None]:
-    """Hold the measuring lock (waiting for it stops when `stop` is set)."""
+def one_at_a_time(stop: threading.Event | None) -> Iterator[None]:
+    """Hold the measuring lock (waiting for it stops when `stop` is set; a thread holding it may take it again).
+    A server holds it from measuring through its switch: the instances it creates and warms would slow the next
+    model's timings, and a parallel runtime's more than a runtime stealing work between its threads."""
     while not _ONE_AT_A_TIME.acquire(timeout=0.2):
         check_stop(stop)
     try:
@@ -92,7 +94,7 @@ def measure(
     throughput. Returns the decisions and the instances to serve them with (`reference`, when it won). Raises
     `ModelLoadError` when no precision asked for agrees, `MeasuringStopped` when `stop` is set. Other models'
     measuring in this process finishes first."""
-    with _one_at_a_time(stop):
+    with one_at_a_time(stop):
         return _measure(job, reference, task, stop)
 
 
@@ -172,7 +174,7 @@ def measure_in_child(job: MeasureJob, stop: threading.Event | None = None) -> Lo
     """`measure(job)` in a child process, from a fresh instance of `job.reference`; its log lines go where this
     process's go. Raises `ModelLoadError` when no precision agrees, `MeasuringStopped` (the child killed) when
     `stop` is set, `RuntimeError` when the child fails or dies. Other models' measuring finishes first."""
-    with _one_at_a_time(stop):
+    with one_at_a_time(stop):
         return _measured_in_child(job, stop)
 
 

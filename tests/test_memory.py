@@ -14,6 +14,7 @@ from kakehashi.repository.config import ServerDefaults
 from kakehashi.repository.handle import ModelHandle
 from kakehashi.repository.repository import ModelRepository
 from kakehashi.settings import Limits, coco_model_path
+from onnx_builders import tiny_model
 
 QUIET = 0.2
 _POOL = ThreadPoolExecutor(2)
@@ -67,20 +68,27 @@ def test_memory_is_given_back_once_each_time_requests_stop():
     asyncio.run(scenario())
 
 
-def test_a_model_rests_only_once_measured_and_answers_the_same_after(tmp_path, monkeypatch):
+def test_models_rest_only_once_every_one_is_measured_and_answer_the_same_after(tmp_path, monkeypatch):
     monkeypatch.setenv("KAKEHASHI_CACHE_DIR", str(tmp_path / "decisions"))  # a first start: measured after READY
     folder = tmp_path / "models" / "coco"
     shutil.copytree(coco_model_path(), folder)
+    tiny_model(tmp_path / "models" / "tiny" / "1" / "model.onnx")  # another model, ready and measuring nothing
+    (tmp_path / "models" / "tiny" / "model.yaml").write_text("task: tensor\nwarmup: false\n")
+    released: list[str] = []
+    release = ModelHandle.release_memory
+    monkeypatch.setattr(ModelHandle, "release_memory", lambda h: released.append(h.name) or release(h))
     repository = ModelRepository(folder.parent, _POOL, Limits(), ServerDefaults(measure_in_background=True))
     repository.load_all()
     handle = repository.get("coco")
-    assert isinstance(handle, ModelHandle)
+    assert isinstance(handle, ModelHandle) and repository.get("tiny").ready
     image = (IMAGES / "astronaut.png").read_bytes()
     params = parse_params({}, handle.config.defaults)
     measuring = handle._measuring
     assert measuring is not None and measuring.is_alive()  # (it times both runtimes: seconds)
     assert asyncio.run(repository.rest()) is False  # its runs are under way: asked again at the next rest
+    assert released == []  # no model released a thing: its runs would have slowed the timings
     measuring.join(120)
     before = asyncio.run(handle.predict([image], params))[0].results
     assert asyncio.run(repository.rest()) is True
+    assert sorted(released) == ["coco", "tiny"]
     assert asyncio.run(handle.predict([image], params))[0].results == before

@@ -375,13 +375,18 @@ class ModelHandle:
             return None
         return {s.name: (s.shape[1:], np.dtype(OIP_TO_NUMPY[s.datatype])) for s in inputs}
 
+    @property
+    def settling(self) -> bool:
+        """Loading, or warming up or measuring after READY: its runs are under way or to come."""
+        measuring = self._background is not None or self._cold is not None
+        measuring = measuring or (self._measuring is not None and self._measuring.is_alive())
+        return self.state is ModelState.LOADING or measuring
+
     def release_memory(self) -> bool:
         """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
         largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
-        run. False, having done nothing, while the model loads or measures (its runs are under way or to come)."""
-        measuring = self._background is not None or self._cold is not None
-        measuring = measuring or (self._measuring is not None and self._measuring.is_alive())
-        if self.state is ModelState.LOADING or measuring:
+        run. False, having done nothing, while the model is `settling`."""
+        if self.settling:
             return False
         if self.state is not ModelState.READY:
             return True  # nothing to give back

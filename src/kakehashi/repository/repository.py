@@ -367,6 +367,10 @@ class ModelRepository:
 
 
 def _rest(handles: list[ModelHandle]) -> bool:
+    """Every model gives back its scratch memory, then the process; nothing while one model settles: the releases'
+    runs would slow its timings (measuring runs below the server's priority)."""
+    if any(handle.settling for handle in handles):
+        return False
     rested = True
     for handle in handles:
         try:

@@ -295,5 +295,6 @@ def edge_profile(config: ModelConfig) -> ModelConfig:
     batching = config.batching.model_copy(
         update={"max_batch_size": 1, "preferred_batch_size": 1, "max_queue_delay_ms": 0.0}
     )
-    one = {"instances": 1, "runs_per_instance": 1}
-    return config.model_copy(update={"batching": batching, **one, "backend": "onnxruntime"})
+    return config.model_copy(
+        update={"batching": batching, "instances": 1, "runs_per_instance": 1, "backend": "onnxruntime"}
+    )

@@ -324,33 +324,27 @@ class ModelHandle:
         if feeds is None:
             self._serve_unchecked("its input shapes are not fixed")
             return
-        solo = [i for i in self._instances if i.solo]
-        left_cold = ([i for i in self._instances if not i.solo], feeds) if solo else None
         if decided is not None:
             log.info("model %s: load decisions reused from an earlier load: %s", self.name, decided)
-            self._apply(decided, self._instances, feeds, solo or None)
-            self._leave_cold(left_cold)
-            return
-        if self._measure_in_background and self.config.precision in ("auto", "f32"):
+        elif self._measure_in_background and self.config.precision in ("auto", "f32"):
             self._background = (key, feeds)
             log.info(
                 "model %s: serving at once on %s; measuring the runtimes and batch sizes after", self.name, self.choice
             )
             # batches of one: whether outputs follow the batch is measured too; the background's switch warms
             # every instance that will serve
-            at_once = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
-            self._apply(at_once, self._instances, feeds, solo or None)
-            self._leave_cold(left_cold)
+            decided = LoadDecisions(self.choice.runtime, self.choice.precision, "", 1, True)
+        else:
+            decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
+            self.backend = self._instances[0]
+            self._apply(decided, self._instances, feeds)
+            remember(key, decided)  # once it has worked
             return
-        decided, self._instances = measure(self._job(), self._instances, self.task, self._stop)
-        self.backend = self._instances[0]
-        self._apply(decided, self._instances, feeds)
-        remember(key, decided)  # once it has worked
-
-    def _leave_cold(self, cold: tuple[list[Backend], dict[int, dict[str, np.ndarray]]] | None) -> None:
-        """Keep `cold` instances to warm once the model is READY (`_settle`)."""
-        self._cold = cold
-        if cold is not None:
+        # serving at once: only a solo instance (a lone request's) is warmed before READY, the others by `_settle`
+        solo = [i for i in self._instances if i.solo]
+        self._apply(decided, self._instances, feeds, solo or None)
+        if solo:
+            self._cold = ([i for i in self._instances if not i.solo], feeds)
             self._warm_done.clear()
 
     def wait_warm(self) -> None:
@@ -382,19 +376,16 @@ class ModelHandle:
         measuring = measuring or (self._measuring is not None and self._measuring.is_alive())
         return self.state is ModelState.LOADING or measuring
 
-    def release_memory(self) -> bool:
-        """At rest: the runtimes give back the scratch memory their runs keep for reuse (activations, sized by the
-        largest batch run: hundreds of MB for a detector batching 8 images of 640), to allocate again at the next
-        run. False, having done nothing, while the model is `settling`."""
-        if self.settling:
-            return False
+    def release_memory(self) -> None:
+        """At rest, when no model is `settling`: the runtimes give back the scratch memory their runs keep for reuse
+        (activations, sized by the largest batch run: hundreds of MB for a detector batching 8 images of 640), to
+        allocate again at the next run."""
         if self.state is not ModelState.READY:
-            return True  # nothing to give back
+            return  # nothing to give back
         rows_of = self._input_rows()
         one_row = None if rows_of is None else zeros(rows_of, 1)
         for backend in {id(instance): instance for instance in self._instances}.values():  # OpenVINO's: one, shared
             backend.release_memory(one_row)
-        return True
 
     def _apply(
         self,

@@ -26,6 +26,7 @@ from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
 from kakehashi.backends.openvino import OpenVinoBackend
 from kakehashi.backends.registry import RUNTIMES, Runtime, RuntimeOptions, runtime_choices
 from kakehashi.memory import trim
+from kakehashi.repository import measuring
 from kakehashi.settings import coco_model_path, default_model_path
 from kakehashi.tasks.preprocess import ImageInput
 from kakehashi.tasks.registry import TASK_KINDS, ModelFacts, TaskKind
@@ -423,6 +424,39 @@ def test_runtimes_are_timed_with_every_instance_busy():
     assert occupied_seconds(side_by_side, {}) < 0.04 <= occupied_seconds([spread, spread], {})
     # and one session taking two runs at once (listed once) is timed with both runs going
     assert occupied_seconds([_Sleeper(0.06, concurrent_runs=2)], {}) < 0.04
+
+
+def test_runtimes_and_batch_sizes_are_timed_beside_other_work(tmp_path, monkeypatch):
+    """A server busy with requests decodes images while it infers (and a runtime spreading each inference over the
+    cores suffers from it more than single-thread sessions): every timing at load runs while a thread decodes
+    images, and that thread ends with the measuring."""
+    decoded: list[int] = []
+    decode = measuring.decode_image
+    monkeypatch.setattr(measuring, "decode_image", lambda data: decoded.append(1) or decode(data))
+
+    def decoding_meanwhile() -> bool:
+        before, deadline = len(decoded), time.monotonic() + 10
+        while len(decoded) == before and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return len(decoded) > before
+
+    choices_timed: list[bool] = []
+    sizes_timed: list[bool] = []
+    monkeypatch.setattr(
+        backends, "_seconds_of", lambda choice, instances, feeds: choices_timed.append(decoding_meanwhile()) or 0.02
+    )
+    occupied = measuring.occupied_seconds
+    monkeypatch.setattr(
+        measuring, "occupied_seconds", lambda *args: sizes_timed.append(decoding_meanwhile()) or occupied(*args)
+    )
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")  # measured at this load
+    tiny_model(tmp_path / "tiny" / "1" / "model.onnx")
+    (tmp_path / "tiny" / "model.yaml").write_text("task: tensor\nbatching: {max_batch_size: 4}\n")
+    handle = load(tmp_path / "tiny")
+    assert handle.ready, handle.reason
+    assert choices_timed and all(choices_timed)
+    assert sizes_timed and all(sizes_timed)
+    assert "measuring-other-work" not in [thread.name for thread in threading.enumerate()]
 
 
 def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_ones_for_a_queue(tmp_path, monkeypatch):

@@ -24,8 +24,9 @@ from kakehashi.backends.registry import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-# bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy; 5: batch sizes too)
-FORMAT = 5
+# bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy; 5: batch sizes too;
+# 6: both beside other work)
+FORMAT = 6
 
 
 @dataclass(frozen=True)

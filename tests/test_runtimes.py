@@ -426,19 +426,19 @@ def test_runtimes_are_timed_with_every_instance_busy():
     assert occupied_seconds([_Sleeper(0.06, concurrent_runs=2)], {}) < 0.04
 
 
-def test_runtimes_and_batch_sizes_are_timed_beside_other_work(tmp_path, monkeypatch):
-    """A server busy with requests decodes images while it infers (and a runtime spreading each inference over the
-    cores suffers from it more than single-thread sessions): every timing at load runs while a thread decodes
-    images, and that thread ends with the measuring."""
+def _timings_beside_decoding(monkeypatch) -> tuple[list[bool], list[bool]]:
+    """Record, for each runtime timing and each batch size timing at load, whether images were being decoded
+    meanwhile (a decode finished during it, and the deciding thread was still running when it ended)."""
     decoded: list[int] = []
     decode = measuring.decode_image
     monkeypatch.setattr(measuring, "decode_image", lambda data: decoded.append(1) or decode(data))
 
     def decoding_meanwhile() -> bool:
-        before, deadline = len(decoded), time.monotonic() + 10
+        before, deadline = len(decoded), time.monotonic() + 5
         while len(decoded) == before and time.monotonic() < deadline:
             time.sleep(0.002)
-        return len(decoded) > before
+        alive = any(thread.name == "measuring-other-work" for thread in threading.enumerate())
+        return len(decoded) > before and alive
 
     choices_timed: list[bool] = []
     sizes_timed: list[bool] = []
@@ -450,13 +450,38 @@ def test_runtimes_and_batch_sizes_are_timed_beside_other_work(tmp_path, monkeypa
         measuring, "occupied_seconds", lambda *args: sizes_timed.append(decoding_meanwhile()) or occupied(*args)
     )
     monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")  # measured at this load
+    return choices_timed, sizes_timed
+
+
+def _batching_tiny_model(tmp_path: Path) -> Path:
     tiny_model(tmp_path / "tiny" / "1" / "model.onnx")
     (tmp_path / "tiny" / "model.yaml").write_text("task: tensor\nbatching: {max_batch_size: 4}\n")
-    handle = load(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_runtimes_and_batch_sizes_are_timed_beside_other_work(tmp_path, monkeypatch):
+    """A server busy with requests decodes images while it infers (and a runtime spreading each inference over the
+    cores suffers from it more than single-thread sessions): every timing at load runs while a thread decodes
+    images, and that thread ends with the timings."""
+    choices_timed, sizes_timed = _timings_beside_decoding(monkeypatch)
+    handle = load(_batching_tiny_model(tmp_path))
     assert handle.ready, handle.reason
     assert choices_timed and all(choices_timed)
     assert sizes_timed and all(sizes_timed)
     assert "measuring-other-work" not in [thread.name for thread in threading.enumerate()]
+
+
+def test_without_images_to_decode_the_timings_run_alone_and_the_log_says_so(tmp_path, monkeypatch, caplog):
+    decoded: list[int] = []
+    monkeypatch.setattr(measuring, "decode_image", lambda data: decoded.append(1))
+    monkeypatch.setattr(measuring, "shipped_calibration_folder", lambda: tmp_path / "none here")
+    monkeypatch.setattr(backends, "_seconds_of", lambda choice, instances, feeds: 0.02)
+    monkeypatch.setenv("KAKEHASHI_CACHE_DIR", "")  # measured at this load
+    with caplog.at_level(logging.WARNING):
+        handle = load(_batching_tiny_model(tmp_path))
+    assert handle.ready, handle.reason
+    assert not decoded
+    assert any("no images in" in r.message and "nothing beside" in r.message for r in caplog.records)
 
 
 def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_ones_for_a_queue(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -155,11 +156,13 @@ def fastest_agreeing(
     feeds: Feeds,
     agreement: Callable[[Backend], Verdict],
     stop: threading.Event | None = None,
+    beside: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> tuple[Choice, list[Backend], str]:
     """Time every candidate on `feeds` with all its run slots busy (the reference's instances are reused) and
     serve the fastest whose answers agree with the reference's (`agreement`; f32 is the reference's precision and
     needs none); another choice than the reference must be `SWITCH_GAIN` times faster. The losers are released;
-    the log says what was measured. Returns the choice, its instances and what the check found: how the served
+    the log says what was measured; the timings run inside `beside()` (the caller's stand-in for a server's other
+    work). Returns the choice, its instances and what the check found: how the served
     precision agreed, and which faster ones were refused and why. Raises `ModelLoadError` when no candidate
     agrees; `MeasuringStopped` when `stop` is set between steps."""
     created: dict[Choice, list[Backend]] = {}
@@ -177,10 +180,11 @@ def fastest_agreeing(
     # rounds taking turns, the best of each: a busy spell on the machine (another model loading, the server's
     # requests while a child measures) slows one round of every candidate rather than all of one candidate's
     seconds = dict.fromkeys(created, math.inf)
-    for _ in range(TIMING_ROUNDS):
-        for choice, each in created.items():
-            check_stop(stop)
-            seconds[choice] = min(seconds[choice], _seconds_of(choice, each, feeds))
+    with beside():
+        for _ in range(TIMING_ROUNDS):
+            for choice, each in created.items():
+                check_stop(stop)
+                seconds[choice] = min(seconds[choice], _seconds_of(choice, each, feeds))
     timings = ", ".join(f"{choice} {each * 1000:.1f} ms" for choice, each in seconds.items())
     gain = f" (another choice than {reference[0]} serves only if {SWITCH_GAIN:.2f}x faster)"
     log.info("%s: %s per inference%s", path, timings, gain)

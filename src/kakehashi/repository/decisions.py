@@ -25,7 +25,7 @@ from kakehashi.backends.registry import RUNTIMES
 log = logging.getLogger(__name__)
 
 # bump when the meaning of a stored decision changes (4: runtimes timed with every run slot busy; 5: batch sizes too;
-# 6: both beside other work)
+# 6: both beside other work; bump too when `measuring.beside_other_work` changes what it does)
 FORMAT = 6
 
 

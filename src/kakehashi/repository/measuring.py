@@ -9,13 +9,15 @@ the child down, not the server. The child exits when its parent does (its standa
 `kill -9`. It runs at a lower priority (`CHILD_NICENESS`): requests served meanwhile come first, the first one
 especially, which a first start answers while its child is still importing the runtimes.
 
-Everything is timed beside one more thread of work (`beside_other_work`), as a server busy with requests decodes
-and resizes images, parses and answers while its inferences run: a runtime spreading each inference over all the
-cores waits at every parallel section for a thread the other work preempted, while single-thread sessions each go
-on at their own pace. Timed alone, YOLO11n's OpenVINO f32 and ONNX Runtime (two single-thread sessions) came within
-10% of each other on 2 cores and `auto` chose either; beside one thread of other work OpenVINO f32 took 1.2-1.3x as
-long, as its server's rate at 16 requests at once (0.78x of the ONNX Runtime server's) and the in-process loops with
-their image preparation (0.72x) had found; bf16 kept its lead (1.35x, against 1.33x in those loops).
+Runtimes, precisions and batch sizes are timed beside one more thread of work (`beside_other_work`), as a server
+busy with requests decodes and resizes images, parses and answers while its inferences run: a runtime spreading each
+inference over all the cores waits at every parallel section for a thread the other work preempted, while
+single-thread sessions each go on at their own pace. Timed alone, YOLO11n's OpenVINO f32 and ONNX Runtime (two
+single-thread sessions) came within 10% of each other on 2 cores and `auto` chose either; beside one thread of other
+work OpenVINO f32 took 1.13-1.3x as long, as its server's rate at 16 requests at once (0.78x of the ONNX Runtime
+server's) and the in-process loops with their image preparation (0.72x) had found; bf16 kept its lead (1.35x,
+against 1.33x in those loops). One full thread is a stand-in: a server's other work grows with its request rate and
+its images' size, and weighs less on more cores.
 """
 
 from __future__ import annotations
@@ -96,16 +98,23 @@ def one_at_a_time(stop: threading.Event | None) -> Iterator[None]:
 def beside_other_work() -> Iterator[None]:
     """Run the body while a thread decodes the shipped calibration images in turn, resizes each to
     `OTHER_WORK_SIZE` and converts it to floats: the other work a server busy with requests does beside its
-    inferences, so that runtimes, precisions and batch sizes are timed as they will serve."""
-    pictures = [path.read_bytes() for path in image_files([shipped_calibration_folder()])]
+    inferences, so that runtimes, precisions and batch sizes are timed as they will serve. Without images to decode
+    (or when decoding fails) the timings run alone, and the log says so."""
+    folder = shipped_calibration_folder()
+    pictures = [path.read_bytes() for path in image_files([folder]) if path.is_file()]
     done = threading.Event()
 
     def work() -> None:
-        for data in cycle(pictures):
-            if done.is_set():
-                return
-            np.asarray(decode_image(data).resize(OTHER_WORK_SIZE), np.float32)
+        try:
+            for data in cycle(pictures):
+                if done.is_set():
+                    return
+                np.asarray(decode_image(data).resize(OTHER_WORK_SIZE), np.float32)
+        except Exception:
+            log.exception("decoding images beside the timings failed: the rest is timed with nothing beside it")
 
+    if not pictures:
+        log.warning("no images in %s to decode beside the timings: timed with nothing beside them", folder)
     thread = threading.Thread(target=work, name="measuring-other-work", daemon=True)
     thread.start()
     try:
@@ -128,7 +137,7 @@ def measure(
     throughput. Returns the decisions and the instances to serve them with (`reference`, when it won). Raises
     `ModelLoadError` when no precision asked for agrees, `MeasuringStopped` when `stop` is set. Other models'
     measuring in this process finishes first."""
-    with one_at_a_time(stop), beside_other_work():
+    with one_at_a_time(stop):
         return _measure(job, reference, task, stop)
 
 
@@ -142,14 +151,15 @@ def _measure(
     if candidates != [choice]:
         guard = PrecisionGuard(reference[0], task, job.config, job.max_pixels)
         choice, instances, agreement = fastest_agreeing(
-            job.path, job.options, (choice, reference), candidates, feeds[1], guard.check, stop
+            job.path, job.options, (choice, reference), candidates, feeds[1], guard.check, stop, beside_other_work
         )
     batch_size = job.preferred_batch_size
     if follows and job.max_batch_size > 1 and job.config.batching.preferred_batch_size is None:
         # timed on scratch instances laid out as the serving ones (their run slots busy as a full queue keeps them),
         # so the serving sessions' memory arenas only grow to the chosen size
         scratch = create_instances(job.path, choice, job.options)
-        batch_size = fastest_batch_size(scratch, feeds, stop=stop)
+        with beside_other_work():
+            batch_size = fastest_batch_size(scratch, feeds, stop=stop)
         del scratch
     return LoadDecisions(choice.runtime, choice.precision, agreement, batch_size, follows), instances
 

@@ -23,6 +23,7 @@ from conftest import YOLO11, YOLO26
 from inprocess import load
 from kakehashi.backends import SWITCH_GAIN
 from kakehashi.backends.onnxruntime import OnnxRuntimeBackend
+from kakehashi.repository import repository as repository_module
 from kakehashi.repository.handle import WARM_NICENESS, ModelHandle
 from kakehashi.repository.measuring import fastest_batch_size
 from kakehashi.repository.repository import ModelRepository
@@ -185,6 +186,26 @@ def test_a_reload_takes_over_once_every_session_of_the_new_version_is_warm(tmp_p
     assert new is not old and new.ready and old.state is ModelState.UNLOADED
     warmed = {session for _, session, solo, _ in (e for e in events if e[0] == "run") if not solo}
     assert warmed == _queue_sessions(new)  # before the reload returned: the old version served meanwhile
+
+
+def test_a_reload_whose_new_version_warms_too_long_takes_over_anyway_and_says_so(tmp_path, cache, monkeypatch, caplog):
+    """A busy server may hold the lower-priority warm-up back for long; a reload holds every other load meanwhile:
+    past `WARM_WAIT_SECONDS` the new version takes over cold."""
+    root = _tiny_on_two_cores(tmp_path, monkeypatch)
+    repository = ModelRepository(root, ThreadPoolExecutor(2), Limits())
+    repository.load_all()
+    old = repository.get("tiny")
+    assert old._measuring is not None
+    old._measuring.join(30)
+    monkeypatch.setattr(repository_module, "WARM_WAIT_SECONDS", 0.2)
+    events = _recorded(monkeypatch, queue_run_seconds=1.0)  # each run warming a queue session takes a second
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(repository.load("tiny"))
+    new = repository.get("tiny")
+    assert new is not old and new.ready and old.state is ModelState.UNLOADED
+    assert not [e for e in events if e[0] == "run" and not e[2]]  # no queue session was warm when it took over
+    assert any("not warm after 0 s; it takes over now" in r.message for r in caplog.records)
+    assert new.wait_warm(60)  # and it goes on warming as it serves
 
 
 def test_another_model_or_configuration_is_measured_again(tmp_path, cache, caplog):

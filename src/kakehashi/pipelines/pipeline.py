@@ -156,8 +156,9 @@ class Pipeline:
     def runs_at_once(self) -> int:
         return self._member(self._ready_spec().detect).runs_at_once
 
-    def wait_warm(self) -> None:
+    def wait_warm(self, timeout: float | None = None) -> bool:
         """A pipeline runs on its members' instances: nothing of its own to warm."""
+        return True
 
     def require_ready(self) -> PipelineSignature:
         self._ready_spec()

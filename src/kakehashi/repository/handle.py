@@ -347,9 +347,10 @@ class ModelHandle:
             self._cold = ([i for i in self._instances if not i.solo], feeds)
             self._warm_done.clear()
 
-    def wait_warm(self) -> None:
-        """Return once every instance is warm (a reload swaps versions then: the old one serves meanwhile)."""
-        self._warm_done.wait()
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Whether every instance is warm, waiting `timeout` seconds at most for it (None: as long as it takes; a
+        reload swaps versions then: the old one serves meanwhile)."""
+        return self._warm_done.wait(timeout)
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:
         """Zeros shaped like each batch the batcher may form, by rows; None when the input shapes are not fixed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from kakehashi.settings import Limits
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+WARM_WAIT_SECONDS = 60.0  # how long a reload's new version may warm up before it takes over anyway
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CONFIG_FILE = "model.yaml"
 
@@ -224,8 +226,7 @@ class ModelRepository:
             self.entries[name] = fresh
             raise ModelLoadError(f"model '{name}' failed to load: {reason}")
         if old is not None:  # the new versions take over once every instance is warm; the old ones serve meanwhile
-            for handle in fresh.handles.values():
-                await asyncio.to_thread(handle.wait_warm)
+            await self._wait_warm(fresh)
         self.entries[name] = fresh
         self._expected.add(name)
         if old is not None:
@@ -234,6 +235,20 @@ class ModelRepository:
             for handle in fresh.handles.values():
                 handle.publish_state()  # an old handle of the same version just published UNLOADED
         log.info("model %s loaded: version(s) %s", name, ", ".join(str(v) for v in sorted(fresh.handles)))
+
+    async def _wait_warm(self, entry: ModelEntry) -> None:
+        """Wait until every version of `entry` is warm, `WARM_WAIT_SECONDS` at most in all (its warm-up runs at a
+        lower priority: a busy server may hold it back for long, and a reload holds every other load meanwhile);
+        past that it takes over warming as it serves, and the log says so."""
+        deadline = time.monotonic() + WARM_WAIT_SECONDS
+        for version, handle in entry.handles.items():
+            if not await asyncio.to_thread(handle.wait_warm, max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "model %s version %s: not warm after %.0f s; it takes over now and warms as it serves",
+                    entry.name,
+                    version,
+                    WARM_WAIT_SECONDS,
+                )
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests get 503; queued and running ones are answered first."""

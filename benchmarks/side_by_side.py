@@ -362,7 +362,7 @@ def record_choice(run: Run, server: Process, label: str, models: list[str]) -> N
             + f", preferred batch size {batch}"
         )
     if server.log is not None:
-        words = ("serving with", "precision", "ready in", "decisions")
+        words = ("serving with", "precision", "ready in", "decisions", "per inference")
         for line in server.log.read_text(errors="replace").splitlines():
             if any(w in line for w in words):
                 run.chosen.append(f"{label} log: `{line.split(': ', 1)[-1].strip()}`")

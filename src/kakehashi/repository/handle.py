@@ -348,8 +348,8 @@ class ModelHandle:
             self._warm_done.clear()
 
     def wait_warm(self, timeout: float | None = None) -> bool:
-        """Whether every instance is warm, waiting `timeout` seconds at most for it (None: as long as it takes; a
-        reload swaps versions then: the old one serves meanwhile)."""
+        """Whether the warm-up of the instances a load left cold is over, waiting `timeout` seconds at most for it
+        (None: as long as it takes; a reload swaps versions then: the old one serves meanwhile)."""
         return self._warm_done.wait(timeout)
 
     def _warm_up_feeds(self) -> dict[int, dict[str, np.ndarray]] | None:

@@ -14,7 +14,7 @@ busy with requests decodes and resizes images, parses and answers while its infe
 inference over all the cores waits at every parallel section for a thread the other work preempted, while
 single-thread sessions each go on at their own pace. Timed alone, YOLO11n's OpenVINO f32 and ONNX Runtime (two
 single-thread sessions) came within 10% of each other on 2 cores and `auto` chose either; beside one thread of other
-work OpenVINO f32 took 1.13-1.3x as long, as its server's rate at 16 requests at once (0.78x of the ONNX Runtime
+work OpenVINO f32 took 1.13-1.5x as long, as its server's rate at 16 requests at once (0.78x of the ONNX Runtime
 server's) and the in-process loops with their image preparation (0.72x) had found; bf16 kept its lead (1.35x,
 against 1.33x in those loops). One full thread is a stand-in: a server's other work grows with its request rate and
 its images' size, and weighs less on more cores.

@@ -240,14 +240,15 @@ class ModelRepository:
         """Wait until every version of `entry` is warm, `WARM_WAIT_SECONDS` at most in all (its warm-up runs at a
         lower priority: a busy server may hold it back for long, and a reload holds every other load meanwhile);
         past that it takes over warming as it serves, and the log says so."""
-        deadline = time.monotonic() + WARM_WAIT_SECONDS
+        started = time.monotonic()
         for version, handle in entry.handles.items():
-            if not await asyncio.to_thread(handle.wait_warm, max(0.0, deadline - time.monotonic())):
+            left = max(0.0, started + WARM_WAIT_SECONDS - time.monotonic())
+            if not await asyncio.to_thread(handle.wait_warm, left):
                 log.warning(
-                    "model %s version %s: not warm after %.0f s; it takes over now and warms as it serves",
+                    "model %s version %s: still warming up after %.1f s; it takes over now and warms as it serves",
                     entry.name,
                     version,
-                    WARM_WAIT_SECONDS,
+                    time.monotonic() - started,
                 )
 
     async def unload(self, name: str) -> None:

@@ -63,7 +63,7 @@ CHILD_NICENESS = 10  # the measuring child's scheduling priority below the serve
 Rows = dict[str, tuple[tuple[int, ...], np.dtype]]  # each input's row shape (without the batch dimension), dtype
 # one model measures at a time: timings taken side by side would disturb each other (a server starting with several
 # models would choose from noise); a server's switch after measuring holds it too (`one_at_a_time`)
-_ONE_AT_A_TIME = threading.RLock()
+_ONE_AT_A_TIME = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class MeasureJob:
 
 @contextmanager
 def one_at_a_time(stop: threading.Event | None) -> Iterator[None]:
-    """Hold the measuring lock (waiting for it stops when `stop` is set; a thread holding it may take it again).
+    """Hold the measuring lock (waiting for it stops when `stop` is set).
     A server holds it from measuring through its switch: the instances it creates and warms would slow the next
     model's timings, and a parallel runtime's more than a runtime stealing work between its threads."""
     while not _ONE_AT_A_TIME.acquire(timeout=0.2):
@@ -115,6 +115,8 @@ def beside_other_work() -> Iterator[None]:
 
     if not pictures:
         log.warning("no images in %s to decode beside the timings: timed with nothing beside them", folder)
+        yield
+        return
     thread = threading.Thread(target=work, name="measuring-other-work", daemon=True)
     thread.start()
     try:
@@ -217,12 +219,8 @@ def fastest_batch_size(
 def measure_in_child(job: MeasureJob, stop: threading.Event | None = None) -> LoadDecisions:
     """`measure(job)` in a child process, from a fresh instance of `job.reference`; its log lines go where this
     process's go. Raises `ModelLoadError` when no precision agrees, `MeasuringStopped` (the child killed) when
-    `stop` is set, `RuntimeError` when the child fails or dies. Other models' measuring finishes first."""
-    with one_at_a_time(stop):
-        return _measured_in_child(job, stop)
-
-
-def _measured_in_child(job: MeasureJob, stop: threading.Event | None) -> LoadDecisions:
+    `stop` is set, `RuntimeError` when the child fails or dies. The caller holds `one_at_a_time` (through its
+    switch to what was found)."""
     root = logging.getLogger()
     formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt]
     payload = pickle.dumps((job, root.getEffectiveLevel(), formats[0] if formats else None))

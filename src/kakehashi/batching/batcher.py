@@ -29,9 +29,11 @@ Feeds = dict[str, np.ndarray]
 DRAIN_SECONDS = 30.0
 RunBatch = Callable[[int, Feeds], Feeds]
 EWMA_WEIGHT = 0.1  # of the newest batch in the moving averages of batch time and rows
-# what a round trip from the event loop to a thread pool and back costs (about 0.13 ms of CPU on this project's
-# 2-core machine): work that usually takes less runs on the loop instead
-HOP_SECONDS = 100e-6
+# what a round trip from the event loop to a thread and back costs a request: on this project's 2-core machine a bare
+# one takes 0.1-0.17 ms (median) from an idle loop, 0.07-0.13 ms of it the loop's own CPU; in the server, where each
+# hop also hands the GIL over and back, a tiny model's request took 1.43 ms in-process with its two hops (to the
+# compute pool, to the instance) and 0.75 ms without. Work that usually takes less runs on the loop instead
+HOP_SECONDS = 300e-6
 _COSTS_KEPT = 64  # request shapes whose cost per row is remembered (forgotten all at once beyond)
 
 

@@ -51,7 +51,7 @@ from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
 from kakehashi.repository.measuring import MeasureJob, measure, measure_in_child, one_at_a_time, zeros
 from kakehashi.repository.precision_guard import calibration_images
 from kakehashi.settings import Limits
-from kakehashi.tasks.images import ImageData
+from kakehashi.tasks.images import ImageData, Opened, open_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 from kakehashi.users import Users
@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # how far below the server's scheduling priority instances left cold are warmed while the model serves (Linux)
 WARM_NICENESS = 10
+SMALL_IMAGE_FACTOR = 2  # an image of at most this many times a model's input pixels may be prepared on the loop
+REPROBE_EVERY = 64
 
 
 class ModelState(str, Enum):
@@ -141,8 +143,12 @@ class ModelHandle:
         self._warm_done = threading.Event()  # clear while instances left cold wait for their warm-up
         self._warm_done.set()
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
-        self._postprocess_seconds = 1.0  # moving average; the first answers are post-processed in the pool
+        # moving averages of the CPU time (not stretched by waits for the GIL or a core, as a duration in the pool is)
+        # of post-processing (the first answers are post-processed in the pool) and of preparing a small image
+        self._postprocess_cpu = 1.0
         self._post_on_loop = False  # a classifier: its post-processing may run on the event loop when cheap
+        self._small_prepare_cpu: float | None = None  # on the loop; see `_open_if_cheap`
+        self._small_files = 0  # files small enough to hold a small image (see `_open_if_cheap`)
         self._stop = threading.Event()  # set by `close`: measuring stops at its next step
         self._threads = 1
         self._users = Users()
@@ -736,13 +742,20 @@ class ModelHandle:
         self, steps: ImageSteps, index: int, data: ImageData, deadline: float | None, numbered: bool
     ) -> ImagePrediction:
         try:
-            (feeds, shape, state), pre = await self._in_pool(steps.prepare, data)
+            source, on_loop = self._open_if_cheap(steps, data)
+            if on_loop:  # cheaper than the hop to the pool and back
+                (feeds, shape, state), pre, cpu = _timed(steps.prepare, source)
+            else:
+                (feeds, shape, state), pre, cpu = await self._in_pool(steps.prepare, source)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
         if steps.checked:
             self._check_handler_feeds(feeds)
+        if on_loop:
+            last = self._small_prepare_cpu
+            self._small_prepare_cpu = cpu if last is None else last + EWMA_WEIGHT * (cpu - last)
         self.series.preprocess.observe(pre)
         if self._hook_pool is not None and isinstance(steps, HandlerSteps):
             started = time.perf_counter()
@@ -753,18 +766,35 @@ class ModelHandle:
             outputs = {name: _decodable(value[0]) for name, value in result.outputs.items()}
             queue, inference = result.queue, result.inference
         # a classifier's post-processing (a top-k over its classes) that usually takes less than a hop runs here
-        if self._post_on_loop and self._postprocess_seconds < HOP_SECONDS:
-            found, post = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
+        if self._post_on_loop and self._postprocess_cpu < HOP_SECONDS:
+            found, post, cpu = _timed(steps.finish, outputs, state)  # cheaper than the hop to the pool and back
         else:
-            found, post = await self._in_pool(steps.finish, outputs, state)
-        self._postprocess_seconds += EWMA_WEIGHT * (post - self._postprocess_seconds)
+            found, post, cpu = await self._in_pool(steps.finish, outputs, state)
+        self._postprocess_cpu += EWMA_WEIGHT * (cpu - self._postprocess_cpu)
         self.series.postprocess.observe(post)
         speed = {"preprocess": _ms(pre), "queue": _ms(queue), "inference": _ms(inference), "postprocess": _ms(post)}
         return ImagePrediction(shape, found, speed)
 
-    async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
-        """`function(*args)` and its duration, in the compute pool. If the caller is cancelled, work not yet
-        started is dropped and work already running is waited for, so what a request holds is gone when it ends."""
+    def _open_if_cheap(self, steps: ImageSteps, data: ImageData) -> tuple[ImageData | Opened, bool]:
+        """`data`, its header read here on the loop if it may be small, and whether its preparation runs here too:
+        a small image (`_small`: its cost is bounded by the model's input size) while preparing small images here
+        has taken less CPU time than a hop to the pool and back, on average. Measured here only (in the pool the
+        same work takes more, beside the loop's): by the first small image, then, while the average is above the
+        hop, by those among every `REPROBE_EVERY`th file that hold one. Only a file no bigger than a small image's
+        raw pixels may hold one."""
+        if not isinstance(data, bytes) or len(data) > 3 * _small_pixels(steps):
+            return data, False
+        self._small_files += 1
+        cost = self._small_prepare_cpu
+        if cost is not None and cost >= HOP_SECONDS and self._small_files % REPROBE_EVERY:
+            return data, False
+        opened = open_image(data)
+        return opened, _small(steps, (opened.image.height, opened.image.width))
+
+    async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float, float]:
+        """`function(*args)`, its duration and CPU time (`_timed`), in the compute pool. If the caller is cancelled,
+        work not yet started is dropped and work already running is waited for, so what a request holds is gone when
+        it ends."""
         future = self._compute.submit(_timed, function, *args)
         try:
             return await asyncio.wrap_future(future)
@@ -786,6 +816,20 @@ def _lower_this_threads_priority() -> None:
         log.debug("the warm-up's priority stays the server's: %s", exc)
 
 
+def _small_pixels(steps: ImageSteps) -> int:
+    """The most pixels of an image `_small` calls small for `steps` (0: none are)."""
+    if not isinstance(steps, TaskSteps) or steps.params.imgsz is not None:
+        return 0
+    height, width = steps.task.input.size
+    return SMALL_IMAGE_FACTOR * height * width
+
+
+def _small(steps: ImageSteps, shape: tuple[int, int]) -> bool:
+    """Whether an image of `shape` (h, w) is small for `steps`: a task's, at the model's own input size, at most
+    `SMALL_IMAGE_FACTOR` times the input's pixels (what preparing it costs is then bounded by the model's input)."""
+    return shape[0] * shape[1] <= _small_pixels(steps)
+
+
 def _decodable(output: np.ndarray) -> np.ndarray:
     """An output as the tasks decode it: FP16 (a half-precision model's) widened to FP32, whose range holds box
     areas and whose precision holds IoUs."""
@@ -793,9 +837,10 @@ def _decodable(output: np.ndarray) -> np.ndarray:
 
 
 def _timed(function, *args):
-    started = time.perf_counter()
+    """`function(*args)`, its duration and the CPU time it took in this thread."""
+    started, cpu = time.perf_counter(), time.thread_time()
     value = function(*args)
-    return value, time.perf_counter() - started
+    return value, time.perf_counter() - started, time.thread_time() - cpu
 
 
 def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from kakehashi.errors import InferenceFailed
 from kakehashi.handlers import Handler, call_hook
 from kakehashi.tasks.image_task import prepare_image
-from kakehashi.tasks.images import ImageData, rgb_image
+from kakehashi.tasks.images import ImageData, Opened, rgb_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.registry import ImageTask
 
@@ -24,7 +24,7 @@ class ImageSteps(Protocol):
         """True: the feeds come from code outside Kakehashi, and are checked against the model."""
         ...
 
-    def prepare(self, data: ImageData) -> tuple[Feeds, tuple[int, int], Any]:
+    def prepare(self, data: ImageData | Opened) -> tuple[Feeds, tuple[int, int], Any]:
         """One image to feeds (with the batch dimension), its original shape (h, w) and what `finish` needs."""
         ...
 
@@ -40,7 +40,7 @@ class TaskSteps:
     max_pixels: int
     checked: bool = False
 
-    def prepare(self, data: ImageData) -> tuple[Feeds, tuple[int, int], Any]:
+    def prepare(self, data: ImageData | Opened) -> tuple[Feeds, tuple[int, int], Any]:
         prepared = prepare_image(data, self.task.input, self.params, self.max_pixels)
         return {self.task.input.name: prepared.tensor[None]}, prepared.original_shape, prepared
 
@@ -55,7 +55,7 @@ class HandlerSteps:
     max_pixels: int
     checked: bool = True
 
-    def prepare(self, data: ImageData) -> tuple[Feeds, tuple[int, int], Any]:
+    def prepare(self, data: ImageData | Opened) -> tuple[Feeds, tuple[int, int], Any]:
         image = rgb_image(data, self.max_pixels)
         feeds = call_hook("preprocess", self.handler.preprocess, image, self.params)
         if not isinstance(feeds, dict) or not all(isinstance(v, np.ndarray) for v in feeds.values()):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from kakehashi.tasks.images import Decoded, ImageData, decode_reduced
+from kakehashi.tasks.images import Decoded, ImageData, Opened, decode_reduced
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.preprocess import BoxTransform, ImageInput, fit_image, request_size, to_tensor
 
@@ -25,12 +25,12 @@ class Prepared:
         return self.transform.height, self.transform.width
 
 
-def prepare_image(data: ImageData, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
+def prepare_image(data: ImageData | Opened, spec: ImageInput, params: PredictParams, max_pixels: int) -> Prepared:
     """Decode (unless already decoded; a big JPEG at a reduced scale, `decode_reduced`; a video frame converted
     and scaled at once), resize and convert one image for a model with input `spec`; the transform maps to the
     original's pixels."""
     size = request_size(spec, params.imgsz)
-    if not isinstance(data, bytes | Image.Image):  # a Picture: scaled to fit as it turns into RGB
+    if not isinstance(data, bytes | Opened | Image.Image):  # a Picture: scaled to fit as it turns into RGB
         fitted = fit_image(data, size, spec.resize)
         return Prepared(to_tensor(fitted, spec, size), size, fitted.transform)
     decoded = (

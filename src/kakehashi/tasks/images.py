@@ -83,12 +83,30 @@ class Picture(Protocol):
 ImageData = bytes | Image.Image | Picture  # what a predict request carries per image
 
 
-def rgb_image(data: ImageData, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+@dataclass(frozen=True)
+class Opened:
+    """An encoded image whose header was read: its stored size is known, its pixels are not decoded yet."""
+
+    image: Image.Image
+
+    @property
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
+
+
+def open_image(data: bytes) -> Opened:
+    """Read the header of the image in `data` (errors as `decode_reduced`'s), leaving the pixels to decode."""
+    if not data:
+        raise InvalidInput("the image is empty (0 bytes)")
+    return Opened(_open(data))
+
+
+def rgb_image(data: ImageData | Opened, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Any image a request carries as a whole upright RGB image of the caller's own (decoded if bytes; a copy of a
     picture's, which snapshots and the live view share)."""
     if isinstance(data, Image.Image):
         return data.convert("RGB")
-    if isinstance(data, bytes):
+    if isinstance(data, bytes | Opened):
         return decode_image(data, max_pixels)
     return data.rgb().copy()
 
@@ -147,7 +165,7 @@ def _draft(image: Image.Image, at_least: tuple[int, int], swapped: bool) -> int:
     return 1 if drafted is None else round(full_width / drafted[1][2])
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes | Opened, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return the image in `data` as RGB with its EXIF orientation applied, at full size.
 
     Raises `UnsupportedMedia` for bytes that are not one of `FORMATS`, `PayloadTooLarge` for an image
@@ -158,13 +176,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 
 def decode_reduced(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
+    data: bytes | Opened, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
 ) -> Decoded:
     """`decode_image` for a model whose input is `at_least` (height, width): a JPEG at least twice that in both
     dimensions is decoded at a reduced DCT scale that stays at least that size (several times faster)."""
-    if not data:
-        raise InvalidInput("the image is empty (0 bytes)")
-    image = _open(data)
+    image = (data if isinstance(data, Opened) else open_image(data)).image
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")

@@ -505,6 +505,11 @@ def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_on
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     gpu = RuntimeOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert [(b.solo, b.concurrent_runs) for b in RUNTIMES["onnxruntime"].create(path, gpu)] == [(False, 2)]
+    # only the solo session's threads spin between operators, and no session's after its runs end
+    made = RUNTIMES["onnxruntime"].create(path, RuntimeOptions())
+    entries = [b._session.get_session_options().get_session_config_entry for b in made]
+    assert [entry("session.intra_op.allow_spinning") for entry in entries] == ["1", "0", "0"]
+    assert [entry("session.force_spinning_stop") for entry in entries] == ["1", "1", "1"]
 
 
 @pytest.mark.parametrize(

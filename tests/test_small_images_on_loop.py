@@ -7,13 +7,13 @@ import io
 import threading
 
 import pytest
-from inprocess import load, predict
-from onnx_builders import colour_classifier
 from PIL import Image
 
 import kakehashi.repository.handle as handle_module
 import kakehashi.repository.image_steps as image_steps
+from inprocess import load, predict
 from kakehashi.errors import InvalidInput
+from onnx_builders import colour_classifier
 
 RED = (220, 30, 30)
 

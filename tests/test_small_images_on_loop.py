@@ -13,6 +13,7 @@ import kakehashi.repository.handle as handle_module
 import kakehashi.repository.image_steps as image_steps
 from inprocess import load, predict
 from kakehashi.errors import InvalidInput
+from kakehashi.tasks.images import SMALL_FILE_BYTES
 from onnx_builders import colour_classifier
 
 RED = (220, 30, 30)
@@ -55,22 +56,27 @@ def test_small_images_are_prepared_on_the_loop_when_cheaper_than_the_hop(classif
     assert where[-1] == "pool"
 
 
-def test_a_small_file_holding_many_pixels_is_prepared_in_the_pool(classifier, where, monkeypatch):
+def test_files_that_could_cost_the_loop_more_are_prepared_in_the_pool(classifier, where, monkeypatch):
     monkeypatch.setattr(handle_module, "HOP_SECONDS", 10.0)
     predict(classifier, _jpeg((64, 64)))
-    out = io.BytesIO()
-    Image.new("RGB", (2000, 2000), RED).save(out, "PNG", optimize=True)
-    body = out.getvalue()  # one colour compresses to a file a small image could be: its header tells
-    assert len(body) < 3 * handle_module.SMALL_IMAGE_FACTOR * 64 * 64
-    [answer] = predict(classifier, body)
-    assert answer.shape == (2000, 2000)
-    assert where == ["loop", "pool"]
+    many_pixels = _jpeg((900, 900))  # one colour compresses to a small file: its header tells
+    assert len(many_pixels) <= SMALL_FILE_BYTES
+    progressive = io.BytesIO()  # its scans could repeat without end
+    Image.new("RGB", (64, 64), RED).save(progressive, "JPEG", progressive=True)
+    png = io.BytesIO()  # its chunks could inflate without end
+    Image.new("RGB", (64, 64), RED).save(png, "PNG")
+    big = io.BytesIO()  # more bytes of markers than the loop reads
+    Image.new("RGB", (64, 64), RED).save(big, "JPEG", comment=b"x" * SMALL_FILE_BYTES)
+    for body in (many_pixels, progressive.getvalue(), png.getvalue(), big.getvalue()):
+        [answer] = predict(classifier, body)
+        assert answer.results[0]["name"] == "red"
+    assert where == ["loop"] + ["pool"] * 4
 
 
 def test_small_images_dearer_than_the_hop_go_to_the_pool_and_are_measured_again_now_and_then(
     classifier, where, monkeypatch
 ):
-    monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.0)  # no preparation is cheaper
+    monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.0)  # nothing is cheaper
     every = handle_module.REPROBE_EVERY
     for _ in range(every + 1):
         [answer] = predict(classifier, _jpeg((64, 64)))
@@ -79,11 +85,17 @@ def test_small_images_dearer_than_the_hop_go_to_the_pool_and_are_measured_again_
     assert [i for i, place in enumerate(where) if place == "loop"] == [0, every - 1]
 
 
-def test_a_broken_small_image_is_the_clients_fault_on_the_loop_too(classifier, where, monkeypatch):
-    monkeypatch.setattr(handle_module, "HOP_SECONDS", 10.0)
+def test_a_broken_small_image_is_the_clients_fault_and_counts_towards_the_loops_cost(classifier, where, monkeypatch):
+    monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.0)
+    truncated = _jpeg((64, 64))[:-200]
+    # the first small file measures on the loop: a broken one is measured too, so the next goes to the pool
+    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+        predict(classifier, truncated)
+    [answer] = predict(classifier, _jpeg((64, 64)))  # the model serves on
+    assert answer.results[0]["name"] == "red"
+    assert where == ["pool"]  # (the broken file failed on the loop before its pixels were prepared)
+    with pytest.raises(InvalidInput) as numbered:
+        predict(classifier, _jpeg((64, 64)), truncated)
+    assert numbered.value.message.startswith("image 1: the image is truncated or corrupt")
     with pytest.raises(InvalidInput, match="starts like a JPEG image but cannot be read"):
         predict(classifier, _jpeg((64, 64))[:20])
-    with pytest.raises(InvalidInput, match="truncated or corrupt"):
-        predict(classifier, _jpeg((64, 64))[:-200])
-    [answer] = predict(classifier, _jpeg((64, 64)))  # and the model serves on
-    assert answer.results[0]["name"] == "red"

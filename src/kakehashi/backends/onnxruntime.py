@@ -116,10 +116,12 @@ class OnnxRuntimeBackend:
         self.solo = solo
         options.inter_op_num_threads = 1
         # a solo session's threads spin between its operators, and only while it runs (they stop as a run ends):
-        # YOLO26n / YOLO11n alone on 2 cores, in-process: 44 / 52 ms a run against 54 / 57 asleep between them.
-        # Other sessions' threads never spin: they would take cores from the server's other work between runs
+        # YOLO26n / YOLO11n alone on 2 cores, in-process: 44 / 52 ms a run against 54 / 57 asleep between them. A
+        # solo session runs when the queue's sessions are idle; other sessions' threads never spin: they would take
+        # cores from the runs beside them and the server's other work
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if solo else "0")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        if solo:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file

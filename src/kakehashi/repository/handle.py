@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -47,11 +47,11 @@ from kakehashi.memory import give_back_freed_memory
 from kakehashi.metrics import VersionSeries
 from kakehashi.repository.config import ModelConfig
 from kakehashi.repository.decisions import LoadDecisions, cache_folder, decision_key, recall, remember
-from kakehashi.repository.image_steps import HandlerSteps, ImageSteps, TaskSteps
+from kakehashi.repository.image_steps import Feeds, HandlerSteps, ImageSteps, TaskSteps
 from kakehashi.repository.measuring import MeasureJob, measure, measure_in_child, one_at_a_time, zeros
 from kakehashi.repository.precision_guard import calibration_images
 from kakehashi.settings import Limits
-from kakehashi.tasks.images import ImageData, Opened, open_image
+from kakehashi.tasks.images import ImageData, is_small_jpeg_file, open_image
 from kakehashi.tasks.params import PredictParams
 from kakehashi.tasks.resolve import ImageTask, resolve_task
 from kakehashi.users import Users
@@ -144,11 +144,12 @@ class ModelHandle:
         self._warm_done.set()
         self._compiled: Path | None = None  # where runtimes keep this version's compiled models
         # moving averages of the CPU time (not stretched by waits for the GIL or a core, as a duration in the pool is)
-        # of post-processing (the first answers are post-processed in the pool) and of preparing a small image
+        # of post-processing (the first answers are post-processed in the pool) and of what a small file cost the
+        # loop (`_prepare`)
         self._postprocess_cpu = 1.0
         self._post_on_loop = False  # a classifier: its post-processing may run on the event loop when cheap
-        self._small_prepare_cpu: float | None = None  # on the loop; see `_open_if_cheap`
-        self._small_files = 0  # files small enough to hold a small image (see `_open_if_cheap`)
+        self._small_file_cpu: float | None = None
+        self._small_files = 0
         self._stop = threading.Event()  # set by `close`: measuring stops at its next step
         self._threads = 1
         self._users = Users()
@@ -666,7 +667,8 @@ class ModelHandle:
     async def predict(
         self, images: Sequence[ImageData], params: PredictParams, timeout_ms: float | None = None
     ) -> list[ImagePrediction]:
-        """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool."""
+        """Decode, pre-process, infer and post-process `images`; pre/post run in the compute pool (but for what costs
+        less than the hop there: `_prepare`, a classifier's post-processing)."""
         self.require_ready()
         steps = self._image_steps(params)
         if steps is None:
@@ -742,20 +744,13 @@ class ModelHandle:
         self, steps: ImageSteps, index: int, data: ImageData, deadline: float | None, numbered: bool
     ) -> ImagePrediction:
         try:
-            source, on_loop = self._open_if_cheap(steps, data)
-            if on_loop:  # cheaper than the hop to the pool and back
-                (feeds, shape, state), pre, cpu = _timed(steps.prepare, source)
-            else:
-                (feeds, shape, state), pre, cpu = await self._in_pool(steps.prepare, source)
+            (feeds, shape, state), pre = await self._prepare(steps, data)
         except KakehashiError as exc:
             if numbered:
                 exc.message = f"image {index}: {exc.message}"
             raise
         if steps.checked:
             self._check_handler_feeds(feeds)
-        if on_loop:
-            last = self._small_prepare_cpu
-            self._small_prepare_cpu = cpu if last is None else last + EWMA_WEIGHT * (cpu - last)
         self.series.preprocess.observe(pre)
         if self._hook_pool is not None and isinstance(steps, HandlerSteps):
             started = time.perf_counter()
@@ -775,21 +770,34 @@ class ModelHandle:
         speed = {"preprocess": _ms(pre), "queue": _ms(queue), "inference": _ms(inference), "postprocess": _ms(post)}
         return ImagePrediction(shape, found, speed)
 
-    def _open_if_cheap(self, steps: ImageSteps, data: ImageData) -> tuple[ImageData | Opened, bool]:
-        """`data`, its header read here on the loop if it may be small, and whether its preparation runs here too:
-        a small image (`_small`: its cost is bounded by the model's input size) while preparing small images here
-        has taken less CPU time than a hop to the pool and back, on average. Measured here only (in the pool the
-        same work takes more, beside the loop's): by the first small image, then, while the average is above the
-        hop, by those among every `REPROBE_EVERY`th file that hold one. Only a file no bigger than a small image's
-        raw pixels may hold one."""
-        if not isinstance(data, bytes) or len(data) > 3 * _small_pixels(steps):
-            return data, False
+    async def _prepare(self, steps: ImageSteps, data: ImageData) -> tuple[tuple[Feeds, tuple[int, int], Any], float]:
+        """`steps.prepare(data)` and how long it took: in the compute pool, or, for a task's small JPEG file (reading
+        it costs a few milliseconds at worst), its header read here on the loop and, when it holds a small image
+        (`_small`) and is not progressive, the image prepared here too. Such files are taken here while what they
+        cost the loop (in CPU time, failures too) has averaged less than a hop to the pool and back; while it has
+        not, every `REPROBE_EVERY`th one is taken here to measure again."""
+        if not (isinstance(steps, TaskSteps) and isinstance(data, bytes) and self._takes_here(steps, data)):
+            prepared, seconds, _ = await self._in_pool(steps.prepare, data)
+            return prepared, seconds
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            opened = open_image(data)
+            if _small(steps, opened.shape) and not opened.progressive:
+                return steps.prepare(opened), time.perf_counter() - started
+        finally:
+            cost, last = time.thread_time() - cpu, self._small_file_cpu
+            self._small_file_cpu = cost if last is None else last + EWMA_WEIGHT * (cost - last)
+        opening = time.perf_counter() - started
+        prepared, seconds, _ = await self._in_pool(steps.prepare, opened)
+        return prepared, opening + seconds
+
+    def _takes_here(self, steps: TaskSteps, data: bytes) -> bool:
+        """Whether `_prepare` opens `data` on the loop."""
+        if _small_pixels(steps) == 0 or not is_small_jpeg_file(data):
+            return False
         self._small_files += 1
-        cost = self._small_prepare_cpu
-        if cost is not None and cost >= HOP_SECONDS and self._small_files % REPROBE_EVERY:
-            return data, False
-        opened = open_image(data)
-        return opened, _small(steps, (opened.image.height, opened.image.width))
+        cost = self._small_file_cpu
+        return cost is None or cost < HOP_SECONDS or self._small_files % REPROBE_EVERY == 0
 
     async def _in_pool(self, function: Callable[..., T], *args: object) -> tuple[T, float, float]:
         """`function(*args)`, its duration and CPU time (`_timed`), in the compute pool. If the caller is cancelled,
@@ -816,16 +824,16 @@ def _lower_this_threads_priority() -> None:
         log.debug("the warm-up's priority stays the server's: %s", exc)
 
 
-def _small_pixels(steps: ImageSteps) -> int:
-    """The most pixels of an image `_small` calls small for `steps` (0: none are)."""
-    if not isinstance(steps, TaskSteps) or steps.params.imgsz is not None:
+def _small_pixels(steps: TaskSteps) -> int:
+    """The most pixels of an image `_small` calls small for `steps` (0: none, for a request of another input size)."""
+    if steps.params.imgsz is not None:
         return 0
     height, width = steps.task.input.size
     return SMALL_IMAGE_FACTOR * height * width
 
 
-def _small(steps: ImageSteps, shape: tuple[int, int]) -> bool:
-    """Whether an image of `shape` (h, w) is small for `steps`: a task's, at the model's own input size, at most
+def _small(steps: TaskSteps, shape: tuple[int, int]) -> bool:
+    """Whether an image of `shape` (h, w) is small for `steps`: at the model's own input size, at most
     `SMALL_IMAGE_FACTOR` times the input's pixels (what preparing it costs is then bounded by the model's input)."""
     return shape[0] * shape[1] <= _small_pixels(steps)
 
@@ -836,7 +844,7 @@ def _decodable(output: np.ndarray) -> np.ndarray:
     return output.astype(np.float32) if output.dtype == np.float16 else output
 
 
-def _timed(function, *args):
+def _timed(function: Callable[..., T], *args: object) -> tuple[T, float, float]:
     """`function(*args)`, its duration and the CPU time it took in this thread."""
     started, cpu = time.perf_counter(), time.thread_time()
     value = function(*args)

@@ -1,5 +1,6 @@
 """How one image of a predict request becomes a model's feeds, and its outputs become results: through the
-model's task, or through its handler (the model's own Python). Both run in the compute pool."""
+model's task, or through its handler (the model's own Python). Both run in the compute pool, but for what
+`ModelHandle` measured cheaper than the hop there (a task's small JPEG, a classifier's post-processing)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class ImageSteps(Protocol):
         """True: the feeds come from code outside Kakehashi, and are checked against the model."""
         ...
 
-    def prepare(self, data: ImageData | Opened) -> tuple[Feeds, tuple[int, int], Any]:
+    def prepare(self, data: ImageData) -> tuple[Feeds, tuple[int, int], Any]:
         """One image to feeds (with the batch dimension), its original shape (h, w) and what `finish` needs."""
         ...
 
@@ -55,7 +56,7 @@ class HandlerSteps:
     max_pixels: int
     checked: bool = True
 
-    def prepare(self, data: ImageData | Opened) -> tuple[Feeds, tuple[int, int], Any]:
+    def prepare(self, data: ImageData) -> tuple[Feeds, tuple[int, int], Any]:
         image = rgb_image(data, self.max_pixels)
         feeds = call_hook("preprocess", self.handler.preprocess, image, self.params)
         if not isinstance(feeds, dict) or not all(isinstance(v, np.ndarray) for v in feeds.values()):

@@ -99,3 +99,13 @@ def test_a_broken_small_image_is_the_clients_fault_and_counts_towards_the_loops_
     assert numbered.value.message.startswith("image 1: the image is truncated or corrupt")
     with pytest.raises(InvalidInput, match="starts like a JPEG image but cannot be read"):
         predict(classifier, _jpeg((64, 64))[:20])
+
+
+def test_the_loops_cost_comes_back_under_the_hop_with_one_cheap_file_and_leaves_with_one_dear_one(monkeypatch):
+    monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.3e-3)
+    cold = handle_module.loop_cost(None, 3e-3)  # a first file, cold, 10x the hop
+    assert cold == 3e-3
+    assert handle_module.loop_cost(cold, 2e-4) == 2e-4  # a file measured again under the hop: the loop takes files
+    settled = handle_module.loop_cost(2e-4, 2.5e-4)
+    assert 2e-4 < settled < 2.5e-4  # while under the hop, a moving average
+    assert handle_module.loop_cost(settled, 3e-3) >= 0.3e-3  # one file dear enough sends the next to the pool

@@ -785,8 +785,7 @@ class ModelHandle:
             if _small(steps, opened.shape) and not opened.progressive:
                 return steps.prepare(opened), time.perf_counter() - started
         finally:
-            cost, last = time.thread_time() - cpu, self._small_file_cpu
-            self._small_file_cpu = cost if last is None else last + EWMA_WEIGHT * (cost - last)
+            self._small_file_cpu = loop_cost(self._small_file_cpu, time.thread_time() - cpu)
         opening = time.perf_counter() - started
         prepared, seconds, _ = await self._in_pool(steps.prepare, opened)
         return prepared, opening + seconds
@@ -822,6 +821,16 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_NICENESS))
     except OSError as exc:  # e.g. a sandbox refusing it: the warm-up runs at the server's priority
         log.debug("the warm-up's priority stays the server's: %s", exc)
+
+
+def loop_cost(average: float | None, cost: float) -> float:
+    """The moving average of what small files cost the loop, after one that cost `cost` (CPU seconds): the first
+    sets it, and so does one cheaper than the hop while the average is not (it would otherwise come down only one
+    measure in `REPROBE_EVERY` at a time, from a first file that may have cost 10x more, cold); one measure above
+    the hop then sends the next files to the pool again."""
+    if average is None or (cost < HOP_SECONDS <= average):
+        return cost
+    return average + EWMA_WEIGHT * (cost - average)
 
 
 def _small_pixels(steps: TaskSteps) -> int:

@@ -67,10 +67,13 @@ def test_files_that_could_cost_the_loop_more_are_prepared_in_the_pool(classifier
     Image.new("RGB", (64, 64), RED).save(png, "PNG")
     big = io.BytesIO()  # more bytes of markers than the loop reads
     Image.new("RGB", (64, 64), RED).save(big, "JPEG", comment=b"x" * SMALL_FILE_BYTES)
-    for body in (many_pixels, progressive.getvalue(), png.getvalue(), big.getvalue()):
+    scans = io.BytesIO()  # what looks like a second scan (each scan is another pass over the blocks)
+    Image.new("RGB", (64, 64), RED).save(scans, "JPEG", comment=b"\xff\xda")
+    bodies = (many_pixels, progressive.getvalue(), png.getvalue(), big.getvalue(), scans.getvalue())
+    for body in bodies:
         [answer] = predict(classifier, body)
         assert answer.results[0]["name"] == "red"
-    assert where == ["loop"] + ["pool"] * 4
+    assert where == ["loop"] + ["pool"] * len(bodies)
 
 
 def test_small_images_dearer_than_the_hop_go_to_the_pool_and_are_measured_again_now_and_then(
@@ -87,25 +90,37 @@ def test_small_images_dearer_than_the_hop_go_to_the_pool_and_are_measured_again_
 
 def test_a_broken_small_image_is_the_clients_fault_and_counts_towards_the_loops_cost(classifier, where, monkeypatch):
     monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.0)
-    truncated = _jpeg((64, 64))[:-200]
+    truncated = _jpeg((64, 64))[:-20]  # its scan cut short
     # the first small file measures on the loop: a broken one is measured too, so the next goes to the pool
     with pytest.raises(InvalidInput, match="truncated or corrupt"):
         predict(classifier, truncated)
     [answer] = predict(classifier, _jpeg((64, 64)))  # the model serves on
     assert answer.results[0]["name"] == "red"
-    assert where == ["pool"]  # (the broken file failed on the loop before its pixels were prepared)
+    assert where == ["loop", "pool"]
     with pytest.raises(InvalidInput) as numbered:
         predict(classifier, _jpeg((64, 64)), truncated)
-    assert numbered.value.message.startswith("image 1: the image is truncated or corrupt")
+    assert numbered.value.message.startswith("image 1: the JPEG image is truncated or corrupt")
     with pytest.raises(InvalidInput, match="starts like a JPEG image but cannot be read"):
         predict(classifier, _jpeg((64, 64))[:20])
 
 
-def test_the_loops_cost_comes_back_under_the_hop_with_one_cheap_file_and_leaves_with_one_dear_one(monkeypatch):
+def test_the_loops_cost_comes_back_under_the_hop_with_one_cheap_image_and_leaves_with_one_dear_one(monkeypatch):
     monkeypatch.setattr(handle_module, "HOP_SECONDS", 0.3e-3)
-    cold = handle_module.loop_cost(None, 3e-3)  # a first file, cold, 10x the hop
+    cost = handle_module.loop_cost
+    cold = cost(None, 3e-3, True)  # a first file, cold, 10x the hop
     assert cold == 3e-3
-    assert handle_module.loop_cost(cold, 2e-4) == 2e-4  # a file measured again under the hop: the loop takes files
-    settled = handle_module.loop_cost(2e-4, 2.5e-4)
+    assert cost(cold, 2e-5, False) > 0.3e-3  # a header read alone (or a failure) says nothing of preparing one
+    assert cost(cold, 2e-4, True) == 2e-4  # an image prepared again under the hop: the loop takes files again
+    settled = cost(2e-4, 2.5e-4, True)
     assert 2e-4 < settled < 2.5e-4  # while under the hop, a moving average
-    assert handle_module.loop_cost(settled, 3e-3) >= 0.3e-3  # one file dear enough sends the next to the pool
+    assert cost(settled, 3e-3, True) >= 0.3e-3  # one file dear enough sends the next to the pool
+
+
+def test_a_server_whose_first_small_image_was_dear_takes_them_again_after_one_cheap_one(classifier, where, monkeypatch):
+    monkeypatch.setattr(handle_module, "HOP_SECONDS", 10.0)
+    classifier._small_file_cpu = 20.0  # as after a first file twice the hop (cold)
+    classifier._small_files = handle_module.REPROBE_EVERY - 2
+    for _ in range(3):
+        predict(classifier, _jpeg((64, 64)))
+    # the pool; then the REPROBE_EVERYth file, on the loop, cheaper than the hop; then the loop again
+    assert where == ["pool", "loop", "loop"]

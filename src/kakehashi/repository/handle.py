@@ -771,27 +771,29 @@ class ModelHandle:
         return ImagePrediction(shape, found, speed)
 
     async def _prepare(self, steps: ImageSteps, data: ImageData) -> tuple[tuple[Feeds, tuple[int, int], Any], float]:
-        """`steps.prepare(data)` and how long it took: in the compute pool, or, for a task's small JPEG file (reading
-        it costs a few milliseconds at worst), its header read here on the loop and, when it holds a small image
-        (`_small`) and is not progressive, the image prepared here too. Such files are taken here while what they
-        cost the loop (in CPU time, failures too) has averaged less than a hop to the pool and back; while it has
-        not, every `REPROBE_EVERY`th one is taken here to measure again."""
+        """`steps.prepare(data)` and how long it took: in the compute pool, or, for a task's small JPEG file of one
+        scan (`is_small_jpeg_file`: reading it costs a few milliseconds at worst), its header read here on the loop
+        and, when it holds a small image (`_small`), the image prepared here too. Such files are taken here while
+        what they cost the loop (in CPU time, failures too) is under a hop to the pool and back (`loop_cost`), and
+        one in every `REPROBE_EVERY` while it is not, to measure again."""
         if not (isinstance(steps, TaskSteps) and isinstance(data, bytes) and self._takes_here(steps, data)):
             prepared, seconds, _ = await self._in_pool(steps.prepare, data)
             return prepared, seconds
-        started, cpu = time.perf_counter(), time.thread_time()
+        started, cpu, whole = time.perf_counter(), time.thread_time(), False
         try:
             opened = open_image(data)
-            if _small(steps, opened.shape) and not opened.progressive:
-                return steps.prepare(opened), time.perf_counter() - started
+            if _small(steps, opened.shape):
+                result = steps.prepare(opened)
+                whole = True
+                return result, time.perf_counter() - started
         finally:
-            self._small_file_cpu = loop_cost(self._small_file_cpu, time.thread_time() - cpu)
+            self._small_file_cpu = loop_cost(self._small_file_cpu, time.thread_time() - cpu, whole)
         opening = time.perf_counter() - started
         prepared, seconds, _ = await self._in_pool(steps.prepare, opened)
         return prepared, opening + seconds
 
     def _takes_here(self, steps: TaskSteps, data: bytes) -> bool:
-        """Whether `_prepare` opens `data` on the loop."""
+        """Whether `_prepare` opens `data` on the loop (counting the small JPEG files, for the `REPROBE_EVERY`th)."""
         if _small_pixels(steps) == 0 or not is_small_jpeg_file(data):
             return False
         self._small_files += 1
@@ -823,12 +825,12 @@ def _lower_this_threads_priority() -> None:
         log.debug("the warm-up's priority stays the server's: %s", exc)
 
 
-def loop_cost(average: float | None, cost: float) -> float:
-    """The moving average of what small files cost the loop, after one that cost `cost` (CPU seconds): the first
-    sets it, and so does one cheaper than the hop while the average is not (it would otherwise come down only one
-    measure in `REPROBE_EVERY` at a time, from a first file that may have cost 10x more, cold); one measure above
-    the hop then sends the next files to the pool again."""
-    if average is None or (cost < HOP_SECONDS <= average):
+def loop_cost(average: float | None, cost: float, whole: bool) -> float:
+    """The moving average of what small files cost the loop, after one that cost `cost` (CPU seconds; `whole`: its
+    image was prepared there, not only its header read, or failed): the first sets it, and so does a whole one cheaper
+    than the hop while the average is not (it would otherwise come down one measure in `REPROBE_EVERY` at a time,
+    from a first file that may have cost 10x more, cold); one dear enough sends the next files to the pool again."""
+    if average is None or (whole and cost < HOP_SECONDS <= average):
         return cost
     return average + EWMA_WEIGHT * (cost - average)
 

@@ -54,6 +54,10 @@ def test_small_images_are_prepared_on_the_loop_when_cheaper_than_the_hop(classif
     [answer] = predict(classifier, _jpeg((640, 480)))
     assert answer.results[0]["name"] == "red" and answer.shape == (480, 640)
     assert where[-1] == "pool"
+    # another input size than the model's (what it costs is not the one measured): the pool
+    [answer] = predict(classifier, _jpeg((64, 64)), imgsz=256)
+    assert answer.results[0]["name"] == "red"
+    assert where[-1] == "pool"
 
 
 def test_files_that_could_cost_the_loop_more_are_prepared_in_the_pool(classifier, where, monkeypatch):

@@ -773,16 +773,21 @@ class ModelHandle:
     async def _prepare(self, steps: ImageSteps, data: ImageData) -> tuple[tuple[Feeds, tuple[int, int], Any], float]:
         """`steps.prepare(data)` and how long it took: in the compute pool, or, for a task's small JPEG file of one
         scan (`is_small_jpeg_file`: reading it costs a few milliseconds at worst), its header read here on the loop
-        and, when it holds a small image (`_small`), the image prepared here too. Such files are taken here while
-        what they cost the loop (in CPU time, failures too) is under a hop to the pool and back (`loop_cost`), and
+        and, when it holds a small image (`_small_pixels`), the image prepared here too. Such files are taken here
+        while what they cost the loop (in CPU time, failures too) is under a hop to the pool and back (`loop_cost`), and
         one in every `REPROBE_EVERY` while it is not, to measure again."""
-        if not (isinstance(steps, TaskSteps) and isinstance(data, bytes) and self._takes_here(steps, data)):
+        if not (
+            isinstance(steps, TaskSteps)
+            and isinstance(data, bytes)
+            and (small := _small_pixels(steps))
+            and self._takes_here(data)
+        ):
             prepared, seconds, _ = await self._in_pool(steps.prepare, data)
             return prepared, seconds
         started, cpu, whole = time.perf_counter(), time.thread_time(), False
         try:
             opened = open_image(data)
-            if _small(steps, opened.shape):
+            if opened.pixels <= small:
                 result = steps.prepare(opened)
                 whole = True
                 return result, time.perf_counter() - started
@@ -792,9 +797,9 @@ class ModelHandle:
         prepared, seconds, _ = await self._in_pool(steps.prepare, opened)
         return prepared, opening + seconds
 
-    def _takes_here(self, steps: TaskSteps, data: bytes) -> bool:
+    def _takes_here(self, data: bytes) -> bool:
         """Whether `_prepare` opens `data` on the loop (counting the small JPEG files, for the `REPROBE_EVERY`th)."""
-        if _small_pixels(steps) == 0 or not is_small_jpeg_file(data):
+        if not is_small_jpeg_file(data):
             return False
         self._small_files += 1
         cost = self._small_file_cpu
@@ -836,17 +841,13 @@ def loop_cost(average: float | None, cost: float, whole: bool) -> float:
 
 
 def _small_pixels(steps: TaskSteps) -> int:
-    """The most pixels of an image `_small` calls small for `steps` (0: none, for a request of another input size)."""
+    """The most pixels of an image small enough to be prepared on the loop for `steps`: `SMALL_IMAGE_FACTOR` times
+    the input's (what preparing it costs is then bounded by the model's input); 0 (none) for a request at another
+    input size than the model's."""
     if steps.params.imgsz is not None:
         return 0
     height, width = steps.task.input.size
     return SMALL_IMAGE_FACTOR * height * width
-
-
-def _small(steps: TaskSteps, shape: tuple[int, int]) -> bool:
-    """Whether an image of `shape` (h, w) is small for `steps`: at the model's own input size, at most
-    `SMALL_IMAGE_FACTOR` times the input's pixels (what preparing it costs is then bounded by the model's input)."""
-    return shape[0] * shape[1] <= _small_pixels(steps)
 
 
 def _decodable(output: np.ndarray) -> np.ndarray:

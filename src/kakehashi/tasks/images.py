@@ -97,9 +97,8 @@ class Opened:
     image: Image.Image
 
     @property
-    def shape(self) -> tuple[int, int]:
-        """Stored height, width."""
-        return self.image.height, self.image.width
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
 
 
 def is_small_jpeg_file(data: bytes) -> bool:
